@@ -1,0 +1,16 @@
+//! weir-common: the event model, the severity scale and the agent ↔ aggregator wire protocol.
+//!
+//! No I/O lives here (no tokio, quinn or redb): everything is plain data and pure functions, so
+//! both processes and the tests share one definition of what an event is and how it travels.
+
+pub mod event;
+pub mod severity;
+pub mod wire;
+
+pub use event::{Event, InputKind, Record, event_id};
+pub use severity::{ParseSeverityError, Severity};
+
+/// Microseconds since the Unix epoch, the one clock representation Weir stores.
+pub fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}

@@ -1,0 +1,298 @@
+//! The agent ↔ aggregator protocol, carried on one bidirectional QUIC stream per connection.
+//!
+//! Framing: every frame is a 4-byte big-endian length followed by that many bytes of postcard.
+//! A length above [`MAX_FRAME_LEN`] is a protocol error (the peer is closed), so a hostile or
+//! broken peer cannot make the other side allocate without bound.
+//!
+//! Conversation:
+//! 1. The agent sends [`AgentFrame::Hello`] with the protocol versions it speaks.
+//! 2. The aggregator answers [`AggregatorFrame::HelloAck`] with the chosen version and the
+//!    highest agent sequence number it has durably committed for this agent (from its store),
+//!    or [`AggregatorFrame::Refused`].
+//! 3. The agent streams [`AgentFrame::Batch`]es in sequence order, without waiting for acks
+//!    (several are in flight), resuming after the committed sequence, and sends
+//!    [`AgentFrame::Status`] now and then.
+//! 4. The aggregator answers [`AggregatorFrame::Ack`] with the highest sequence committed, once
+//!    the batch is durable. An ack is the only success signal: the agent deletes records from its
+//!    queue only on an ack, so a record is lost only if it was never committed by the agent.
+//!
+//! The aggregator ignores records at or below its committed sequence, so a redelivered batch is
+//! acknowledged without storing anything twice.
+//!
+//! Compatibility: `Hello` and `HelloAck`/`Refused` are the first variants and keep their shape in
+//! every protocol version, so that versions can always be negotiated; everything else may change
+//! with [`PROTOCOL_VERSION`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// ALPN protocol id used on the QUIC connection.
+pub const ALPN: &[u8] = b"weir/1";
+/// Largest frame either side accepts (bytes after the length prefix).
+pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Frames the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentFrame {
+    Hello(Hello),
+    Batch(Batch),
+    Status(AgentStatus),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    /// e.g. `weir-agent 0.1.0`.
+    pub software: String,
+    /// The sequence number the agent will give its next record. If the aggregator has committed
+    /// more than this, the agent's queue was restored from an old copy; the aggregator warns.
+    pub next_seq: u64,
+}
+
+/// A run of queued records, in increasing sequence order (gaps are allowed: records the agent
+/// had to drop when its queue was full never get sent, and their drops are reported instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: Vec<WireRecord>,
+}
+
+/// One queued record: its agent sequence number and its postcard bytes
+/// ([`crate::Record::to_bytes`]) exactly as stored in the agent's queue, so the agent forwards
+/// without decoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireRecord {
+    pub seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// The agent's view of itself, sent after the hello and then periodically.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub software: String,
+    /// Records in the queue not yet acknowledged.
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    /// Receive time of the oldest queued record, microseconds since the epoch (0 when empty).
+    pub oldest_queued_us: i64,
+    /// Cumulative drops since the agent's queue was created, by reason
+    /// (e.g. `queue_full_debug`, `malformed_syslog`).
+    pub drops: BTreeMap<String, u64>,
+    /// Cumulative records committed to the queue since the agent process started.
+    pub committed_total: u64,
+}
+
+/// Frames the aggregator sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AggregatorFrame {
+    HelloAck(HelloAck),
+    Refused(Refused),
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloAck {
+    pub version: u16,
+    /// Highest sequence of this agent the aggregator has durably stored (0 = none).
+    pub committed_seq: u64,
+    /// The identity the aggregator read from the agent's certificate, `site/name`.
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Every record of this agent with a sequence at or below this is durably stored.
+    pub committed_seq: u64,
+}
+
+/// What can go wrong reading or writing a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Picks the protocol version for an agent offering `min..=max`, or `None` if the ranges do not
+/// overlap.
+pub fn negotiate(agent_min: u16, agent_max: u16) -> Option<u16> {
+    let v = agent_max.min(PROTOCOL_VERSION);
+    (v >= agent_min.max(MIN_PROTOCOL_VERSION) && agent_min <= agent_max).then_some(v)
+}
+
+/// Appends one length-prefixed frame to `out`.
+pub fn encode_frame<T: Serialize>(frame: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut buf = std::mem::take(out);
+    buf = postcard::to_extend(frame, buf)?;
+    *out = buf;
+    let len = out.len() - start - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// The body length announced by a frame header, checked against [`MAX_FRAME_LEN`].
+pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (the bytes after the header).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// Decodes the first frame in `buf`: `Ok(None)` if `buf` does not hold a whole frame yet,
+/// otherwise the frame and the number of bytes it used.
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = frame_len(header.try_into().expect("slice of HEADER_LEN"))?;
+    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Event, InputKind, Record, Severity};
+    use proptest::prelude::*;
+
+    fn batch(n: u64) -> AgentFrame {
+        let t = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let records = (1..=n)
+            .map(|seq| WireRecord {
+                seq,
+                payload: Record::Event(Event::new(
+                    InputKind::Syslog,
+                    "syslog",
+                    "h",
+                    Severity::Info,
+                    format!("m{seq}"),
+                    t,
+                ))
+                .to_bytes(),
+            })
+            .collect();
+        AgentFrame::Batch(Batch {
+            first_seq: 1,
+            last_seq: n,
+            records,
+        })
+    }
+
+    #[test]
+    fn frames_round_trip_back_to_back() {
+        let frames = vec![
+            AgentFrame::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                software: "weir-agent test".into(),
+                next_seq: 9,
+            }),
+            batch(3),
+            AgentFrame::Status(AgentStatus::default()),
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            encode_frame(f, &mut buf).unwrap();
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((f, used)) = decode_frame::<AgentFrame>(&buf[at..]).unwrap() {
+            got.push(f);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut buf = Vec::new();
+        encode_frame(&batch(2), &mut buf).unwrap();
+        for cut in 0..buf.len() {
+            assert!(decode_frame::<AgentFrame>(&buf[..cut]).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn oversize_header_is_refused_before_allocating() {
+        let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            frame_len(header),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        assert!(decode_frame::<AgentFrame>(&header).is_err());
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 7), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(negotiate(3, 2), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode_frame::<AgentFrame>(&bytes);
+            let _ = decode_frame::<AggregatorFrame>(&bytes);
+            let _ = decode_body::<AgentFrame>(&bytes);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(flip in 0usize..4096, val in any::<u8>(), n in 1u64..5) {
+            let mut buf = Vec::new();
+            encode_frame(&batch(n), &mut buf).unwrap();
+            let i = flip % buf.len();
+            buf[i] = val;
+            if let Ok(Some((AgentFrame::Batch(b), _))) = decode_frame::<AgentFrame>(&buf) {
+                for r in b.records { let _ = Record::from_bytes(&r.payload); }
+            }
+        }
+
+        #[test]
+        fn acks_round_trip(seq in any::<u64>()) {
+            let mut buf = Vec::new();
+            encode_frame(&AggregatorFrame::Ack(Ack { committed_seq: seq }), &mut buf).unwrap();
+            let (f, used) = decode_frame::<AggregatorFrame>(&buf).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(f, AggregatorFrame::Ack(Ack { committed_seq: seq }));
+        }
+    }
+}
