@@ -3,6 +3,7 @@
 //! No I/O lives here (no tokio, quinn or redb): everything is plain data and pure functions, so
 //! both processes and the tests share one definition of what an event is and how it travels.
 
+pub mod config;
 pub mod event;
 pub mod severity;
 pub mod wire;
@@ -14,3 +15,5 @@ pub use severity::{ParseSeverityError, Severity};
 pub fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
+
+pub mod telemetry;

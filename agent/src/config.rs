@@ -1,0 +1,391 @@
+//! The agent's configuration file (TOML). Every field is documented here and in the example
+//! written by `weir-aggregator quickstart` ([`example`]). Relative paths are resolved against
+//! the directory of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use weir_common::config::{ByteSize, ConfigError, HumanDuration, load_toml, resolve};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its state (the durable queue `queue.redb`).
+    pub data_dir: PathBuf,
+    pub aggregator: AggregatorLink,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub syslog: SyslogConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Set by [`load`]: the file this came from.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// How to reach the aggregator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorLink {
+    /// `host:port` addresses of the aggregator's QUIC listener, tried in turn.
+    pub addresses: Vec<String>,
+    /// Name the aggregator's certificate must carry (default: the host part of each address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The fleet CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM); its site and name come from here.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM).
+    pub key: PathBuf,
+    /// Most records in one batch.
+    #[serde(default = "d_batch_records")]
+    pub batch_max_records: usize,
+    /// Most payload bytes in one batch.
+    #[serde(default = "d_batch_bytes")]
+    pub batch_max_bytes: ByteSize,
+    /// Batches sent but not yet acknowledged; with 2000-record batches, 32 keep a 200 ms WAN
+    /// round trip from limiting throughput below ~300k records/s.
+    #[serde(default = "d_in_flight")]
+    pub max_in_flight_batches: usize,
+    /// QUIC keep-alive interval; keep it well below `idle_timeout`.
+    #[serde(default = "d_keepalive")]
+    pub keepalive: HumanDuration,
+    /// A connection silent for this long is dead.
+    #[serde(default = "d_idle")]
+    pub idle_timeout: HumanDuration,
+    /// First reconnect delay; doubles per failure (with jitter) up to `reconnect_max`.
+    #[serde(default = "d_reconnect_min")]
+    pub reconnect_min: HumanDuration,
+    #[serde(default = "d_reconnect_max")]
+    pub reconnect_max: HumanDuration,
+    /// How often the agent reports its backlog and drops to the aggregator.
+    #[serde(default = "d_status")]
+    pub status_interval: HumanDuration,
+}
+
+/// The durable queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most records held; when full, the lowest-severity, oldest records are dropped (counted).
+    #[serde(default = "d_max_records")]
+    pub max_records: u64,
+    /// Most bytes held (logical; the file is somewhat larger).
+    #[serde(default = "d_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Records that may wait between the inputs and the queue writer. This bounds what a
+    /// power cut can lose (received, not yet committed) and the memory used.
+    #[serde(default = "d_channel")]
+    pub channel_capacity: usize,
+    /// How often queue-full drops are reported to the aggregator as an internal event.
+    #[serde(default = "d_drop_report")]
+    pub drop_report_interval: HumanDuration,
+}
+
+/// Syslog inputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// UDP listen addresses (e.g. `0.0.0.0:514`).
+    #[serde(default)]
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses (newline or RFC 6587 octet-counted framing).
+    #[serde(default)]
+    pub tcp: Vec<SocketAddr>,
+    /// Longest message accepted; longer ones are truncated and flagged.
+    #[serde(default = "d_max_msg")]
+    pub max_message_bytes: ByteSize,
+    /// Most simultaneous TCP connections.
+    #[serde(default = "d_tcp_conns")]
+    pub tcp_max_connections: usize,
+    /// A TCP connection with no data for this long is closed.
+    #[serde(default = "d_tcp_idle")]
+    pub tcp_idle_timeout: HumanDuration,
+}
+
+/// The agent's local HTTP server: `/metrics`, `/healthz`, and JSON event ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; omit to disable the HTTP server.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// File with the API key(s) for `POST /api/v1/events`, one per line. Without it, JSON
+    /// ingest is refused (401); `/metrics` and `/healthz` need no key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body.
+    #[serde(default = "d_body")]
+    pub max_body_bytes: ByteSize,
+}
+
+fn d_batch_records() -> usize {
+    2000
+}
+fn d_batch_bytes() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn d_in_flight() -> usize {
+    32
+}
+fn d_keepalive() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn d_idle() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn d_reconnect_min() -> HumanDuration {
+    HumanDuration::millis(500)
+}
+fn d_reconnect_max() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn d_status() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn d_max_records() -> u64 {
+    20_000_000
+}
+fn d_max_bytes() -> ByteSize {
+    ByteSize(2 << 30)
+}
+fn d_channel() -> usize {
+    // Submissions, not records; an input submission holds one or a few records.
+    4096
+}
+fn d_drop_report() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn d_max_msg() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn d_tcp_conns() -> usize {
+    1000
+}
+fn d_tcp_idle() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+fn d_body() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_records: d_max_records(),
+            max_bytes: d_max_bytes(),
+            channel_capacity: d_channel(),
+            drop_report_interval: d_drop_report(),
+        }
+    }
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        SyslogConfig {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            max_message_bytes: d_max_msg(),
+            tcp_max_connections: d_tcp_conns(),
+            tcp_idle_timeout: d_tcp_idle(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            api_key_file: None,
+            max_body_bytes: d_body(),
+        }
+    }
+}
+
+/// Loads, resolves relative paths, and checks the config.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let mut c: AgentConfig = load_toml(path)?;
+    c.source = path.to_path_buf();
+    c.data_dir = resolve(path, &c.data_dir);
+    c.aggregator.ca = resolve(path, &c.aggregator.ca);
+    c.aggregator.cert = resolve(path, &c.aggregator.cert);
+    c.aggregator.key = resolve(path, &c.aggregator.key);
+    if let Some(k) = &c.http.api_key_file {
+        c.http.api_key_file = Some(resolve(path, k));
+    }
+    check(&c)?;
+    Ok(c)
+}
+
+fn check(c: &AgentConfig) -> Result<(), ConfigError> {
+    let fail = |field: &str, message: String| ConfigError::Check {
+        path: c.source.clone(),
+        field: field.into(),
+        message,
+    };
+    if c.aggregator.addresses.is_empty() {
+        return Err(fail("aggregator.addresses", "list at least one `host:port`".into()));
+    }
+    for a in &c.aggregator.addresses {
+        if split_host_port(a).is_none() {
+            return Err(fail(
+                "aggregator.addresses",
+                format!("{a:?} is not `host:port` (IPv6: `[::1]:4433`)"),
+            ));
+        }
+    }
+    if c.aggregator.keepalive >= c.aggregator.idle_timeout {
+        return Err(fail(
+            "aggregator.keepalive",
+            format!(
+                "{} must be shorter than idle_timeout ({}), or idle connections are dropped",
+                c.aggregator.keepalive, c.aggregator.idle_timeout
+            ),
+        ));
+    }
+    if c.aggregator.batch_max_records == 0 || c.aggregator.max_in_flight_batches == 0 {
+        return Err(fail("aggregator.batch_max_records", "must be at least 1".into()));
+    }
+    if c.queue.max_records == 0 || c.queue.max_bytes.0 < 1 << 20 {
+        return Err(fail("queue.max_bytes", "queue limits must allow at least 1 record and 1 MiB".into()));
+    }
+    if c.queue.channel_capacity == 0 {
+        return Err(fail("queue.channel_capacity", "must be at least 1".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in &c.syslog.udp {
+        if !seen.insert(("udp", *a)) {
+            return Err(fail("syslog.udp", format!("{a} is listed twice")));
+        }
+    }
+    for a in &c.syslog.tcp {
+        if !seen.insert(("tcp", *a)) {
+            return Err(fail("syslog.tcp", format!("{a} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Splits `host:port` (`[v6]:port` too).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// An example config, every key commented, for the quickstart and packages.
+pub fn example(data_dir: &str, aggregator: &str, tls_dir: &str, syslog_port: u16, http_port: u16) -> String {
+    format!(
+        r#"# weir-agent configuration. Relative paths are relative to this file.
+# Check it with: weir-agent check-config <this file>
+
+# Where the agent keeps its durable queue (queue.redb). Keep it on persistent storage:
+# events wait here through aggregator outages.
+data_dir = "{data_dir}"
+
+[aggregator]
+# The aggregator's QUIC listener(s), host:port, tried in turn.
+addresses = ["{aggregator}"]
+# Name the aggregator's certificate must carry; default: the host of each address.
+# server_name = "aggregator.example.net"
+# Fleet CA (trusted for the aggregator's certificate), and this agent's certificate and key.
+# The agent's site and name are in its certificate (weir-certs issue agent --site S --name N).
+ca = "{tls_dir}/ca.pem"
+cert = "{tls_dir}/agent.pem"
+key = "{tls_dir}/agent.key"
+# Most records / bytes per batch.
+batch_max_records = 2000
+batch_max_bytes = "4MiB"
+# Batches in flight before waiting for acknowledgements (covers WAN round trips).
+max_in_flight_batches = 32
+# QUIC keep-alive; must be well under idle_timeout.
+keepalive = "5s"
+idle_timeout = "30s"
+# Reconnect backoff: doubles from reconnect_min to reconnect_max, with jitter.
+reconnect_min = "500ms"
+reconnect_max = "30s"
+# How often backlog and drop counts are reported to the aggregator.
+status_interval = "10s"
+
+[queue]
+# Limits; when full the lowest-severity, oldest records are dropped, counted and reported.
+max_records = 20000000
+max_bytes = "2GiB"
+# Submissions that may wait in memory before the queue writer commits them (bounds what a
+# power cut can lose).
+channel_capacity = 4096
+# How often queue-full drops are sent to the aggregator as an internal WEIR_QUEUE_DROPS event.
+drop_report_interval = "10s"
+
+[syslog]
+# Listen addresses. On a gateway use 0.0.0.0:514 (needs CAP_NET_BIND_SERVICE).
+udp = ["127.0.0.1:{syslog_port}"]
+tcp = ["127.0.0.1:{syslog_port}"]
+# Longest message; longer ones are truncated and flagged (tag weir_truncated=true).
+max_message_bytes = "64KiB"
+# TCP connection limit and idle timeout.
+tcp_max_connections = 1000
+tcp_idle_timeout = "10m"
+
+[http]
+# Local HTTP: GET /metrics, GET /healthz, POST /api/v1/events (JSON, needs the API key).
+listen = "127.0.0.1:{http_port}"
+# API key file (one key per line) for JSON ingest.
+api_key_file = "api-key"
+# Largest request body.
+max_body_bytes = "8MiB"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, example("data", "127.0.0.1:4433", "tls", 5514, 8084)).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.aggregator.batch_max_records, 2000);
+        assert_eq!(c.syslog.udp.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let text = example("data", "127.0.0.1:4433", "tls", 5514, 8084).replace(
+            "udp = [\"127.0.0.1:5514\"]",
+            "udp = [\"127.0.0.1:notaport\"]",
+        );
+        std::fs::write(&p, text).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("agent.toml:") && e.contains("invalid socket address"), "{e}");
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        let want = std::fs::read_to_string(&p).unwrap().lines().position(|l| l.contains("notaport")).unwrap() + 1;
+        assert_eq!(line, want, "{e}");
+
+        std::fs::write(&p, "data_dir = \"x\"\n[aggregator]\naddresses = []\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("aggregator.addresses"), "{e}");
+
+        std::fs::write(&p, "data_dir = \"x\"\ndata_dri = \"y\"\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("unknown field `data_dri`"), "{e}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("agg:4433"), Some(("agg".into(), 4433)));
+        assert_eq!(split_host_port("[::1]:4433"), Some(("::1".into(), 4433)));
+        assert_eq!(split_host_port("agg"), None);
+        assert_eq!(split_host_port(":1"), None);
+    }
+}

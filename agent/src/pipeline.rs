@@ -1,0 +1,263 @@
+//! The path from inputs to the durable queue: inputs hold a [`Sink`] and hand it records; one
+//! [`run_writer`] task drains the bounded channel behind it and appends what it finds to the
+//! queue in group commits (one durable transaction for everything that arrived meanwhile).
+//!
+//! Backpressure: [`Sink::send`] awaits channel capacity, so when the disk cannot keep up, TCP and
+//! HTTP inputs stop reading and their senders slow down, and UDP packets wait in the kernel's
+//! receive buffer (whose overflows are counted by the kernel and exported as a metric).
+//!
+//! Queue-full drops are reported to the aggregator as an internal event every
+//! `drop_report_interval`, besides the drop counters the agent's status carries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use weir_common::{Event, InputKind, Record, Severity};
+
+use crate::queue::{AppendOutcome, Encoded, Queue};
+
+/// Most records appended in one transaction.
+const MAX_GROUP: usize = 16 * 1024;
+
+/// One hand-over from an input: records, and optionally a channel that learns when they are
+/// durable (the HTTP input answers its client only then).
+#[derive(Debug)]
+pub struct Submission {
+    pub records: Vec<Encoded>,
+    pub committed: Option<oneshot::Sender<Result<AppendOutcome, String>>>,
+}
+
+/// Counters of records dropped before reaching the queue (malformed input, oversize, ...), by
+/// reason; reported in the agent's status alongside the queue's own drop counts.
+#[derive(Debug, Default)]
+pub struct InputDrops {
+    map: Mutex<BTreeMap<String, u64>>,
+}
+
+impl InputDrops {
+    /// Counts one drop in memory and in the `weir_agent_dropped_total` metric.
+    pub fn count(&self, reason: &'static str) {
+        metrics::counter!("weir_agent_dropped_total", "reason" => reason).increment(1);
+        *self.map.lock().expect("drops lock").entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.map.lock().expect("drops lock").clone()
+    }
+}
+
+/// The handle inputs use to submit records. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    tx: mpsc::Sender<Submission>,
+    pub drops: Arc<InputDrops>,
+}
+
+/// The writer is gone (the agent is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the agent is shutting down")]
+pub struct Closed;
+
+impl Sink {
+    /// Encodes and submits records, waiting for channel capacity (backpressure).
+    pub async fn send(&self, records: Vec<Record>, received_at: Timestamp) -> Result<(), Closed> {
+        let us = received_at.as_microsecond();
+        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+        self.tx
+            .send(Submission { records, committed: None })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Submits already-encoded records (inputs that batch encode themselves).
+    pub async fn send_encoded(&self, records: Vec<Encoded>) -> Result<(), Closed> {
+        self.tx
+            .send(Submission { records, committed: None })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Submits records and waits until they are durably in the queue.
+    pub async fn send_committed(
+        &self,
+        records: Vec<Record>,
+        received_at: Timestamp,
+    ) -> Result<AppendOutcome, String> {
+        let us = received_at.as_microsecond();
+        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Submission { records, committed: Some(tx) })
+            .await
+            .map_err(|_| Closed.to_string())?;
+        rx.await.map_err(|_| Closed.to_string())?
+    }
+}
+
+/// Creates the sink and the receiver [`run_writer`] drains. `capacity` bounds the records that
+/// can sit between inputs and the queue (the power-cut exposure window).
+pub fn channel(capacity: usize) -> (Sink, mpsc::Receiver<Submission>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        Sink {
+            tx,
+            drops: Arc::new(InputDrops::default()),
+        },
+        rx,
+    )
+}
+
+/// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
+/// drains what is already in the channel first). Publishes the last committed sequence on
+/// `committed` so the forwarder wakes up.
+pub async fn run_writer(
+    queue: Arc<Queue>,
+    mut rx: mpsc::Receiver<Submission>,
+    committed: watch::Sender<u64>,
+    drop_report_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut pending_report: BTreeMap<String, u64> = BTreeMap::new();
+    let mut report_tick = tokio::time::interval(drop_report_interval);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            sub = rx.recv() => match sub {
+                Some(sub) => sub,
+                None => break,
+            },
+            _ = report_tick.tick() => {
+                if !pending_report.is_empty() {
+                    let ev = drop_report_event(&std::mem::take(&mut pending_report), drop_report_interval);
+                    let sub = Submission {
+                        records: vec![Encoded::new(&Record::Event(ev), Timestamp::now().as_microsecond())],
+                        committed: None,
+                    };
+                    append_group(&queue, vec![sub], &committed, &mut pending_report).await;
+                }
+                continue;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                // Stop accepting, then drain what the inputs already handed over.
+                closing = true;
+                rx.close();
+                continue;
+            }
+        };
+        let mut group = vec![first];
+        let mut n = group[0].records.len();
+        while n < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(sub) => {
+                    n += sub.records.len();
+                    group.push(sub);
+                }
+                Err(_) => break,
+            }
+        }
+        append_group(&queue, group, &committed, &mut pending_report).await;
+    }
+    if !pending_report.is_empty() {
+        let ev = drop_report_event(&pending_report, drop_report_interval);
+        let sub = Submission {
+            records: vec![Encoded::new(&Record::Event(ev), Timestamp::now().as_microsecond())],
+            committed: None,
+        };
+        let mut ignore = BTreeMap::new();
+        append_group(&queue, vec![sub], &committed, &mut ignore).await;
+    }
+    tracing::debug!("queue writer stopped");
+}
+
+async fn append_group(
+    queue: &Arc<Queue>,
+    mut group: Vec<Submission>,
+    committed: &watch::Sender<u64>,
+    pending_report: &mut BTreeMap<String, u64>,
+) {
+    let records: Vec<Encoded> = group.iter_mut().flat_map(|s| std::mem::take(&mut s.records)).collect();
+    let count = records.len() as u64;
+    let q = queue.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || q.append(&records))
+        .await
+        .unwrap_or_else(|e| panic!("queue append task panicked: {e}"));
+    metrics::histogram!("weir_agent_queue_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(out) => {
+            metrics::counter!("weir_agent_committed_total").increment(out.kept);
+            for (reason, n) in &out.drops {
+                metrics::counter!("weir_agent_dropped_total", "reason" => reason.clone()).increment(*n);
+                *pending_report.entry(reason.clone()).or_insert(0) += n;
+            }
+            if !out.drops.is_empty() {
+                weir_common::warn_limited!(
+                    "queue_full",
+                    drops = ?out.drops,
+                    "queue is full: dropped the lowest-severity, oldest records. The aggregator is unreachable or too slow; raise [queue] max_bytes/max_records or restore the link"
+                );
+            }
+            if out.kept > 0 {
+                committed.send_replace(out.last_seq);
+            }
+            for sub in group {
+                if let Some(tx) = sub.committed {
+                    let _ = tx.send(Ok(out.clone()));
+                }
+            }
+        }
+        Err(e) => {
+            // Nothing in this group is durable. This is data loss unless the sender retries
+            // (HTTP clients get a 503 and do).
+            metrics::counter!("weir_agent_dropped_total", "reason" => "queue_write_error").increment(count);
+            tracing::error!(error = %e, records = count, "could not write to the queue; these records are lost. Check the disk under data_dir");
+            for sub in group {
+                if let Some(tx) = sub.committed {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// The internal event that tells the aggregator about queue-full drops.
+pub fn drop_report_event(drops: &BTreeMap<String, u64>, interval: Duration) -> Event {
+    let total: u64 = drops.values().sum();
+    let detail = drops
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut ev = Event::new(
+        InputKind::Internal,
+        "weir-agent",
+        hostname(),
+        Severity::Error,
+        format!(
+            "agent queue full: dropped {total} records in the last {}s ({detail})",
+            interval.as_secs()
+        ),
+        Timestamp::now(),
+    );
+    ev.tag = Some("WEIR_QUEUE_DROPS".into());
+    ev.event_type = Some("queue_drops".into());
+    for (k, v) in drops {
+        ev.tags.insert(k.clone(), v.to_string());
+    }
+    ev
+}
+
+/// This machine's host name, for internal events.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

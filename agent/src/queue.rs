@@ -1,0 +1,637 @@
+//! The agent's durable queue: every record the agent accepts is written here, in a redb file,
+//! before anything else happens to it, and leaves only when the aggregator has acknowledged it.
+//!
+//! # Invariants
+//! - Sequence numbers are strictly increasing and never reused, also across a queue that had to
+//!   be recreated: a fresh queue starts at the current time in microseconds, which is above any
+//!   sequence an older queue could have reached unless it averaged more than a million records a
+//!   second over its whole life.
+//! - A record is removed only by [`Queue::ack`] (the aggregator stored it) or by the drop policy
+//!   when the queue is full; every drop is counted by reason in the same transaction.
+//! - Appends are group commits with [`Durability::Immediate`]: when [`Queue::append`] returns, the
+//!   records survive a power cut. What can be lost in a power cut is only what the inputs had
+//!   received but the writer had not yet committed: the bounded channel in front of the writer
+//!   plus the transaction being written, in practice one fsync's worth (a few milliseconds).
+//!   Acknowledgement deletes are not fsynced on their own (they become durable with the next
+//!   append): after a crash a few acknowledged records may be sent again, and the aggregator
+//!   recognises them by sequence.
+//!
+//! # On-disk format (redb tables)
+//! - `records`: `u64` sequence → `[rank: u8][received_at µs: i64 LE][postcard Record]`.
+//! - `meta`: `&str` → `u64`: `next_seq`, `bytes`, `count.<rank>` (records per severity rank).
+//! - `drops`: `&str` reason → `u64` cumulative drops since the queue was created.
+//!
+//! # When full
+//! The limit is on records and on logical bytes (header + payload; the file itself is larger by
+//! redb's page overhead). A new record that does not fit evicts the oldest record of the lowest
+//! severity present, if that severity is not above the new record's; otherwise the new record is
+//! the one dropped. Drops are counted as `queue_full_<severity>`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use weir_common::wire::WireRecord;
+use weir_common::{Record, Severity};
+
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DROPS: TableDefinition<&str, u64> = TableDefinition::new("drops");
+
+/// Bytes of the per-record header: severity rank and receive time.
+pub const HEADER_LEN: usize = 9;
+const RANKS: usize = Severity::ALL.len();
+const RANK_KEYS: [&str; RANKS] = ["count.0", "count.1", "count.2", "count.3", "count.4"];
+
+/// A record encoded for the queue, ready to append (encoding happens in the input tasks, not in
+/// the single writer).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new(record: &Record, received_at_us: i64) -> Encoded {
+        let mut bytes = Vec::with_capacity(128);
+        bytes.push(record.severity().rank());
+        bytes.extend_from_slice(&received_at_us.to_le_bytes());
+        bytes = postcard::to_extend(record, bytes).expect("postcard encoding into a Vec");
+        Encoded { bytes }
+    }
+
+    pub fn rank(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Size limits for the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_records: u64,
+    pub max_bytes: u64,
+}
+
+/// What one append did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Sequence numbers given to the appended records that were kept (empty range if none).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub kept: u64,
+    /// Drops made to fit, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// A snapshot of the queue's size.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub records: u64,
+    pub bytes: u64,
+    /// Receive time of the oldest record, µs since the epoch; 0 when empty.
+    pub oldest_us: i64,
+    pub next_seq: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error(
+        "queue {path} is in use by another process (is another weir-agent running with the same data_dir?)"
+    )]
+    InUse { path: PathBuf },
+}
+
+/// In-memory mirror of the counters in `meta`, plus eviction cursors.
+#[derive(Debug)]
+struct State {
+    next_seq: u64,
+    bytes: u64,
+    counts: [u64; RANKS],
+    /// For each rank r: no record of rank r has a sequence below `cursor[r]`. Appends only add
+    /// higher sequences, so the eviction scan for a rank never needs to look below its cursor.
+    cursor: [u64; RANKS],
+    drops: BTreeMap<String, u64>,
+}
+
+impl State {
+    fn records(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The durable queue. Methods block on disk I/O: call them from blocking threads.
+pub struct Queue {
+    db: Database,
+    path: PathBuf,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("path", &self.path).finish()
+    }
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> QueueError {
+    QueueError::Db {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+impl Queue {
+    /// Opens the queue at `path`, creating it if absent. A file that cannot be opened as a queue
+    /// (corrupt, truncated, not a redb file, unreadable contents) is renamed to
+    /// `<path>.corrupt-<unix time>` with an error log and a fresh queue is started, so the agent
+    /// keeps receiving instead of crash-looping. A file locked by another process is an error.
+    pub fn open(path: &Path, limits: Limits) -> Result<Queue, QueueError> {
+        match Self::try_open(path, limits) {
+            Ok(q) => Ok(q),
+            Err(QueueError::InUse { path }) => Err(QueueError::InUse { path }),
+            Err(err) if path.exists() => {
+                let aside = PathBuf::from(format!(
+                    "{}.corrupt-{}",
+                    path.display(),
+                    jiff::Timestamp::now().as_second()
+                ));
+                tracing::error!(
+                    queue = %path.display(), moved_to = %aside.display(), error = %err,
+                    "queue file is unreadable; moved it aside and starting a fresh queue. Records in it were not delivered: keep the moved file for analysis"
+                );
+                std::fs::rename(path, &aside).map_err(|e| db_err(path, e))?;
+                metrics::counter!("weir_agent_queue_reset_total").increment(1);
+                Self::try_open(path, limits)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn try_open(path: &Path, limits: Limits) -> Result<Queue, QueueError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(QueueError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(db_err(path, e)),
+        };
+        let txn = db.begin_write().map_err(|e| db_err(path, e))?;
+        let state = {
+            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+            txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+            let drops_table = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
+            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, QueueError> {
+                Ok(meta
+                    .get(k)
+                    .map_err(|e| db_err(path, e))?
+                    .map(|v| v.value()))
+            };
+            let next_seq = match get(&meta, "next_seq")? {
+                Some(n) => n,
+                None => {
+                    // A fresh queue: start above anything an earlier queue could have used.
+                    let start = jiff::Timestamp::now().as_microsecond().max(1) as u64;
+                    meta.insert("next_seq", start).map_err(|e| db_err(path, e))?;
+                    start
+                }
+            };
+            let mut counts = [0; RANKS];
+            for (r, key) in RANK_KEYS.iter().enumerate() {
+                counts[r] = get(&meta, key)?.unwrap_or(0);
+            }
+            let mut drops = BTreeMap::new();
+            for item in drops_table.iter().map_err(|e| db_err(path, e))? {
+                let (k, v) = item.map_err(|e| db_err(path, e))?;
+                drops.insert(k.value().to_string(), v.value());
+            }
+            State {
+                next_seq,
+                bytes: get(&meta, "bytes")?.unwrap_or(0),
+                counts,
+                cursor: [0; RANKS],
+                drops,
+            }
+        };
+        txn.commit().map_err(|e| db_err(path, e))?;
+        Ok(Queue {
+            db,
+            path: path.to_path_buf(),
+            limits,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends records in one durable transaction, applying the drop policy when full.
+    pub fn append(&self, records: &[Encoded]) -> Result<AppendOutcome, QueueError> {
+        let path = &self.path;
+        let mut st = self.state.lock().expect("queue state lock");
+        let mut out = AppendOutcome::default();
+        let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+            for rec in records {
+                let size = rec.len() as u64;
+                if size > self.limits.max_bytes {
+                    bump(&mut out.drops, "oversize_record".to_string());
+                    continue;
+                }
+                let mut keep = true;
+                while st.records() + 1 > self.limits.max_records
+                    || st.bytes + size > self.limits.max_bytes
+                {
+                    match self.evict_for(&mut table, &mut st, rec.rank())? {
+                        Some(reason) => bump(&mut out.drops, reason),
+                        None => {
+                            keep = false;
+                            bump(&mut out.drops, full_reason(rec.rank()));
+                            break;
+                        }
+                    }
+                }
+                if !keep {
+                    continue;
+                }
+                let seq = st.next_seq;
+                table
+                    .insert(seq, rec.bytes.as_slice())
+                    .map_err(|e| db_err(path, e))?;
+                st.next_seq += 1;
+                st.bytes += size;
+                st.counts[rec.rank() as usize] += 1;
+                if out.kept == 0 {
+                    out.first_seq = seq;
+                }
+                out.last_seq = seq;
+                out.kept += 1;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+            write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+            if !out.drops.is_empty() {
+                let mut drops = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
+                for (reason, n) in &out.drops {
+                    let total = st.drops.entry(reason.clone()).or_insert(0);
+                    *total += n;
+                    drops
+                        .insert(reason.as_str(), *total)
+                        .map_err(|e| db_err(path, e))?;
+                }
+            }
+        }
+        let mut txn = txn;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| db_err(path, redb::Error::from(e)))?;
+        txn.commit().map_err(|e| db_err(path, e))?;
+        Ok(out)
+    }
+
+    /// Evicts the oldest record of the lowest severity rank `<= incoming`, returning the drop
+    /// reason, or `None` when every queued record is more severe than the incoming one.
+    fn evict_for(
+        &self,
+        table: &mut redb::Table<u64, &[u8]>,
+        st: &mut State,
+        incoming: u8,
+    ) -> Result<Option<String>, QueueError> {
+        let path = &self.path;
+        for rank in 0..=incoming as usize {
+            if st.counts[rank] == 0 {
+                continue;
+            }
+            let mut victim = None;
+            for item in table.range(st.cursor[rank]..).map_err(|e| db_err(path, e))? {
+                let (k, v) = item.map_err(|e| db_err(path, e))?;
+                if v.value().first() == Some(&(rank as u8)) {
+                    victim = Some((k.value(), v.value().len() as u64));
+                    break;
+                }
+            }
+            match victim {
+                Some((seq, size)) => {
+                    table.remove(seq).map_err(|e| db_err(path, e))?;
+                    st.cursor[rank] = seq + 1;
+                    st.counts[rank] -= 1;
+                    st.bytes = st.bytes.saturating_sub(size);
+                    return Ok(Some(full_reason(rank as u8)));
+                }
+                None => {
+                    // The counter was stale (cannot happen unless the file was edited): repair.
+                    st.counts[rank] = 0;
+                    st.cursor[rank] = st.next_seq;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record with a sequence `<= up_to` (the aggregator has stored them).
+    /// Returns how many were removed.
+    pub fn ack(&self, up_to: u64) -> Result<u64, QueueError> {
+        let path = &self.path;
+        let mut st = self.state.lock().expect("queue state lock");
+        let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| db_err(path, redb::Error::from(e)))?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+            let extracted = table
+                .extract_from_if(..=up_to, |_, _| true)
+                .map_err(|e| db_err(path, e))?;
+            for item in extracted {
+                let (_, v) = item.map_err(|e| db_err(path, e))?;
+                let v = v.value();
+                let rank = v.first().copied().unwrap_or(0) as usize % RANKS;
+                st.counts[rank] = st.counts[rank].saturating_sub(1);
+                st.bytes = st.bytes.saturating_sub(v.len() as u64);
+                removed += 1;
+            }
+            if removed > 0 {
+                let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+                write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err(path, e))?;
+        Ok(removed)
+    }
+
+    /// Reads up to `max_records` records (and about `max_bytes`) starting at `from`.
+    pub fn read_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<WireRecord>, QueueError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+        let mut out = Vec::with_capacity(max_records.min(4096));
+        let mut bytes = 0;
+        for item in table.range(from..).map_err(|e| db_err(path, e))? {
+            let (k, v) = item.map_err(|e| db_err(path, e))?;
+            let v = v.value();
+            let payload = v.get(HEADER_LEN..).unwrap_or_default().to_vec();
+            bytes += payload.len();
+            out.push(WireRecord {
+                seq: k.value(),
+                payload,
+            });
+            if out.len() >= max_records || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first queued sequence, if any.
+    pub fn first_seq(&self) -> Result<Option<u64>, QueueError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+        Ok(table
+            .first()
+            .map_err(|e| db_err(path, e))?
+            .map(|(k, _)| k.value()))
+    }
+
+    /// The sequence the next appended record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.state.lock().expect("queue state lock").next_seq
+    }
+
+    /// Raises the next sequence to at least `seq` (the aggregator has seen higher sequences than
+    /// this queue has issued: the queue file was restored from an old copy).
+    pub fn raise_next_seq(&self, seq: u64) -> Result<(), QueueError> {
+        let path = &self.path;
+        let mut st = self.state.lock().expect("queue state lock");
+        if st.next_seq >= seq {
+            return Ok(());
+        }
+        st.next_seq = seq;
+        let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+            write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+        }
+        txn.commit().map_err(|e| db_err(path, e))?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats, QueueError> {
+        let path = &self.path;
+        let (records, bytes, next_seq, drops) = {
+            let st = self.state.lock().expect("queue state lock");
+            (st.records(), st.bytes, st.next_seq, st.drops.clone())
+        };
+        let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+        let oldest_us = match table.first().map_err(|e| db_err(path, e))? {
+            Some((_, v)) => v
+                .value()
+                .get(1..HEADER_LEN)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .unwrap_or(0),
+            None => 0,
+        };
+        Ok(Stats {
+            records,
+            bytes,
+            oldest_us,
+            next_seq,
+            drops,
+        })
+    }
+}
+
+fn write_counters(meta: &mut redb::Table<&str, u64>, st: &State) -> Result<(), redb::StorageError> {
+    meta.insert("next_seq", st.next_seq)?;
+    meta.insert("bytes", st.bytes)?;
+    for (r, key) in RANK_KEYS.iter().enumerate() {
+        meta.insert(*key, st.counts[r])?;
+    }
+    Ok(())
+}
+
+fn full_reason(rank: u8) -> String {
+    let sev = Severity::from_rank(rank).unwrap_or(Severity::Debug);
+    format!("queue_full_{sev}")
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, reason: String) {
+    *map.entry(reason).or_insert(0) += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+    use weir_common::{Event, InputKind};
+
+    fn rec(sev: Severity, msg: &str) -> Encoded {
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        let r = Record::Event(Event::new(InputKind::Api, "t", "h", sev, msg, t));
+        Encoded::new(&r, t.as_microsecond())
+    }
+
+    fn big() -> Limits {
+        Limits {
+            max_records: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+
+    fn messages(q: &Queue) -> Vec<String> {
+        q.read_from(0, usize::MAX, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|w| match Record::from_bytes(&w.payload).unwrap() {
+                Record::Event(e) => e.message,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn append_read_ack_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        let first;
+        {
+            let q = Queue::open(&path, big()).unwrap();
+            let out = q.append(&[rec(Severity::Info, "a"), rec(Severity::Info, "b")]).unwrap();
+            assert_eq!(out.kept, 2);
+            first = out.first_seq;
+            assert_eq!(out.last_seq, first + 1);
+            let out = q.append(&[rec(Severity::Error, "c")]).unwrap();
+            assert_eq!(out.first_seq, first + 2);
+            let recs = q.read_from(first + 1, 10, usize::MAX).unwrap();
+            assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first + 1, first + 2]);
+            assert_eq!(q.ack(first).unwrap(), 1);
+            assert_eq!(q.stats().unwrap().records, 2);
+        }
+        // Reopen: counters and sequence survive.
+        let q = Queue::open(&path, big()).unwrap();
+        let st = q.stats().unwrap();
+        assert_eq!(st.records, 2);
+        assert_eq!(st.next_seq, first + 3);
+        assert_eq!(st.oldest_us, 1_700_000_000_000_000);
+        assert_eq!(messages(&q), vec!["b", "c"]);
+        assert_eq!(q.ack(u64::MAX).unwrap(), 2);
+        let st = q.stats().unwrap();
+        assert_eq!((st.records, st.bytes, st.oldest_us), (0, 0, 0));
+    }
+
+    #[test]
+    fn full_queue_drops_lowest_severity_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(
+            &dir.path().join("q.redb"),
+            Limits {
+                max_records: 4,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        q.append(&[
+            rec(Severity::Info, "i1"),
+            rec(Severity::Debug, "d1"),
+            rec(Severity::Error, "e1"),
+            rec(Severity::Debug, "d2"),
+        ])
+        .unwrap();
+        // Full: a warning evicts the oldest debug.
+        let out = q.append(&[rec(Severity::Warning, "w1")]).unwrap();
+        assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 1)]));
+        assert_eq!(messages(&q), vec!["i1", "e1", "d2", "w1"]);
+        // Then the next debug, then info.
+        q.append(&[rec(Severity::Critical, "c1"), rec(Severity::Critical, "c2")])
+            .unwrap();
+        assert_eq!(messages(&q), vec!["e1", "w1", "c1", "c2"]);
+        // A debug cannot evict anything more severe: it is dropped itself.
+        let out = q.append(&[rec(Severity::Debug, "d3")]).unwrap();
+        assert_eq!(out.kept, 0);
+        assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 1)]));
+        // Lowest severity present goes first (the warning), then, at equal severity, the oldest.
+        q.append(&[rec(Severity::Error, "e2")]).unwrap();
+        assert_eq!(messages(&q), vec!["e1", "c1", "c2", "e2"]);
+        q.append(&[rec(Severity::Error, "e3")]).unwrap();
+        assert_eq!(messages(&q), vec!["c1", "c2", "e2", "e3"]);
+        let drops = q.stats().unwrap().drops;
+        assert_eq!(drops["queue_full_debug"], 3);
+        assert_eq!(drops["queue_full_info"], 1);
+        assert_eq!(drops["queue_full_warning"], 1);
+        assert_eq!(drops["queue_full_error"], 1);
+        assert!(!drops.contains_key("queue_full_critical"));
+    }
+
+    #[test]
+    fn byte_limit_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = rec(Severity::Info, "x").len() as u64;
+        let q = Queue::open(
+            &dir.path().join("q.redb"),
+            Limits {
+                max_records: 100,
+                max_bytes: one * 3,
+            },
+        )
+        .unwrap();
+        for _ in 0..5 {
+            q.append(&[rec(Severity::Info, "x")]).unwrap();
+        }
+        let st = q.stats().unwrap();
+        assert_eq!(st.records, 3);
+        assert_eq!(st.bytes, one * 3);
+        assert_eq!(st.drops["queue_full_info"], 2);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        std::fs::write(&path, b"this is not a redb file, it is garbage".repeat(200)).unwrap();
+        let q = Queue::open(&path, big()).unwrap();
+        q.append(&[rec(Severity::Info, "fresh")]).unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("queue.redb.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+    }
+
+    #[test]
+    fn raised_sequence_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        {
+            let q = Queue::open(&path, big()).unwrap();
+            let n = q.next_seq();
+            q.raise_next_seq(n + 1000).unwrap();
+            q.append(&[rec(Severity::Info, "x")]).unwrap();
+        }
+        let q = Queue::open(&path, big()).unwrap();
+        let recs = q.read_from(0, 10, usize::MAX).unwrap();
+        assert_eq!(q.next_seq(), recs[0].seq + 1);
+    }
+}

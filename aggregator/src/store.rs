@@ -1,0 +1,425 @@
+//! The aggregator's event store: one redb file holding every event exactly once.
+//!
+//! Exactly-once rests on one rule: a batch's events and the agent's highest committed sequence
+//! are written in the same transaction. A record at or below that sequence is a redelivery and is
+//! skipped (counted as a duplicate); a record above it is stored. Agents send in sequence order on
+//! one stream and resume after the committed sequence, so nothing above it was stored before.
+//!
+//! # Tables
+//! - `events`: `u64` store key (aggregator-wide, increasing with arrival) → postcard [`StoredEvent`].
+//! - `agent_seq`: `(agent number u32, agent sequence u64)` → store key, to find an event by its
+//!   fleet id and to apply first-stage dedup count updates.
+//! - `agents`: identity `site/name` → postcard [`AgentRecord`] (number, committed sequence, …).
+//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use weir_common::event::micros;
+use weir_common::wire::Batch;
+use weir_common::{Event, Record};
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const AGENT_SEQ: TableDefinition<(u32, u64), u64> = TableDefinition::new("agent_seq");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// An event as stored: the agent's event plus where it came from and when it was stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub site: String,
+    pub agent: String,
+    /// The agent's sequence number for it (with site and agent, the fleet-wide id).
+    pub seq: u64,
+    #[serde(with = "micros")]
+    pub stored_at: Timestamp,
+    pub correlated_incident: Option<String>,
+    pub event: Event,
+}
+
+impl StoredEvent {
+    pub fn id(&self) -> String {
+        weir_common::event_id(&self.site, &self.agent, self.seq)
+    }
+}
+
+/// What the store remembers of each agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub number: u32,
+    pub site: String,
+    pub name: String,
+    /// Highest agent sequence durably stored.
+    pub committed_seq: u64,
+    #[serde(with = "micros")]
+    pub first_seen: Timestamp,
+    #[serde(with = "micros")]
+    pub last_commit: Timestamp,
+}
+
+/// A batch from one agent, for [`Store::commit`].
+#[derive(Debug)]
+pub struct AgentBatch<'a> {
+    pub site: &'a str,
+    pub name: &'a str,
+    pub batch: &'a Batch,
+}
+
+/// What a commit did, per batch (same order as the input) and in total.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// Committed sequence of each batch's agent after the commit.
+    pub committed: Vec<u64>,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub count_updates: u64,
+    /// Count updates whose event is not in the store (it was dropped or aged out).
+    pub orphan_updates: u64,
+    /// Records that could not be decoded (counted, logged, skipped: they must not wedge the
+    /// agent's pipeline).
+    pub malformed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event store {path}: {source}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    #[source]
+    pub source: redb::Error,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens or creates the store. Unlike the agent's queue, a corrupt store is never moved
+    /// aside automatically: it is the system of record, and an operator must decide.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |e: redb::Error| StoreError {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
+            txn.open_table(AGENT_SEQ).map_err(|e| err(e.into()))?;
+            txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
+            txn.open_table(META).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            source: e.into(),
+        }
+    }
+
+    /// Stores several agents' batches in one durable transaction.
+    pub fn commit(&self, batches: &[AgentBatch<'_>], now: Timestamp) -> Result<CommitOutcome, StoreError> {
+        let mut out = CommitOutcome::default();
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+            let mut agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut next_key = meta.get("next_key").map_err(|e| self.err(e))?.map_or(1, |v| v.value());
+            let mut next_agent = meta.get("next_agent").map_err(|e| self.err(e))?.map_or(1, |v| v.value());
+            let mut touched: HashMap<String, AgentRecord> = HashMap::new();
+
+            for ab in batches {
+                let identity = format!("{}/{}", ab.site, ab.name);
+                let mut rec = match touched.remove(&identity) {
+                    Some(r) => r,
+                    None => match agents.get(identity.as_str()).map_err(|e| self.err(e))? {
+                        Some(v) => postcard::from_bytes(v.value()).map_err(|e| {
+                            self.err(redb::StorageError::Corrupted(format!("agent record {identity}: {e}")))
+                        })?,
+                        None => {
+                            let number = next_agent as u32;
+                            next_agent += 1;
+                            AgentRecord {
+                                number,
+                                site: ab.site.to_string(),
+                                name: ab.name.to_string(),
+                                committed_seq: 0,
+                                first_seen: now,
+                                last_commit: now,
+                            }
+                        }
+                    },
+                };
+                for wr in &ab.batch.records {
+                    if wr.seq <= rec.committed_seq {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    rec.committed_seq = wr.seq;
+                    match Record::from_bytes(&wr.payload) {
+                        Ok(Record::Event(event)) => {
+                            let stored = StoredEvent {
+                                site: ab.site.to_string(),
+                                agent: ab.name.to_string(),
+                                seq: wr.seq,
+                                stored_at: now,
+                                correlated_incident: None,
+                                event,
+                            };
+                            let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                            events.insert(next_key, bytes.as_slice()).map_err(|e| self.err(e))?;
+                            agent_seq.insert((rec.number, wr.seq), next_key).map_err(|e| self.err(e))?;
+                            next_key += 1;
+                            out.stored += 1;
+                        }
+                        Ok(Record::Count { target_seq, count, last_seen }) => {
+                            let key = agent_seq
+                                .get((rec.number, target_seq))
+                                .map_err(|e| self.err(e))?
+                                .map(|v| v.value());
+                            let Some(key) = key else {
+                                out.orphan_updates += 1;
+                                continue;
+                            };
+                            let current = events.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
+                            if let Some(bytes) = current
+                                && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
+                            {
+                                // Absolute counts: keep the largest, so replays cannot inflate.
+                                if count > stored.event.count {
+                                    stored.event.count = count;
+                                }
+                                if last_seen > stored.event.last_seen {
+                                    stored.event.last_seen = last_seen;
+                                }
+                                let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                                events.insert(key, bytes.as_slice()).map_err(|e| self.err(e))?;
+                                out.count_updates += 1;
+                            } else {
+                                out.orphan_updates += 1;
+                            }
+                        }
+                        Err(e) => {
+                            out.malformed += 1;
+                            weir_common::warn_limited!(
+                                "malformed_record",
+                                agent = %identity, seq = wr.seq, error = %e,
+                                "skipping a record that does not decode (the agent may run an incompatible version)"
+                            );
+                        }
+                    }
+                }
+                rec.last_commit = now;
+                out.committed.push(rec.committed_seq);
+                touched.insert(identity, rec);
+            }
+            for (identity, rec) in &touched {
+                let bytes = postcard::to_allocvec(rec).expect("encode AgentRecord");
+                agents.insert(identity.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+            meta.insert("next_key", next_key).map_err(|e| self.err(e))?;
+            meta.insert("next_agent", next_agent).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// The agent's highest committed sequence (0 if never seen).
+    pub fn committed_seq(&self, site: &str, name: &str) -> Result<u64, StoreError> {
+        Ok(self.agent(site, name)?.map_or(0, |a| a.committed_seq))
+    }
+
+    pub fn agent(&self, site: &str, name: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
+        let identity = format!("{site}/{name}");
+        Ok(match agents.get(identity.as_str()).map_err(|e| self.err(e))? {
+            Some(v) => postcard::from_bytes(v.value()).ok(),
+            None => None,
+        })
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in agents.iter().map_err(|e| self.err(e))? {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(r) = postcard::from_bytes(v.value()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Total stored events.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        events.len().map_err(|e| self.err(e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Newest first: up to `limit` events with a store key below `before` (all when `None`),
+    /// each with its store key.
+    pub fn newest(&self, limit: usize, before: Option<u64>) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(limit.min(1000));
+        let range = events.range(..before.unwrap_or(u64::MAX)).map_err(|e| self.err(e))?;
+        for item in range.rev() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(ev) = postcard::from_bytes::<StoredEvent>(v.value()) {
+                out.push((k.value(), ev));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored event in store order (tests and exports; not for the API's hot path).
+    pub fn scan(&self, mut f: impl FnMut(u64, StoredEvent)) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        for item in events.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(ev) = postcard::from_bytes::<StoredEvent>(v.value()) {
+                f(k.value(), ev);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds an event by its fleet id `site:agent:seq`.
+    pub fn get_by_id(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let mut parts = id.rsplitn(3, ':');
+        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        let Ok(seq) = seq.parse::<u64>() else { return Ok(None) };
+        let Some(agent) = self.agent(site, name)? else { return Ok(None) };
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+        let Some(key) = agent_seq.get((agent.number, seq)).map_err(|e| self.err(e))?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        Ok(events
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_common::wire::WireRecord;
+    use weir_common::{InputKind, Severity};
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Batch {
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        let records: Vec<_> = seqs
+            .clone()
+            .map(|seq| WireRecord {
+                seq,
+                payload: Record::Event(Event::new(InputKind::Api, "t", "h", Severity::Info, format!("m{seq}"), t))
+                    .to_bytes(),
+            })
+            .collect();
+        Batch { first_seq: *seqs.start(), last_seq: *seqs.end(), records }
+    }
+
+    fn messages(store: &Store) -> Vec<String> {
+        let mut v = Vec::new();
+        store.scan(|_, e| v.push(e.event.message)).unwrap();
+        v
+    }
+
+    #[test]
+    fn redelivery_is_stored_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.redb");
+        let now = Timestamp::now();
+        {
+            let store = Store::open(&path).unwrap();
+            let b1 = batch(1..=3);
+            let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b1 }], now).unwrap();
+            assert_eq!((out.stored, out.duplicates, out.committed.clone()), (3, 0, vec![3]));
+            // Overlapping redelivery after a reconnect.
+            let b2 = batch(2..=5);
+            let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b2 }], now).unwrap();
+            assert_eq!((out.stored, out.duplicates, out.committed), (2, 2, vec![5]));
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.committed_seq("s", "a").unwrap(), 5);
+        assert_eq!(store.committed_seq("s", "other").unwrap(), 0);
+        assert_eq!(messages(&store), vec!["m1", "m2", "m3", "m4", "m5"]);
+        // Same sequence from another agent is a different event.
+        let b3 = batch(1..=1);
+        store.commit(&[AgentBatch { site: "s", name: "b", batch: &b3 }], now).unwrap();
+        assert_eq!(store.len().unwrap(), 6);
+        assert_eq!(store.get_by_id("s:b:1").unwrap().unwrap().agent, "b");
+        assert_eq!(store.get_by_id("s:a:4").unwrap().unwrap().event.message, "m4");
+        assert!(store.get_by_id("s:a:99").unwrap().is_none());
+        assert!(store.get_by_id("garbage").unwrap().is_none());
+        let newest = store.newest(2, None).unwrap();
+        assert_eq!(newest[0].1.id(), "s:b:1");
+        assert_eq!(newest[1].1.id(), "s:a:5");
+        let older = store.newest(10, Some(newest[1].0)).unwrap();
+        assert_eq!(older.len(), 4);
+    }
+
+    #[test]
+    fn count_updates_and_malformed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.redb")).unwrap();
+        let now = Timestamp::now();
+        let later = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut b = batch(10..=10);
+        b.records.push(WireRecord {
+            seq: 11,
+            payload: Record::Count { target_seq: 10, count: 5, last_seen: later }.to_bytes(),
+        });
+        b.records.push(WireRecord { seq: 12, payload: vec![0xff, 0xff, 0xff] });
+        b.records.push(WireRecord {
+            seq: 13,
+            payload: Record::Count { target_seq: 10, count: 3, last_seen: now }.to_bytes(),
+        });
+        b.records.push(WireRecord {
+            seq: 14,
+            payload: Record::Count { target_seq: 999, count: 3, last_seen: now }.to_bytes(),
+        });
+        b.last_seq = 14;
+        let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b }], now).unwrap();
+        assert_eq!((out.stored, out.count_updates, out.malformed, out.orphan_updates), (1, 2, 1, 1));
+        assert_eq!(out.committed, vec![14]);
+        let ev = store.get_by_id("s:a:10").unwrap().unwrap();
+        assert_eq!(ev.event.count, 5);
+        assert_eq!(ev.event.last_seen, later);
+    }
+}

@@ -1,0 +1,118 @@
+//! Process-wide telemetry plumbing shared by the agent and the aggregator: the Prometheus
+//! recorder (installed once per process, so in-process tests that run both still work) and a
+//! gate that rate-limits log lines an attacker or a broken device could trigger at line rate.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The process's Prometheus handle; installs the global recorder on first use.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .expect("static bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); then ours only renders
+            // what it sees, which is nothing: say so once.
+            if metrics::set_global_recorder(recorder).is_err() {
+                eprintln!("weir: a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Allows one log line per key per interval and counts what it held back, so a flood of bad
+/// packets produces one line every few seconds saying how many were suppressed.
+#[derive(Debug)]
+pub struct LogGate {
+    interval: Duration,
+    last: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+}
+
+/// At most this many distinct keys are tracked; past it, keys share one slot.
+const MAX_KEYS: usize = 1024;
+
+impl LogGate {
+    pub const fn new(interval: Duration) -> LogGate {
+        LogGate {
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `Some(suppressed)` if a line for `key` may be logged now (with how many were held back
+    /// since the last one), `None` if it should be skipped.
+    pub fn check(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut guard = self.last.lock().expect("log gate lock");
+        let map = guard.get_or_insert_with(HashMap::new);
+        let key = if map.len() >= MAX_KEYS && !map.contains_key(key) {
+            "(other)"
+        } else {
+            key
+        };
+        match map.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.interval => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let n = *held;
+                *at = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                map.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Logs through `tracing` at WARN at most once per 10 seconds per key.
+#[macro_export]
+macro_rules! warn_limited {
+    ($key:expr, $($arg:tt)+) => {{
+        static GATE: $crate::telemetry::LogGate =
+            $crate::telemetry::LogGate::new(std::time::Duration::from_secs(10));
+        if let Some(suppressed) = GATE.check($key, std::time::Instant::now()) {
+            tracing::warn!(suppressed, $($arg)+);
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_limits_per_key_and_counts_suppressed() {
+        let gate = LogGate::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(gate.check("a", t0), Some(0));
+        assert_eq!(gate.check("a", t0 + Duration::from_secs(1)), None);
+        assert_eq!(gate.check("a", t0 + Duration::from_secs(2)), None);
+        assert_eq!(gate.check("b", t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(gate.check("a", t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn gate_memory_is_bounded() {
+        let gate = LogGate::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for i in 0..5000 {
+            gate.check(&format!("k{i}"), t0);
+        }
+        assert!(gate.last.lock().unwrap().as_ref().unwrap().len() <= MAX_KEYS + 1);
+    }
+}
