@@ -1,1 +1,91 @@
-fn main() {}
+//! The `weir-agent` binary: parse the command line, set up logging, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use weir_agent::config;
+
+/// Weir site agent: receives syslog (and, soon, SNMP traps) from local devices, commits every
+/// event to a durable queue, and forwards the queue to the aggregator over mutual-TLS QUIC.
+///
+/// Events wait in the queue (data_dir/queue.redb) through aggregator outages and restarts, and
+/// leave it only when the aggregator has stored them.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "Examples:\n  weir-agent --config /etc/weir/agent.toml\n  weir-agent check-config /etc/weir/agent.toml\n  weir-agent example-config > agent.toml\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_agent=debug).")]
+struct Cli {
+    /// Config file to run with.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config file (syntax, types, unknown keys, TLS files) and exit.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Print an example config with every key commented.
+    ExampleConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match (cli.command, cli.config) {
+        (Some(Command::CheckConfig { file }), _) => {
+            let c = config::load(&file)?;
+            weir_certs::tls::client_config(&c.aggregator.ca, &c.aggregator.cert, &c.aggregator.key, &[weir_common::wire::ALPN])
+                .with_context(|| format!("{}: [aggregator] TLS files", file.display()))?;
+            if let Some(k) = &c.http.api_key_file {
+                weir_common::ingest::ApiKeys::load(k).map_err(anyhow::Error::msg).with_context(|| format!("{}: http.api_key_file", file.display()))?;
+            }
+            println!("{}: OK", file.display());
+            Ok(())
+        }
+        (Some(Command::ExampleConfig), _) => {
+            print!("{}", config::example("/var/lib/weir-agent", "aggregator.example.net:4433", "/etc/weir/tls", 514, 8083));
+            Ok(())
+        }
+        (None, Some(file)) => {
+            let cfg = config::load(&file)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let running = weir_agent::start(cfg, shutdown.clone()).await?;
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down: stopping inputs, committing the queue, finishing in-flight batches");
+                shutdown.cancel();
+                if tokio::time::timeout(std::time::Duration::from_secs(15), running.join()).await.is_err() {
+                    tracing::warn!("shutdown took longer than 15s; exiting (queued events are safe and will be sent on restart)");
+                }
+                Ok(())
+            })
+        }
+        (None, None) => anyhow::bail!("nothing to do: pass --config FILE (see --help)"),
+    }
+}

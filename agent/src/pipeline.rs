@@ -20,6 +20,13 @@ use weir_common::{Event, InputKind, Record, Severity};
 
 use crate::queue::{AppendOutcome, Encoded, Queue};
 
+/// Records committed since the process started (reported in the agent's status).
+static COMMITTED_TOTAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn committed_total() -> u64 {
+    COMMITTED_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Most records appended in one transaction.
 const MAX_GROUP: usize = 16 * 1024;
 
@@ -192,6 +199,7 @@ async fn append_group(
     match result {
         Ok(out) => {
             metrics::counter!("weir_agent_committed_total").increment(out.kept);
+            COMMITTED_TOTAL.fetch_add(out.kept, std::sync::atomic::Ordering::Relaxed);
             for (reason, n) in &out.drops {
                 metrics::counter!("weir_agent_dropped_total", "reason" => reason.clone()).increment(*n);
                 *pending_report.entry(reason.clone()).or_insert(0) += n;

@@ -1,1 +1,114 @@
+//! weir-aggregator: stores every agent's events exactly once and serves the NOC's REST API.
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod registry;
 pub mod store;
+pub mod quickstart;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AggregatorConfig;
+use crate::store::Store;
+
+/// A started aggregator: where it listens, and a handle to wait for it to stop.
+#[derive(Debug)]
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub store: Arc<Store>,
+    tracker: TaskTracker,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until every task has stopped (after the shutdown token is cancelled).
+    pub async fn join(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+    }
+}
+
+/// Opens the store, binds the QUIC and HTTP listeners, and starts serving. Errors here (a bad
+/// certificate, a port in use) are returned before anything runs.
+pub async fn start(config: AggregatorConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let metrics = weir_common::telemetry::prometheus();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let store_path = config.data_dir.join("events.redb");
+    let store = Arc::new(Store::open(&store_path)?);
+    let keys = Arc::new(weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?);
+    let registry = Arc::new(registry::Registry::default());
+
+    let server_config = ingest::server_config(&config.quic)?;
+    let endpoint = quinn::Endpoint::server(server_config, config.quic.listen)
+        .with_context(|| format!("cannot listen for agents on udp {} (in use?)", config.quic.listen))?;
+    let quic_addr = endpoint.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen for the API on tcp {} (in use?)", config.api.listen))?;
+    let api_addr = listener.local_addr()?;
+
+    let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(config.quic.ingest_queue_batches);
+    let writer = {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || ingest::run_writer(store, writer_rx))?
+    };
+    let tracker = TaskTracker::new();
+    let ingest = Arc::new(ingest::Ingest { store: store.clone(), registry: registry.clone(), writer: writer_tx });
+    tracker.spawn(ingest::run_listener(
+        endpoint.clone(),
+        ingest,
+        config.quic.max_connections,
+        tracker.clone(),
+        shutdown.child_token(),
+    ));
+    if let Some(crl) = config.quic.crl.clone() {
+        tracker.spawn(ingest::run_crl_watch(
+            endpoint.clone(),
+            config.quic.clone(),
+            crl,
+            registry.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    let app = api::router(api::ApiState { store: store.clone(), registry, keys, metrics })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(config.api.max_body_bytes.0 as usize))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            config.api.request_timeout.0,
+        ));
+    let api_shutdown = shutdown.child_token();
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    let ep = endpoint.clone();
+    let quic_shutdown = shutdown.child_token();
+    tracker.spawn(async move {
+        quic_shutdown.cancelled().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ep.wait_idle()).await;
+    });
+    tracing::info!(quic = %quic_addr, api = %api_addr, store = %store_path.display(), "aggregator started");
+    Ok(Running { quic_addr, api_addr, store, tracker, writer })
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let running = start(config, shutdown).await?;
+    running.join().await;
+    Ok(())
+}

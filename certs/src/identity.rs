@@ -122,6 +122,17 @@ pub fn cert_serial_hex(cert_der: &[u8]) -> Result<String, CertError> {
     Ok(serial_hex(cert.raw_serial()))
 }
 
+/// Serial numbers (as [`cert_serial_hex`] writes them) listed in a DER-encoded CRL. The
+/// aggregator uses this to close live sessions of agents revoked while connected.
+pub fn crl_revoked_serials(crl_der: &[u8]) -> Result<Vec<String>, CertError> {
+    let (_, crl) = x509_parser::parse_x509_crl(crl_der)
+        .map_err(|e| CertError::InvalidCert(format!("not a CRL: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| serial_hex(r.raw_serial()))
+        .collect())
+}
+
 pub(crate) fn serial_hex(raw: &[u8]) -> String {
     let first = raw
         .iter()

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod event;
+pub mod ingest;
 pub mod severity;
 pub mod wire;
 

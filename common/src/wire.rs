@@ -296,3 +296,105 @@ mod tests {
         }
     }
 }
+
+/// Reading and writing frames on any `futures-io` stream (quinn's streams implement it).
+pub mod io {
+    use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use serde::{Serialize, de::DeserializeOwned};
+
+    use super::{HEADER_LEN, WireError, decode_body, encode_frame, frame_len};
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum FrameIoError {
+        #[error(transparent)]
+        Wire(#[from] WireError),
+        #[error("stream ended in the middle of a frame")]
+        Truncated,
+        #[error("{0}")]
+        Io(#[from] std::io::Error),
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean end of stream between frames. `buf` is reused
+    /// between calls to avoid an allocation per frame.
+    pub async fn read_frame<R, T>(r: &mut R, buf: &mut Vec<u8>) -> Result<Option<T>, FrameIoError>
+    where
+        R: AsyncRead + Unpin,
+        T: DeserializeOwned,
+    {
+        let mut header = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            let n = r.read(&mut header[got..]).await?;
+            if n == 0 {
+                return if got == 0 { Ok(None) } else { Err(FrameIoError::Truncated) };
+            }
+            got += n;
+        }
+        let len = frame_len(header)?;
+        buf.clear();
+        buf.resize(len, 0);
+        r.read_exact(buf).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameIoError::Truncated,
+            _ => FrameIoError::Io(e),
+        })?;
+        Ok(Some(decode_body(buf)?))
+    }
+
+    /// Encodes and writes one frame. `buf` is scratch space reused between calls.
+    pub async fn write_frame<W, T>(w: &mut W, frame: &T, buf: &mut Vec<u8>) -> Result<(), FrameIoError>
+    where
+        W: AsyncWrite + Unpin,
+        T: Serialize,
+    {
+        buf.clear();
+        encode_frame(frame, buf)?;
+        w.write_all(buf).await?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::wire::{Ack, AggregatorFrame};
+        use futures_util::io::Cursor;
+
+        #[test]
+        fn write_then_read() {
+            let mut out = Cursor::new(Vec::new());
+            let mut scratch = Vec::new();
+            let frames = [
+                AggregatorFrame::Ack(Ack { committed_seq: 1 }),
+                AggregatorFrame::Ack(Ack { committed_seq: 2 }),
+            ];
+            futures_executor_block_on(async {
+                for f in &frames {
+                    write_frame(&mut out, f, &mut scratch).await.unwrap();
+                }
+                let bytes = out.into_inner();
+                let mut r = Cursor::new(bytes.clone());
+                for f in &frames {
+                    let got: AggregatorFrame = read_frame(&mut r, &mut scratch).await.unwrap().unwrap();
+                    assert_eq!(&got, f);
+                }
+                assert!(read_frame::<_, AggregatorFrame>(&mut r, &mut scratch).await.unwrap().is_none());
+                let mut cut = Cursor::new(bytes[..bytes.len() - 1].to_vec());
+                read_frame::<_, AggregatorFrame>(&mut cut, &mut scratch).await.unwrap();
+                assert!(matches!(
+                    read_frame::<_, AggregatorFrame>(&mut cut, &mut scratch).await,
+                    Err(FrameIoError::Truncated)
+                ));
+            });
+        }
+
+        /// A minimal executor: the futures here never pend (in-memory cursors).
+        fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+            use std::task::{Context, Poll, Waker};
+            let mut f = std::pin::pin!(f);
+            let mut cx = Context::from_waker(Waker::noop());
+            match f.as_mut().poll(&mut cx) {
+                Poll::Ready(v) => v,
+                Poll::Pending => panic!("in-memory I/O should not pend"),
+            }
+        }
+    }
+}

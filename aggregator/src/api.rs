@@ -1,0 +1,316 @@
+//! The REST API the NOC works from. [`router`] builds the whole app, so tests can drive it
+//! with `oneshot` and no socket.
+//!
+//! Errors are RFC 9457 problem documents: client errors say what is wrong; server errors are
+//! logged and answered without internals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jiff::Timestamp;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use weir_common::ingest::ApiKeys;
+use weir_common::{InputKind, Severity};
+
+use crate::registry::Registry;
+use crate::store::{Store, StoredEvent};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub keys: Arc<ApiKeys>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{id}", get(get_event))
+        .route("/api/v1/agents", get(list_agents))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// An error answered as an RFC 9457 problem document.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        ApiError { status, detail: detail.into() }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "API request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the aggregator's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+async fn require_key(State(state): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let key = ApiKeys::extract(
+        headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+    );
+    match key {
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing API key: send X-API-Key or Authorization: Bearer").into_response(),
+        Some(k) if !state.keys.check(k) => {
+            metrics::counter!("weir_aggregator_api_auth_failures_total").increment(1);
+            ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key").into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.len())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "readiness check: store unreadable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "event store unreadable")
+        })?;
+    Ok("ready\n")
+}
+
+async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// One event as the API shows it (seed 000's fields plus the fleet's).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    pub id: String,
+    pub source: String,
+    pub hostname: String,
+    pub severity: Severity,
+    pub message: String,
+    pub event_type: Option<String>,
+    pub tag: Option<String>,
+    pub input: InputKind,
+    pub site: String,
+    pub agent: String,
+    pub correlated_incident: Option<String>,
+    pub event_time: Timestamp,
+    pub received_at: Timestamp,
+    pub stored_at: Timestamp,
+    pub tags: BTreeMap<String, String>,
+    /// The original message; `raw_payload_hex` holds it instead when it is not UTF-8.
+    pub raw_payload: Option<String>,
+    pub raw_payload_hex: Option<String>,
+    pub peer: Option<String>,
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+impl From<StoredEvent> for EventView {
+    fn from(s: StoredEvent) -> EventView {
+        let id = s.id();
+        let e = s.event;
+        let (raw_payload, raw_payload_hex) = match e.raw_payload {
+            None => (None, None),
+            Some(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(e) => (None, Some(hex::encode(e.into_bytes()))),
+            },
+        };
+        EventView {
+            id,
+            source: e.source,
+            hostname: e.hostname,
+            severity: e.severity,
+            message: e.message,
+            event_type: e.event_type,
+            tag: e.tag,
+            input: e.input,
+            site: s.site,
+            agent: s.agent,
+            correlated_incident: s.correlated_incident,
+            event_time: e.event_time,
+            received_at: e.received_at,
+            stored_at: s.stored_at,
+            tags: e.tags,
+            raw_payload,
+            raw_payload_hex,
+            peer: e.peer,
+            count: e.count,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventsPage {
+    pub total: u64,
+    pub events: Vec<EventView>,
+}
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+async fn list_events(
+    State(state): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit: {s:?} is not a whole number from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let store = state.store.clone();
+    let (total, events) = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        Ok((store.len()?, store.newest(limit, None)?))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(EventsPage {
+        total,
+        events: events.into_iter().map(|(_, e)| e.into()).collect(),
+    }))
+}
+
+async fn get_event(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Result<Json<EventView>, ApiError> {
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let ev = tokio::task::spawn_blocking(move || store.get_by_id(&lookup))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    ev.map(|e| Json(e.into()))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no event with id {id:?} (ids look like site:agent:sequence)")))
+}
+
+/// One agent as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentView {
+    pub site: String,
+    pub name: String,
+    pub connected: bool,
+    pub last_seen: Option<Timestamp>,
+    pub remote: Option<String>,
+    pub software: Option<String>,
+    /// Highest agent sequence stored.
+    pub last_sequence: u64,
+    pub backlog_records: Option<u64>,
+    pub backlog_bytes: Option<u64>,
+    pub oldest_queued_age_seconds: Option<f64>,
+    pub drops: BTreeMap<String, u64>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<Timestamp>,
+    pub first_seen: Option<Timestamp>,
+}
+
+async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    let store = state.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.agents())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let mut live = state.registry.snapshot();
+    let now = Timestamp::now();
+    let mut out: HashMap<String, AgentView> = HashMap::new();
+    for rec in stored {
+        let key = format!("{}/{}", rec.site, rec.name);
+        let l = live.remove(&key).unwrap_or_default();
+        out.insert(key, view(Some(&rec), l, rec.site.clone(), rec.name.clone(), now));
+    }
+    for (key, l) in live {
+        let (site, name) = (l.site.clone(), l.name.clone());
+        out.insert(key, view(None, l, site, name, now));
+    }
+    let mut list: Vec<AgentView> = out.into_values().collect();
+    list.sort_by(|a, b| (&a.site, &a.name).cmp(&(&b.site, &b.name)));
+    Ok(Json(list))
+}
+
+fn view(
+    rec: Option<&crate::store::AgentRecord>,
+    l: crate::registry::AgentLive,
+    site: String,
+    name: String,
+    now: Timestamp,
+) -> AgentView {
+    let status = l.status.as_ref();
+    let last_seen = match (l.last_seen, rec.map(|r| r.last_commit)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    AgentView {
+        site,
+        name,
+        connected: l.sessions > 0,
+        last_seen,
+        remote: l.remote.clone(),
+        software: l.software.clone(),
+        last_sequence: rec.map_or(0, |r| r.committed_seq),
+        backlog_records: status.map(|s| s.backlog_records),
+        backlog_bytes: status.map(|s| s.backlog_bytes),
+        oldest_queued_age_seconds: status.map(|s| {
+            if s.oldest_queued_us == 0 {
+                0.0
+            } else {
+                ((now.as_microsecond() - s.oldest_queued_us) as f64 / 1e6).max(0.0)
+            }
+        }),
+        drops: status.map(|s| s.drops.clone()).unwrap_or_default(),
+        cert_serial: l.cert_serial.clone(),
+        cert_not_after: l.cert_not_after,
+        first_seen: rec.map(|r| r.first_seen),
+    }
+}

@@ -1,0 +1,177 @@
+//! The aggregator's configuration file (TOML). Every field is documented here and in the
+//! example the quickstart writes ([`example`]). Relative paths are resolved against the
+//! directory of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use weir_common::config::{ByteSize, ConfigError, HumanDuration, load_toml, resolve};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Where the event store (`events.redb`) lives.
+    pub data_dir: PathBuf,
+    pub quic: QuicConfig,
+    pub api: ApiConfig,
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The agent-facing QUIC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// UDP address agents connect to.
+    pub listen: SocketAddr,
+    /// Fleet CA: agents must present a certificate it signed.
+    pub ca: PathBuf,
+    /// The aggregator's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CRL (PEM) of revoked agent certificates; reloaded when the file changes, and agents
+    /// revoked while connected are disconnected.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// How often the CRL file is checked for changes.
+    #[serde(default = "d_crl_interval")]
+    pub crl_check_interval: HumanDuration,
+    /// Most simultaneous agent connections.
+    #[serde(default = "d_max_conns")]
+    pub max_connections: usize,
+    /// A connection silent this long is closed (agents send keep-alives well within it).
+    #[serde(default = "d_idle")]
+    pub idle_timeout: HumanDuration,
+    /// Batches waiting for the store writer before agents are slowed down.
+    #[serde(default = "d_ingest_queue")]
+    pub ingest_queue_batches: usize,
+}
+
+/// The REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// File with API keys, one per line (`#` comments allowed). Required for every
+    /// `/api/v1` endpoint; `/healthz`, `/readyz` and `/metrics` need none.
+    pub api_key_file: PathBuf,
+    /// Largest request body.
+    #[serde(default = "d_body")]
+    pub max_body_bytes: ByteSize,
+    /// Requests taking longer are answered 503.
+    #[serde(default = "d_timeout")]
+    pub request_timeout: HumanDuration,
+}
+
+fn d_crl_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn d_max_conns() -> usize {
+    10_000
+}
+fn d_idle() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn d_ingest_queue() -> usize {
+    256
+}
+fn d_body() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn d_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+/// Loads, resolves relative paths, and checks the config.
+pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
+    let mut c: AggregatorConfig = load_toml(path)?;
+    c.source = path.to_path_buf();
+    c.data_dir = resolve(path, &c.data_dir);
+    c.quic.ca = resolve(path, &c.quic.ca);
+    c.quic.cert = resolve(path, &c.quic.cert);
+    c.quic.key = resolve(path, &c.quic.key);
+    c.quic.crl = c.quic.crl.as_ref().map(|p| resolve(path, p));
+    c.api.api_key_file = resolve(path, &c.api.api_key_file);
+    let fail = |field: &str, message: &str| ConfigError::Check {
+        path: path.to_path_buf(),
+        field: field.into(),
+        message: message.into(),
+    };
+    if c.quic.max_connections == 0 {
+        return Err(fail("quic.max_connections", "must be at least 1"));
+    }
+    if c.quic.ingest_queue_batches == 0 {
+        return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
+    }
+    Ok(c)
+}
+
+/// An example config, every key commented, for the quickstart and packages.
+pub fn example(data_dir: &str, tls_dir: &str, crl: &str, quic_port: u16, api_port: u16) -> String {
+    format!(
+        r#"# weir-aggregator configuration. Relative paths are relative to this file.
+# Check it with: weir-aggregator check-config <this file>
+
+# Where the event store (events.redb) lives.
+data_dir = "{data_dir}"
+
+[quic]
+# UDP address agents connect to (mutual TLS over QUIC).
+listen = "127.0.0.1:{quic_port}"
+# Fleet CA; agents must present a certificate it signed (weir-certs issue agent ...).
+ca = "{tls_dir}/ca.pem"
+# This aggregator's certificate and key (weir-certs issue aggregator --dns NAME ...).
+cert = "{tls_dir}/aggregator.pem"
+key = "{tls_dir}/aggregator.key"
+# Revoked agent certificates (weir-certs revoke writes it). Reloaded when it changes;
+# revoked agents that are connected are disconnected.
+crl = "{crl}"
+crl_check_interval = "2s"
+# Most simultaneous agent connections.
+max_connections = 10000
+# Close connections silent for this long (agents send keep-alives every few seconds).
+idle_timeout = "30s"
+# Batches waiting to be stored before agents are slowed down (backpressure).
+ingest_queue_batches = 256
+
+[api]
+# REST API address.
+listen = "127.0.0.1:{api_port}"
+# API keys, one per line; send one as X-API-Key or Authorization: Bearer.
+api_key_file = "api-key"
+# Largest request body, and the per-request time limit.
+max_body_bytes = "8MiB"
+request_timeout = "30s"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        std::fs::write(&p, example("data", "tls", "tls/crl.pem", 4433, 8083)).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.quic.listen.port(), 4433);
+        assert_eq!(c.api.api_key_file, dir.path().join("api-key"));
+        assert_eq!(c.quic.crl, Some(dir.path().join("tls/crl.pem")));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        let text = example("data", "tls", "tls/crl.pem", 4433, 8083).replace("idle_timeout = \"30s\"", "idle_timeout = 30");
+        std::fs::write(&p, &text).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        let want = text.lines().position(|l| l.starts_with("idle_timeout")).unwrap() + 1;
+        assert!(e.starts_with(&format!("{}:{want}:", p.display())), "{e}");
+        assert!(e.contains("string"), "{e}");
+    }
+}
