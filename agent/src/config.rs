@@ -227,7 +227,10 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
         message,
     };
     if c.aggregator.addresses.is_empty() {
-        return Err(fail("aggregator.addresses", "list at least one `host:port`".into()));
+        return Err(fail(
+            "aggregator.addresses",
+            "list at least one `host:port`".into(),
+        ));
     }
     for a in &c.aggregator.addresses {
         if split_host_port(a).is_none() {
@@ -247,10 +250,16 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
         ));
     }
     if c.aggregator.batch_max_records == 0 || c.aggregator.max_in_flight_batches == 0 {
-        return Err(fail("aggregator.batch_max_records", "must be at least 1".into()));
+        return Err(fail(
+            "aggregator.batch_max_records",
+            "must be at least 1".into(),
+        ));
     }
     if c.queue.max_records == 0 || c.queue.max_bytes.0 < 1 << 20 {
-        return Err(fail("queue.max_bytes", "queue limits must allow at least 1 record and 1 MiB".into()));
+        return Err(fail(
+            "queue.max_bytes",
+            "queue limits must allow at least 1 record and 1 MiB".into(),
+        ));
     }
     if c.queue.channel_capacity == 0 {
         return Err(fail("queue.channel_capacity", "must be at least 1".into()));
@@ -278,7 +287,13 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 }
 
 /// An example config, every key commented, for the quickstart and packages.
-pub fn example(data_dir: &str, aggregator: &str, tls_dir: &str, syslog_port: u16, http_port: u16) -> String {
+pub fn example(
+    data_dir: &str,
+    aggregator: &str,
+    tls_dir: &str,
+    syslog_port: u16,
+    http_port: u16,
+) -> String {
     format!(
         r#"# weir-agent configuration. Relative paths are relative to this file.
 # Check it with: weir-agent check-config <this file>
@@ -367,18 +382,33 @@ mod tests {
         );
         std::fs::write(&p, text).unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains("agent.toml:") && e.contains("invalid socket address"), "{e}");
+        assert!(
+            e.contains("agent.toml:") && e.contains("invalid socket address"),
+            "{e}"
+        );
         let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
-        let want = std::fs::read_to_string(&p).unwrap().lines().position(|l| l.contains("notaport")).unwrap() + 1;
+        let want = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .position(|l| l.contains("notaport"))
+            .unwrap()
+            + 1;
         assert_eq!(line, want, "{e}");
 
-        std::fs::write(&p, "data_dir = \"x\"\n[aggregator]\naddresses = []\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "data_dir = \"x\"\n[aggregator]\naddresses = []\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n",
+        )
+        .unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("aggregator.addresses"), "{e}");
 
         std::fs::write(&p, "data_dir = \"x\"\ndata_dri = \"y\"\n").unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains(":2:") && e.contains("unknown field `data_dri`"), "{e}");
+        assert!(
+            e.contains(":2:") && e.contains("unknown field `data_dri`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,12 +20,10 @@ use anyhow::{Context, anyhow, bail};
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::Rng;
 use tokio::sync::watch;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use weir_common::wire::io::{read_frame, write_frame};
-use weir_common::wire::{
-    self, AgentFrame, AgentStatus, AggregatorFrame, Batch, Hello,
-};
+use weir_common::wire::{self, AgentFrame, AgentStatus, AggregatorFrame, Batch, Hello};
 
 use crate::config::{AggregatorLink, split_host_port};
 use crate::pipeline::InputDrops;
@@ -147,8 +145,13 @@ impl Forwarder {
     /// Builds the QUIC client config, re-reading certificate files each time so a renewed
     /// certificate is picked up on the next reconnect.
     fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
-        let tls = weir_certs::tls::client_config(&self.link.ca, &self.link.cert, &self.link.key, &[wire::ALPN])
-            .context("loading the agent's TLS files")?;
+        let tls = weir_certs::tls::client_config(
+            &self.link.ca,
+            &self.link.cert,
+            &self.link.key,
+            &[wire::ALPN],
+        )
+        .context("loading the agent's TLS files")?;
         let quic = QuicClientConfig::try_from(tls).context("TLS config unusable for QUIC")?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(Arc::new(transport(&self.link)?));
@@ -161,7 +164,8 @@ impl Forwarder {
         established: &mut bool,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<SessionEnd> {
-        let (host, port) = split_host_port(target).ok_or_else(|| anyhow!("bad address {target:?}"))?;
+        let (host, port) =
+            split_host_port(target).ok_or_else(|| anyhow!("bad address {target:?}"))?;
         let addr = tokio::net::lookup_host((host.as_str(), port))
             .await
             .with_context(|| format!("resolving {host}"))?
@@ -186,7 +190,9 @@ impl Forwarder {
             software: software(),
             next_seq: self.queue.next_seq(),
         });
-        write_frame(&mut send, &hello, &mut scratch).await.context("sending hello")?;
+        write_frame(&mut send, &hello, &mut scratch)
+            .await
+            .context("sending hello")?;
         let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, AggregatorFrame>(&mut recv, &mut scratch))
             .await
             .map_err(|_| anyhow!("no hello answer within {HANDSHAKE_TIMEOUT:?}"))?
@@ -195,7 +201,9 @@ impl Forwarder {
             )?;
         let ack = match reply {
             Some(AggregatorFrame::HelloAck(ack)) => ack,
-            Some(AggregatorFrame::Refused(r)) => bail!("the aggregator refused this agent: {}", r.reason),
+            Some(AggregatorFrame::Refused(r)) => {
+                bail!("the aggregator refused this agent: {}", r.reason)
+            }
             Some(other) => bail!("protocol error: expected a hello answer, got {other:?}"),
             None => bail!("the aggregator closed the stream before answering the hello"),
         };
@@ -208,7 +216,8 @@ impl Forwarder {
         let next_seq = queue.next_seq();
         if committed_seq >= next_seq {
             tracing::warn!(
-                committed_seq, next_seq,
+                committed_seq,
+                next_seq,
                 "the aggregator has stored sequences this queue has not issued yet (was the queue restored from an old copy?); continuing above them so nothing new is mistaken for a duplicate"
             );
         }
@@ -238,7 +247,9 @@ impl Forwarder {
                         metrics::counter!("weir_agent_acked_total").increment(removed);
                         acked_tx.send_replace(a.committed_seq);
                     }
-                    Ok(Some(AggregatorFrame::Refused(r))) => bail!("the aggregator ended the session: {}", r.reason),
+                    Ok(Some(AggregatorFrame::Refused(r))) => {
+                        bail!("the aggregator ended the session: {}", r.reason)
+                    }
                     Ok(Some(other)) => bail!("protocol error: unexpected {other:?}"),
                     Ok(None) => bail!("the aggregator closed the stream"),
                     Err(e) => return Err(anyhow::Error::new(e).context("reading acknowledgements")),
@@ -255,18 +266,26 @@ impl Forwarder {
                 if last > acked {
                     break;
                 }
-                metrics::histogram!("weir_agent_batch_rtt_seconds").record(sent.elapsed().as_secs_f64());
+                metrics::histogram!("weir_agent_batch_rtt_seconds")
+                    .record(sent.elapsed().as_secs_f64());
                 inflight.pop_front();
             }
             let room = inflight.len() < max_in_flight;
             if room {
                 self.committed.borrow_and_update();
                 let q = self.queue.clone();
-                let (max_records, max_bytes) = (self.link.batch_max_records, self.link.batch_max_bytes.0 as usize);
+                let (max_records, max_bytes) = (
+                    self.link.batch_max_records,
+                    self.link.batch_max_bytes.0 as usize,
+                );
                 let records = blocking(move || q.read_from(cursor, max_records, max_bytes)).await?;
                 if let (Some(f), Some(l)) = (records.first(), records.last()) {
                     let (first_seq, last_seq, n) = (f.seq, l.seq, records.len() as u64);
-                    let frame = AgentFrame::Batch(Batch { first_seq, last_seq, records });
+                    let frame = AgentFrame::Batch(Batch {
+                        first_seq,
+                        last_seq,
+                        records,
+                    });
                     if let Err(e) = write_frame(&mut send, &frame, &mut scratch).await {
                         break Err(anyhow::Error::new(e).context("sending a batch"));
                     }
@@ -317,9 +336,12 @@ impl Forwarder {
         inflight: &VecDeque<(u64, Instant)>,
     ) -> anyhow::Result<SessionEnd> {
         if let Some(&(last, _)) = inflight.back() {
-            let waited = tokio::time::timeout(DRAIN_DEADLINE, acked_rx.wait_for(|a| *a >= last)).await;
+            let waited =
+                tokio::time::timeout(DRAIN_DEADLINE, acked_rx.wait_for(|a| *a >= last)).await;
             if waited.is_err() {
-                tracing::info!("shutting down with batches unacknowledged; they stay queued and are resent on restart");
+                tracing::info!(
+                    "shutting down with batches unacknowledged; they stay queued and are resent on restart"
+                );
             }
         }
         conn.close(0u32.into(), b"agent shutting down");
@@ -363,5 +385,7 @@ pub fn software() -> String {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::queue::QueueError> + Send + 'static,
 ) -> anyhow::Result<T> {
-    Ok(tokio::task::spawn_blocking(f).await.context("queue task panicked")??)
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .context("queue task panicked")??)
 }

@@ -32,9 +32,15 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(|State(s): State<HttpState>| async move {
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
-        }))
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
         .route("/api/v1/events", post(ingest))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such endpoint", &[]) })
         .with_state(state)
@@ -52,8 +58,10 @@ fn problem(status: StatusCode, detail: &str, errors: &[FieldError]) -> Response 
         body["errors"] = serde_json::json!(errors);
     }
     let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }
 
@@ -67,10 +75,18 @@ async fn healthz(State(s): State<HttpState>) -> Json<serde_json::Value> {
 async fn ingest(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let key = ApiKeys::extract(
         headers.get("x-api-key").and_then(|v| v.to_str().ok()),
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
     );
     match key {
-        None => return problem(StatusCode::UNAUTHORIZED, "missing API key: send X-API-Key or Authorization: Bearer", &[]),
+        None => {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "missing API key: send X-API-Key or Authorization: Bearer",
+                &[],
+            );
+        }
         Some(k) if !s.keys.check(k) => {
             s.sink.drops.count("api_bad_key");
             return problem(StatusCode::UNAUTHORIZED, "unknown API key", &[]);
@@ -81,19 +97,30 @@ async fn ingest(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> 
         Ok(evs) => evs,
         Err(errors) => {
             s.sink.drops.count("api_invalid_event");
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "the request holds invalid events; nothing was accepted", &errors);
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request holds invalid events; nothing was accepted",
+                &errors,
+            );
         }
     };
     let now = Timestamp::now();
     let n = events.len();
     metrics::counter!("weir_agent_received_total", "input" => "api").increment(n as u64);
-    let records: Vec<Record> = events.into_iter().map(|e| Record::Event(e.into_event(InputKind::Api, now))).collect();
+    let records: Vec<Record> = events
+        .into_iter()
+        .map(|e| Record::Event(e.into_event(InputKind::Api, now)))
+        .collect();
     match s.sink.send_committed(records, now).await {
         Ok(out) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "accepted": out.kept, "dropped": n as u64 - out.kept })),
         )
             .into_response(),
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("events not stored: {e}; send them again"), &[]),
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("events not stored: {e}; send them again"),
+            &[],
+        ),
     }
 }

@@ -49,13 +49,20 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     // Fail now, not on every reconnect, if the TLS files are unusable.
-    weir_certs::tls::client_config(&config.aggregator.ca, &config.aggregator.cert, &config.aggregator.key, &[weir_common::wire::ALPN])
-        .context("loading the agent's TLS files")?;
+    weir_certs::tls::client_config(
+        &config.aggregator.ca,
+        &config.aggregator.cert,
+        &config.aggregator.key,
+        &[weir_common::wire::ALPN],
+    )
+    .context("loading the agent's TLS files")?;
     let queue_path: PathBuf = config.data_dir.join("queue.redb");
-    let limits = Limits { max_records: config.queue.max_records, max_bytes: config.queue.max_bytes.0 };
-    let queue = Arc::new(
-        tokio::task::spawn_blocking(move || Queue::open(&queue_path, limits)).await??,
-    );
+    let limits = Limits {
+        max_records: config.queue.max_records,
+        max_bytes: config.queue.max_bytes.0,
+    };
+    let queue =
+        Arc::new(tokio::task::spawn_blocking(move || Queue::open(&queue_path, limits)).await??);
     let stats = queue.stats()?;
     tracing::info!(records = stats.records, bytes = stats.bytes, queue = %queue.path().display(), "queue opened");
 
@@ -66,7 +73,12 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
 
     let listeners = syslog::Listeners::bind(&config.syslog).await?;
     let (udp_addrs, tcp_addrs) = (listeners.udp_addrs(), listeners.tcp_addrs());
-    listeners.spawn(&config.syslog, sink.clone(), &tracker, inputs_shutdown.clone());
+    listeners.spawn(
+        &config.syslog,
+        sink.clone(),
+        &tracker,
+        inputs_shutdown.clone(),
+    );
 
     let link = Arc::new(LinkState::default());
     let mut http_addr = None;
@@ -79,11 +91,21 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
             .await
             .with_context(|| format!("cannot listen for HTTP on tcp {addr} (in use?)"))?;
         http_addr = Some(listener.local_addr()?);
-        let app = http::router(http::HttpState { sink: sink.clone(), keys: Arc::new(keys), metrics, link: link.clone() })
-            .layer(tower_http::limit::RequestBodyLimitLayer::new(config.http.max_body_bytes.0 as usize));
+        let app = http::router(http::HttpState {
+            sink: sink.clone(),
+            keys: Arc::new(keys),
+            metrics,
+            link: link.clone(),
+        })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            config.http.max_body_bytes.0 as usize,
+        ));
         let stop = inputs_shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
@@ -98,10 +120,23 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         config.queue.drop_report_interval.0,
         shutdown.child_token(),
     ));
-    let forwarder = Forwarder::new(config.aggregator.clone(), queue.clone(), committed_rx, input_drops, link.clone());
+    let forwarder = Forwarder::new(
+        config.aggregator.clone(),
+        queue.clone(),
+        committed_rx,
+        input_drops,
+        link.clone(),
+    );
     tracker.spawn(forwarder.run(shutdown.child_token()));
     tracing::info!(?udp_addrs, ?tcp_addrs, ?http_addr, "agent started");
-    Ok(Running { udp_addrs, tcp_addrs, http_addr, queue, link, tracker })
+    Ok(Running {
+        udp_addrs,
+        tcp_addrs,
+        http_addr,
+        queue,
+        link,
+        tracker,
+    })
 }
 
 /// Runs until `shutdown` is cancelled.

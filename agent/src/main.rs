@@ -14,7 +14,10 @@ use weir_agent::config;
 /// Events wait in the queue (data_dir/queue.redb) through aggregator outages and restarts, and
 /// leave it only when the aggregator has stored them.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Examples:\n  weir-agent --config /etc/weir/agent.toml\n  weir-agent check-config /etc/weir/agent.toml\n  weir-agent example-config > agent.toml\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_agent=debug).")]
+#[command(
+    version,
+    after_help = "Examples:\n  weir-agent --config /etc/weir/agent.toml\n  weir-agent check-config /etc/weir/agent.toml\n  weir-agent example-config > agent.toml\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_agent=debug)."
+)]
 struct Cli {
     /// Config file to run with.
     #[arg(long, short, value_name = "FILE")]
@@ -55,21 +58,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => {
             let c = config::load(&file)?;
-            weir_certs::tls::client_config(&c.aggregator.ca, &c.aggregator.cert, &c.aggregator.key, &[weir_common::wire::ALPN])
-                .with_context(|| format!("{}: [aggregator] TLS files", file.display()))?;
+            weir_certs::tls::client_config(
+                &c.aggregator.ca,
+                &c.aggregator.cert,
+                &c.aggregator.key,
+                &[weir_common::wire::ALPN],
+            )
+            .with_context(|| format!("{}: [aggregator] TLS files", file.display()))?;
             if let Some(k) = &c.http.api_key_file {
-                weir_common::ingest::ApiKeys::load(k).map_err(anyhow::Error::msg).with_context(|| format!("{}: http.api_key_file", file.display()))?;
+                weir_common::ingest::ApiKeys::load(k)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("{}: http.api_key_file", file.display()))?;
             }
             println!("{}: OK", file.display());
             Ok(())
         }
         (Some(Command::ExampleConfig), _) => {
-            print!("{}", config::example("/var/lib/weir-agent", "aggregator.example.net:4433", "/etc/weir/tls", 514, 8083));
+            print!(
+                "{}",
+                config::example(
+                    "/var/lib/weir-agent",
+                    "aggregator.example.net:4433",
+                    "/etc/weir/tls",
+                    514,
+                    8083
+                )
+            );
             Ok(())
         }
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let running = weir_agent::start(cfg, shutdown.clone()).await?;

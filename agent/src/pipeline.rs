@@ -49,7 +49,12 @@ impl InputDrops {
     /// Counts one drop in memory and in the `weir_agent_dropped_total` metric.
     pub fn count(&self, reason: &'static str) {
         metrics::counter!("weir_agent_dropped_total", "reason" => reason).increment(1);
-        *self.map.lock().expect("drops lock").entry(reason.to_string()).or_insert(0) += 1;
+        *self
+            .map
+            .lock()
+            .expect("drops lock")
+            .entry(reason.to_string())
+            .or_insert(0) += 1;
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
@@ -75,7 +80,10 @@ impl Sink {
         let us = received_at.as_microsecond();
         let records = records.iter().map(|r| Encoded::new(r, us)).collect();
         self.tx
-            .send(Submission { records, committed: None })
+            .send(Submission {
+                records,
+                committed: None,
+            })
             .await
             .map_err(|_| Closed)
     }
@@ -83,7 +91,10 @@ impl Sink {
     /// Submits already-encoded records (inputs that batch encode themselves).
     pub async fn send_encoded(&self, records: Vec<Encoded>) -> Result<(), Closed> {
         self.tx
-            .send(Submission { records, committed: None })
+            .send(Submission {
+                records,
+                committed: None,
+            })
             .await
             .map_err(|_| Closed)
     }
@@ -98,7 +109,10 @@ impl Sink {
         let records = records.iter().map(|r| Encoded::new(r, us)).collect();
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Submission { records, committed: Some(tx) })
+            .send(Submission {
+                records,
+                committed: Some(tx),
+            })
             .await
             .map_err(|_| Closed.to_string())?;
         rx.await.map_err(|_| Closed.to_string())?
@@ -173,7 +187,10 @@ pub async fn run_writer(
     if !pending_report.is_empty() {
         let ev = drop_report_event(&pending_report, drop_report_interval);
         let sub = Submission {
-            records: vec![Encoded::new(&Record::Event(ev), Timestamp::now().as_microsecond())],
+            records: vec![Encoded::new(
+                &Record::Event(ev),
+                Timestamp::now().as_microsecond(),
+            )],
             committed: None,
         };
         let mut ignore = BTreeMap::new();
@@ -188,7 +205,10 @@ async fn append_group(
     committed: &watch::Sender<u64>,
     pending_report: &mut BTreeMap<String, u64>,
 ) {
-    let records: Vec<Encoded> = group.iter_mut().flat_map(|s| std::mem::take(&mut s.records)).collect();
+    let records: Vec<Encoded> = group
+        .iter_mut()
+        .flat_map(|s| std::mem::take(&mut s.records))
+        .collect();
     let count = records.len() as u64;
     let q = queue.clone();
     let started = std::time::Instant::now();
@@ -201,7 +221,8 @@ async fn append_group(
             metrics::counter!("weir_agent_committed_total").increment(out.kept);
             COMMITTED_TOTAL.fetch_add(out.kept, std::sync::atomic::Ordering::Relaxed);
             for (reason, n) in &out.drops {
-                metrics::counter!("weir_agent_dropped_total", "reason" => reason.clone()).increment(*n);
+                metrics::counter!("weir_agent_dropped_total", "reason" => reason.clone())
+                    .increment(*n);
                 *pending_report.entry(reason.clone()).or_insert(0) += n;
             }
             if !out.drops.is_empty() {
@@ -223,7 +244,8 @@ async fn append_group(
         Err(e) => {
             // Nothing in this group is durable. This is data loss unless the sender retries
             // (HTTP clients get a 503 and do).
-            metrics::counter!("weir_agent_dropped_total", "reason" => "queue_write_error").increment(count);
+            metrics::counter!("weir_agent_dropped_total", "reason" => "queue_write_error")
+                .increment(count);
             tracing::error!(error = %e, records = count, "could not write to the queue; these records are lost. Check the disk under data_dir");
             for sub in group {
                 if let Some(tx) = sub.committed {

@@ -198,17 +198,15 @@ impl Queue {
             txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
             let drops_table = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
             let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, QueueError> {
-                Ok(meta
-                    .get(k)
-                    .map_err(|e| db_err(path, e))?
-                    .map(|v| v.value()))
+                Ok(meta.get(k).map_err(|e| db_err(path, e))?.map(|v| v.value()))
             };
             let next_seq = match get(&meta, "next_seq")? {
                 Some(n) => n,
                 None => {
                     // A fresh queue: start above anything an earlier queue could have used.
                     let start = jiff::Timestamp::now().as_microsecond().max(1) as u64;
-                    meta.insert("next_seq", start).map_err(|e| db_err(path, e))?;
+                    meta.insert("next_seq", start)
+                        .map_err(|e| db_err(path, e))?;
                     start
                 }
             };
@@ -319,7 +317,10 @@ impl Queue {
                 continue;
             }
             let mut victim = None;
-            for item in table.range(st.cursor[rank]..).map_err(|e| db_err(path, e))? {
+            for item in table
+                .range(st.cursor[rank]..)
+                .map_err(|e| db_err(path, e))?
+            {
                 let (k, v) = item.map_err(|e| db_err(path, e))?;
                 if v.value().first() == Some(&(rank as u8)) {
                     victim = Some((k.value(), v.value().len() as u64));
@@ -518,14 +519,19 @@ mod tests {
         let first;
         {
             let q = Queue::open(&path, big()).unwrap();
-            let out = q.append(&[rec(Severity::Info, "a"), rec(Severity::Info, "b")]).unwrap();
+            let out = q
+                .append(&[rec(Severity::Info, "a"), rec(Severity::Info, "b")])
+                .unwrap();
             assert_eq!(out.kept, 2);
             first = out.first_seq;
             assert_eq!(out.last_seq, first + 1);
             let out = q.append(&[rec(Severity::Error, "c")]).unwrap();
             assert_eq!(out.first_seq, first + 2);
             let recs = q.read_from(first + 1, 10, usize::MAX).unwrap();
-            assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first + 1, first + 2]);
+            assert_eq!(
+                recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+                vec![first + 1, first + 2]
+            );
             assert_eq!(q.ack(first).unwrap(), 1);
             assert_eq!(q.stats().unwrap().records, 2);
         }

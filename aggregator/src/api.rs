@@ -54,12 +54,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
-        ApiError { status, detail: detail.into() }
+        ApiError {
+            status,
+            detail: detail.into(),
+        }
     }
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "API request failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the aggregator's log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the aggregator's log",
+        )
     }
 }
 
@@ -72,23 +78,38 @@ impl IntoResponse for ApiError {
             "detail": self.detail,
         });
         let mut resp = (self.status, Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }
 }
 
-async fn require_key(State(state): State<ApiState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_key(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let key = ApiKeys::extract(
         headers.get("x-api-key").and_then(|v| v.to_str().ok()),
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
     );
     match key {
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing API key: send X-API-Key or Authorization: Bearer").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send X-API-Key or Authorization: Bearer",
+        )
+        .into_response(),
         Some(k) if !state.keys.check(k) => {
             metrics::counter!("weir_aggregator_api_auth_failures_total").increment(1);
             ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key").into_response()
@@ -213,27 +234,35 @@ async fn list_events(
         },
     };
     let store = state.store.clone();
-    let (total, events) = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-        Ok((store.len()?, store.newest(limit, None)?))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let (total, events) =
+        tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+            Ok((store.len()?, store.newest(limit, None)?))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     Ok(Json(EventsPage {
         total,
         events: events.into_iter().map(|(_, e)| e.into()).collect(),
     }))
 }
 
-async fn get_event(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Result<Json<EventView>, ApiError> {
+async fn get_event(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<EventView>, ApiError> {
     let store = state.store.clone();
     let lookup = id.clone();
     let ev = tokio::task::spawn_blocking(move || store.get_by_id(&lookup))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    ev.map(|e| Json(e.into()))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no event with id {id:?} (ids look like site:agent:sequence)")))
+    ev.map(|e| Json(e.into())).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no event with id {id:?} (ids look like site:agent:sequence)"),
+        )
+    })
 }
 
 /// One agent as the API shows it.
@@ -268,7 +297,10 @@ async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentView
     for rec in stored {
         let key = format!("{}/{}", rec.site, rec.name);
         let l = live.remove(&key).unwrap_or_default();
-        out.insert(key, view(Some(&rec), l, rec.site.clone(), rec.name.clone(), now));
+        out.insert(
+            key,
+            view(Some(&rec), l, rec.site.clone(), rec.name.clone(), now),
+        );
     }
     for (key, l) in live {
         let (site, name) = (l.site.clone(), l.name.clone());

@@ -167,10 +167,15 @@ mod tests {
     fn errors_name_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("aggregator.toml");
-        let text = example("data", "tls", "tls/crl.pem", 4433, 8083).replace("idle_timeout = \"30s\"", "idle_timeout = 30");
+        let text = example("data", "tls", "tls/crl.pem", 4433, 8083)
+            .replace("idle_timeout = \"30s\"", "idle_timeout = 30");
         std::fs::write(&p, &text).unwrap();
         let e = load(&p).unwrap_err().to_string();
-        let want = text.lines().position(|l| l.starts_with("idle_timeout")).unwrap() + 1;
+        let want = text
+            .lines()
+            .position(|l| l.starts_with("idle_timeout"))
+            .unwrap()
+            + 1;
         assert!(e.starts_with(&format!("{}:{want}:", p.display())), "{e}");
         assert!(e.contains("string"), "{e}");
     }

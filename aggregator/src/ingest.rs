@@ -41,12 +41,20 @@ pub struct IngestItem {
 
 /// Builds the QUIC server config from the TLS files (and the CRL, when configured).
 pub fn server_config(cfg: &QuicConfig) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = weir_certs::tls::server_config(&cfg.ca, &cfg.cert, &cfg.key, cfg.crl.as_deref(), &[wire::ALPN])
-        .context("loading the aggregator's TLS files")?;
+    let tls = weir_certs::tls::server_config(
+        &cfg.ca,
+        &cfg.cert,
+        &cfg.key,
+        cfg.crl.as_deref(),
+        &[wire::ALPN],
+    )
+    .context("loading the aggregator's TLS files")?;
     let quic = QuicServerConfig::try_from(tls).context("TLS config unusable for QUIC")?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout.0).context("quic.idle_timeout too large")?));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(cfg.idle_timeout.0).context("quic.idle_timeout too large")?,
+    ));
     // Room for many batches in flight per agent over long round trips.
     t.stream_receive_window((32u32 << 20).into());
     t.receive_window((64u32 << 20).into());
@@ -102,7 +110,8 @@ async fn handle(incoming: quinn::Incoming, ingest: Arc<Ingest>, shutdown: Cancel
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            metrics::counter!("weir_aggregator_connections_refused_total", "reason" => "tls").increment(1);
+            metrics::counter!("weir_aggregator_connections_refused_total", "reason" => "tls")
+                .increment(1);
             weir_common::warn_limited!(
                 &format!("refused:{}", remote.ip()),
                 %remote, error = %e,
@@ -133,16 +142,26 @@ async fn handle(incoming: quinn::Incoming, ingest: Arc<Ingest>, shutdown: Cancel
         ingest.registry.disconnected(&site, &name, &conn);
         match result {
             Ok(()) => tracing::info!("agent disconnected"),
-            Err(e) => weir_common::warn_limited!(&format!("session:{site}/{name}"), error = format!("{e:#}"), "agent session ended"),
+            Err(e) => weir_common::warn_limited!(
+                &format!("session:{site}/{name}"),
+                error = format!("{e:#}"),
+                "agent session ended"
+            ),
         }
     }
     .instrument(span)
     .await
 }
 
+/// Site, name, serial and expiry read from an agent's certificate.
+type PeerIdentity = (Arc<str>, Arc<str>, String, Option<Timestamp>);
+
 /// Site, name, serial and expiry from the peer's certificate.
-fn peer_identity(conn: &quinn::Connection) -> Option<(Arc<str>, Arc<str>, String, Option<Timestamp>)> {
-    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
     let der = certs.first()?;
     let id = weir_certs::agent_identity(der).ok()?;
     let serial = weir_certs::cert_serial_hex(der).unwrap_or_default();
@@ -162,9 +181,12 @@ async fn session(
         .context("no stream opened")?
         .context("waiting for the agent's stream")?;
     let mut buf = Vec::with_capacity(64 * 1024);
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, AgentFrame>(&mut recv, &mut buf))
-        .await
-        .context("no hello")??
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<_, AgentFrame>(&mut recv, &mut buf),
+    )
+    .await
+    .context("no hello")??
     {
         Some(AgentFrame::Hello(h)) => h,
         other => anyhow::bail!("protocol error: expected hello, got {other:?}"),
@@ -173,9 +195,19 @@ async fn session(
     let Some(version) = wire::negotiate(hello.min_version, hello.max_version) else {
         let reason = format!(
             "protocol versions {}..={} not supported (this aggregator speaks {}..={}); upgrade the agent or the aggregator",
-            hello.min_version, hello.max_version, wire::MIN_PROTOCOL_VERSION, wire::PROTOCOL_VERSION
+            hello.min_version,
+            hello.max_version,
+            wire::MIN_PROTOCOL_VERSION,
+            wire::PROTOCOL_VERSION
         );
-        let _ = write_frame(&mut send, &AggregatorFrame::Refused(Refused { reason: reason.clone() }), &mut out).await;
+        let _ = write_frame(
+            &mut send,
+            &AggregatorFrame::Refused(Refused {
+                reason: reason.clone(),
+            }),
+            &mut out,
+        )
+        .await;
         let _ = send.finish();
         anyhow::bail!("{reason}");
     };
@@ -183,9 +215,17 @@ async fn session(
     let (s, n) = (site.clone(), name.clone());
     let committed_seq = tokio::task::spawn_blocking(move || store.committed_seq(&s, &n)).await??;
     if committed_seq >= hello.next_seq {
-        tracing::warn!(committed_seq, agent_next_seq = hello.next_seq, "agent's queue is behind what we stored (restored from an old copy?); it will continue above our sequence");
+        tracing::warn!(
+            committed_seq,
+            agent_next_seq = hello.next_seq,
+            "agent's queue is behind what we stored (restored from an old copy?); it will continue above our sequence"
+        );
     }
-    let ack = HelloAck { version, committed_seq, identity: format!("{site}/{name}") };
+    let ack = HelloAck {
+        version,
+        committed_seq,
+        identity: format!("{site}/{name}"),
+    };
     write_frame(&mut send, &AggregatorFrame::HelloAck(ack), &mut out).await?;
     tracing::info!(software = %hello.software, committed_seq, "agent connected");
 
@@ -207,7 +247,14 @@ async fn session(
                 acker_conn.close(4u32.into(), b"aggregator store error; retry later");
                 return;
             };
-            if write_frame(&mut send, &AggregatorFrame::Ack(Ack { committed_seq }), &mut out).await.is_err() {
+            if write_frame(
+                &mut send,
+                &AggregatorFrame::Ack(Ack { committed_seq }),
+                &mut out,
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
         }
@@ -224,9 +271,15 @@ async fn session(
         };
         match frame {
             Ok(Some(AgentFrame::Batch(batch))) => {
-                metrics::counter!("weir_aggregator_records_received_total").increment(batch.records.len() as u64);
+                metrics::counter!("weir_aggregator_records_received_total")
+                    .increment(batch.records.len() as u64);
                 ingest.registry.seen(site, name, None);
-                let item = IngestItem { site: site.clone(), name: name.clone(), batch, reply: reply_tx.clone() };
+                let item = IngestItem {
+                    site: site.clone(),
+                    name: name.clone(),
+                    batch,
+                    reply: reply_tx.clone(),
+                };
                 if ingest.writer.send(item).await.is_err() {
                     break Ok(()); // store writer stopped: shutting down
                 }
@@ -236,7 +289,9 @@ async fn session(
                     .set(status.backlog_records as f64);
                 ingest.registry.seen(site, name, Some(status));
             }
-            Ok(Some(AgentFrame::Hello(_))) => break Err(anyhow::anyhow!("protocol error: second hello")),
+            Ok(Some(AgentFrame::Hello(_))) => {
+                break Err(anyhow::anyhow!("protocol error: second hello"));
+            }
             Ok(None) => break Ok(()),
             Err(e) => {
                 metrics::counter!("weir_aggregator_protocol_errors_total").increment(1);
@@ -261,15 +316,21 @@ pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
         }
         let batches: Vec<AgentBatch<'_>> = group
             .iter()
-            .map(|i| AgentBatch { site: &i.site, name: &i.name, batch: &i.batch })
+            .map(|i| AgentBatch {
+                site: &i.site,
+                name: &i.name,
+                batch: &i.batch,
+            })
             .collect();
         let started = Instant::now();
         match store.commit(&batches, Timestamp::now()) {
             Ok(out) => {
-                metrics::histogram!("weir_aggregator_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("weir_aggregator_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 metrics::counter!("weir_aggregator_events_stored_total").increment(out.stored);
                 metrics::counter!("weir_aggregator_duplicates_total").increment(out.duplicates);
-                metrics::counter!("weir_aggregator_count_updates_total").increment(out.count_updates);
+                metrics::counter!("weir_aggregator_count_updates_total")
+                    .increment(out.count_updates);
                 if out.orphan_updates > 0 {
                     metrics::counter!("weir_aggregator_dropped_total", "reason" => "count_update_orphan").increment(out.orphan_updates);
                 }
@@ -317,7 +378,11 @@ pub async fn run_crl_watch(
             Ok(sc) => {
                 endpoint.set_server_config(Some(sc));
                 let revoked: Vec<String> = weir_certs::tls::load_crls(&crl)
-                    .map(|crls| crls.iter().flat_map(|c| weir_certs::crl_revoked_serials(c).unwrap_or_default()).collect())
+                    .map(|crls| {
+                        crls.iter()
+                            .flat_map(|c| weir_certs::crl_revoked_serials(c).unwrap_or_default())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let closed = registry.disconnect_revoked(&revoked);
                 metrics::counter!("weir_aggregator_crl_reloads_total").increment(1);

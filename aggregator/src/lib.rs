@@ -3,9 +3,9 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod quickstart;
 pub mod registry;
 pub mod store;
-pub mod quickstart;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,22 +38,37 @@ impl Running {
 
 /// Opens the store, binds the QUIC and HTTP listeners, and starts serving. Errors here (a bad
 /// certificate, a port in use) are returned before anything runs.
-pub async fn start(config: AggregatorConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(
+    config: AggregatorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let metrics = weir_common::telemetry::prometheus();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store_path = config.data_dir.join("events.redb");
     let store = Arc::new(Store::open(&store_path)?);
-    let keys = Arc::new(weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?);
+    let keys = Arc::new(
+        weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?,
+    );
     let registry = Arc::new(registry::Registry::default());
 
     let server_config = ingest::server_config(&config.quic)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.quic.listen)
-        .with_context(|| format!("cannot listen for agents on udp {} (in use?)", config.quic.listen))?;
+    let endpoint =
+        quinn::Endpoint::server(server_config, config.quic.listen).with_context(|| {
+            format!(
+                "cannot listen for agents on udp {} (in use?)",
+                config.quic.listen
+            )
+        })?;
     let quic_addr = endpoint.local_addr()?;
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .with_context(|| format!("cannot listen for the API on tcp {} (in use?)", config.api.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for the API on tcp {} (in use?)",
+                config.api.listen
+            )
+        })?;
     let api_addr = listener.local_addr()?;
 
     let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(config.quic.ingest_queue_batches);
@@ -64,7 +79,11 @@ pub async fn start(config: AggregatorConfig, shutdown: CancellationToken) -> any
             .spawn(move || ingest::run_writer(store, writer_rx))?
     };
     let tracker = TaskTracker::new();
-    let ingest = Arc::new(ingest::Ingest { store: store.clone(), registry: registry.clone(), writer: writer_tx });
+    let ingest = Arc::new(ingest::Ingest {
+        store: store.clone(),
+        registry: registry.clone(),
+        writer: writer_tx,
+    });
     tracker.spawn(ingest::run_listener(
         endpoint.clone(),
         ingest,
@@ -81,12 +100,19 @@ pub async fn start(config: AggregatorConfig, shutdown: CancellationToken) -> any
             shutdown.child_token(),
         ));
     }
-    let app = api::router(api::ApiState { store: store.clone(), registry, keys, metrics })
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(config.api.max_body_bytes.0 as usize))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            config.api.request_timeout.0,
-        ));
+    let app = api::router(api::ApiState {
+        store: store.clone(),
+        registry,
+        keys,
+        metrics,
+    })
+    .layer(tower_http::limit::RequestBodyLimitLayer::new(
+        config.api.max_body_bytes.0 as usize,
+    ))
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        config.api.request_timeout.0,
+    ));
     let api_shutdown = shutdown.child_token();
     tracker.spawn(async move {
         let served = axum::serve(listener, app)
@@ -103,7 +129,13 @@ pub async fn start(config: AggregatorConfig, shutdown: CancellationToken) -> any
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ep.wait_idle()).await;
     });
     tracing::info!(quic = %quic_addr, api = %api_addr, store = %store_path.display(), "aggregator started");
-    Ok(Running { quic_addr, api_addr, store, tracker, writer })
+    Ok(Running {
+        quic_addr,
+        api_addr,
+        store,
+        tracker,
+        writer,
+    })
 }
 
 /// Runs until `shutdown` is cancelled.

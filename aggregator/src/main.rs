@@ -13,7 +13,10 @@ use weir_aggregator::{config, quickstart};
 /// Agents connect over mutual-TLS QUIC with certificates from the fleet CA (see weir-certs).
 /// Run with --config FILE, or try `weir-aggregator quickstart` for a local fleet in one step.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Examples:\n  weir-aggregator --config /etc/weir/aggregator.toml\n  weir-aggregator check-config /etc/weir/aggregator.toml\n  weir-aggregator quickstart --dir ./weir-quickstart\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_aggregator=debug).")]
+#[command(
+    version,
+    after_help = "Examples:\n  weir-aggregator --config /etc/weir/aggregator.toml\n  weir-aggregator check-config /etc/weir/aggregator.toml\n  weir-aggregator quickstart --dir ./weir-quickstart\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_aggregator=debug)."
+)]
 struct Cli {
     /// Config file to run with.
     #[arg(long, short, value_name = "FILE")]
@@ -78,18 +81,46 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         (Some(Command::CheckConfig { file }), _) => {
             let c = config::load(&file)?;
             for p in [&c.quic.ca, &c.quic.cert, &c.quic.key, &c.api.api_key_file] {
-                anyhow::ensure!(p.exists(), "{}: referenced file {} does not exist", file.display(), p.display());
+                anyhow::ensure!(
+                    p.exists(),
+                    "{}: referenced file {} does not exist",
+                    file.display(),
+                    p.display()
+                );
             }
             weir_aggregator::ingest::server_config(&c.quic)
                 .with_context(|| format!("{}: [quic] TLS files", file.display()))?;
             println!("{}: OK", file.display());
             Ok(())
         }
-        (Some(Command::Quickstart { dir, init_only, api_port, quic_port, syslog_port, trap_port, agent_http_port }), _) => {
-            let o = quickstart::Options { dir, api_port, quic_port, syslog_port, trap_port, agent_http_port };
+        (
+            Some(Command::Quickstart {
+                dir,
+                init_only,
+                api_port,
+                quic_port,
+                syslog_port,
+                trap_port,
+                agent_http_port,
+            }),
+            _,
+        ) => {
+            let o = quickstart::Options {
+                dir,
+                api_port,
+                quic_port,
+                syslog_port,
+                trap_port,
+                agent_http_port,
+            };
             let layout = quickstart::init(&o)?;
             if init_only {
-                println!("wrote {} and {} (API key in {})", layout.aggregator_config.display(), layout.agent_config.display(), layout.api_key_file.display());
+                println!(
+                    "wrote {} and {} (API key in {})",
+                    layout.aggregator_config.display(),
+                    layout.agent_config.display(),
+                    layout.api_key_file.display()
+                );
                 return Ok(());
             }
             let agent_bin = quickstart::agent_binary()?;
@@ -131,16 +162,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        (None, None) => anyhow::bail!("nothing to do: pass --config FILE, or try `weir-aggregator quickstart` (see --help)"),
+        (None, None) => anyhow::bail!(
+            "nothing to do: pass --config FILE, or try `weir-aggregator quickstart` (see --help)"
+        ),
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -33,14 +33,23 @@ pub fn init(o: &Options) -> anyhow::Result<Layout> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = dir.join("ca");
     if !ca.join("ca.pem").exists() {
-        weir_certs::init_ca(&ca, &weir_certs::CaOptions { common_name: "Weir quickstart CA".into(), ..Default::default() })?;
+        weir_certs::init_ca(
+            &ca,
+            &weir_certs::CaOptions {
+                common_name: "Weir quickstart CA".into(),
+                ..Default::default()
+            },
+        )?;
     }
     let agg_tls = dir.join("aggregator-tls");
     if !agg_tls.join("aggregator.pem").exists() {
         weir_certs::issue_aggregator(
             &ca,
             &["localhost".to_string()],
-            &["127.0.0.1".parse().expect("literal"), "::1".parse().expect("literal")],
+            &[
+                "127.0.0.1".parse().expect("literal"),
+                "::1".parse().expect("literal"),
+            ],
             &agg_tls,
             &Default::default(),
         )?;
@@ -60,15 +69,27 @@ pub fn init(o: &Options) -> anyhow::Result<Layout> {
     }
     let aggregator_config = dir.join("aggregator.toml");
     if !aggregator_config.exists() {
-        let text = crate::config::example("aggregator-data", "aggregator-tls", "ca/crl.pem", o.quic_port, o.api_port);
-        std::fs::write(&aggregator_config, text).with_context(|| format!("writing {}", aggregator_config.display()))?;
+        let text = crate::config::example(
+            "aggregator-data",
+            "aggregator-tls",
+            "ca/crl.pem",
+            o.quic_port,
+            o.api_port,
+        );
+        std::fs::write(&aggregator_config, text)
+            .with_context(|| format!("writing {}", aggregator_config.display()))?;
     }
     let agent_config = dir.join("agent.toml");
     if !agent_config.exists() {
         let text = weir_agent_example(o);
-        std::fs::write(&agent_config, text).with_context(|| format!("writing {}", agent_config.display()))?;
+        std::fs::write(&agent_config, text)
+            .with_context(|| format!("writing {}", agent_config.display()))?;
     }
-    Ok(Layout { aggregator_config, agent_config, api_key_file })
+    Ok(Layout {
+        aggregator_config,
+        agent_config,
+        api_key_file,
+    })
 }
 
 fn weir_agent_example(o: &Options) -> String {
@@ -147,11 +168,21 @@ mod tests {
         assert_eq!(agg.quic.listen.port(), 14433);
         assert!(agg.quic.crl.as_ref().unwrap().exists());
         let agent = weir_agent::config::load(&layout.agent_config).unwrap();
-        assert_eq!(agent.aggregator.addresses, vec!["127.0.0.1:14433".to_string()]);
+        assert_eq!(
+            agent.aggregator.addresses,
+            vec!["127.0.0.1:14433".to_string()]
+        );
         assert!(agent.aggregator.cert.exists());
         let key = std::fs::read_to_string(&layout.api_key_file).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&layout.api_key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&layout.api_key_file)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         // A second run reuses everything.
         init(&o).unwrap();
         assert_eq!(std::fs::read_to_string(&layout.api_key_file).unwrap(), key);

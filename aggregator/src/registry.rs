@@ -38,7 +38,11 @@ impl Registry {
         let entry = agents.entry(key).or_default();
         let sessions = entry.sessions + 1;
         let status = entry.status.take();
-        *entry = AgentLive { sessions, status, ..live };
+        *entry = AgentLive {
+            sessions,
+            status,
+            ..live
+        };
         self.connections
             .lock()
             .expect("registry lock")
@@ -52,7 +56,10 @@ impl Registry {
             a.sessions = a.sessions.saturating_sub(1);
             a.last_seen = Some(Timestamp::now());
         }
-        self.connections.lock().expect("registry lock").remove(&conn.stable_id());
+        self.connections
+            .lock()
+            .expect("registry lock")
+            .remove(&conn.stable_id());
         metrics::gauge!("weir_aggregator_agent_sessions").decrement(1.0);
     }
 

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use weir_common::event::micros;
 use weir_common::wire::Batch;
@@ -133,7 +135,11 @@ impl Store {
     }
 
     /// Stores several agents' batches in one durable transaction.
-    pub fn commit(&self, batches: &[AgentBatch<'_>], now: Timestamp) -> Result<CommitOutcome, StoreError> {
+    pub fn commit(
+        &self,
+        batches: &[AgentBatch<'_>],
+        now: Timestamp,
+    ) -> Result<CommitOutcome, StoreError> {
         let mut out = CommitOutcome::default();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate)
@@ -143,8 +149,14 @@ impl Store {
             let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
             let mut agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            let mut next_key = meta.get("next_key").map_err(|e| self.err(e))?.map_or(1, |v| v.value());
-            let mut next_agent = meta.get("next_agent").map_err(|e| self.err(e))?.map_or(1, |v| v.value());
+            let mut next_key = meta
+                .get("next_key")
+                .map_err(|e| self.err(e))?
+                .map_or(1, |v| v.value());
+            let mut next_agent = meta
+                .get("next_agent")
+                .map_err(|e| self.err(e))?
+                .map_or(1, |v| v.value());
             let mut touched: HashMap<String, AgentRecord> = HashMap::new();
 
             for ab in batches {
@@ -153,7 +165,9 @@ impl Store {
                     Some(r) => r,
                     None => match agents.get(identity.as_str()).map_err(|e| self.err(e))? {
                         Some(v) => postcard::from_bytes(v.value()).map_err(|e| {
-                            self.err(redb::StorageError::Corrupted(format!("agent record {identity}: {e}")))
+                            self.err(redb::StorageError::Corrupted(format!(
+                                "agent record {identity}: {e}"
+                            )))
                         })?,
                         None => {
                             let number = next_agent as u32;
@@ -186,12 +200,20 @@ impl Store {
                                 event,
                             };
                             let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                            events.insert(next_key, bytes.as_slice()).map_err(|e| self.err(e))?;
-                            agent_seq.insert((rec.number, wr.seq), next_key).map_err(|e| self.err(e))?;
+                            events
+                                .insert(next_key, bytes.as_slice())
+                                .map_err(|e| self.err(e))?;
+                            agent_seq
+                                .insert((rec.number, wr.seq), next_key)
+                                .map_err(|e| self.err(e))?;
                             next_key += 1;
                             out.stored += 1;
                         }
-                        Ok(Record::Count { target_seq, count, last_seen }) => {
+                        Ok(Record::Count {
+                            target_seq,
+                            count,
+                            last_seen,
+                        }) => {
                             let key = agent_seq
                                 .get((rec.number, target_seq))
                                 .map_err(|e| self.err(e))?
@@ -200,7 +222,10 @@ impl Store {
                                 out.orphan_updates += 1;
                                 continue;
                             };
-                            let current = events.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
+                            let current = events
+                                .get(key)
+                                .map_err(|e| self.err(e))?
+                                .map(|v| v.value().to_vec());
                             if let Some(bytes) = current
                                 && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
                             {
@@ -211,8 +236,11 @@ impl Store {
                                 if last_seen > stored.event.last_seen {
                                     stored.event.last_seen = last_seen;
                                 }
-                                let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                                events.insert(key, bytes.as_slice()).map_err(|e| self.err(e))?;
+                                let bytes =
+                                    postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                                events
+                                    .insert(key, bytes.as_slice())
+                                    .map_err(|e| self.err(e))?;
                                 out.count_updates += 1;
                             } else {
                                 out.orphan_updates += 1;
@@ -234,10 +262,13 @@ impl Store {
             }
             for (identity, rec) in &touched {
                 let bytes = postcard::to_allocvec(rec).expect("encode AgentRecord");
-                agents.insert(identity.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+                agents
+                    .insert(identity.as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
             }
             meta.insert("next_key", next_key).map_err(|e| self.err(e))?;
-            meta.insert("next_agent", next_agent).map_err(|e| self.err(e))?;
+            meta.insert("next_agent", next_agent)
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
@@ -252,10 +283,12 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
         let identity = format!("{site}/{name}");
-        Ok(match agents.get(identity.as_str()).map_err(|e| self.err(e))? {
-            Some(v) => postcard::from_bytes(v.value()).ok(),
-            None => None,
-        })
+        Ok(
+            match agents.get(identity.as_str()).map_err(|e| self.err(e))? {
+                Some(v) => postcard::from_bytes(v.value()).ok(),
+                None => None,
+            },
+        )
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
@@ -284,11 +317,17 @@ impl Store {
 
     /// Newest first: up to `limit` events with a store key below `before` (all when `None`),
     /// each with its store key.
-    pub fn newest(&self, limit: usize, before: Option<u64>) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+    pub fn newest(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(limit.min(1000));
-        let range = events.range(..before.unwrap_or(u64::MAX)).map_err(|e| self.err(e))?;
+        let range = events
+            .range(..before.unwrap_or(u64::MAX))
+            .map_err(|e| self.err(e))?;
         for item in range.rev() {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Ok(ev) = postcard::from_bytes::<StoredEvent>(v.value()) {
@@ -320,11 +359,19 @@ impl Store {
         let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
             return Ok(None);
         };
-        let Ok(seq) = seq.parse::<u64>() else { return Ok(None) };
-        let Some(agent) = self.agent(site, name)? else { return Ok(None) };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return Ok(None);
+        };
+        let Some(agent) = self.agent(site, name)? else {
+            return Ok(None);
+        };
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
-        let Some(key) = agent_seq.get((agent.number, seq)).map_err(|e| self.err(e))?.map(|v| v.value()) else {
+        let Some(key) = agent_seq
+            .get((agent.number, seq))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+        else {
             return Ok(None);
         };
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
@@ -347,11 +394,22 @@ mod tests {
             .clone()
             .map(|seq| WireRecord {
                 seq,
-                payload: Record::Event(Event::new(InputKind::Api, "t", "h", Severity::Info, format!("m{seq}"), t))
-                    .to_bytes(),
+                payload: Record::Event(Event::new(
+                    InputKind::Api,
+                    "t",
+                    "h",
+                    Severity::Info,
+                    format!("m{seq}"),
+                    t,
+                ))
+                .to_bytes(),
             })
             .collect();
-        Batch { first_seq: *seqs.start(), last_seq: *seqs.end(), records }
+        Batch {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+            records,
+        }
     }
 
     fn messages(store: &Store) -> Vec<String> {
@@ -368,11 +426,32 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let b1 = batch(1..=3);
-            let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b1 }], now).unwrap();
-            assert_eq!((out.stored, out.duplicates, out.committed.clone()), (3, 0, vec![3]));
+            let out = store
+                .commit(
+                    &[AgentBatch {
+                        site: "s",
+                        name: "a",
+                        batch: &b1,
+                    }],
+                    now,
+                )
+                .unwrap();
+            assert_eq!(
+                (out.stored, out.duplicates, out.committed.clone()),
+                (3, 0, vec![3])
+            );
             // Overlapping redelivery after a reconnect.
             let b2 = batch(2..=5);
-            let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b2 }], now).unwrap();
+            let out = store
+                .commit(
+                    &[AgentBatch {
+                        site: "s",
+                        name: "a",
+                        batch: &b2,
+                    }],
+                    now,
+                )
+                .unwrap();
             assert_eq!((out.stored, out.duplicates, out.committed), (2, 2, vec![5]));
         }
         let store = Store::open(&path).unwrap();
@@ -381,10 +460,22 @@ mod tests {
         assert_eq!(messages(&store), vec!["m1", "m2", "m3", "m4", "m5"]);
         // Same sequence from another agent is a different event.
         let b3 = batch(1..=1);
-        store.commit(&[AgentBatch { site: "s", name: "b", batch: &b3 }], now).unwrap();
+        store
+            .commit(
+                &[AgentBatch {
+                    site: "s",
+                    name: "b",
+                    batch: &b3,
+                }],
+                now,
+            )
+            .unwrap();
         assert_eq!(store.len().unwrap(), 6);
         assert_eq!(store.get_by_id("s:b:1").unwrap().unwrap().agent, "b");
-        assert_eq!(store.get_by_id("s:a:4").unwrap().unwrap().event.message, "m4");
+        assert_eq!(
+            store.get_by_id("s:a:4").unwrap().unwrap().event.message,
+            "m4"
+        );
         assert!(store.get_by_id("s:a:99").unwrap().is_none());
         assert!(store.get_by_id("garbage").unwrap().is_none());
         let newest = store.newest(2, None).unwrap();
@@ -403,20 +494,55 @@ mod tests {
         let mut b = batch(10..=10);
         b.records.push(WireRecord {
             seq: 11,
-            payload: Record::Count { target_seq: 10, count: 5, last_seen: later }.to_bytes(),
+            payload: Record::Count {
+                target_seq: 10,
+                count: 5,
+                last_seen: later,
+            }
+            .to_bytes(),
         });
-        b.records.push(WireRecord { seq: 12, payload: vec![0xff, 0xff, 0xff] });
+        b.records.push(WireRecord {
+            seq: 12,
+            payload: vec![0xff, 0xff, 0xff],
+        });
         b.records.push(WireRecord {
             seq: 13,
-            payload: Record::Count { target_seq: 10, count: 3, last_seen: now }.to_bytes(),
+            payload: Record::Count {
+                target_seq: 10,
+                count: 3,
+                last_seen: now,
+            }
+            .to_bytes(),
         });
         b.records.push(WireRecord {
             seq: 14,
-            payload: Record::Count { target_seq: 999, count: 3, last_seen: now }.to_bytes(),
+            payload: Record::Count {
+                target_seq: 999,
+                count: 3,
+                last_seen: now,
+            }
+            .to_bytes(),
         });
         b.last_seq = 14;
-        let out = store.commit(&[AgentBatch { site: "s", name: "a", batch: &b }], now).unwrap();
-        assert_eq!((out.stored, out.count_updates, out.malformed, out.orphan_updates), (1, 2, 1, 1));
+        let out = store
+            .commit(
+                &[AgentBatch {
+                    site: "s",
+                    name: "a",
+                    batch: &b,
+                }],
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                out.stored,
+                out.count_updates,
+                out.malformed,
+                out.orphan_updates
+            ),
+            (1, 2, 1, 1)
+        );
         assert_eq!(out.committed, vec![14]);
         let ev = store.get_by_id("s:a:10").unwrap().unwrap();
         assert_eq!(ev.event.count, 5);

@@ -19,8 +19,7 @@ pub use ca::{
 };
 pub use error::CertError;
 pub use identity::{
-    AgentIdentity, CertSummary, agent_identity, cert_not_after, cert_serial_hex, crl_revoked_serials,
-    summarize,
-    validate_name,
+    AgentIdentity, CertSummary, agent_identity, cert_not_after, cert_serial_hex,
+    crl_revoked_serials, summarize, validate_name,
 };
 pub use ledger::{CertKind, Ledger, LedgerEntry, read_ledger};

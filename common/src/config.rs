@@ -98,7 +98,9 @@ impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("invalid duration {s:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\"")
+            format!(
+                "invalid duration {s:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\""
+            )
         };
         let mut rest = s.trim();
         if rest.is_empty() {
@@ -106,13 +108,17 @@ impl FromStr for HumanDuration {
         }
         let mut total = Duration::ZERO;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(bad());
             }
             let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = rest[..unit_len].trim();
             rest = &rest[unit_len..];
             let part = match unit {
@@ -132,7 +138,7 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)
@@ -163,7 +169,11 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let bad = || format!("invalid size {s:?}: write bytes or a number with a unit, e.g. \"64KiB\", \"512MiB\", \"2GiB\"");
+        let bad = || {
+            format!(
+                "invalid size {s:?}: write bytes or a number with a unit, e.g. \"64KiB\", \"512MiB\", \"2GiB\""
+            )
+        };
         if digits == 0 {
             return Err(bad());
         }
@@ -252,7 +262,8 @@ mod tests {
         assert!(e.starts_with("/etc/weir/x.toml:2:"), "{e}");
         assert!(e.contains("invalid duration"), "{e}");
 
-        let e = err("[section]\ntimeout = \"5s\"\nsize = 1\nseverity = \"info\"\ntimout = \"1s\"\n");
+        let e =
+            err("[section]\ntimeout = \"5s\"\nsize = 1\nseverity = \"info\"\ntimout = \"1s\"\n");
         assert!(e.starts_with("/etc/weir/x.toml:5:"), "{e}");
         assert!(e.contains("unknown field `timout`"), "{e}");
 
@@ -262,8 +273,14 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("2h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7200));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "2h".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7200)
+        );
         assert!("".parse::<HumanDuration>().is_err());
         assert!("s".parse::<HumanDuration>().is_err());
         assert!("10 fortnights".parse::<HumanDuration>().is_err());

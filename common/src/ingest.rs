@@ -39,7 +39,14 @@ pub struct IngestEvent {
 
 impl IngestEvent {
     pub fn into_event(self, input: InputKind, received_at: Timestamp) -> Event {
-        let mut e = Event::new(input, self.source, self.hostname, self.severity, self.message, received_at);
+        let mut e = Event::new(
+            input,
+            self.source,
+            self.hostname,
+            self.severity,
+            self.message,
+            received_at,
+        );
         e.event_type = self.event_type;
         if let Some(t) = self.timestamp {
             e.event_time = t;
@@ -76,12 +83,18 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<IngestEvent>, Vec<FieldError>> {
         }
     };
     if items.is_empty() {
-        return Err(vec![FieldError { pointer: String::new(), message: "empty array: send at least one event".into() }]);
+        return Err(vec![FieldError {
+            pointer: String::new(),
+            message: "empty array: send at least one event".into(),
+        }]);
     }
     if items.len() > MAX_BULK {
         return Err(vec![FieldError {
             pointer: String::new(),
-            message: format!("{} events in one request; the limit is {MAX_BULK}", items.len()),
+            message: format!(
+                "{} events in one request; the limit is {MAX_BULK}",
+                items.len()
+            ),
         }]);
     }
     let mut out = Vec::with_capacity(items.len());
@@ -91,13 +104,21 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<IngestEvent>, Vec<FieldError>> {
         if let Some(obj) = item.as_object() {
             for field in ["source", "hostname", "severity", "message"] {
                 if !obj.contains_key(field) {
-                    errors.push(FieldError { pointer: format!("{base}/{field}"), message: "required field is missing".into() });
+                    errors.push(FieldError {
+                        pointer: format!("{base}/{field}"),
+                        message: "required field is missing".into(),
+                    });
                 }
             }
         }
         match serde_path_to_error::deserialize::<_, IngestEvent>(item) {
             Ok(ev) => {
-                let mut bad = |field: &str, message: String| errors.push(FieldError { pointer: format!("{base}/{field}"), message });
+                let mut bad = |field: &str, message: String| {
+                    errors.push(FieldError {
+                        pointer: format!("{base}/{field}"),
+                        message,
+                    })
+                };
                 if ev.source.trim().is_empty() {
                     bad("source", "must not be empty".into());
                 }
@@ -105,13 +126,20 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<IngestEvent>, Vec<FieldError>> {
                     bad("hostname", "must not be empty".into());
                 }
                 if ev.message.len() > MAX_MESSAGE {
-                    bad("message", format!("{} bytes; the limit is {MAX_MESSAGE}", ev.message.len()));
+                    bad(
+                        "message",
+                        format!("{} bytes; the limit is {MAX_MESSAGE}", ev.message.len()),
+                    );
                 }
                 out.push(ev);
             }
             Err(e) => {
                 let path = e.path().to_string();
-                let pointer = if path == "." { base.clone() } else { format!("{base}/{}", path.replace('.', "/")) };
+                let pointer = if path == "." {
+                    base.clone()
+                } else {
+                    format!("{base}/{}", path.replace('.', "/"))
+                };
                 let message = e.into_inner().to_string();
                 // "missing field" is already reported above for each field.
                 if !message.starts_with("missing field") {
@@ -120,7 +148,11 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<IngestEvent>, Vec<FieldError>> {
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// API keys, kept only as SHA-256 digests and compared in constant time.
@@ -132,10 +164,14 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// Reads keys from a file, one per line; blank lines and `#` comments are ignored.
     pub fn load(path: &std::path::Path) -> Result<ApiKeys, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read API key file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read API key file {}: {e}", path.display()))?;
         let keys = ApiKeys::from_lines(&text);
         if keys.digests.is_empty() {
-            return Err(format!("API key file {} holds no key: add one per line", path.display()));
+            return Err(format!(
+                "API key file {} holds no key: add one per line",
+                path.display()
+            ));
         }
         Ok(keys)
     }
@@ -157,12 +193,20 @@ impl ApiKeys {
     pub fn check(&self, key: &str) -> bool {
         let d: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Compare against every key, so timing does not reveal which one matched.
-        self.digests.iter().fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d)).into()
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(&d))
+            .into()
     }
 
     /// Finds the key in `X-API-Key` or `Authorization: Bearer` header values.
-    pub fn extract<'a>(x_api_key: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
-        x_api_key.or_else(|| authorization.and_then(|v| v.strip_prefix("Bearer "))).map(str::trim)
+    pub fn extract<'a>(
+        x_api_key: Option<&'a str>,
+        authorization: Option<&'a str>,
+    ) -> Option<&'a str> {
+        x_api_key
+            .or_else(|| authorization.and_then(|v| v.strip_prefix("Bearer ")))
+            .map(str::trim)
     }
 }
 
@@ -199,9 +243,16 @@ mod tests {
         assert!(pointers.contains(&"/1/hostname"), "{errs:?}");
         assert!(pointers.contains(&"/1/severity"), "{errs:?}");
         assert!(pointers.contains(&"/2/timestamp"), "{errs:?}");
-        assert!(errs.iter().any(|e| e.pointer.starts_with("/3") && e.message.contains("colour")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.pointer.starts_with("/3") && e.message.contains("colour")),
+            "{errs:?}"
+        );
         assert!(pointers.contains(&"/4/source"), "{errs:?}");
-        assert!(errs.iter().any(|e| e.message.contains("critical")), "severity error lists accepted values: {errs:?}");
+        assert!(
+            errs.iter().any(|e| e.message.contains("critical")),
+            "severity error lists accepted values: {errs:?}"
+        );
     }
 
     #[test]

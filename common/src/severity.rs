@@ -201,7 +201,11 @@ mod tests {
             Severity::Debug,
         ];
         for (pri, want) in want.iter().enumerate() {
-            assert_eq!(Severity::from_syslog(pri as u8), *want, "syslog severity {pri}");
+            assert_eq!(
+                Severity::from_syslog(pri as u8),
+                *want,
+                "syslog severity {pri}"
+            );
         }
     }
 

@@ -326,7 +326,11 @@ pub mod io {
         while got < HEADER_LEN {
             let n = r.read(&mut header[got..]).await?;
             if n == 0 {
-                return if got == 0 { Ok(None) } else { Err(FrameIoError::Truncated) };
+                return if got == 0 {
+                    Ok(None)
+                } else {
+                    Err(FrameIoError::Truncated)
+                };
             }
             got += n;
         }
@@ -341,7 +345,11 @@ pub mod io {
     }
 
     /// Encodes and writes one frame. `buf` is scratch space reused between calls.
-    pub async fn write_frame<W, T>(w: &mut W, frame: &T, buf: &mut Vec<u8>) -> Result<(), FrameIoError>
+    pub async fn write_frame<W, T>(
+        w: &mut W,
+        frame: &T,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), FrameIoError>
     where
         W: AsyncWrite + Unpin,
         T: Serialize,
@@ -373,12 +381,20 @@ pub mod io {
                 let bytes = out.into_inner();
                 let mut r = Cursor::new(bytes.clone());
                 for f in &frames {
-                    let got: AggregatorFrame = read_frame(&mut r, &mut scratch).await.unwrap().unwrap();
+                    let got: AggregatorFrame =
+                        read_frame(&mut r, &mut scratch).await.unwrap().unwrap();
                     assert_eq!(&got, f);
                 }
-                assert!(read_frame::<_, AggregatorFrame>(&mut r, &mut scratch).await.unwrap().is_none());
+                assert!(
+                    read_frame::<_, AggregatorFrame>(&mut r, &mut scratch)
+                        .await
+                        .unwrap()
+                        .is_none()
+                );
                 let mut cut = Cursor::new(bytes[..bytes.len() - 1].to_vec());
-                read_frame::<_, AggregatorFrame>(&mut cut, &mut scratch).await.unwrap();
+                read_frame::<_, AggregatorFrame>(&mut cut, &mut scratch)
+                    .await
+                    .unwrap();
                 assert!(matches!(
                     read_frame::<_, AggregatorFrame>(&mut cut, &mut scratch).await,
                     Err(FrameIoError::Truncated)
