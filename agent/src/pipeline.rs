@@ -160,7 +160,7 @@ pub async fn run_writer(
                         records: vec![Encoded::new(&Record::Event(ev), Timestamp::now().as_microsecond())],
                         committed: None,
                     };
-                    append_group(&queue, vec![sub], &committed, &mut pending_report).await;
+                    append_group(&queue, vec![sub], &committed, &mut pending_report, Kind::Report).await;
                 }
                 continue;
             }
@@ -182,7 +182,7 @@ pub async fn run_writer(
                 Err(_) => break,
             }
         }
-        append_group(&queue, group, &committed, &mut pending_report).await;
+        append_group(&queue, group, &committed, &mut pending_report, Kind::Input).await;
     }
     if !pending_report.is_empty() {
         let ev = drop_report_event(&pending_report, drop_report_interval);
@@ -194,9 +194,17 @@ pub async fn run_writer(
             committed: None,
         };
         let mut ignore = BTreeMap::new();
-        append_group(&queue, vec![sub], &committed, &mut ignore).await;
+        append_group(&queue, vec![sub], &committed, &mut ignore, Kind::Report).await;
     }
     tracing::debug!("queue writer stopped");
+}
+
+/// What is being appended: input records obey the queue's drop policy; Weir's own drop
+/// reports never evict anything (see [`Queue::append_internal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Input,
+    Report,
 }
 
 async fn append_group(
@@ -204,6 +212,7 @@ async fn append_group(
     mut group: Vec<Submission>,
     committed: &watch::Sender<u64>,
     pending_report: &mut BTreeMap<String, u64>,
+    kind: Kind,
 ) {
     let records: Vec<Encoded> = group
         .iter_mut()
@@ -212,9 +221,12 @@ async fn append_group(
     let count = records.len() as u64;
     let q = queue.clone();
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || q.append(&records))
-        .await
-        .unwrap_or_else(|e| panic!("queue append task panicked: {e}"));
+    let result = tokio::task::spawn_blocking(move || match kind {
+        Kind::Input => q.append(&records),
+        Kind::Report => q.append_internal(&records),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("queue append task panicked: {e}"));
     metrics::histogram!("weir_agent_queue_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(out) => {

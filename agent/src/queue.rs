@@ -39,6 +39,13 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DROPS: TableDefinition<&str, u64> = TableDefinition::new("drops");
 
+/// redb page cache. The queue is written at its end and read from its start, so a small cache
+/// serves it well, and it keeps the agent within its memory budget on a small gateway.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// Longest time acknowledgement deletes stay non-durable (see `State::last_durable`).
+const ACK_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Bytes of the per-record header: severity rank and receive time.
 pub const HEADER_LEN: usize = 9;
 const RANKS: usize = Severity::ALL.len();
@@ -126,6 +133,10 @@ struct State {
     /// higher sequences, so the eviction scan for a rank never needs to look below its cursor.
     cursor: [u64; RANKS],
     drops: BTreeMap<String, u64>,
+    /// When a transaction was last made durable. Ack deletes are cheap non-durable commits, but
+    /// redb holds non-durable state in memory until a durable commit, and a crash would replay
+    /// everything acked since; so an ack commit is made durable when this is over a second old.
+    last_durable: std::time::Instant,
 }
 
 impl State {
@@ -183,7 +194,7 @@ impl Queue {
     }
 
     fn try_open(path: &Path, limits: Limits) -> Result<Queue, QueueError> {
-        let db = match Database::create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(QueueError::InUse {
@@ -225,6 +236,7 @@ impl Queue {
                 counts,
                 cursor: [0; RANKS],
                 drops,
+                last_durable: std::time::Instant::now(),
             }
         };
         txn.commit().map_err(|e| db_err(path, e))?;
@@ -242,6 +254,22 @@ impl Queue {
 
     /// Appends records in one durable transaction, applying the drop policy when full.
     pub fn append(&self, records: &[Encoded]) -> Result<AppendOutcome, QueueError> {
+        self.append_inner(records, true)
+    }
+
+    /// Appends Weir's own reports (queue-drop events) without evicting anything: a report about
+    /// drops must not cause a drop, or a full, idle queue would lose one event per report,
+    /// forever. The queue may exceed its limits by these few records until the next ordinary
+    /// append, whose evictions bring it back under them.
+    pub fn append_internal(&self, records: &[Encoded]) -> Result<AppendOutcome, QueueError> {
+        self.append_inner(records, false)
+    }
+
+    fn append_inner(
+        &self,
+        records: &[Encoded],
+        enforce_limits: bool,
+    ) -> Result<AppendOutcome, QueueError> {
         let path = &self.path;
         let mut st = self.state.lock().expect("queue state lock");
         let mut out = AppendOutcome::default();
@@ -255,8 +283,9 @@ impl Queue {
                     continue;
                 }
                 let mut keep = true;
-                while st.records() + 1 > self.limits.max_records
-                    || st.bytes + size > self.limits.max_bytes
+                while enforce_limits
+                    && (st.records() + 1 > self.limits.max_records
+                        || st.bytes + size > self.limits.max_bytes)
                 {
                     match self.evict_for(&mut table, &mut st, rec.rank())? {
                         Some(reason) => bump(&mut out.drops, reason),
@@ -300,6 +329,7 @@ impl Queue {
         txn.set_durability(Durability::Immediate)
             .map_err(|e| db_err(path, redb::Error::from(e)))?;
         txn.commit().map_err(|e| db_err(path, e))?;
+        st.last_durable = std::time::Instant::now();
         Ok(out)
     }
 
@@ -351,8 +381,13 @@ impl Queue {
         let path = &self.path;
         let mut st = self.state.lock().expect("queue state lock");
         let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| db_err(path, redb::Error::from(e)))?;
+        let durable = st.last_durable.elapsed() >= ACK_DURABLE_EVERY;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| db_err(path, redb::Error::from(e)))?;
         let mut removed = 0;
         {
             let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
@@ -373,6 +408,9 @@ impl Queue {
             }
         }
         txn.commit().map_err(|e| db_err(path, e))?;
+        if durable {
+            st.last_durable = std::time::Instant::now();
+        }
         Ok(removed)
     }
 
@@ -588,6 +626,29 @@ mod tests {
         assert_eq!(drops["queue_full_warning"], 1);
         assert_eq!(drops["queue_full_error"], 1);
         assert!(!drops.contains_key("queue_full_critical"));
+    }
+
+    #[test]
+    fn internal_reports_never_evict() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(
+            &dir.path().join("q.redb"),
+            Limits {
+                max_records: 2,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        q.append(&[rec(Severity::Debug, "d1"), rec(Severity::Debug, "d2")])
+            .unwrap();
+        let out = q
+            .append_internal(&[rec(Severity::Error, "report")])
+            .unwrap();
+        assert!(out.drops.is_empty());
+        assert_eq!(messages(&q), vec!["d1", "d2", "report"]);
+        // The next ordinary append brings the queue back under its limit.
+        q.append(&[rec(Severity::Info, "i1")]).unwrap();
+        assert_eq!(messages(&q), vec!["report", "i1"]);
     }
 
     #[test]
