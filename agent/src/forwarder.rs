@@ -234,17 +234,15 @@ impl Forwarder {
             "connected to the aggregator"
         );
 
-        // The reader: applies acknowledgements to the queue and publishes the acked sequence.
+        // The reader publishes each acknowledged sequence; the applier deletes acknowledged
+        // records from the queue, coalescing acks (at most one delete transaction per
+        // ACK_APPLY_INTERVAL), so deletes do not crowd out the appends for redb's write lock.
         let (acked_tx, mut acked_rx) = watch::channel(committed_seq);
-        let queue = self.queue.clone();
         let mut reader = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             loop {
                 match read_frame::<_, AggregatorFrame>(&mut recv, &mut buf).await {
                     Ok(Some(AggregatorFrame::Ack(a))) => {
-                        let q = queue.clone();
-                        let removed = blocking(move || q.ack(a.committed_seq)).await?;
-                        metrics::counter!("weir_agent_acked_total").increment(removed);
                         acked_tx.send_replace(a.committed_seq);
                     }
                     Ok(Some(AggregatorFrame::Refused(r))) => {
@@ -256,6 +254,11 @@ impl Forwarder {
                 }
             }
         });
+        tokio::spawn(apply_acks(
+            self.queue.clone(),
+            acked_rx.clone(),
+            committed_seq,
+        ));
 
         let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut status_tick = tokio::time::interval(self.link.status_interval.0);
@@ -366,14 +369,46 @@ impl Forwarder {
     }
 }
 
+/// Longest an acknowledged record waits before it is deleted from the queue.
+const ACK_APPLY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Deletes acknowledged records from the queue, coalescing acks; applies the last one and ends
+/// when the session's reader is gone.
+async fn apply_acks(queue: Arc<Queue>, mut acked: watch::Receiver<u64>, mut applied: u64) {
+    loop {
+        let ended = acked.changed().await.is_err();
+        let target = *acked.borrow_and_update();
+        if target > applied {
+            let q = queue.clone();
+            match blocking(move || q.ack(target)).await {
+                Ok(removed) => {
+                    metrics::counter!("weir_agent_acked_total").increment(removed);
+                    applied = target;
+                }
+                Err(e) => {
+                    // The records stay queued and are sent again; the aggregator skips them.
+                    weir_common::warn_limited!(
+                        "ack_apply",
+                        error = format!("{e:#}"),
+                        "cannot delete acknowledged records from the queue"
+                    );
+                }
+            }
+        }
+        if ended {
+            return;
+        }
+        tokio::time::sleep(ACK_APPLY_INTERVAL).await;
+    }
+}
+
 fn transport(link: &AggregatorLink) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(link.keepalive.0));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(link.idle_timeout.0).context("idle_timeout too large")?,
     ));
-    // Enough send window for many batches in flight over a long round trip.
-    t.send_window(16 << 20);
+    t.send_window(link.send_window.0);
     t.stream_receive_window((1u32 << 20).into());
     Ok(t)
 }

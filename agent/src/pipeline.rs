@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use weir_common::{Event, InputKind, Record, Severity};
 
@@ -36,6 +36,8 @@ const MAX_GROUP: usize = 16 * 1024;
 pub struct Submission {
     pub records: Vec<Encoded>,
     pub committed: Option<oneshot::Sender<Result<AppendOutcome, String>>>,
+    /// Capacity this submission holds until it is committed (one permit per record).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Counters of records dropped before reaching the queue (malformed input, oversize, ...), by
@@ -63,9 +65,15 @@ impl InputDrops {
 }
 
 /// The handle inputs use to submit records. Cheap to clone.
+///
+/// Capacity is counted in records, not submissions: a semaphore with one permit per record
+/// that may wait for the writer, so memory and the power-cut window are bounded however the
+/// inputs batch.
 #[derive(Debug, Clone)]
 pub struct Sink {
-    tx: mpsc::Sender<Submission>,
+    tx: mpsc::UnboundedSender<Submission>,
+    capacity: Arc<Semaphore>,
+    max_permits: u32,
     pub drops: Arc<InputDrops>,
 }
 
@@ -75,28 +83,38 @@ pub struct Sink {
 pub struct Closed;
 
 impl Sink {
-    /// Encodes and submits records, waiting for channel capacity (backpressure).
-    pub async fn send(&self, records: Vec<Record>, received_at: Timestamp) -> Result<(), Closed> {
-        let us = received_at.as_microsecond();
-        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+    /// Waits for capacity for `records`, then hands them to the writer (backpressure).
+    async fn submit(
+        &self,
+        records: Vec<Encoded>,
+        committed: Option<oneshot::Sender<Result<AppendOutcome, String>>>,
+    ) -> Result<(), Closed> {
+        let n = (records.len() as u32).clamp(1, self.max_permits);
+        let permit = self
+            .capacity
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Closed)?;
         self.tx
             .send(Submission {
                 records,
-                committed: None,
+                committed,
+                _permit: Some(permit),
             })
-            .await
             .map_err(|_| Closed)
+    }
+
+    /// Encodes and submits records, waiting for capacity (backpressure).
+    pub async fn send(&self, records: Vec<Record>, received_at: Timestamp) -> Result<(), Closed> {
+        let us = received_at.as_microsecond();
+        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+        self.submit(records, None).await
     }
 
     /// Submits already-encoded records (inputs that batch encode themselves).
     pub async fn send_encoded(&self, records: Vec<Encoded>) -> Result<(), Closed> {
-        self.tx
-            .send(Submission {
-                records,
-                committed: None,
-            })
-            .await
-            .map_err(|_| Closed)
+        self.submit(records, None).await
     }
 
     /// Submits records and waits until they are durably in the queue.
@@ -108,28 +126,36 @@ impl Sink {
         let us = received_at.as_microsecond();
         let records = records.iter().map(|r| Encoded::new(r, us)).collect();
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Submission {
-                records,
-                committed: Some(tx),
-            })
+        self.submit(records, Some(tx))
             .await
-            .map_err(|_| Closed.to_string())?;
+            .map_err(|e| e.to_string())?;
         rx.await.map_err(|_| Closed.to_string())?
     }
 }
 
 /// Creates the sink and the receiver [`run_writer`] drains. `capacity` bounds the records that
 /// can sit between inputs and the queue (the power-cut exposure window).
-pub fn channel(capacity: usize) -> (Sink, mpsc::Receiver<Submission>) {
-    let (tx, rx) = mpsc::channel(capacity);
+pub fn channel(capacity: usize) -> (Sink, SinkReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let max_permits = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+    let capacity = Arc::new(Semaphore::new(max_permits as usize));
     (
         Sink {
             tx,
+            capacity: capacity.clone(),
+            max_permits,
             drops: Arc::new(InputDrops::default()),
         },
-        rx,
+        SinkReceiver { rx, capacity },
     )
+}
+
+/// The writer's end of a [`channel`].
+#[derive(Debug)]
+pub struct SinkReceiver {
+    rx: mpsc::UnboundedReceiver<Submission>,
+    /// Closed when the writer stops accepting, so inputs waiting for capacity learn at once.
+    capacity: Arc<Semaphore>,
 }
 
 /// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
@@ -137,11 +163,12 @@ pub fn channel(capacity: usize) -> (Sink, mpsc::Receiver<Submission>) {
 /// `committed` so the forwarder wakes up.
 pub async fn run_writer(
     queue: Arc<Queue>,
-    mut rx: mpsc::Receiver<Submission>,
+    rx: SinkReceiver,
     committed: watch::Sender<u64>,
     drop_report_interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let SinkReceiver { mut rx, capacity } = rx;
     let mut pending_report: BTreeMap<String, u64> = BTreeMap::new();
     let mut report_tick = tokio::time::interval(drop_report_interval);
     report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,6 +186,7 @@ pub async fn run_writer(
                     let sub = Submission {
                         records: vec![Encoded::new(&Record::Event(ev), Timestamp::now().as_microsecond())],
                         committed: None,
+                        _permit: None,
                     };
                     append_group(&queue, vec![sub], &committed, &mut pending_report, Kind::Report).await;
                 }
@@ -167,6 +195,7 @@ pub async fn run_writer(
             _ = shutdown.cancelled(), if !closing => {
                 // Stop accepting, then drain what the inputs already handed over.
                 closing = true;
+                capacity.close();
                 rx.close();
                 continue;
             }
@@ -192,10 +221,12 @@ pub async fn run_writer(
                 Timestamp::now().as_microsecond(),
             )],
             committed: None,
+            _permit: None,
         };
         let mut ignore = BTreeMap::new();
         append_group(&queue, vec![sub], &committed, &mut ignore, Kind::Report).await;
     }
+    capacity.close();
     tracing::debug!("queue writer stopped");
 }
 

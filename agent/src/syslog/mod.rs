@@ -45,7 +45,7 @@ const UDP_RECV_BUFFER: usize = 8 << 20;
 /// Largest UDP payload (65,507 bytes over IPv4), rounded up.
 const DATAGRAM_MAX: usize = 64 << 10;
 /// Most messages in one submission to the sink.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 
 /// Bound syslog sockets, ready to [`spawn`](Listeners::spawn).
 #[derive(Debug)]
