@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
 use metrics_exporter_prometheus::PrometheusHandle;
-use weir_common::ingest::{ApiKeys, FieldError, parse_events};
+use weir_common::ingest::{ApiKeys, AuthError, FieldError, parse_events, problem_body};
 use weir_common::{InputKind, Record};
 
 use crate::forwarder::LinkState;
@@ -48,15 +48,12 @@ pub fn router(state: HttpState) -> Router {
 
 /// An RFC 9457 problem document, with per-field errors when there are some.
 fn problem(status: StatusCode, detail: &str, errors: &[FieldError]) -> Response {
-    let mut body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if !errors.is_empty() {
-        body["errors"] = serde_json::json!(errors);
-    }
+    let body = problem_body(
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("error"),
+        detail,
+        errors,
+    );
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -73,25 +70,17 @@ async fn healthz(State(s): State<HttpState>) -> Json<serde_json::Value> {
 }
 
 async fn ingest(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = ApiKeys::extract(
+    let auth = s.keys.authorize(
         headers.get("x-api-key").and_then(|v| v.to_str().ok()),
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    match key {
-        None => {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "missing API key: send X-API-Key or Authorization: Bearer",
-                &[],
-            );
-        }
-        Some(k) if !s.keys.check(k) => {
+    if let Err(e) = auth {
+        if e == AuthError::Unknown {
             s.sink.drops.count("api_bad_key");
-            return problem(StatusCode::UNAUTHORIZED, "unknown API key", &[]);
         }
-        Some(_) => {}
+        return problem(StatusCode::UNAUTHORIZED, &e.to_string(), &[]);
     }
     let events = match parse_events(&body) {
         Ok(evs) => evs,

@@ -39,12 +39,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    weir_common::telemetry::init_logging();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
-use weir_common::ingest::ApiKeys;
+use weir_common::ingest::{ApiKeys, problem_body};
 use weir_common::{InputKind, Severity};
 
 use crate::registry::Registry;
@@ -71,12 +71,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = problem_body(
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("error"),
+            &self.detail,
+            &[],
+        );
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -98,23 +98,18 @@ async fn require_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let key = ApiKeys::extract(
+    let auth = state.keys.authorize(
         headers.get("x-api-key").and_then(|v| v.to_str().ok()),
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    match key {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing API key: send X-API-Key or Authorization: Bearer",
-        )
-        .into_response(),
-        Some(k) if !state.keys.check(k) => {
+    match auth {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
             metrics::counter!("weir_aggregator_api_auth_failures_total").increment(1);
-            ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key").into_response()
+            ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
-        Some(_) => next.run(req).await,
     }
 }
 
@@ -344,5 +339,183 @@ fn view(
         cert_serial: l.cert_serial.clone(),
         cert_not_after: l.cert_not_after,
         first_seen: rec.map(|r| r.first_seen),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+    use weir_common::wire::{Batch, WireRecord};
+    use weir_common::{Event, Record};
+
+    const KEY: &str = "test-key";
+
+    fn app(dir: &tempfile::TempDir, events: u64) -> Router {
+        let store = Arc::new(Store::open(&dir.path().join("e.redb")).unwrap());
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        if events > 0 {
+            let records = (1..=events)
+                .map(|seq| WireRecord {
+                    seq,
+                    payload: Record::Event(Event::new(
+                        InputKind::Syslog,
+                        "syslog",
+                        "core-1",
+                        Severity::Warning,
+                        format!("m{seq}"),
+                        t,
+                    ))
+                    .to_bytes(),
+                })
+                .collect();
+            let batch = Batch {
+                first_seq: 1,
+                last_seq: events,
+                records,
+            };
+            store
+                .commit(
+                    &[crate::store::AgentBatch {
+                        site: "paris",
+                        name: "gw-1",
+                        batch: &batch,
+                    }],
+                    t,
+                )
+                .unwrap();
+        }
+        router(ApiState {
+            store,
+            registry: Arc::new(Registry::default()),
+            keys: Arc::new(ApiKeys::from_lines(KEY)),
+            metrics: weir_common::telemetry::prometheus(),
+        })
+    }
+
+    async fn get(
+        app: Router,
+        uri: &str,
+        key: Option<(&str, &str)>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = HttpRequest::get(uri);
+        if let Some((h, v)) = key {
+            req = req.header(h, v);
+        }
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn api_key_is_required_on_api_routes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, body) = get(app(&dir, 1), "/api/v1/events", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(
+            body["detail"].as_str().unwrap().contains("missing API key"),
+            "{body}"
+        );
+        let (s, body) = get(app(&dir, 0), "/api/v1/agents", Some(("x-api-key", "wrong"))).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["detail"], "unknown API key");
+        let (s, _) = get(
+            app(&dir, 0),
+            "/api/v1/agents",
+            Some(("authorization", "Bearer test-key")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = get(app(&dir, 0), "/healthz", None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = get(app(&dir, 0), "/readyz", None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, body) = get(app(&dir, 0), "/nope", None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(body["status"], 404);
+    }
+
+    #[tokio::test]
+    async fn events_newest_first_with_limit_and_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, body) = get(
+            app(&dir, 5),
+            "/api/v1/events?limit=2",
+            Some(("x-api-key", KEY)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["total"], 5);
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["id"], "paris:gw-1:5");
+        assert_eq!(events[0]["message"], "m5");
+        assert_eq!(events[0]["severity"], "warning");
+        assert_eq!(events[0]["site"], "paris");
+        assert_eq!(events[0]["event_time"], "2023-11-14T22:13:20Z");
+        assert_eq!(events[1]["id"], "paris:gw-1:4");
+        let (_, body) = get(app(&dir, 0), "/api/v1/events", Some(("x-api-key", KEY))).await;
+        assert_eq!(
+            body["events"].as_array().unwrap().len(),
+            5,
+            "default limit covers all 5"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_400_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        for (uri, needle) in [
+            ("/api/v1/events?limit=0", "limit"),
+            ("/api/v1/events?limit=1001", "limit"),
+            ("/api/v1/events?limit=ten", "limit"),
+            ("/api/v1/events?colour=red", "colour"),
+        ] {
+            let (s, body) = get(app(&dir, 0), uri, Some(("x-api-key", KEY))).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(
+                body["detail"].as_str().unwrap().contains(needle),
+                "{uri}: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn event_by_id_and_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, body) = get(
+            app(&dir, 3),
+            "/api/v1/events/paris:gw-1:2",
+            Some(("x-api-key", KEY)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["message"], "m2");
+        let (s, body) = get(
+            app(&dir, 0),
+            "/api/v1/events/paris:gw-1:99",
+            Some(("x-api-key", KEY)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("site:agent:sequence")
+        );
+        let (s, body) = get(app(&dir, 0), "/api/v1/agents", Some(("x-api-key", KEY))).await;
+        assert_eq!(s, StatusCode::OK);
+        let agents = body.as_array().unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0]["site"], "paris");
+        assert_eq!(agents[0]["last_sequence"], 3);
+        assert_eq!(agents[0]["connected"], false);
     }
 }

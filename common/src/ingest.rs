@@ -199,6 +199,19 @@ impl ApiKeys {
             .into()
     }
 
+    /// Checks the key a request carries in `X-API-Key` or `Authorization: Bearer`.
+    pub fn authorize(
+        &self,
+        x_api_key: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<(), AuthError> {
+        match Self::extract(x_api_key, authorization) {
+            None => Err(AuthError::Missing),
+            Some(k) if !self.check(k) => Err(AuthError::Unknown),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Finds the key in `X-API-Key` or `Authorization: Bearer` header values.
     pub fn extract<'a>(
         x_api_key: Option<&'a str>,
@@ -208,6 +221,34 @@ impl ApiKeys {
             .or_else(|| authorization.and_then(|v| v.strip_prefix("Bearer ")))
             .map(str::trim)
     }
+}
+
+/// Why a request was not authorized (both answer 401; the message tells the client which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send X-API-Key or Authorization: Bearer")]
+    Missing,
+    #[error("unknown API key")]
+    Unknown,
+}
+
+/// An RFC 9457 problem document body; `errors` lists per-field problems when there are some.
+pub fn problem_body(
+    status: u16,
+    title: &str,
+    detail: &str,
+    errors: &[FieldError],
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    if !errors.is_empty() {
+        body["errors"] = serde_json::json!(errors);
+    }
+    body
 }
 
 #[cfg(test)]
@@ -272,5 +313,8 @@ mod tests {
         assert_eq!(ApiKeys::extract(None, Some("Bearer abc")), Some("abc"));
         assert_eq!(ApiKeys::extract(Some("k"), Some("Bearer abc")), Some("k"));
         assert_eq!(ApiKeys::extract(None, Some("Basic abc")), None);
+        assert_eq!(keys.authorize(None, None), Err(AuthError::Missing));
+        assert_eq!(keys.authorize(Some("nope"), None), Err(AuthError::Unknown));
+        assert_eq!(keys.authorize(None, Some("Bearer secret-2")), Ok(()));
     }
 }
