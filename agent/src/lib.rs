@@ -120,6 +120,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         config.queue.drop_report_interval.0,
         shutdown.child_token(),
     ));
+    tracker.spawn(publish_queue_gauges(queue.clone(), shutdown.child_token()));
     let forwarder = Forwarder::new(
         config.aggregator.clone(),
         queue.clone(),
@@ -137,6 +138,29 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         link,
         tracker,
     })
+}
+
+/// Publishes the queue's size and the age of its oldest record as Prometheus gauges.
+async fn publish_queue_gauges(queue: Arc<Queue>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let q = queue.clone();
+        let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || q.stats()).await else {
+            continue;
+        };
+        metrics::gauge!("weir_agent_queue_records").set(stats.records as f64);
+        metrics::gauge!("weir_agent_queue_bytes").set(stats.bytes as f64);
+        let age = if stats.oldest_us == 0 {
+            0.0
+        } else {
+            ((jiff::Timestamp::now().as_microsecond() - stats.oldest_us) as f64 / 1e6).max(0.0)
+        };
+        metrics::gauge!("weir_agent_queue_oldest_age_seconds").set(age);
+    }
 }
 
 /// Runs until `shutdown` is cancelled.
