@@ -376,12 +376,13 @@ mod tests {
                 last_seq: events,
                 records,
             };
+            let records = crate::store::prepare("paris", "gw-1", &batch, t);
             store
                 .commit(
                     &[crate::store::AgentBatch {
                         site: "paris",
                         name: "gw-1",
-                        batch: &batch,
+                        records: &records,
                     }],
                     t,
                 )

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use weir_common::wire::io::{read_frame, write_frame};
-use weir_common::wire::{self, Ack, AgentFrame, AggregatorFrame, Batch, HelloAck, Refused};
+use weir_common::wire::{self, Ack, AgentFrame, AggregatorFrame, HelloAck, Refused};
 
 use crate::config::QuicConfig;
 use crate::registry::{AgentLive, Registry};
-use crate::store::{AgentBatch, Store};
+use crate::store::{AgentBatch, Prepared, Store, prepare};
 
 /// Most batches committed in one transaction.
 const MAX_GROUP_BATCHES: usize = 64;
@@ -34,7 +34,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct IngestItem {
     pub site: Arc<str>,
     pub name: Arc<str>,
-    pub batch: Batch,
+    /// The batch's records, decoded and encoded by the connection task (see [`prepare`]).
+    pub records: Vec<Prepared>,
     /// Receives the agent's committed sequence after the commit, or `Err` if it failed.
     pub reply: mpsc::UnboundedSender<Result<u64, ()>>,
 }
@@ -274,10 +275,14 @@ async fn session(
                 metrics::counter!("weir_aggregator_records_received_total")
                     .increment(batch.records.len() as u64);
                 ingest.registry.seen(site, name, None);
+                // Decoding and encoding happen here, on this connection's task, so the single
+                // store writer only inserts (and several agents' batches prepare in parallel).
+                let records = prepare(site, name, &batch, Timestamp::now());
+                drop(batch);
                 let item = IngestItem {
                     site: site.clone(),
                     name: name.clone(),
-                    batch,
+                    records,
                     reply: reply_tx.clone(),
                 };
                 if ingest.writer.send(item).await.is_err() {
@@ -319,7 +324,7 @@ pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
             .map(|i| AgentBatch {
                 site: &i.site,
                 name: &i.name,
-                batch: &i.batch,
+                records: &i.records,
             })
             .collect();
         let started = Instant::now();

@@ -62,12 +62,75 @@ pub struct AgentRecord {
     pub last_commit: Timestamp,
 }
 
-/// A batch from one agent, for [`Store::commit`].
+/// A batch from one agent, prepared by [`prepare`], for [`Store::commit`].
 #[derive(Debug)]
 pub struct AgentBatch<'a> {
     pub site: &'a str,
     pub name: &'a str,
-    pub batch: &'a Batch,
+    pub records: &'a [Prepared],
+}
+
+/// One record, decoded and (for events) encoded as stored, outside the store's single writer:
+/// connection tasks do this work in parallel, the writer only inserts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    /// An event: its agent sequence and its [`StoredEvent`] bytes.
+    Event { seq: u64, bytes: Vec<u8> },
+    /// A first-stage dedup count update.
+    Count {
+        seq: u64,
+        target_seq: u64,
+        count: u64,
+        last_seen: Timestamp,
+    },
+    /// A record that does not decode (counted and skipped at commit, never stored).
+    Malformed { seq: u64, error: String },
+}
+
+impl Prepared {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Prepared::Event { seq, .. }
+            | Prepared::Count { seq, .. }
+            | Prepared::Malformed { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Decodes a batch's records and encodes its events as stored, stamped `stored_at = now`.
+pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Prepared> {
+    batch
+        .records
+        .iter()
+        .map(|wr| match Record::from_bytes(&wr.payload) {
+            Ok(Record::Event(event)) => {
+                let stored = StoredEvent {
+                    site: site.to_string(),
+                    agent: name.to_string(),
+                    seq: wr.seq,
+                    stored_at: now,
+                    correlated_incident: None,
+                    event,
+                };
+                let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                Prepared::Event { seq: wr.seq, bytes }
+            }
+            Ok(Record::Count {
+                target_seq,
+                count,
+                last_seen,
+            }) => Prepared::Count {
+                seq: wr.seq,
+                target_seq,
+                count,
+                last_seen,
+            },
+            Err(e) => Prepared::Malformed {
+                seq: wr.seq,
+                error: e.to_string(),
+            },
+        })
+        .collect()
 }
 
 /// What a commit did, per batch (same order as the input) and in total.
@@ -183,39 +246,32 @@ impl Store {
                         }
                     },
                 };
-                for wr in &ab.batch.records {
-                    if wr.seq <= rec.committed_seq {
+                for p in ab.records {
+                    let seq = p.seq();
+                    if seq <= rec.committed_seq {
                         out.duplicates += 1;
                         continue;
                     }
-                    rec.committed_seq = wr.seq;
-                    match Record::from_bytes(&wr.payload) {
-                        Ok(Record::Event(event)) => {
-                            let stored = StoredEvent {
-                                site: ab.site.to_string(),
-                                agent: ab.name.to_string(),
-                                seq: wr.seq,
-                                stored_at: now,
-                                correlated_incident: None,
-                                event,
-                            };
-                            let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                    rec.committed_seq = seq;
+                    match p {
+                        Prepared::Event { bytes, .. } => {
                             events
                                 .insert(next_key, bytes.as_slice())
                                 .map_err(|e| self.err(e))?;
                             agent_seq
-                                .insert((rec.number, wr.seq), next_key)
+                                .insert((rec.number, seq), next_key)
                                 .map_err(|e| self.err(e))?;
                             next_key += 1;
                             out.stored += 1;
                         }
-                        Ok(Record::Count {
+                        Prepared::Count {
                             target_seq,
                             count,
                             last_seen,
-                        }) => {
+                            ..
+                        } => {
                             let key = agent_seq
-                                .get((rec.number, target_seq))
+                                .get((rec.number, *target_seq))
                                 .map_err(|e| self.err(e))?
                                 .map(|v| v.value());
                             let Some(key) = key else {
@@ -230,11 +286,11 @@ impl Store {
                                 && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
                             {
                                 // Absolute counts: keep the largest, so replays cannot inflate.
-                                if count > stored.event.count {
-                                    stored.event.count = count;
+                                if *count > stored.event.count {
+                                    stored.event.count = *count;
                                 }
-                                if last_seen > stored.event.last_seen {
-                                    stored.event.last_seen = last_seen;
+                                if *last_seen > stored.event.last_seen {
+                                    stored.event.last_seen = *last_seen;
                                 }
                                 let bytes =
                                     postcard::to_allocvec(&stored).expect("encode StoredEvent");
@@ -246,11 +302,11 @@ impl Store {
                                 out.orphan_updates += 1;
                             }
                         }
-                        Err(e) => {
+                        Prepared::Malformed { error, .. } => {
                             out.malformed += 1;
                             weir_common::warn_limited!(
                                 "malformed_record",
-                                agent = %identity, seq = wr.seq, error = %e,
+                                agent = %identity, seq, error = %error,
                                 "skipping a record that does not decode (the agent may run an incompatible version)"
                             );
                         }
@@ -412,6 +468,20 @@ mod tests {
         }
     }
 
+    fn commit(store: &Store, site: &str, name: &str, b: &Batch, now: Timestamp) -> CommitOutcome {
+        let records = prepare(site, name, b, now);
+        store
+            .commit(
+                &[AgentBatch {
+                    site,
+                    name,
+                    records: &records,
+                }],
+                now,
+            )
+            .unwrap()
+    }
+
     fn messages(store: &Store) -> Vec<String> {
         let mut v = Vec::new();
         store.scan(|_, e| v.push(e.event.message)).unwrap();
@@ -426,32 +496,14 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let b1 = batch(1..=3);
-            let out = store
-                .commit(
-                    &[AgentBatch {
-                        site: "s",
-                        name: "a",
-                        batch: &b1,
-                    }],
-                    now,
-                )
-                .unwrap();
+            let out = commit(&store, "s", "a", &b1, now);
             assert_eq!(
                 (out.stored, out.duplicates, out.committed.clone()),
                 (3, 0, vec![3])
             );
             // Overlapping redelivery after a reconnect.
             let b2 = batch(2..=5);
-            let out = store
-                .commit(
-                    &[AgentBatch {
-                        site: "s",
-                        name: "a",
-                        batch: &b2,
-                    }],
-                    now,
-                )
-                .unwrap();
+            let out = commit(&store, "s", "a", &b2, now);
             assert_eq!((out.stored, out.duplicates, out.committed), (2, 2, vec![5]));
         }
         let store = Store::open(&path).unwrap();
@@ -460,16 +512,7 @@ mod tests {
         assert_eq!(messages(&store), vec!["m1", "m2", "m3", "m4", "m5"]);
         // Same sequence from another agent is a different event.
         let b3 = batch(1..=1);
-        store
-            .commit(
-                &[AgentBatch {
-                    site: "s",
-                    name: "b",
-                    batch: &b3,
-                }],
-                now,
-            )
-            .unwrap();
+        commit(&store, "s", "b", &b3, now);
         assert_eq!(store.len().unwrap(), 6);
         assert_eq!(store.get_by_id("s:b:1").unwrap().unwrap().agent, "b");
         assert_eq!(
@@ -524,16 +567,7 @@ mod tests {
             .to_bytes(),
         });
         b.last_seq = 14;
-        let out = store
-            .commit(
-                &[AgentBatch {
-                    site: "s",
-                    name: "a",
-                    batch: &b,
-                }],
-                now,
-            )
-            .unwrap();
+        let out = commit(&store, "s", "a", &b, now);
         assert_eq!(
             (
                 out.stored,
