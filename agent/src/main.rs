@@ -39,14 +39,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    weir_common::telemetry::init_logging();
-    match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weir-agent: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    weir_common::telemetry::run_main("weir-agent", || real_main(cli))
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {

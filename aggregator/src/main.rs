@@ -68,14 +68,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    weir_common::telemetry::init_logging();
-    match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weir-aggregator: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    weir_common::telemetry::run_main("weir-aggregator", || real_main(cli))
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {

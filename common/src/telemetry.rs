@@ -16,6 +16,22 @@ pub fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
+/// A binary's `main`: sets up logging, runs `body`, and on failure prints the whole error chain
+/// as `program: error: ...` and exits 1.
+pub fn run_main(
+    program: &str,
+    body: impl FnOnce() -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    init_logging();
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The process's Prometheus handle; installs the global recorder on first use.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
