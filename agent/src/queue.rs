@@ -111,11 +111,11 @@ pub struct Stats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue {path}: {source}")]
+    #[error("queue {path}: {error}")]
     Db {
         path: PathBuf,
-        #[source]
-        source: redb::Error,
+        /// In the message, not a `source`, so a printed chain says it once.
+        error: redb::Error,
     },
     #[error(
         "queue {path} is in use by another process (is another weir-agent running with the same data_dir?)"
@@ -162,7 +162,7 @@ impl std::fmt::Debug for Queue {
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> QueueError {
     QueueError::Db {
         path: path.to_path_buf(),
-        source: e.into(),
+        error: e.into(),
     }
 }
 

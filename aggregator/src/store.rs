@@ -149,11 +149,11 @@ pub struct CommitOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("event store {path}: {source}")]
+#[error("event store {path}: {error}")]
 pub struct StoreError {
     pub path: PathBuf,
-    #[source]
-    pub source: redb::Error,
+    /// In the message, not a `source`, so a printed chain says it once.
+    pub error: redb::Error,
 }
 
 pub struct Store {
@@ -173,7 +173,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let err = |e: redb::Error| StoreError {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         };
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
@@ -193,7 +193,7 @@ impl Store {
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
         StoreError {
             path: self.path.clone(),
-            source: e.into(),
+            error: e.into(),
         }
     }
 

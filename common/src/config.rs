@@ -13,11 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A config file that could not be read or understood.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// Kept in the message, not as a `source`, so a printed chain says it once.
+        error: std::io::Error,
     },
     /// A syntax, type, unknown-field or value error, with its location.
     #[error("{path}:{line}:{column}: {message}")]
@@ -39,9 +39,9 @@ pub enum ConfigError {
 /// Reads and parses a TOML config file into `T` (whose structs should use
 /// `#[serde(deny_unknown_fields)]` so that typos are errors, not silently ignored keys).
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_toml(path, &text)
 }
