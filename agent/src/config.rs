@@ -258,6 +258,39 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    for (field, d) in [
+        ("aggregator.keepalive", c.aggregator.keepalive),
+        ("aggregator.idle_timeout", c.aggregator.idle_timeout),
+        ("aggregator.reconnect_min", c.aggregator.reconnect_min),
+        ("aggregator.reconnect_max", c.aggregator.reconnect_max),
+        ("aggregator.status_interval", c.aggregator.status_interval),
+        ("queue.drop_report_interval", c.queue.drop_report_interval),
+        ("syslog.tcp_idle_timeout", c.syslog.tcp_idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(fail(field, "must be longer than zero".into()));
+        }
+    }
+    // Keep every batch, and every single record, well under the wire's frame limit.
+    let frame_budget = (weir_common::wire::MAX_FRAME_LEN / 2) as u64;
+    if c.aggregator.batch_max_bytes.0 == 0 || c.aggregator.batch_max_bytes.0 > frame_budget {
+        return Err(fail(
+            "aggregator.batch_max_bytes",
+            format!("must be between 1 byte and {frame_budget} bytes"),
+        ));
+    }
+    if c.syslog.max_message_bytes.0 > (1 << 20) {
+        return Err(fail(
+            "syslog.max_message_bytes",
+            "must be at most 1MiB".into(),
+        ));
+    }
+    if c.http.max_body_bytes.0 > frame_budget / 2 {
+        return Err(fail(
+            "http.max_body_bytes",
+            format!("must be at most {} bytes", frame_budget / 2),
+        ));
+    }
     if c.aggregator.batch_max_records == 0 || c.aggregator.max_in_flight_batches == 0 {
         return Err(fail(
             "aggregator.batch_max_records",
@@ -414,6 +447,21 @@ mod tests {
         .unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("aggregator.addresses"), "{e}");
+
+        let text = example("data", "127.0.0.1:4433", "tls", 5514, 8084)
+            .replace("status_interval = \"10s\"", "status_interval = \"0s\"");
+        std::fs::write(&p, text).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("aggregator.status_interval") && e.contains("longer than zero"),
+            "{e}"
+        );
+
+        let text = example("data", "127.0.0.1:4433", "tls", 5514, 8084)
+            .replace("batch_max_bytes = \"4MiB\"", "batch_max_bytes = \"64MiB\"");
+        std::fs::write(&p, text).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("aggregator.batch_max_bytes"), "{e}");
 
         std::fs::write(&p, "data_dir = \"x\"\ndata_dri = \"y\"\n").unwrap();
         let e = load(&p).unwrap_err().to_string();

@@ -213,20 +213,18 @@ impl Forwarder {
 
         let queue = self.queue.clone();
         let committed_seq = ack.committed_seq;
-        let next_seq = queue.next_seq();
-        if committed_seq >= next_seq {
-            tracing::warn!(
-                committed_seq,
-                next_seq,
-                "the aggregator has stored sequences this queue has not issued yet (was the queue restored from an old copy?); continuing above them so nothing new is mistaken for a duplicate"
-            );
-        }
-        let first = blocking(move || {
-            queue.ack(committed_seq)?;
-            queue.raise_next_seq(committed_seq + 1)?;
-            Ok(queue.first_seq()?.unwrap_or(queue.next_seq()))
+        let (first, renumbered) = blocking(move || {
+            let renumbered = queue.reconcile(committed_seq)?;
+            Ok((queue.first_seq()?.unwrap_or(queue.next_seq()), renumbered))
         })
         .await?;
+        if renumbered > 0 {
+            tracing::warn!(
+                committed_seq,
+                renumbered,
+                "the aggregator has stored sequences this queue never issued (queue recreated with the clock behind, or restored from an old copy); renumbered the queued records above them so none is mistaken for delivered"
+            );
+        }
         // Everything at or below committed_seq is stored; the queue holds nothing below `first`.
         let mut cursor = first.max(committed_seq + 1);
         tracing::info!(

@@ -140,7 +140,8 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     })
 }
 
-/// Publishes the queue's size and the age of its oldest record as Prometheus gauges.
+/// Publishes the queue's size, the age of its oldest record, and the kernel's UDP
+/// receive-buffer drop count as Prometheus gauges.
 async fn publish_queue_gauges(queue: Arc<Queue>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
@@ -160,6 +161,10 @@ async fn publish_queue_gauges(queue: Arc<Queue>, shutdown: CancellationToken) {
             ((jiff::Timestamp::now().as_microsecond() - stats.oldest_us) as f64 / 1e6).max(0.0)
         };
         metrics::gauge!("weir_agent_queue_oldest_age_seconds").set(age);
+        // UDP loss happens in the kernel, before the agent sees a datagram: make it visible.
+        if let Some(n) = weir_common::telemetry::udp_rcvbuf_errors() {
+            metrics::gauge!("weir_agent_kernel_udp_rcvbuf_errors").set(n as f64);
+        }
     }
 }
 

@@ -175,11 +175,9 @@ pub async fn run_writer(
     let mut closing = false;
     loop {
         let first = tokio::select! {
+            // The report tick comes first: under sustained input the channel is never empty,
+            // and a biased select would otherwise never report drops, exactly when they happen.
             biased;
-            sub = rx.recv() => match sub {
-                Some(sub) => sub,
-                None => break,
-            },
             _ = report_tick.tick() => {
                 if !pending_report.is_empty() {
                     let ev = drop_report_event(&std::mem::take(&mut pending_report), drop_report_interval);
@@ -199,6 +197,10 @@ pub async fn run_writer(
                 rx.close();
                 continue;
             }
+            sub = rx.recv() => match sub {
+                Some(sub) => sub,
+                None => break,
+            },
         };
         let mut group = vec![first];
         let mut n = group[0].records.len();

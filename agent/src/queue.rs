@@ -124,7 +124,7 @@ pub enum QueueError {
 }
 
 /// In-memory mirror of the counters in `meta`, plus eviction cursors.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     next_seq: u64,
     bytes: u64,
@@ -270,8 +270,23 @@ impl Queue {
         records: &[Encoded],
         enforce_limits: bool,
     ) -> Result<AppendOutcome, QueueError> {
-        let path = &self.path;
         let mut st = self.state.lock().expect("queue state lock");
+        // A failed transaction is rolled back on disk; roll the in-memory mirror back too.
+        let saved = st.clone();
+        let result = self.append_locked(&mut st, records, enforce_limits);
+        if result.is_err() {
+            *st = saved;
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        st: &mut State,
+        records: &[Encoded],
+        enforce_limits: bool,
+    ) -> Result<AppendOutcome, QueueError> {
+        let path = &self.path;
         let mut out = AppendOutcome::default();
         let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
         {
@@ -287,7 +302,7 @@ impl Queue {
                     && (st.records() + 1 > self.limits.max_records
                         || st.bytes + size > self.limits.max_bytes)
                 {
-                    match self.evict_for(&mut table, &mut st, rec.rank())? {
+                    match self.evict_for(&mut table, st, rec.rank())? {
                         Some(reason) => bump(&mut out.drops, reason),
                         None => {
                             keep = false;
@@ -313,7 +328,7 @@ impl Queue {
                 out.kept += 1;
             }
             let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-            write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+            write_counters(&mut meta, st).map_err(|e| db_err(path, e))?;
             if !out.drops.is_empty() {
                 let mut drops = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
                 for (reason, n) in &out.drops {
@@ -378,8 +393,17 @@ impl Queue {
     /// Removes every record with a sequence `<= up_to` (the aggregator has stored them).
     /// Returns how many were removed.
     pub fn ack(&self, up_to: u64) -> Result<u64, QueueError> {
-        let path = &self.path;
         let mut st = self.state.lock().expect("queue state lock");
+        let saved = st.clone();
+        let result = self.ack_locked(&mut st, up_to);
+        if result.is_err() {
+            *st = saved;
+        }
+        result
+    }
+
+    fn ack_locked(&self, st: &mut State, up_to: u64) -> Result<u64, QueueError> {
+        let path = &self.path;
         let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
         let durable = st.last_durable.elapsed() >= ACK_DURABLE_EVERY;
         txn.set_durability(if durable {
@@ -404,7 +428,7 @@ impl Queue {
             }
             if removed > 0 {
                 let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-                write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+                write_counters(&mut meta, st).map_err(|e| db_err(path, e))?;
             }
         }
         txn.commit().map_err(|e| db_err(path, e))?;
@@ -429,11 +453,16 @@ impl Queue {
         for item in table.range(from..).map_err(|e| db_err(path, e))? {
             let (k, v) = item.map_err(|e| db_err(path, e))?;
             let v = v.value();
-            let payload = v.get(HEADER_LEN..).unwrap_or_default().to_vec();
+            let payload = v.get(HEADER_LEN..).unwrap_or_default();
+            // Stop before a record would take the batch past max_bytes (a batch always holds
+            // at least one record), so batches stay under the wire's frame limit.
+            if !out.is_empty() && bytes + payload.len() > max_bytes {
+                break;
+            }
             bytes += payload.len();
             out.push(WireRecord {
                 seq: k.value(),
-                payload,
+                payload: payload.to_vec(),
             });
             if out.len() >= max_records || bytes >= max_bytes {
                 break;
@@ -458,22 +487,58 @@ impl Queue {
         self.state.lock().expect("queue state lock").next_seq
     }
 
-    /// Raises the next sequence to at least `seq` (the aggregator has seen higher sequences than
-    /// this queue has issued: the queue file was restored from an old copy).
-    pub fn raise_next_seq(&self, seq: u64) -> Result<(), QueueError> {
+    /// Makes the queue consistent with what the aggregator says it has stored for this agent
+    /// (`committed`), atomically with respect to appends:
+    ///
+    /// - Normally every queued sequence at or below `committed` was stored, and is deleted.
+    /// - If `committed` is at or above this queue's next sequence, this queue never issued the
+    ///   numbers the aggregator has seen: the file was recreated with the clock behind, or
+    ///   restored from an old copy. Then none of its records were stored (the aggregator would
+    ///   have skipped them as duplicates), so they are renumbered above `committed`, in order,
+    ///   instead of being mistaken for delivered. Returns how many were renumbered.
+    pub fn reconcile(&self, committed: u64) -> Result<u64, QueueError> {
         let path = &self.path;
         let mut st = self.state.lock().expect("queue state lock");
-        if st.next_seq >= seq {
-            return Ok(());
+        if committed < st.next_seq {
+            drop(st);
+            self.ack(committed)?;
+            return Ok(0);
         }
-        st.next_seq = seq;
-        let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-            write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+        let saved = st.clone();
+        let result = (|| {
+            let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
+            let mut moved = 0;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+                let old: Vec<Vec<u8>> = table
+                    .extract_from_if(0u64.., |_, _| true)
+                    .map_err(|e| db_err(path, e))?
+                    .map(|item| item.map(|(_, v)| v.value().to_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| db_err(path, e))?;
+                let mut seq = committed + 1;
+                for v in old {
+                    table
+                        .insert(seq, v.as_slice())
+                        .map_err(|e| db_err(path, e))?;
+                    seq += 1;
+                    moved += 1;
+                }
+                st.next_seq = seq;
+                st.cursor = [0; RANKS];
+                let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+                write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
+            }
+            let mut txn = txn;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| db_err(path, redb::Error::from(e)))?;
+            txn.commit().map_err(|e| db_err(path, e))?;
+            Ok(moved)
+        })();
+        if result.is_err() {
+            *st = saved;
         }
-        txn.commit().map_err(|e| db_err(path, e))?;
-        Ok(())
+        result
     }
 
     pub fn stats(&self) -> Result<Stats, QueueError> {
@@ -688,17 +753,37 @@ mod tests {
     }
 
     #[test]
-    fn raised_sequence_persists() {
+    fn reconcile_deletes_stored_records_or_renumbers_unstored_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.redb");
-        {
-            let q = Queue::open(&path, big()).unwrap();
-            let n = q.next_seq();
-            q.raise_next_seq(n + 1000).unwrap();
-            q.append(&[rec(Severity::Info, "x")]).unwrap();
-        }
         let q = Queue::open(&path, big()).unwrap();
+        let out = q
+            .append(&[
+                rec(Severity::Info, "a"),
+                rec(Severity::Info, "b"),
+                rec(Severity::Info, "c"),
+            ])
+            .unwrap();
+        // Normal: the aggregator has the first one.
+        assert_eq!(q.reconcile(out.first_seq).unwrap(), 0);
+        assert_eq!(messages(&q), vec!["b", "c"]);
+        // Restored/recreated queue: the aggregator has seen far higher numbers. Nothing queued
+        // was stored, so nothing may be deleted: the records move above, in order.
+        let committed = q.next_seq() + 1_000_000;
+        assert_eq!(q.reconcile(committed).unwrap(), 2);
         let recs = q.read_from(0, 10, usize::MAX).unwrap();
-        assert_eq!(q.next_seq(), recs[0].seq + 1);
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![committed + 1, committed + 2]
+        );
+        assert_eq!(messages(&q), vec!["b", "c"]);
+        assert_eq!(q.stats().unwrap().records, 2);
+        let out = q.append(&[rec(Severity::Info, "d")]).unwrap();
+        assert_eq!(out.first_seq, committed + 3);
+        drop(q);
+        // It survives a reopen.
+        let q = Queue::open(&path, big()).unwrap();
+        assert_eq!(q.next_seq(), committed + 4);
+        assert_eq!(messages(&q), vec!["b", "c", "d"]);
     }
 }

@@ -332,7 +332,8 @@ fn view(
             if s.oldest_queued_us == 0 {
                 0.0
             } else {
-                ((now.as_microsecond() - s.oldest_queued_us) as f64 / 1e6).max(0.0)
+                // Agent-supplied: never trust it not to overflow.
+                (now.as_microsecond().saturating_sub(s.oldest_queued_us) as f64 / 1e6).max(0.0)
             }
         }),
         drops: status.map(|s| s.drops.clone()).unwrap_or_default(),

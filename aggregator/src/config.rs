@@ -99,6 +99,15 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
         field: field.into(),
         message: message.into(),
     };
+    for (field, d) in [
+        ("quic.crl_check_interval", c.quic.crl_check_interval),
+        ("quic.idle_timeout", c.quic.idle_timeout),
+        ("api.request_timeout", c.api.request_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(fail(field, "must be longer than zero"));
+        }
+    }
     if c.quic.max_connections == 0 {
         return Err(fail("quic.max_connections", "must be at least 1"));
     }

@@ -38,6 +38,10 @@ pub struct IngestItem {
     pub records: Vec<Prepared>,
     /// Receives the agent's committed sequence after the commit, or `Err` if it failed.
     pub reply: mpsc::UnboundedSender<Result<u64, ()>>,
+    /// Set when a commit of this connection's batches failed: its later batches must not be
+    /// committed either, or the agent's committed sequence would jump over the failed ones and
+    /// they would never be resent. The connection is closed and the agent resumes cleanly.
+    pub poisoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Builds the QUIC server config from the TLS files (and the CRL, when configured).
@@ -138,7 +142,12 @@ async fn handle(incoming: quinn::Incoming, ingest: Arc<Ingest>, shutdown: Cancel
             last_seen: Some(Timestamp::now()),
             ..Default::default()
         };
-        ingest.registry.connected(live, &conn);
+        if !ingest.registry.connected(live, &conn) {
+            metrics::counter!("weir_aggregator_connections_refused_total", "reason" => "too_many_sessions").increment(1);
+            weir_common::warn_limited!(&format!("sessions:{site}/{name}"), "refused a session: this agent already holds the maximum number of sessions (is the same certificate used by several agents?)");
+            conn.close(5u32.into(), b"too many sessions for this agent");
+            return;
+        }
         let result = session(&conn, &ingest, &site, &name, &shutdown).await;
         ingest.registry.disconnected(&site, &name, &conn);
         match result {
@@ -232,6 +241,7 @@ async fn session(
 
     // Acks go back from their own task so reading batches never waits on writing acks.
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Result<u64, ()>>();
+    let poisoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acker_conn = conn.clone();
     let mut acker = tokio::spawn(async move {
         let mut out = Vec::with_capacity(64);
@@ -284,6 +294,7 @@ async fn session(
                     name: name.clone(),
                     records,
                     reply: reply_tx.clone(),
+                    poisoned: poisoned.clone(),
                 };
                 if ingest.writer.send(item).await.is_err() {
                     break Ok(()); // store writer stopped: shutting down
@@ -311,6 +322,7 @@ async fn session(
 /// The single store writer: drains the channel, commits groups, replies. Runs on its own
 /// thread (redb writes block) until every sender is gone.
 pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
+    use std::sync::atomic::Ordering;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP_BATCHES {
@@ -318,6 +330,17 @@ pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
                 Ok(item) => group.push(item),
                 Err(_) => break,
             }
+        }
+        // Batches behind a failed commit on the same connection are refused, not committed.
+        group.retain(|item| {
+            let poisoned = item.poisoned.load(Ordering::Acquire);
+            if poisoned {
+                let _ = item.reply.send(Err(()));
+            }
+            !poisoned
+        });
+        if group.is_empty() {
+            continue;
         }
         let batches: Vec<AgentBatch<'_>> = group
             .iter()
@@ -350,6 +373,7 @@ pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
                 metrics::counter!("weir_aggregator_commit_errors_total").increment(1);
                 tracing::error!(error = %e, "cannot write to the event store; agents keep their events and will resend. Check the disk under data_dir");
                 for item in &group {
+                    item.poisoned.store(true, Ordering::Release);
                     let _ = item.reply.send(Err(()));
                 }
             }

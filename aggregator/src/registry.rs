@@ -8,6 +8,10 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 use weir_common::wire::AgentStatus;
 
+/// Sessions one agent identity may hold at once. An agent uses one; a second exists briefly
+/// while it reconnects before the old one times out.
+pub const MAX_SESSIONS_PER_AGENT: u32 = 4;
+
 #[derive(Debug, Clone, Default)]
 pub struct AgentLive {
     pub site: String,
@@ -31,11 +35,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn connected(&self, live: AgentLive, conn: &quinn::Connection) {
+    /// Records a new session; refuses (returns `false`) past [`MAX_SESSIONS_PER_AGENT`], so one
+    /// certificate cannot hold an unbounded share of the aggregator's connections and memory.
+    pub fn connected(&self, live: AgentLive, conn: &quinn::Connection) -> bool {
         let key = format!("{}/{}", live.site, live.name);
         let serial = live.cert_serial.clone().unwrap_or_default();
         let mut agents = self.agents.lock().expect("registry lock");
         let entry = agents.entry(key).or_default();
+        if entry.sessions >= MAX_SESSIONS_PER_AGENT {
+            return false;
+        }
         let sessions = entry.sessions + 1;
         let status = entry.status.take();
         *entry = AgentLive {
@@ -48,6 +57,7 @@ impl Registry {
             .expect("registry lock")
             .insert(conn.stable_id(), (serial, conn.clone()));
         metrics::gauge!("weir_aggregator_agent_sessions").increment(1.0);
+        true
     }
 
     pub fn disconnected(&self, site: &str, name: &str, conn: &quinn::Connection) {

@@ -55,6 +55,20 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The kernel's count of UDP datagrams dropped because a socket's receive buffer was full
+/// (`Udp: RcvbufErrors` in /proc/net/snmp; for every socket on the host). `None` off Linux.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    parse_udp_rcvbuf_errors(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+fn parse_udp_rcvbuf_errors(text: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let i = header.iter().position(|h| *h == "RcvbufErrors")?;
+    values.get(i)?.parse().ok()
+}
+
 /// Allows one log line per key per interval and counts what it held back, so a flood of bad
 /// packets produces one line every few seconds saying how many were suppressed.
 #[derive(Debug)]
@@ -128,6 +142,14 @@ mod tests {
         assert_eq!(gate.check("a", t0 + Duration::from_secs(2)), None);
         assert_eq!(gate.check("b", t0 + Duration::from_secs(2)), Some(0));
         assert_eq!(gate.check("a", t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn parses_udp_rcvbuf_errors() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 0 7 5 42 0\n";
+        assert_eq!(parse_udp_rcvbuf_errors(text), Some(42));
+        assert_eq!(parse_udp_rcvbuf_errors("Udp: x\n"), None);
+        assert_eq!(parse_udp_rcvbuf_errors(""), None);
     }
 
     #[test]

@@ -336,11 +336,19 @@ pub mod io {
         }
         let len = frame_len(header)?;
         buf.clear();
-        buf.resize(len, 0);
-        r.read_exact(buf).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameIoError::Truncated,
-            _ => FrameIoError::Io(e),
-        })?;
+        // Grow the buffer as bytes arrive rather than to the announced length up front, so a
+        // peer that announces a large frame and sends little costs only what it sent.
+        const CHUNK: usize = 64 * 1024;
+        while buf.len() < len {
+            let start = buf.len();
+            buf.resize(start + (len - start).min(CHUNK), 0);
+            r.read_exact(&mut buf[start..])
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => FrameIoError::Truncated,
+                    _ => FrameIoError::Io(e),
+                })?;
+        }
         Ok(Some(decode_body(buf)?))
     }
 

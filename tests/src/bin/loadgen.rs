@@ -446,23 +446,13 @@ fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kernel UDP receive-buffer overflows (all sockets), from /proc/net/snmp.
-fn udp_rcvbuf_errors() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
-    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let i = header.iter().position(|h| *h == "RcvbufErrors")?;
-    values.get(i)?.parse().ok()
-}
-
 fn bench_udp(rate: u64, duration: u64, size: usize, keep: bool) -> anyhow::Result<()> {
     let mut fleet = Fleet::new()?;
     fleet.start()?;
     // Wait until the agent is up (its UDP port answers nothing, so wait for its connection).
     std::thread::sleep(Duration::from_millis(1500));
     let before = fleet.stored_total()?;
-    let drops_before = udp_rcvbuf_errors().unwrap_or(0);
+    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
     let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
     let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
     let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
@@ -484,7 +474,7 @@ fn bench_udp(rate: u64, duration: u64, size: usize, keep: bool) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(20));
     }
     let lag = send_end.elapsed().as_secs_f64() - if stored >= sent.count { 0.0 } else { 3.0 };
-    let kernel_drops = udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
     let peak = fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max);
     let (agent_cpu, agg_cpu) = fleet.cpu_secs();
     println!(
