@@ -338,7 +338,7 @@ pub mod io {
         buf.clear();
         // Grow the buffer as bytes arrive rather than to the announced length up front, so a
         // peer that announces a large frame and sends little costs only what it sent.
-        const CHUNK: usize = 64 * 1024;
+        const CHUNK: usize = 1024 * 1024;
         while buf.len() < len {
             let start = buf.len();
             buf.resize(start + (len - start).min(CHUNK), 0);
