@@ -310,6 +310,12 @@ async fn session(
             }
             Ok(None) => break Ok(()),
             Err(e) => {
+                // An agent that closed with code 0 is shutting down cleanly: not an error.
+                if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason()
+                    && c.error_code == quinn::VarInt::from_u32(0)
+                {
+                    break Ok(());
+                }
                 metrics::counter!("weir_aggregator_protocol_errors_total").increment(1);
                 break Err(anyhow::Error::new(e).context("reading from the agent"));
             }

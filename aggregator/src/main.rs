@@ -131,7 +131,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("starting {}", agent_bin.display()))?;
                 println!("{}", quickstart::banner(&o, &layout));
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = wait_for_signal() => {}
                     status = agent.wait() => tracing::error!(?status, "the quickstart agent exited; stopping"),
                 }
                 #[allow(clippy::cast_possible_wrap)]
