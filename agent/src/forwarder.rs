@@ -51,11 +51,6 @@ pub struct Forwarder {
     endpoints: [Option<quinn::Endpoint>; 2],
 }
 
-enum SessionEnd {
-    /// Shutdown was requested and the session closed cleanly.
-    Shutdown,
-}
-
 impl Forwarder {
     pub fn new(
         link: AggregatorLink,
@@ -95,7 +90,8 @@ impl Forwarder {
             self.state.connected.store(false, Ordering::Relaxed);
             metrics::gauge!("weir_agent_connected").set(0.0);
             match result {
-                Ok(SessionEnd::Shutdown) => break,
+                // Ok only when shutdown was requested and the session closed cleanly.
+                Ok(()) => break,
                 Err(e) => {
                     metrics::counter!("weir_agent_reconnects_total").increment(1);
                     let hint = if established {
@@ -163,7 +159,7 @@ impl Forwarder {
         target: &str,
         established: &mut bool,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<SessionEnd> {
+    ) -> anyhow::Result<()> {
         let (host, port) =
             split_host_port(target).ok_or_else(|| anyhow!("bad address {target:?}"))?;
         let addr = tokio::net::lookup_host((host.as_str(), port))
@@ -261,7 +257,7 @@ impl Forwarder {
         let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut status_tick = tokio::time::interval(self.link.status_interval.0);
         let max_in_flight = self.link.max_in_flight_batches;
-        let result: anyhow::Result<SessionEnd> = loop {
+        let result: anyhow::Result<()> = loop {
             let acked = *acked_rx.borrow_and_update();
             while let Some(&(last, sent)) = inflight.front() {
                 if last > acked {
@@ -335,7 +331,7 @@ impl Forwarder {
         conn: &quinn::Connection,
         acked_rx: &mut watch::Receiver<u64>,
         inflight: &VecDeque<(u64, Instant)>,
-    ) -> anyhow::Result<SessionEnd> {
+    ) -> anyhow::Result<()> {
         if let Some(&(last, _)) = inflight.back() {
             let waited =
                 tokio::time::timeout(DRAIN_DEADLINE, acked_rx.wait_for(|a| *a >= last)).await;
@@ -346,7 +342,7 @@ impl Forwarder {
             }
         }
         conn.close(0u32.into(), b"agent shutting down");
-        Ok(SessionEnd::Shutdown)
+        Ok(())
     }
 
     async fn status(&self) -> AgentStatus {

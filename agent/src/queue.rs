@@ -71,12 +71,8 @@ impl Encoded {
         self.bytes[0]
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 

@@ -12,9 +12,4 @@ pub mod wire;
 pub use event::{Event, InputKind, Record, event_id};
 pub use severity::{ParseSeverityError, Severity};
 
-/// Microseconds since the Unix epoch, the one clock representation Weir stores.
-pub fn now() -> jiff::Timestamp {
-    jiff::Timestamp::now()
-}
-
 pub mod telemetry;
