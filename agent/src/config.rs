@@ -20,6 +20,9 @@ pub struct AgentConfig {
     pub syslog: SyslogConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// First-stage dedup per input kind.
+    #[serde(default)]
+    pub dedup: crate::dedup::DedupConfig,
     /// Set by [`load`]: the file this came from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -306,6 +309,9 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     if c.queue.channel_capacity == 0 {
         return Err(fail("queue.channel_capacity", "must be at least 1".into()));
     }
+    if let Err((field, message)) = c.dedup.check() {
+        return Err(fail(&field, message));
+    }
     let mut seen = std::collections::HashSet::new();
     for a in &c.syslog.udp {
         if !seen.insert(("udp", *a)) {
@@ -398,6 +404,34 @@ listen = "127.0.0.1:{http_port}"
 api_key_file = "api-key"
 # Largest request body.
 max_body_bytes = "8MiB"
+
+[dedup]
+# First-stage dedup: a repeat of an event (same key, within the window after its first
+# occurrence) is not queued again; the first one is queued at once and its count and
+# last_seen are raised (the aggregator's stored event shows them).
+# Most keys remembered (about 64 bytes each); when full, the keys whose windows end soonest
+# are forgotten (counted in weir_agent_dedup_evictions_total; no count is lost).
+max_keys = 65536
+# Longest a count waits to be queued when no other input arrives to carry it.
+flush_interval = "500ms"
+# Per input kind: window ("0s" turns dedup off) and key fields, from: source, hostname,
+# severity, message, event_type, tag (e.g. the trap), peer, facility, tags.<name>.
+# when_missing: fields hashed too when an event lacks one of the key fields (so events
+# without an event_type or resource merge only when they are otherwise identical).
+[dedup.syslog]
+window = "2m"
+key = ["hostname", "facility", "severity", "message"]
+[dedup.snmp_trap]
+window = "5m"
+key = ["hostname", "tag"]
+[dedup.api]
+window = "2m"
+key = ["source", "event_type", "tags.resource"]
+when_missing = ["hostname", "severity", "message"]
+[dedup.script]
+window = "2m"
+key = ["source", "event_type", "tags.resource"]
+when_missing = ["hostname", "severity", "message"]
 "#
     )
 }

@@ -2,6 +2,7 @@
 //! queue to the aggregator over mutual-TLS QUIC.
 
 pub mod config;
+pub mod dedup;
 pub mod forwarder;
 pub mod http;
 pub mod pipeline;
@@ -66,7 +67,10 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     let stats = queue.stats()?;
     tracing::info!(records = stats.records, bytes = stats.bytes, queue = %queue.path().display(), "queue opened");
 
-    let (sink, rx) = pipeline::channel(config.queue.channel_capacity);
+    let (sink, rx) = pipeline::channel(
+        config.queue.channel_capacity,
+        dedup::DedupRules::new(&config.dedup),
+    );
     let (committed_tx, committed_rx) = tokio::sync::watch::channel(0);
     let tracker = TaskTracker::new();
     let inputs_shutdown = shutdown.child_token();
@@ -117,7 +121,11 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         queue.clone(),
         rx,
         committed_tx,
-        config.queue.drop_report_interval.0,
+        pipeline::WriterOptions {
+            drop_report_interval: config.queue.drop_report_interval.0,
+            dedup_flush_interval: config.dedup.flush_interval.0,
+            dedup_max_keys: config.dedup.max_keys,
+        },
         shutdown.child_token(),
     ));
     tracker.spawn(publish_queue_gauges(queue.clone(), shutdown.child_token()));

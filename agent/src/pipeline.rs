@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use weir_common::{Event, InputKind, Record, Severity};
 
+use crate::dedup::{DedupRules, Deduper};
 use crate::queue::{AppendOutcome, Encoded, Queue};
 
 /// Records committed since the process started (reported in the agent's status).
@@ -75,6 +76,8 @@ pub struct Sink {
     capacity: Arc<Semaphore>,
     max_permits: u32,
     pub drops: Arc<InputDrops>,
+    /// First-stage dedup rules: [`Sink::encode`] tags each event with its key.
+    pub dedup: Arc<DedupRules>,
 }
 
 /// The writer is gone (the agent is shutting down).
@@ -105,10 +108,15 @@ impl Sink {
             .map_err(|_| Closed)
     }
 
+    /// Encodes a record for [`Sink::send_encoded`], tagged for first-stage dedup.
+    pub fn encode(&self, record: &Record, received_at_us: i64) -> Encoded {
+        self.dedup.encode(record, received_at_us)
+    }
+
     /// Encodes and submits records, waiting for capacity (backpressure).
     pub async fn send(&self, records: Vec<Record>, received_at: Timestamp) -> Result<(), Closed> {
         let us = received_at.as_microsecond();
-        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+        let records = records.iter().map(|r| self.encode(r, us)).collect();
         self.submit(records, None).await
     }
 
@@ -124,7 +132,7 @@ impl Sink {
         received_at: Timestamp,
     ) -> Result<AppendOutcome, String> {
         let us = received_at.as_microsecond();
-        let records = records.iter().map(|r| Encoded::new(r, us)).collect();
+        let records = records.iter().map(|r| self.encode(r, us)).collect();
         let (tx, rx) = oneshot::channel();
         self.submit(records, Some(tx))
             .await
@@ -135,7 +143,7 @@ impl Sink {
 
 /// Creates the sink and the receiver [`run_writer`] drains. `capacity` bounds the records that
 /// can sit between inputs and the queue (the power-cut exposure window).
-pub fn channel(capacity: usize) -> (Sink, SinkReceiver) {
+pub fn channel(capacity: usize, dedup: DedupRules) -> (Sink, SinkReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let max_permits = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
     let capacity = Arc::new(Semaphore::new(max_permits as usize));
@@ -145,6 +153,7 @@ pub fn channel(capacity: usize) -> (Sink, SinkReceiver) {
             capacity: capacity.clone(),
             max_permits,
             drops: Arc::new(InputDrops::default()),
+            dedup: Arc::new(dedup),
         },
         SinkReceiver { rx, capacity },
     )
@@ -161,17 +170,32 @@ pub struct SinkReceiver {
 /// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
 /// drains what is already in the channel first). Publishes the last committed sequence on
 /// `committed` so the forwarder wakes up.
+/// How the writer reports drops and flushes dedup counts.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// How often queue-full drops are reported as an internal event.
+    pub drop_report_interval: Duration,
+    /// Longest a dedup count waits when no input arrives to carry it.
+    pub dedup_flush_interval: Duration,
+    /// Most dedup keys remembered.
+    pub dedup_max_keys: usize,
+}
+
 pub async fn run_writer(
     queue: Arc<Queue>,
     rx: SinkReceiver,
     committed: watch::Sender<u64>,
-    drop_report_interval: Duration,
+    opts: WriterOptions,
     shutdown: CancellationToken,
 ) {
+    let drop_report_interval = opts.drop_report_interval;
     let SinkReceiver { mut rx, capacity } = rx;
+    let mut dedup = Deduper::new(opts.dedup_max_keys);
     let mut pending_report: BTreeMap<String, u64> = BTreeMap::new();
     let mut report_tick = tokio::time::interval(drop_report_interval);
     report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush_tick = tokio::time::interval(opts.dedup_flush_interval);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
         let first = tokio::select! {
@@ -186,7 +210,14 @@ pub async fn run_writer(
                         committed: None,
                         _permit: None,
                     };
-                    append_group(&queue, vec![sub], &committed, &mut pending_report, Kind::Report).await;
+                    append_group(&queue, vec![sub], &committed, &mut pending_report, None).await;
+                }
+                continue;
+            }
+            // Counts of events first seen in the last commit, when nothing else carries them.
+            _ = flush_tick.tick() => {
+                if dedup.has_pending() {
+                    append_group(&queue, Vec::new(), &committed, &mut pending_report, Some(&mut dedup)).await;
                 }
                 continue;
             }
@@ -213,7 +244,25 @@ pub async fn run_writer(
                 Err(_) => break,
             }
         }
-        append_group(&queue, group, &committed, &mut pending_report, Kind::Input).await;
+        append_group(
+            &queue,
+            group,
+            &committed,
+            &mut pending_report,
+            Some(&mut dedup),
+        )
+        .await;
+    }
+    // Counts still pending (repeats of events first seen in the last commit).
+    if dedup.has_pending() {
+        append_group(
+            &queue,
+            Vec::new(),
+            &committed,
+            &mut pending_report,
+            Some(&mut dedup),
+        )
+        .await;
     }
     if !pending_report.is_empty() {
         let ev = drop_report_event(&pending_report, drop_report_interval);
@@ -226,43 +275,67 @@ pub async fn run_writer(
             _permit: None,
         };
         let mut ignore = BTreeMap::new();
-        append_group(&queue, vec![sub], &committed, &mut ignore, Kind::Report).await;
+        append_group(&queue, vec![sub], &committed, &mut ignore, None).await;
     }
     capacity.close();
     tracing::debug!("queue writer stopped");
 }
 
-/// What is being appended: input records obey the queue's drop policy; Weir's own drop
-/// reports never evict anything (see [`Queue::append_internal`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Input,
-    Report,
-}
-
+/// Appends one group in one durable transaction. With a deduper (input records), repeats are
+/// merged first and pending count updates ride along; without one (Weir's own drop reports),
+/// nothing is evicted to make room (see [`Queue::append_internal`]).
 async fn append_group(
     queue: &Arc<Queue>,
     mut group: Vec<Submission>,
     committed: &watch::Sender<u64>,
     pending_report: &mut BTreeMap<String, u64>,
-    kind: Kind,
+    mut dedup: Option<&mut Deduper>,
 ) {
-    let records: Vec<Encoded> = group
+    let mut records: Vec<Encoded> = group
         .iter_mut()
         .flat_map(|s| std::mem::take(&mut s.records))
         .collect();
+    let mut opened = Vec::new();
+    let mut inputs = records.len();
+    if let Some(d) = dedup.as_deref_mut() {
+        opened = d.filter(&mut records).opened;
+        inputs = records.len();
+        records.extend(d.take_counts());
+    }
+    if records.is_empty() {
+        // Every record was a repeat: nothing to write, but it is as safe as it will get.
+        for sub in group {
+            if let Some(tx) = sub.committed {
+                let _ = tx.send(Ok(AppendOutcome::default()));
+            }
+        }
+        return;
+    }
+    let internal = dedup.is_none();
     let count = records.len() as u64;
     let q = queue.clone();
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || match kind {
-        Kind::Input => q.append(&records),
-        Kind::Report => q.append_internal(&records),
+    let result = tokio::task::spawn_blocking(move || {
+        if internal {
+            q.append_internal(&records)
+        } else {
+            q.append(&records)
+        }
     })
     .await
     .unwrap_or_else(|e| panic!("queue append task panicked: {e}"));
     metrics::histogram!("weir_agent_queue_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Ok(out) => {
+        Ok(mut out) => {
+            if let Some(d) = dedup {
+                let lost = d.assign(&opened, &out.seqs[..inputs.min(out.seqs.len())]);
+                if lost > 0 {
+                    // Repeats merged into an event the full queue then refused.
+                    *out.drops
+                        .entry("dedup_repeats_of_dropped".into())
+                        .or_insert(0) += lost;
+                }
+            }
             metrics::counter!("weir_agent_committed_total").increment(out.kept);
             COMMITTED_TOTAL.fetch_add(out.kept, std::sync::atomic::Ordering::Relaxed);
             for (reason, n) in &out.drops {
@@ -287,6 +360,11 @@ async fn append_group(
             }
         }
         Err(e) => {
+            if let Some(d) = dedup {
+                // The first occurrences were not stored: forget them (their repeats are lost
+                // with them, counted below as part of this group's loss).
+                d.assign(&opened, &[]);
+            }
             // Nothing in this group is durable. This is data loss unless the sender retries
             // (HTTP clients get a 503 and do).
             metrics::counter!("weir_agent_dropped_total", "reason" => "queue_write_error")

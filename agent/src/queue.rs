@@ -56,6 +56,9 @@ const RANK_KEYS: [&str; RANKS] = ["count.0", "count.1", "count.2", "count.3", "c
 #[derive(Debug, Clone)]
 pub struct Encoded {
     bytes: Vec<u8>,
+    /// First-stage dedup identity of an event (see [`crate::dedup`]); `None` for records that
+    /// are never deduplicated (count updates, Weir's own events, inputs with dedup off).
+    pub(crate) dedup: Option<crate::dedup::DedupTag>,
 }
 
 impl Encoded {
@@ -64,11 +67,23 @@ impl Encoded {
         bytes.push(record.severity().rank());
         bytes.extend_from_slice(&received_at_us.to_le_bytes());
         bytes = postcard::to_extend(record, bytes).expect("postcard encoding into a Vec");
-        Encoded { bytes }
+        Encoded { bytes, dedup: None }
+    }
+
+    /// When the agent received the record (microseconds since the epoch).
+    pub fn received_at_us(&self) -> i64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.bytes[1..9]);
+        i64::from_le_bytes(b)
     }
 
     pub fn rank(&self) -> u8 {
         self.bytes[0]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes_for_test(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -90,6 +105,8 @@ pub struct AppendOutcome {
     pub first_seq: u64,
     pub last_seq: u64,
     pub kept: u64,
+    /// The sequence number each appended record got, in order; 0 for one that was not kept.
+    pub seqs: Vec<u64>,
     /// Drops made to fit, by reason.
     pub drops: BTreeMap<String, u64>,
 }
@@ -291,6 +308,7 @@ impl Queue {
                 let size = rec.len() as u64;
                 if size > self.limits.max_bytes {
                     bump(&mut out.drops, "oversize_record".to_string());
+                    out.seqs.push(0);
                     continue;
                 }
                 let mut keep = true;
@@ -308,9 +326,11 @@ impl Queue {
                     }
                 }
                 if !keep {
+                    out.seqs.push(0);
                     continue;
                 }
                 let seq = st.next_seq;
+                out.seqs.push(seq);
                 table
                     .insert(seq, rec.bytes.as_slice())
                     .map_err(|e| db_err(path, e))?;

@@ -40,14 +40,19 @@ async fn start(tune: impl FnOnce(&mut SyslogConfig)) -> Harness {
         )
         .unwrap(),
     );
-    let (sink, rx) = pipeline::channel(64);
+    // No dedup here: these tests count every line they send.
+    let (sink, rx) = pipeline::channel(64, weir_agent::dedup::DedupRules::default());
     let (committed, _) = watch::channel(0);
     let shutdown = CancellationToken::new();
     let writer = tokio::spawn(pipeline::run_writer(
         queue.clone(),
         rx,
         committed,
-        Duration::from_secs(3600),
+        pipeline::WriterOptions {
+            drop_report_interval: Duration::from_secs(3600),
+            dedup_flush_interval: Duration::from_secs(1),
+            dedup_max_keys: 1,
+        },
         shutdown.clone(),
     ));
     let mut cfg = SyslogConfig {

@@ -180,14 +180,20 @@ fn grow_receive_buffer(sock: &UdpSocket, addr: SocketAddr) {
 }
 
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
-fn encode(bytes: &[u8], truncated: bool, peer: IpAddr, input: &'static str) -> Encoded {
+fn encode(
+    sink: &Sink,
+    bytes: &[u8],
+    truncated: bool,
+    peer: IpAddr,
+    input: &'static str,
+) -> Encoded {
     let received_at = Timestamp::now();
     let mut ev = parse(bytes, peer, received_at);
     if truncated {
         ev.tags.insert("weir_truncated".into(), "true".into());
         metrics::counter!("weir_agent_truncated_total", "input" => input).increment(1);
     }
-    Encoded::new(&Record::Event(ev), received_at.as_microsecond())
+    sink.encode(&Record::Event(ev), received_at.as_microsecond())
 }
 
 /// Hands a batch to the sink, waiting for room. False when the agent is shutting down; the
@@ -261,6 +267,7 @@ fn take_datagram(
     let truncated = data.len() > max_message;
     let data = &data[..data.len().min(max_message)];
     batch.push(encode(
+        sink,
         data,
         truncated,
         peer.ip().to_canonical(),
@@ -383,12 +390,20 @@ async fn run_connection(
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let mut batch = vec![encode(&first.bytes, first.truncated, ip, "syslog_tcp")];
+        let mut batch = vec![encode(
+            &sink,
+            &first.bytes,
+            first.truncated,
+            ip,
+            "syslog_tcp",
+        )];
         // Frames already buffered (or readable without waiting) go into the same submission.
         let mut ended = None;
         while batch.len() < BATCH {
             match frames.next().now_or_never() {
-                Some(Some(Ok(f))) => batch.push(encode(&f.bytes, f.truncated, ip, "syslog_tcp")),
+                Some(Some(Ok(f))) => {
+                    batch.push(encode(&sink, &f.bytes, f.truncated, ip, "syslog_tcp"))
+                }
                 Some(Some(Err(e))) => {
                     read_failed(&e);
                     ended = Some("read error");

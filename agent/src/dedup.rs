@@ -1,0 +1,700 @@
+//! First-stage deduplication (seed 000): repeats of an event within its input kind's window are
+//! not queued again; the first occurrence is queued at once and its count and `last_seen` are
+//! raised by count updates ([`Record::Count`]) that travel through the durable queue like events.
+//!
+//! Where it runs: inputs compute each event's [`DedupTag`] (a 64-bit xxh3 of the configured
+//! key fields) when they encode it, off the writer's path; the queue writer owns a [`Deduper`]
+//! and consults it for every group commit.
+//!
+//! Durability: a repeat is merged into its first occurrence in the group commit that would have
+//! stored it, and the count update for an event already in the queue is appended **in that same
+//! transaction**. Only repeats of an event first seen in the same group wait one more commit
+//! (the next group, or the writer's flush tick). So a crash loses no more counts than it loses
+//! events: those still between the inputs and the queue.
+//!
+//! Memory: at most `max_keys` keys (about 64 bytes each). When full, expired keys go first, then
+//! the keys whose windows end soonest (their pending counts are flushed first, so no count is
+//! lost; a later repeat simply starts a new event). Evictions are counted in
+//! `weir_agent_dedup_evictions_total`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use weir_common::config::HumanDuration;
+use weir_common::{Event, InputKind, Record};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::queue::Encoded;
+
+/// The dedup identity of one event: its key hash and how long repeats are merged into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupTag {
+    pub key: u64,
+    pub window_us: i64,
+}
+
+/// One field of an event that goes into a dedup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyField {
+    Source,
+    Hostname,
+    Severity,
+    Message,
+    EventType,
+    /// The short machine tag (for SNMP traps: the trap, by OID).
+    Tag,
+    /// The address the event came from.
+    Peer,
+    /// Any entry of the event's tags, e.g. `tags.facility` or `tags.resource`.
+    TagsEntry(String),
+}
+
+impl FromStr for KeyField {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "source" => KeyField::Source,
+            "hostname" => KeyField::Hostname,
+            "severity" => KeyField::Severity,
+            "message" => KeyField::Message,
+            "event_type" => KeyField::EventType,
+            "tag" => KeyField::Tag,
+            "peer" => KeyField::Peer,
+            // Syslog's facility lives in the tags; accept the short name.
+            "facility" => KeyField::TagsEntry("facility".into()),
+            other => match other.strip_prefix("tags.") {
+                Some(name) if !name.is_empty() => KeyField::TagsEntry(name.into()),
+                _ => {
+                    return Err(format!(
+                        "unknown dedup key field {s:?}: expected source, hostname, severity, message, event_type, tag, peer, facility or tags.<name>"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl fmt::Display for KeyField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyField::Source => f.write_str("source"),
+            KeyField::Hostname => f.write_str("hostname"),
+            KeyField::Severity => f.write_str("severity"),
+            KeyField::Message => f.write_str("message"),
+            KeyField::EventType => f.write_str("event_type"),
+            KeyField::Tag => f.write_str("tag"),
+            KeyField::Peer => f.write_str("peer"),
+            KeyField::TagsEntry(n) => write!(f, "tags.{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Dedup for one input kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Repeats within this long of the first occurrence are merged into it; "0s" turns dedup
+    /// off for this input.
+    pub window: HumanDuration,
+    /// The fields that make two events "the same".
+    pub key: Vec<KeyField>,
+    /// Hashed as well when an event has no value for one of the `key` fields, so that, say,
+    /// API events without an `event_type` merge only when they are otherwise identical.
+    #[serde(default)]
+    pub when_missing: Vec<KeyField>,
+}
+
+/// The `[dedup]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Most keys remembered at once (about 64 bytes each).
+    #[serde(default = "d_max_keys")]
+    pub max_keys: usize,
+    /// Longest a count for an event first seen in the same commit waits when no other input
+    /// arrives to carry it.
+    #[serde(default = "d_flush")]
+    pub flush_interval: HumanDuration,
+    #[serde(default = "d_syslog")]
+    pub syslog: RuleConfig,
+    #[serde(default = "d_snmp")]
+    pub snmp_trap: RuleConfig,
+    #[serde(default = "d_app")]
+    pub api: RuleConfig,
+    #[serde(default = "d_app")]
+    pub script: RuleConfig,
+}
+
+fn d_max_keys() -> usize {
+    65_536
+}
+fn d_flush() -> HumanDuration {
+    HumanDuration::millis(500)
+}
+fn d_syslog() -> RuleConfig {
+    RuleConfig {
+        window: HumanDuration::secs(120),
+        key: vec![
+            KeyField::Hostname,
+            KeyField::TagsEntry("facility".into()),
+            KeyField::Severity,
+            KeyField::Message,
+        ],
+        when_missing: Vec::new(),
+    }
+}
+fn d_snmp() -> RuleConfig {
+    RuleConfig {
+        window: HumanDuration::secs(300),
+        key: vec![KeyField::Hostname, KeyField::Tag],
+        when_missing: Vec::new(),
+    }
+}
+fn d_app() -> RuleConfig {
+    RuleConfig {
+        window: HumanDuration::secs(120),
+        key: vec![
+            KeyField::Source,
+            KeyField::EventType,
+            KeyField::TagsEntry("resource".into()),
+        ],
+        when_missing: vec![KeyField::Hostname, KeyField::Severity, KeyField::Message],
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            max_keys: d_max_keys(),
+            flush_interval: d_flush(),
+            syslog: d_syslog(),
+            snmp_trap: d_snmp(),
+            api: d_app(),
+            script: d_app(),
+        }
+    }
+}
+
+impl DedupConfig {
+    /// Checks the section; the error names the field.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if self.max_keys == 0 {
+            return Err(("dedup.max_keys".into(), "must be at least 1".into()));
+        }
+        if self.flush_interval.0.is_zero() {
+            return Err((
+                "dedup.flush_interval".into(),
+                "must be longer than zero".into(),
+            ));
+        }
+        for (name, rule) in [
+            ("syslog", &self.syslog),
+            ("snmp_trap", &self.snmp_trap),
+            ("api", &self.api),
+            ("script", &self.script),
+        ] {
+            if !rule.window.0.is_zero() && rule.key.is_empty() {
+                return Err((
+                    format!("dedup.{name}.key"),
+                    "list at least one field, or set window = \"0s\" to turn dedup off".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    key: Vec<KeyField>,
+    when_missing: Vec<KeyField>,
+    window_us: i64,
+}
+
+fn field<'a>(ev: &'a Event, f: &KeyField) -> Option<&'a [u8]> {
+    Some(match f {
+        KeyField::Source => ev.source.as_bytes(),
+        KeyField::Hostname => ev.hostname.as_bytes(),
+        KeyField::Severity => ev.severity.as_str().as_bytes(),
+        KeyField::Message => ev.message.as_bytes(),
+        KeyField::EventType => ev.event_type.as_deref()?.as_bytes(),
+        KeyField::Tag => ev.tag.as_deref()?.as_bytes(),
+        KeyField::Peer => ev.peer.as_deref()?.as_bytes(),
+        KeyField::TagsEntry(n) => ev.tags.get(n)?.as_bytes(),
+    })
+}
+
+/// The compiled rules inputs use to tag events.
+#[derive(Debug, Clone, Default)]
+pub struct DedupRules {
+    /// Indexed by [`InputKind`] position; `None` = no dedup.
+    rules: [Option<Compiled>; 5],
+}
+
+fn kind_index(kind: InputKind) -> usize {
+    match kind {
+        InputKind::Syslog => 0,
+        InputKind::SnmpTrap => 1,
+        InputKind::Api => 2,
+        InputKind::Script => 3,
+        InputKind::Internal => 4,
+    }
+}
+
+impl DedupRules {
+    pub fn new(cfg: &DedupConfig) -> DedupRules {
+        let compile = |r: &RuleConfig| {
+            let us = i64::try_from(r.window.0.as_micros()).unwrap_or(i64::MAX);
+            (us > 0 && !r.key.is_empty()).then(|| Compiled {
+                key: r.key.clone(),
+                when_missing: r.when_missing.clone(),
+                window_us: us,
+            })
+        };
+        DedupRules {
+            rules: [
+                compile(&cfg.syslog),
+                compile(&cfg.snmp_trap),
+                compile(&cfg.api),
+                compile(&cfg.script),
+                // Weir's own events (drop reports) are never merged.
+                None,
+            ],
+        }
+    }
+
+    /// The event's dedup tag, or `None` when its input kind is not deduplicated.
+    pub fn tag(&self, ev: &Event) -> Option<DedupTag> {
+        let rule = self.rules[kind_index(ev.input)].as_ref()?;
+        let mut h = Xxh3::new();
+        h.update(&[kind_index(ev.input) as u8]);
+        let mut missing = false;
+        // Length-prefix every part (absent = u64::MAX) so ("ab","c") and ("a","bc") differ.
+        let mut add = |part: Option<&[u8]>| match part {
+            Some(p) => {
+                h.update(&(p.len() as u64).to_le_bytes());
+                h.update(p);
+                false
+            }
+            None => {
+                h.update(&u64::MAX.to_le_bytes());
+                true
+            }
+        };
+        for f in &rule.key {
+            missing |= add(field(ev, f));
+        }
+        if missing {
+            for f in &rule.when_missing {
+                add(field(ev, f));
+            }
+        }
+        Some(DedupTag {
+            key: h.digest(),
+            window_us: rule.window_us,
+        })
+    }
+
+    /// Encodes a record for the queue, tagged for dedup when it is an event of a deduplicated
+    /// input kind.
+    pub fn encode(&self, record: &Record, received_at_us: i64) -> Encoded {
+        let mut enc = Encoded::new(record, received_at_us);
+        if let Record::Event(ev) = record {
+            enc.dedup = self.tag(ev);
+        }
+        enc
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Queue sequence of the first occurrence; 0 while it is being appended.
+    seq: u64,
+    count: u64,
+    last_seen_us: i64,
+    window_end_us: i64,
+    /// The count has grown since the last count update was queued.
+    dirty: bool,
+}
+
+/// The writer's dedup state. Not thread-safe by design: one writer owns it.
+#[derive(Debug)]
+pub struct Deduper {
+    map: HashMap<u64, Entry>,
+    max_keys: usize,
+    /// Count updates of entries that were evicted or replaced, to go out with the next commit.
+    orphans: Vec<Encoded>,
+    /// Repeats merged since the process started (also the metric `weir_agent_dedup_merged_total`).
+    pub merged_total: u64,
+    pub evicted_total: u64,
+}
+
+/// What [`Deduper::filter`] did to a group: which kept records opened new keys.
+#[derive(Debug, Default)]
+pub struct Filtered {
+    /// (index in the kept records, key) of each first occurrence.
+    pub opened: Vec<(usize, u64)>,
+    pub merged: u64,
+}
+
+fn count_record(seq: u64, e: &Entry) -> Encoded {
+    let last_seen = Timestamp::from_microsecond(e.last_seen_us).unwrap_or(Timestamp::UNIX_EPOCH);
+    Encoded::new(
+        &Record::Count {
+            target_seq: seq,
+            count: e.count,
+            last_seen,
+        },
+        e.last_seen_us,
+    )
+}
+
+impl Deduper {
+    pub fn new(max_keys: usize) -> Deduper {
+        Deduper {
+            map: HashMap::new(),
+            max_keys: max_keys.max(1),
+            orphans: Vec::new(),
+            merged_total: 0,
+            evicted_total: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Removes the repeats from `records` (merging them into their first occurrence) and
+    /// remembers the first occurrences it keeps, to be told their sequence numbers by
+    /// [`Deduper::assign`] once appended.
+    pub fn filter(&mut self, records: &mut Vec<Encoded>) -> Filtered {
+        let mut out = Filtered::default();
+        let mut kept = Vec::with_capacity(records.len());
+        for rec in records.drain(..) {
+            let Some(tag) = rec.dedup else {
+                kept.push(rec);
+                continue;
+            };
+            let at = rec.received_at_us();
+            match self.map.get_mut(&tag.key) {
+                Some(e) if at < e.window_end_us => {
+                    e.count += 1;
+                    e.last_seen_us = e.last_seen_us.max(at);
+                    e.dirty = true;
+                    out.merged += 1;
+                }
+                _ => {
+                    if let Some(old) = self.map.remove(&tag.key) {
+                        // Expired: its last count goes out before the new event replaces it.
+                        if old.dirty && old.seq != 0 {
+                            self.orphans.push(count_record(old.seq, &old));
+                        }
+                    } else if self.map.len() >= self.max_keys {
+                        self.make_room(at);
+                    }
+                    self.map.insert(
+                        tag.key,
+                        Entry {
+                            seq: 0,
+                            count: 1,
+                            last_seen_us: at,
+                            window_end_us: at.saturating_add(tag.window_us),
+                            dirty: false,
+                        },
+                    );
+                    out.opened.push((kept.len(), tag.key));
+                    kept.push(rec);
+                }
+            }
+        }
+        *records = kept;
+        self.merged_total += out.merged;
+        metrics::counter!("weir_agent_dedup_merged_total").increment(out.merged);
+        out
+    }
+
+    /// Count updates for every entry whose count grew and whose event is in the queue, plus
+    /// those of evicted entries. Marks them clean.
+    pub fn take_counts(&mut self) -> Vec<Encoded> {
+        let mut out = std::mem::take(&mut self.orphans);
+        for e in self.map.values_mut() {
+            if e.dirty && e.seq != 0 {
+                out.push(count_record(e.seq, e));
+                e.dirty = false;
+            }
+        }
+        out
+    }
+
+    /// Whether a flush would queue anything.
+    pub fn has_pending(&self) -> bool {
+        !self.orphans.is_empty() || self.map.values().any(|e| e.dirty && e.seq != 0)
+    }
+
+    /// Tells the deduper which sequence numbers the first occurrences got (`seqs[i]` for kept
+    /// record `i`; 0 when the queue did not keep it, in which case its repeats are lost with
+    /// it and returned as a count for the drop accounting).
+    pub fn assign(&mut self, opened: &[(usize, u64)], seqs: &[u64]) -> u64 {
+        let mut lost = 0;
+        for &(i, key) in opened {
+            let seq = seqs.get(i).copied().unwrap_or(0);
+            if seq == 0 {
+                if let Some(e) = self.map.remove(&key) {
+                    lost += e.count - 1;
+                }
+            } else if let Some(e) = self.map.get_mut(&key) {
+                e.seq = seq;
+            }
+        }
+        lost
+    }
+
+    /// Frees at least one slot: expired keys first, then the eighth of the keys whose windows
+    /// end soonest. Pending counts of evicted keys are kept for the next commit.
+    fn make_room(&mut self, now_us: i64) {
+        let before = self.map.len();
+        let orphans = &mut self.orphans;
+        self.map.retain(|_, e| {
+            // Entries still being appended (seq 0) must stay: the writer assigns them next.
+            let keep = e.seq == 0 || e.window_end_us > now_us;
+            if !keep && e.dirty {
+                orphans.push(count_record(e.seq, e));
+            }
+            keep
+        });
+        if self.map.len() >= self.max_keys {
+            let mut ends: Vec<i64> = self
+                .map
+                .values()
+                .filter(|e| e.seq != 0)
+                .map(|e| e.window_end_us)
+                .collect();
+            if !ends.is_empty() {
+                let k = (ends.len() / 8).min(ends.len() - 1);
+                let (_, cut, _) = ends.select_nth_unstable(k);
+                let cut = *cut;
+                self.map.retain(|_, e| {
+                    let keep = e.seq == 0 || e.window_end_us > cut;
+                    if !keep && e.dirty {
+                        orphans.push(count_record(e.seq, e));
+                    }
+                    keep
+                });
+            }
+        }
+        let evicted = (before - self.map.len()) as u64;
+        self.evicted_total += evicted;
+        metrics::counter!("weir_agent_dedup_evictions_total").increment(evicted);
+        metrics::gauge!("weir_agent_dedup_keys").set(self.map.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_common::Severity;
+
+    fn ev(host: &str, msg: &str, at_s: i64) -> (Record, i64) {
+        let t = Timestamp::from_second(1_700_000_000 + at_s).unwrap();
+        let mut e = Event::new(InputKind::Syslog, "syslog", host, Severity::Error, msg, t);
+        e.tags.insert("facility".into(), "local7".into());
+        (Record::Event(e), t.as_microsecond())
+    }
+
+    fn rules() -> DedupRules {
+        DedupRules::new(&DedupConfig::default())
+    }
+
+    fn decode_count(e: &Encoded) -> (u64, u64) {
+        match Record::from_bytes(&e.bytes_for_test()[9..]).unwrap() {
+            Record::Count {
+                target_seq, count, ..
+            } => (target_seq, count),
+            other => panic!("not a count: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn key_fields_parse_and_reject_unknown() {
+        assert_eq!(
+            "tags.resource".parse::<KeyField>().unwrap().to_string(),
+            "tags.resource"
+        );
+        assert_eq!(
+            "facility".parse::<KeyField>().unwrap(),
+            KeyField::TagsEntry("facility".into())
+        );
+        let e = "colour".parse::<KeyField>().unwrap_err();
+        assert!(e.contains("hostname"), "{e}");
+        assert!("tags.".parse::<KeyField>().is_err());
+    }
+
+    #[test]
+    fn tags_differ_by_every_key_field_and_not_by_others() {
+        let r = rules();
+        let (a, _) = ev("h1", "link down", 0);
+        let (b, _) = ev("h2", "link down", 0);
+        let (c, _) = ev("h1", "link up", 0);
+        let (d, _) = ev("h1", "link down", 50);
+        let tag = |r2: &Record| match r2 {
+            Record::Event(e) => r.tag(e).unwrap().key,
+            _ => unreachable!(),
+        };
+        assert_ne!(tag(&a), tag(&b));
+        assert_ne!(tag(&a), tag(&c));
+        // Receive time is not part of the key.
+        assert_eq!(tag(&a), tag(&d));
+        let Record::Event(mut e) = a.clone() else {
+            unreachable!()
+        };
+        e.tags.insert("facility".into(), "local6".into());
+        assert_ne!(tag(&Record::Event(e)), tag(&a));
+        // Internal events are never tagged.
+        let Record::Event(mut e) = a else {
+            unreachable!()
+        };
+        e.input = InputKind::Internal;
+        assert!(r.tag(&e).is_none());
+    }
+
+    #[test]
+    fn repeats_merge_within_the_window_and_counts_are_exact() {
+        let r = rules();
+        let mut d = Deduper::new(100);
+        // Group 1: first occurrence plus two repeats in the same commit.
+        let mut g: Vec<Encoded> = (0..3)
+            .map(|i| {
+                let (rec, us) = ev("h", "same", i);
+                r.encode(&rec, us)
+            })
+            .collect();
+        let f = d.filter(&mut g);
+        assert_eq!(g.len(), 1);
+        assert_eq!(f.merged, 2);
+        // Not yet appended: nothing to flush.
+        assert!(d.take_counts().is_empty());
+        assert_eq!(d.assign(&f.opened, &[41]), 0);
+        let counts = d.take_counts();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(decode_count(&counts[0]), (41, 3));
+        // Group 2: one more repeat, 100 s later (still inside 2 min).
+        let (rec, us) = ev("h", "same", 100);
+        let mut g = vec![r.encode(&rec, us)];
+        d.filter(&mut g);
+        assert!(g.is_empty());
+        let counts = d.take_counts();
+        assert_eq!(decode_count(&counts[0]), (41, 4));
+        assert!(d.take_counts().is_empty(), "flushed counts are clean");
+        // After the window: a new event.
+        let (rec, us) = ev("h", "same", 121);
+        let mut g = vec![r.encode(&rec, us)];
+        let f = d.filter(&mut g);
+        assert_eq!(g.len(), 1);
+        assert_eq!(f.opened.len(), 1);
+    }
+
+    #[test]
+    fn dropped_first_occurrence_reports_its_repeats_lost() {
+        let r = rules();
+        let mut d = Deduper::new(100);
+        let mut g: Vec<Encoded> = (0..5)
+            .map(|i| {
+                let (rec, us) = ev("h", "x", i);
+                r.encode(&rec, us)
+            })
+            .collect();
+        let f = d.filter(&mut g);
+        assert_eq!(d.assign(&f.opened, &[0]), 4);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_evicted_counts_are_not_lost() {
+        let r = rules();
+        let mut d = Deduper::new(64);
+        let mut seq = 1;
+        // A key with a pending count, then a flood of unique keys that forces evictions.
+        let (rec, us) = ev("h", "hot", 0);
+        let mut g = vec![r.encode(&rec, us), r.encode(&rec, us + 1)];
+        let f = d.filter(&mut g);
+        d.assign(&f.opened, &[seq]);
+        seq += 1;
+        let mut orphan_counts = Vec::new();
+        for i in 0..1000 {
+            let (rec, us) = ev("h", &format!("unique {i}"), 1);
+            let mut g = vec![r.encode(&rec, us)];
+            let f = d.filter(&mut g);
+            d.assign(&f.opened, &[seq]);
+            seq += 1;
+            assert!(d.len() <= 64, "len {}", d.len());
+            orphan_counts.extend(d.take_counts());
+        }
+        assert!(d.evicted_total > 0);
+        let hot: Vec<_> = orphan_counts
+            .iter()
+            .map(decode_count)
+            .filter(|c| c.0 == 1)
+            .collect();
+        assert_eq!(
+            hot,
+            vec![(1, 2)],
+            "the hot key's count went out exactly once"
+        );
+    }
+
+    #[test]
+    fn disabled_rule_and_config_checks() {
+        let mut cfg = DedupConfig::default();
+        cfg.syslog.window = HumanDuration::secs(0);
+        let r = DedupRules::new(&cfg);
+        let (rec, _) = ev("h", "x", 0);
+        let Record::Event(e) = rec else {
+            unreachable!()
+        };
+        assert!(r.tag(&e).is_none());
+        cfg.api.key.clear();
+        assert_eq!(cfg.check().unwrap_err().0, "dedup.api.key");
+        cfg.api.window = HumanDuration::secs(0);
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn api_events_without_event_type_merge_only_when_identical() {
+        let r = rules();
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        let api = |ty: Option<&str>, res: Option<&str>, msg: &str| {
+            let mut e = Event::new(InputKind::Api, "app", "h", Severity::Warning, msg, t);
+            e.event_type = ty.map(Into::into);
+            if let Some(res) = res {
+                e.tags.insert("resource".into(), res.into());
+            }
+            r.tag(&e).unwrap().key
+        };
+        // Structured: the message may change (e.g. a percentage) and still merge.
+        assert_eq!(
+            api(Some("disk_full"), Some("/var"), "93% used"),
+            api(Some("disk_full"), Some("/var"), "94% used")
+        );
+        assert_ne!(
+            api(Some("disk_full"), Some("/var"), "93%"),
+            api(Some("disk_full"), Some("/srv"), "93%")
+        );
+        // Unstructured: only identical events merge.
+        assert_ne!(api(None, None, "token 1"), api(None, None, "token 2"));
+        assert_eq!(api(None, None, "token 1"), api(None, None, "token 1"));
+    }
+}
