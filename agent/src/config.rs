@@ -23,6 +23,9 @@ pub struct AgentConfig {
     /// First-stage dedup per input kind.
     #[serde(default)]
     pub dedup: crate::dedup::DedupConfig,
+    /// Custom scripts whose output lines are JSON events (`[[script]]` entries).
+    #[serde(default)]
+    pub script: Vec<crate::script::ScriptConfig>,
     /// Set by [`load`]: the file this came from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -228,6 +231,19 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     if let Some(k) = &c.http.api_key_file {
         c.http.api_key_file = Some(resolve(path, k));
     }
+    for s in &mut c.script {
+        // `./check.sh` or `bin/check` relative to the config; a bare `check` is looked up in PATH.
+        if let Some(prog) = s.command.first_mut()
+            && prog.contains('/')
+        {
+            *prog = resolve(path, Path::new(prog.as_str()))
+                .display()
+                .to_string();
+        }
+        if let Some(d) = &s.working_dir {
+            s.working_dir = Some(resolve(path, d));
+        }
+    }
     check(&c)?;
     Ok(c)
 }
@@ -311,6 +327,18 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     }
     if let Err((field, message)) = c.dedup.check() {
         return Err(fail(&field, message));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in c.script.iter().enumerate() {
+        if let Err((field, message)) = s.check(i) {
+            return Err(fail(&field, message));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(fail(
+                &format!("script[{i}].name"),
+                format!("{:?} is used twice", s.name),
+            ));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for a in &c.syslog.udp {
@@ -432,6 +460,19 @@ when_missing = ["hostname", "severity", "message"]
 window = "2m"
 key = ["source", "event_type", "tags.resource"]
 when_missing = ["hostname", "severity", "message"]
+
+# Custom scripts (seed 000): each line the command writes to standard output is one JSON event
+# (the schema of POST /api/v1/events; an array of events is fine too). Bad lines are counted
+# and logged with their line number. Copy the block once per script.
+# [[script]]
+# name = "disk-check"                          # for logs, metrics and the `script` tag
+# command = ["/usr/local/bin/check-disks", "--json"]   # no shell; relative paths: this file's dir
+# mode = "interval"                            # or "long_running" (restarted when it exits)
+# interval = "60s"                             # interval mode: time between starts
+# timeout = "30s"                              # interval mode: killed when it runs longer
+# restart_delay = "5s"                         # long_running: first restart wait (doubles to 5m)
+# max_line_bytes = "64KiB"                     # longer lines are dropped and counted
+# working_dir = "/var/lib/weir-agent"          # default: data_dir
 "#
     )
 }

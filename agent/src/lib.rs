@@ -7,6 +7,7 @@ pub mod forwarder;
 pub mod http;
 pub mod pipeline;
 pub mod queue;
+pub mod script;
 pub mod syslog;
 
 use std::net::SocketAddr;
@@ -79,6 +80,14 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     let (udp_addrs, tcp_addrs) = (listeners.udp_addrs(), listeners.tcp_addrs());
     listeners.spawn(
         &config.syslog,
+        sink.clone(),
+        &tracker,
+        inputs_shutdown.clone(),
+    );
+
+    script::spawn(
+        &config.script,
+        &config.data_dir,
         sink.clone(),
         &tracker,
         inputs_shutdown.clone(),

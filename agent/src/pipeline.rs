@@ -167,6 +167,14 @@ pub struct SinkReceiver {
     capacity: Arc<Semaphore>,
 }
 
+#[cfg(test)]
+impl SinkReceiver {
+    /// The number of records in the next submission (tests of inputs).
+    pub(crate) async fn recv_for_test(&mut self) -> Option<usize> {
+        self.rx.recv().await.map(|s| s.records.len())
+    }
+}
+
 /// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
 /// drains what is already in the channel first). Publishes the last committed sequence on
 /// `committed` so the forwarder wakes up.
