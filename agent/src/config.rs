@@ -562,6 +562,61 @@ mod tests {
     }
 
     #[test]
+    fn syslog_transport_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = example("data", "127.0.0.1:4433", "tls", 5514, 8084);
+        let c = {
+            std::fs::write(&p, &base).unwrap();
+            load(&p).unwrap()
+        };
+        assert_eq!(c.syslog.udp_receive_buffer.0, 8 << 20);
+        assert_eq!(c.syslog.udp_sockets_per_address, 1);
+        assert!(c.syslog.tls.is_empty() && c.syslog.tls_cert.is_none());
+
+        let tls = base
+            .replace("# tls = [\"0.0.0.0:6514\"]", "tls = [\"0.0.0.0:6514\"]")
+            .replace("# tls_cert = ", "tls_cert = ")
+            .replace("# tls_key = ", "tls_key = ")
+            .replace("# tls_client_ca = ", "tls_client_ca = ");
+        std::fs::write(&p, &tls).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.syslog.tls, vec!["0.0.0.0:6514".parse().unwrap()]);
+        // Relative paths are resolved against the config file's directory.
+        assert_eq!(c.syslog.tls_cert, Some(dir.path().join("tls/syslog.pem")));
+        assert_eq!(
+            c.syslog.tls_client_ca,
+            Some(dir.path().join("tls/syslog-clients-ca.pem"))
+        );
+
+        for (text, field) in [
+            (
+                base.replace("# tls = [\"0.0.0.0:6514\"]", "tls = [\"0.0.0.0:6514\"]"),
+                "syslog.tls_cert",
+            ),
+            (
+                tls.replace("tls = [\"0.0.0.0:6514\"]", "tls = [\"127.0.0.1:5514\"]"),
+                "syslog.tls",
+            ),
+            (
+                base.replace("udp_sockets_per_address = 1", "udp_sockets_per_address = 0"),
+                "syslog.udp_sockets_per_address",
+            ),
+            (
+                base.replace(
+                    "udp_receive_buffer = \"8MiB\"",
+                    "udp_receive_buffer = \"2GiB\"",
+                ),
+                "syslog.udp_receive_buffer",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = load(&p).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
     fn host_port() {
         assert_eq!(split_host_port("agg:4433"), Some(("agg".into(), 4433)));
         assert_eq!(split_host_port("[::1]:4433"), Some(("::1".into(), 4433)));

@@ -40,10 +40,6 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
         if count > 1 {
             sock.set_reuse_port(true)?;
         }
-        if bound.is_ipv6() {
-            // `[::]` means IPv6 only; list `0.0.0.0:514` as well for IPv4.
-            sock.set_only_v6(true)?;
-        }
         grow_receive_buffer(&sock, addr, rcvbuf, i == 0);
         sock.set_nonblocking(true)?;
         sock.bind(&bound.into())?;
