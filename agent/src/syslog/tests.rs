@@ -174,6 +174,51 @@ async fn udp_batches_over_reuseport_sockets_and_flags_oversize() {
     rig.stop().await;
 }
 
+/// UDP loss must be visible: with a tiny receive buffer and the pipeline blocked, a burst
+/// overflows the socket; every datagram is then either queued or counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_overflow_is_counted_per_socket() {
+    const N: u64 = 3000;
+    let cfg = SyslogConfig {
+        udp: loopback(),
+        udp_receive_buffer: weir_common::config::ByteSize(16 << 10),
+        ..SyslogConfig::default()
+    };
+    let mut rig = Rig::start(cfg, 1).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..N {
+        let line = format!("<13>burst-{i:05} {}", "x".repeat(180));
+        client.send_to(line.as_bytes(), rig.udp[0]).await.unwrap();
+    }
+    rig.start_writer();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The kernel reports the socket's drop count with the next datagram it delivers.
+    client.send_to(b"<13>marker", rig.udp[0]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = rig.queue.stats().unwrap().records;
+        let dropped = rig
+            .sink
+            .drops
+            .snapshot()
+            .get("udp_receive_buffer")
+            .copied()
+            .unwrap_or(0);
+        if queued + dropped == N + 1 && rig.events().iter().any(|e| raw(e) == "<13>marker") {
+            assert!(dropped > 0, "a 16 KiB buffer cannot hold {N} datagrams");
+            assert!(queued > 1, "some datagrams were buffered");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queued {queued} + dropped {dropped} != sent {}",
+            N + 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.stop().await;
+}
+
 /// Issue 3: "when the queue pushes back, stop reading so TCP slows the sender: no loss". The
 /// writer is held back while a sender writes far more than the socket buffers and the channel
 /// hold: the sender must block, then everything arrives, once, in order.

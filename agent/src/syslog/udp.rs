@@ -7,7 +7,10 @@
 //!
 //! Loss is visible: datagrams the kernel drops because a socket's receive buffer is full are
 //! counted per socket through `SO_RXQ_OVFL` (`weir_agent_syslog_udp_socket_drops_total`, by
-//! `listener`), and for the whole host in `weir_agent_kernel_udp_rcvbuf_errors`. A datagram
+//! `listener`, and `weir_agent_dropped_total{reason="udp_receive_buffer"}`, which the agent's
+//! status carries to the aggregator), and for the whole host in
+//! `weir_agent_kernel_udp_rcvbuf_errors`. The kernel reports a socket's count with the next
+//! datagram it delivers, so a burst's loss shows once traffic resumes. A datagram
 //! longer than `max_message_bytes` is cut by the kernel to the receive slot and flagged
 //! truncated.
 
@@ -159,6 +162,10 @@ pub(super) async fn run(
         if newest_drops > kernel_drops {
             let lost = newest_drops - kernel_drops;
             socket_drops.increment(u64::from(lost));
+            // Also a drop like any other: in weir_agent_dropped_total and the agent's status.
+            for _ in 0..lost {
+                sink.drops.count("udp_receive_buffer");
+            }
             weir_common::warn_limited!(
                 "syslog_udp_overflow", %local, lost,
                 "the kernel dropped syslog datagrams because this socket's receive buffer was \
