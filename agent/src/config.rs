@@ -108,10 +108,31 @@ pub struct SyslogConfig {
     /// TCP listen addresses (newline or RFC 6587 octet-counted framing).
     #[serde(default)]
     pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses (RFC 5425, usually port 6514); needs `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub tls: Vec<SocketAddr>,
+    /// The TLS server certificate chain (PEM), leaf first.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS server private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// When set, TLS clients must present a certificate signed by this CA (PEM); otherwise
+    /// any client may connect.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Receive buffer asked for on each UDP socket: room for bursts while the queue commits.
+    /// The kernel caps it at `net.core.rmem_max` (a warning says so).
+    #[serde(default = "d_udp_rcvbuf")]
+    pub udp_receive_buffer: ByteSize,
+    /// Sockets bound to each UDP address with `SO_REUSEPORT`, each read by its own task; more
+    /// than one spreads many senders over several cores.
+    #[serde(default = "d_udp_sockets")]
+    pub udp_sockets_per_address: usize,
     /// Longest message accepted; longer ones are truncated and flagged.
     #[serde(default = "d_max_msg")]
     pub max_message_bytes: ByteSize,
-    /// Most simultaneous TCP connections.
+    /// Most simultaneous TCP and TLS connections (together).
     #[serde(default = "d_tcp_conns")]
     pub tcp_max_connections: usize,
     /// A TCP connection with no data for this long is closed.
@@ -177,6 +198,12 @@ fn d_drop_report() -> HumanDuration {
 fn d_max_msg() -> ByteSize {
     ByteSize(64 << 10)
 }
+fn d_udp_rcvbuf() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn d_udp_sockets() -> usize {
+    1
+}
 fn d_tcp_conns() -> usize {
     1000
 }
@@ -203,6 +230,12 @@ impl Default for SyslogConfig {
         SyslogConfig {
             udp: Vec::new(),
             tcp: Vec::new(),
+            tls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            udp_receive_buffer: d_udp_rcvbuf(),
+            udp_sockets_per_address: d_udp_sockets(),
             max_message_bytes: d_max_msg(),
             tcp_max_connections: d_tcp_conns(),
             tcp_idle_timeout: d_tcp_idle(),
@@ -228,6 +261,16 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     c.aggregator.ca = resolve(path, &c.aggregator.ca);
     c.aggregator.cert = resolve(path, &c.aggregator.cert);
     c.aggregator.key = resolve(path, &c.aggregator.key);
+    for p in [
+        &mut c.syslog.tls_cert,
+        &mut c.syslog.tls_key,
+        &mut c.syslog.tls_client_ca,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *p = resolve(path, p);
+    }
     if let Some(k) = &c.http.api_key_file {
         c.http.api_key_file = Some(resolve(path, k));
     }
@@ -351,6 +394,39 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
             return Err(fail("syslog.tcp", format!("{a} is listed twice")));
         }
     }
+    for a in &c.syslog.tls {
+        // Port 0 (any free port, for tests) is a fresh port each time.
+        if a.port() != 0 && !seen.insert(("tcp", *a)) {
+            return Err(fail(
+                "syslog.tls",
+                format!("{a} is listed twice (TCP and TLS need different ports)"),
+            ));
+        }
+    }
+    if !c.syslog.tls.is_empty() && (c.syslog.tls_cert.is_none() || c.syslog.tls_key.is_none()) {
+        return Err(fail(
+            "syslog.tls_cert",
+            "TLS listeners need tls_cert and tls_key (PEM files)".into(),
+        ));
+    }
+    if !(1..=64).contains(&c.syslog.udp_sockets_per_address) {
+        return Err(fail(
+            "syslog.udp_sockets_per_address",
+            "must be between 1 and 64".into(),
+        ));
+    }
+    if c.syslog.udp_receive_buffer.0 > 1 << 30 {
+        return Err(fail(
+            "syslog.udp_receive_buffer",
+            "must be at most 1GiB".into(),
+        ));
+    }
+    if c.syslog.tcp_max_connections == 0 {
+        return Err(fail(
+            "syslog.tcp_max_connections",
+            "must be at least 1".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -419,9 +495,23 @@ drop_report_interval = "10s"
 # Listen addresses. On a gateway use 0.0.0.0:514 (needs CAP_NET_BIND_SERVICE).
 udp = ["127.0.0.1:{syslog_port}"]
 tcp = ["127.0.0.1:{syslog_port}"]
+# Syslog over TLS (RFC 5425; the usual port is 6514). Needs tls_cert and tls_key.
+# tls = ["0.0.0.0:6514"]
+# The TLS server certificate chain and key (PEM), e.g. from your site PKI.
+# tls_cert = "{tls_dir}/syslog.pem"
+# tls_key = "{tls_dir}/syslog.key"
+# Set to require client certificates signed by this CA (PEM); unset, any client may connect.
+# tls_client_ca = "{tls_dir}/syslog-clients-ca.pem"
+# Receive buffer per UDP socket; the kernel caps it at net.core.rmem_max (raise that sysctl
+# if the agent warns). Datagrams that overflow it are counted in
+# weir_agent_syslog_udp_socket_drops_total.
+udp_receive_buffer = "8MiB"
+# Sockets per UDP address (SO_REUSEPORT), each read by its own task: spreads many senders over
+# several cores.
+udp_sockets_per_address = 1
 # Longest message; longer ones are truncated and flagged (tag weir_truncated=true).
 max_message_bytes = "64KiB"
-# TCP connection limit and idle timeout.
+# Connection limit (TCP and TLS together; more wait in the backlog) and idle timeout.
 tcp_max_connections = 1000
 tcp_idle_timeout = "10m"
 
@@ -544,6 +634,61 @@ mod tests {
             e.contains(":2:") && e.contains("unknown field `data_dri`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn syslog_transport_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = example("data", "127.0.0.1:4433", "tls", 5514, 8084);
+        let c = {
+            std::fs::write(&p, &base).unwrap();
+            load(&p).unwrap()
+        };
+        assert_eq!(c.syslog.udp_receive_buffer.0, 8 << 20);
+        assert_eq!(c.syslog.udp_sockets_per_address, 1);
+        assert!(c.syslog.tls.is_empty() && c.syslog.tls_cert.is_none());
+
+        let tls = base
+            .replace("# tls = [\"0.0.0.0:6514\"]", "tls = [\"0.0.0.0:6514\"]")
+            .replace("# tls_cert = ", "tls_cert = ")
+            .replace("# tls_key = ", "tls_key = ")
+            .replace("# tls_client_ca = ", "tls_client_ca = ");
+        std::fs::write(&p, &tls).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.syslog.tls, vec!["0.0.0.0:6514".parse().unwrap()]);
+        // Relative paths are resolved against the config file's directory.
+        assert_eq!(c.syslog.tls_cert, Some(dir.path().join("tls/syslog.pem")));
+        assert_eq!(
+            c.syslog.tls_client_ca,
+            Some(dir.path().join("tls/syslog-clients-ca.pem"))
+        );
+
+        for (text, field) in [
+            (
+                base.replace("# tls = [\"0.0.0.0:6514\"]", "tls = [\"0.0.0.0:6514\"]"),
+                "syslog.tls_cert",
+            ),
+            (
+                tls.replace("tls = [\"0.0.0.0:6514\"]", "tls = [\"127.0.0.1:5514\"]"),
+                "syslog.tls",
+            ),
+            (
+                base.replace("udp_sockets_per_address = 1", "udp_sockets_per_address = 0"),
+                "syslog.udp_sockets_per_address",
+            ),
+            (
+                base.replace(
+                    "udp_receive_buffer = \"8MiB\"",
+                    "udp_receive_buffer = \"2GiB\"",
+                ),
+                "syslog.udp_receive_buffer",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = load(&p).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::queue::{Limits, Queue};
 pub struct Running {
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    pub tls_addrs: Vec<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub queue: Arc<Queue>,
     pub link: Arc<LinkState>,
@@ -78,6 +79,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
 
     let listeners = syslog::Listeners::bind(&config.syslog).await?;
     let (udp_addrs, tcp_addrs) = (listeners.udp_addrs(), listeners.tcp_addrs());
+    let tls_addrs = listeners.tls_addrs();
     listeners.spawn(
         &config.syslog,
         sink.clone(),
@@ -146,10 +148,17 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         link.clone(),
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
-    tracing::info!(?udp_addrs, ?tcp_addrs, ?http_addr, "agent started");
+    tracing::info!(
+        ?udp_addrs,
+        ?tcp_addrs,
+        ?tls_addrs,
+        ?http_addr,
+        "agent started"
+    );
     Ok(Running {
         udp_addrs,
         tcp_addrs,
+        tls_addrs,
         http_addr,
         queue,
         link,

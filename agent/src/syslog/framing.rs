@@ -1,11 +1,20 @@
-//! RFC 6587 framing of syslog over TCP, as a tokio-util [`Decoder`] with no I/O of its own.
+//! RFC 6587 framing of syslog over TCP (and TLS, RFC 5425), as a tokio-util [`Decoder`] with no
+//! I/O of its own.
 //!
-//! The framing is detected per frame, because senders (and relays merging senders) mix them:
+//! The framing is detected once per connection, from its first frame (one sender uses one
+//! framing; detecting per frame would let a text line that starts with `200 ` swallow the lines
+//! after it):
 //! - **Octet counting** (`MSG-LEN SP MSG`): the frame starts with a non-zero digit, up to the
 //!   digits of `10 × max_message_bytes`, then a space. A larger count is not believed (a line
 //!   that happens to start with a number and a space), and the frame is read as text.
 //! - **Non-transparent framing**: anything else, up to LF or NUL; a CR before it is dropped and
-//!   empty lines are skipped.
+//!   empty lines are skipped. On such a connection every later frame is a line, whatever it
+//!   starts with.
+//!
+//! On an octet-counted connection, a frame that does not start with a count (the sender lost
+//! count, or appended a stray newline) is read as a line up to LF or NUL, so the stream
+//! resynchronises instead of failing, and counted in `weir_agent_syslog_framing_errors_total`.
+//! Nothing is dropped for a framing error: the bytes still become an event.
 //!
 //! A message longer than `max_message_bytes` is cut to that length and flagged
 //! ([`Frame::truncated`]); the rest of that frame is read and discarded, and the next frame
@@ -35,7 +44,15 @@ pub struct SyslogFramer {
     max_count: usize,
     /// Digits in `max_count`: a longer digit run cannot be a count.
     max_count_digits: usize,
+    /// The connection's framing, decided by its first frame.
+    mode: Option<Mode>,
     state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Counted,
+    Lines,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +87,7 @@ impl SyslogFramer {
             max,
             max_count,
             max_count_digits: max_count.to_string().len(),
+            mode: None,
             state: State::Start,
         }
     }
@@ -129,10 +147,25 @@ impl Decoder for SyslogFramer {
                     if buf.is_empty() {
                         return Ok(None);
                     }
+                    if self.mode == Some(Mode::Lines) {
+                        self.state = State::Line { scanned: 0 };
+                        continue;
+                    }
                     self.state = match self.detect(buf) {
                         Detected::NeedMore => return Ok(None),
-                        Detected::Line => State::Line { scanned: 0 },
-                        Detected::Counted { header, len } => State::Counted { header, len },
+                        Detected::Line => {
+                            if self.mode == Some(Mode::Counted) {
+                                metrics::counter!("weir_agent_syslog_framing_errors_total")
+                                    .increment(1);
+                            } else {
+                                self.mode = Some(Mode::Lines);
+                            }
+                            State::Line { scanned: 0 }
+                        }
+                        Detected::Counted { header, len } => {
+                            self.mode = Some(Mode::Counted);
+                            State::Counted { header, len }
+                        }
                     };
                 }
                 State::Counted { header, len } => {
@@ -296,23 +329,24 @@ mod tests {
     }
 
     #[test]
-    fn mixed_framings_in_one_stream() {
-        let input = b"5 <13>a<13>b\n5 <13>c\n<13>d\n13 <13>e with\nlf";
+    fn the_first_frame_decides_the_framing_of_the_connection() {
+        // Counted connection: a frame without a count is read as a line (resynchronising).
+        let input = b"5 <13>a<13>b\n5 <13>c13 <13>e with\nlf";
         assert_eq!(
             frames(100, input),
-            vec![
-                f("<13>a"),
-                f("<13>b"),
-                f("<13>c"),
-                f("<13>d"),
-                f("<13>e with\nlf")
-            ]
+            vec![f("<13>a"), f("<13>b"), f("<13>c"), f("<13>e with\nlf")]
+        );
+        // Line connection: a later line that starts like a count is still a line.
+        let input = b"<13>a\n200 OK from a device\n5 <13>c\n";
+        assert_eq!(
+            frames(100, input),
+            vec![f("<13>a"), f("200 OK from a device"), f("5 <13>c")]
         );
     }
 
     #[test]
     fn every_split_position_gives_the_same_frames() {
-        let input: &[u8] = b"5 <13>a<13>b\r\n13 <13>oversized\n<13>long line here\n9 <13>exact\0x";
+        let input: &[u8] = b"5 <13>a<13>b\r\n13 <13>oversized<13>long line here\n9 <13>exact\0x";
         let want = frames(8, input);
         assert_eq!(
             want,
@@ -395,6 +429,117 @@ mod tests {
         let (got, peak) = run(max, &chunks);
         assert!(peak <= max + 2 + chunk.len(), "buffer grew to {peak}");
         assert!(got.iter().all(|f| f.bytes.len() <= max && f.truncated));
+    }
+
+    /// The shared corpus (`../shared/corpora`), or `None` with a printed reason.
+    fn corpus(rel: &str) -> Option<String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpora/").to_string() + rel;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("SKIP: corpus file {path} not readable ({e})");
+                None
+            }
+        }
+    }
+
+    fn priority_prefix(message: &serde_json::Value) -> String {
+        format!("<{}>", message["Priority"])
+    }
+
+    /// influxdata/go-syslog's RFC 6587 octet-counting table. Where go-syslog frames a message
+    /// (its best-effort results), we must produce the same frame. Where it stops at a framing
+    /// error ("expecting a MSGLEN/WS"), we deliberately go on: the rest of the stream becomes one
+    /// text frame, so nothing a sender wrote is lost. Where it refuses an over-long message, we
+    /// truncate and flag it.
+    #[test]
+    fn go_syslog_octet_counting_vectors() {
+        let Some(text) = corpus("syslog/rfc-parsers/go-syslog-vectors/octetcounting.jsonl") else {
+            return;
+        };
+        let mut cases = 0;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let descr = v["descr"].as_str().unwrap();
+            let input = v["input"].as_str().unwrap().as_bytes();
+            let max = match v["max_message_length"].as_u64().unwrap() {
+                0 => 8192, // go-syslog's default
+                m => m as usize,
+            };
+            let got = frames(max, input);
+            let framed: Vec<&serde_json::Value> = v["best_effort_results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| !r["message"].is_null())
+                .collect();
+            let errors: Vec<&str> = v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(v["best_effort_results"].as_array().unwrap())
+                .filter_map(|r| r["error"].as_str())
+                .collect();
+            let framing_error = errors
+                .iter()
+                .any(|e| e.contains("expecting a MSGLEN") || e.contains("expecting a WS"));
+            let cut_short = errors.iter().any(|e| e.contains("found EOF after"));
+            let too_long = errors.iter().any(|e| e.contains("message too long"));
+            if too_long {
+                assert_eq!(got.len(), 1, "{descr}: {got:?}");
+                assert!(got[0].truncated && got[0].bytes.len() == max, "{descr}");
+                cases += 1;
+                continue;
+            }
+            for (i, r) in framed.iter().enumerate() {
+                let frame = got
+                    .get(i)
+                    .unwrap_or_else(|| panic!("{descr}: no frame #{i}"));
+                let body = std::str::from_utf8(&frame.bytes).unwrap();
+                assert!(
+                    body.starts_with(&priority_prefix(&r["message"])),
+                    "{descr}: frame #{i} {body:?}"
+                );
+                if let Some(m) = r["message"]["Message"].as_str() {
+                    assert!(
+                        body.ends_with(m),
+                        "{descr}: frame #{i} does not end with its MSG"
+                    );
+                }
+                assert_eq!(
+                    frame.truncated, cut_short,
+                    "{descr}: frame #{i} truncation flag"
+                );
+            }
+            // Deviation: the unframeable rest is handed on as one text frame, never dropped.
+            let extra = usize::from(framing_error && !input.is_empty());
+            assert_eq!(got.len(), framed.len() + extra, "{descr}: {got:?}");
+            cases += 1;
+        }
+        assert_eq!(cases, text.lines().count());
+    }
+
+    /// go-syslog's non-transparent table, with each trailer placeholder as LF and as NUL.
+    #[test]
+    fn go_syslog_non_transparent_vectors() {
+        let Some(text) = corpus("syslog/rfc-parsers/go-syslog-vectors/nontransparent.jsonl") else {
+            return;
+        };
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let descr = v["descr"].as_str().unwrap();
+            for trailer in ["\n", "\0", "\r\n"] {
+                let input = v["input"].as_str().unwrap().replace("%[1]s", trailer);
+                let got = frames(8192, input.as_bytes());
+                let want = v["best_effort_results"].as_array().unwrap();
+                assert_eq!(got.len(), want.len(), "{descr} {trailer:?}: {got:?}");
+                for (frame, r) in got.iter().zip(want) {
+                    let body = std::str::from_utf8(&frame.bytes).unwrap();
+                    assert!(body.starts_with(&priority_prefix(&r["message"])), "{descr}");
+                    assert!(!body.contains(trailer) && !frame.truncated, "{descr}");
+                }
+            }
+        }
     }
 
     proptest! {

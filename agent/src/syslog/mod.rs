@@ -1,32 +1,37 @@
-//! The syslog input: UDP and TCP listeners that turn every datagram or frame into an event
-//! (see [`parse`]) and hand it to the [`Sink`], which puts it in the durable queue.
+//! The syslog inputs: UDP ([`udp`]), TCP ([`stream`]) and TLS ([`tls`]) listeners that turn
+//! every datagram or frame into an event (see [`parse`]) and hand it to the [`Sink`], which puts
+//! it in the durable queue.
 //!
 //! Backpressure: each task awaits the sink before it reads again. On UDP, datagrams then wait in
-//! the kernel's receive buffer (asked to be 8 MiB; what overflows it the kernel counts); on TCP,
-//! the connection stops being read and the sender's window closes, so nothing is lost.
+//! the kernel's receive buffer (`udp_receive_buffer`; what overflows it the kernel counts and we
+//! export); on TCP and TLS, the connection stops being read and the sender's window closes, so
+//! nothing is lost.
 //!
-//! Batching: after one blocking receive, a task takes what is already waiting (up to
-//! [`BATCH`] messages) and submits it as one hand-over, so a burst costs one channel send and
-//! one queue transaction per batch rather than per message.
+//! Batching: a task hands over everything one receive produced (a `recvmmsg` batch, or every
+//! frame already buffered on a connection) as one submission, so a burst costs one channel send
+//! and a share of one queue transaction per batch rather than per message.
 //!
 //! Limits: messages longer than `max_message_bytes` are cut to it and tagged
-//! `weir_truncated=true` (metric `weir_agent_truncated_total`); TCP connections are capped at
-//! `tcp_max_connections` (more wait in the kernel's accept backlog) and closed after
-//! `tcp_idle_timeout` without a complete message.
+//! `weir_truncated=true` (metric `weir_agent_truncated_total`); TCP and TLS connections together
+//! are capped at `tcp_max_connections` (more wait in the kernel's accept backlog) and closed
+//! after `tcp_idle_timeout` without a complete message.
 
 mod framing;
 mod parse;
+mod stream;
+#[cfg(test)]
+mod tests;
+pub mod tls;
+mod udp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt as _};
 use jiff::Timestamp;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::FramedRead;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -38,50 +43,72 @@ pub use parse::parse;
 use crate::config::SyslogConfig;
 use crate::pipeline::Sink;
 use crate::queue::Encoded;
-
-/// Receive buffer asked for on UDP sockets: room for a burst of ~8000 full-size lines while the
-/// queue commits.
-const UDP_RECV_BUFFER: usize = 8 << 20;
-/// Largest UDP payload (65,507 bytes over IPv4), rounded up.
-const DATAGRAM_MAX: usize = 64 << 10;
-/// Most messages in one submission to the sink.
-const BATCH: usize = 64;
+use stream::StreamSettings;
 
 /// Bound syslog sockets, ready to [`spawn`](Listeners::spawn).
 #[derive(Debug)]
 pub struct Listeners {
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+    /// Built when TLS addresses are configured (certificate problems fail [`Listeners::bind`]).
+    tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listeners {
-    /// Binds every UDP and TCP address in the config; the error names the address and says what
-    /// to do (port in use, privileged port needing CAP_NET_BIND_SERVICE, address not local).
+    /// Binds every UDP, TCP and TLS address in the config and loads the TLS files; the error
+    /// names the address or file and says what to do (port in use, privileged port needing
+    /// CAP_NET_BIND_SERVICE, address not local, unreadable certificate).
     pub async fn bind(cfg: &SyslogConfig) -> anyhow::Result<Listeners> {
-        let mut udp = Vec::with_capacity(cfg.udp.len());
+        let rcvbuf = usize::try_from(cfg.udp_receive_buffer.0).unwrap_or(usize::MAX);
+        let mut udp = Vec::with_capacity(cfg.udp.len() * cfg.udp_sockets_per_address);
         for &addr in &cfg.udp {
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|e| bind_error("UDP", addr, e))?;
-            grow_receive_buffer(&sock, addr);
-            udp.push(sock);
+            udp.extend(
+                udp::bind(addr, cfg.udp_sockets_per_address, rcvbuf)
+                    .map_err(|e| bind_error("UDP", addr, e))?,
+            );
         }
         let mut tcp = Vec::with_capacity(cfg.tcp.len());
         for &addr in &cfg.tcp {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| bind_error("TCP", addr, e))?;
-            tcp.push(listener);
+            tcp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error("TCP", addr, e))?,
+            );
         }
-        Ok(Listeners { udp, tcp })
+        let mut tls = Vec::with_capacity(cfg.tls.len());
+        let mut tls_config = None;
+        if !cfg.tls.is_empty() {
+            let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+                anyhow::bail!("[syslog] tls listeners need tls_cert and tls_key");
+            };
+            let config = tls::server_config(cert, key, cfg.tls_client_ca.as_deref())?;
+            tls_config = Some(Arc::new(config));
+            for &addr in &cfg.tls {
+                tls.push(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| bind_error("TLS", addr, e))?,
+                );
+            }
+        }
+        Ok(Listeners {
+            udp,
+            tcp,
+            tls,
+            tls_config,
+        })
     }
 
-    /// The bound UDP addresses (port 0 resolved).
+    /// The bound UDP addresses (port 0 resolved; one entry per address, however many sockets).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in self.udp.iter().filter_map(|s| s.local_addr().ok()) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
     }
 
     /// The bound TCP addresses (port 0 resolved).
@@ -92,8 +119,16 @@ impl Listeners {
             .collect()
     }
 
-    /// Spawns one task per socket on `tracker` (TCP connections get a task each, also on
-    /// `tracker`); they all stop when `shutdown` is cancelled.
+    /// The bound TLS addresses (port 0 resolved).
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Spawns one task per socket on `tracker` (TCP and TLS connections get a task each, also
+    /// on `tracker`); they all stop when `shutdown` is cancelled.
     pub fn spawn(
         self,
         cfg: &SyslogConfig,
@@ -108,14 +143,14 @@ impl Listeners {
             let local = sock.local_addr().ok();
             tracing::info!(addr = ?local, "receiving syslog on UDP");
             let span = tracing::info_span!("syslog_udp", local = ?local);
-            tracker
-                .spawn(run_udp(sock, max_message, sink.clone(), shutdown.clone()).instrument(span));
+            tracker.spawn(
+                udp::run(sock, max_message, sink.clone(), shutdown.clone()).instrument(span),
+            );
         }
-        let settings = TcpSettings {
+        let settings = StreamSettings {
             max_message,
             idle_timeout: cfg.tcp_idle_timeout.0,
             max_connections: cfg.tcp_max_connections,
-            // One limit for all TCP listeners: it protects this process's memory and files.
             limit: Arc::new(Semaphore::new(
                 cfg.tcp_max_connections.clamp(1, Semaphore::MAX_PERMITS),
             )),
@@ -125,7 +160,7 @@ impl Listeners {
             tracing::info!(addr = ?local, "receiving syslog on TCP");
             let span = tracing::info_span!("syslog_tcp", local = ?local);
             tracker.spawn(
-                run_tcp(
+                stream::run_tcp(
                     listener,
                     settings.clone(),
                     sink.clone(),
@@ -134,6 +169,25 @@ impl Listeners {
                 )
                 .instrument(span),
             );
+        }
+        if let Some(config) = self.tls_config {
+            let acceptor = TlsAcceptor::from(config);
+            for listener in self.tls {
+                let local = listener.local_addr().ok();
+                tracing::info!(addr = ?local, client_certs = cfg.tls_client_ca.is_some(), "receiving syslog on TLS");
+                let span = tracing::info_span!("syslog_tls", local = ?local);
+                tracker.spawn(
+                    tls::run(
+                        listener,
+                        acceptor.clone(),
+                        settings.clone(),
+                        sink.clone(),
+                        tracker.clone(),
+                        shutdown.clone(),
+                    )
+                    .instrument(span),
+                );
+            }
         }
     }
 }
@@ -158,27 +212,6 @@ fn bind_error(proto: &str, addr: SocketAddr, err: io::Error) -> anyhow::Error {
     ))
 }
 
-/// Asks for [`UDP_RECV_BUFFER`] and warns when the kernel caps it (`net.core.rmem_max`).
-fn grow_receive_buffer(sock: &UdpSocket, addr: SocketAddr) {
-    let sock = socket2::SockRef::from(sock);
-    if let Err(e) = sock.set_recv_buffer_size(UDP_RECV_BUFFER) {
-        tracing::warn!(%addr, error = %e, "could not enlarge the UDP receive buffer; bursts may lose datagrams");
-        return;
-    }
-    // Linux reports twice what was granted (its bookkeeping share); less than asked means capped.
-    match sock.recv_buffer_size() {
-        Ok(got) if got < UDP_RECV_BUFFER => tracing::warn!(
-            %addr, requested = UDP_RECV_BUFFER, got,
-            "the kernel capped the UDP receive buffer, so bursts may overflow it and lose datagrams; \
-             raise it with sysctl net.core.rmem_max=16777216"
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::debug!(%addr, error = %e, "could not read back the UDP receive buffer size")
-        }
-    }
-}
-
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
 fn encode(
     sink: &Sink,
@@ -186,8 +219,8 @@ fn encode(
     truncated: bool,
     peer: IpAddr,
     input: &'static str,
+    received_at: Timestamp,
 ) -> Encoded {
-    let received_at = Timestamp::now();
     let mut ev = parse(bytes, peer, received_at);
     if truncated {
         ev.tags.insert("weir_truncated".into(), "true".into());
@@ -211,220 +244,4 @@ async fn submit(sink: &Sink, batch: Vec<Encoded>, shutdown: &CancellationToken) 
         }
     }
     sent
-}
-
-async fn run_udp(sock: UdpSocket, max_message: usize, sink: Sink, shutdown: CancellationToken) {
-    let mut buf = vec![0u8; DATAGRAM_MAX];
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = sock.recv_from(&mut buf) => r,
-        };
-        let mut batch = Vec::new();
-        match first {
-            Ok((n, peer)) => take_datagram(&buf[..n], peer, max_message, &sink, &mut batch),
-            Err(e) => {
-                weir_common::warn_limited!("syslog_udp_recv", error = %e, "receiving a syslog datagram failed");
-                // Do not spin on a persistent error.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        }
-        // Whatever else is already waiting goes into the same submission.
-        for _ in 1..BATCH {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, peer)) => take_datagram(&buf[..n], peer, max_message, &sink, &mut batch),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    weir_common::warn_limited!("syslog_udp_recv", error = %e, "receiving a syslog datagram failed");
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        metrics::counter!("weir_agent_received_total", "input" => "syslog_udp")
-            .increment(batch.len() as u64);
-        if !submit(&sink, batch, &shutdown).await {
-            break;
-        }
-    }
-    tracing::debug!("syslog UDP listener stopped");
-}
-
-fn take_datagram(
-    data: &[u8],
-    peer: SocketAddr,
-    max_message: usize,
-    sink: &Sink,
-    batch: &mut Vec<Encoded>,
-) {
-    if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
-        sink.drops.count("empty_message");
-        return;
-    }
-    let truncated = data.len() > max_message;
-    let data = &data[..data.len().min(max_message)];
-    batch.push(encode(
-        sink,
-        data,
-        truncated,
-        peer.ip().to_canonical(),
-        "syslog_udp",
-    ));
-}
-
-/// What every TCP connection task needs.
-#[derive(Debug, Clone)]
-struct TcpSettings {
-    max_message: usize,
-    idle_timeout: Duration,
-    /// `tcp_max_connections`, for log lines.
-    max_connections: usize,
-    /// Permits for open connections, shared by all TCP listeners.
-    limit: Arc<Semaphore>,
-}
-
-async fn run_tcp(
-    listener: TcpListener,
-    settings: TcpSettings,
-    sink: Sink,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    loop {
-        // Take a permit before accepting: at the limit, new connections wait in the backlog.
-        let permit = match settings.limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                weir_common::warn_limited!(
-                    "syslog_tcp_limit",
-                    limit = settings.max_connections,
-                    "syslog TCP connection limit reached; new connections wait until one closes \
-                     (raise [syslog] tcp_max_connections if this is expected)"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    p = settings.limit.clone().acquire_owned() => {
-                        p.expect("the connection semaphore is never closed")
-                    }
-                }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors: back off rather than spin.
-                    weir_common::warn_limited!("syslog_tcp_accept", error = %e, "accepting a syslog TCP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let span = tracing::debug_span!("syslog_tcp_connection", %peer);
-        tracker.spawn(
-            run_connection(
-                stream,
-                peer,
-                settings.clone(),
-                sink.clone(),
-                shutdown.clone(),
-                permit,
-            )
-            .instrument(span),
-        );
-    }
-    tracing::debug!("syslog TCP listener stopped");
-}
-
-/// Keeps `weir_agent_syslog_tcp_connections` right however a connection task ends.
-struct ConnectionGauge;
-
-impl ConnectionGauge {
-    fn open() -> ConnectionGauge {
-        metrics::gauge!("weir_agent_syslog_tcp_connections").increment(1.0);
-        ConnectionGauge
-    }
-}
-
-impl Drop for ConnectionGauge {
-    fn drop(&mut self) {
-        metrics::gauge!("weir_agent_syslog_tcp_connections").decrement(1.0);
-    }
-}
-
-async fn run_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    settings: TcpSettings,
-    sink: Sink,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
-    let _gauge = ConnectionGauge::open();
-    tracing::debug!("syslog TCP connection opened");
-    let ip = peer.ip().to_canonical();
-    let mut frames = FramedRead::new(stream, SyslogFramer::new(settings.max_message));
-    let read_failed = |e: &io::Error| {
-        if e.kind() == io::ErrorKind::ConnectionReset {
-            tracing::debug!("syslog TCP connection reset by the peer");
-        } else {
-            weir_common::warn_limited!("syslog_tcp_read", %peer, error = %e, "reading a syslog TCP connection failed");
-        }
-    };
-    let reason = loop {
-        // The idle timer restarts with each complete message.
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break "shutdown",
-            r = tokio::time::timeout(settings.idle_timeout, frames.next()) => r,
-        };
-        let first = match next {
-            Err(_) => break "idle timeout",
-            Ok(None) => break "closed by peer",
-            Ok(Some(Err(e))) => {
-                read_failed(&e);
-                break "read error";
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let mut batch = vec![encode(
-            &sink,
-            &first.bytes,
-            first.truncated,
-            ip,
-            "syslog_tcp",
-        )];
-        // Frames already buffered (or readable without waiting) go into the same submission.
-        let mut ended = None;
-        while batch.len() < BATCH {
-            match frames.next().now_or_never() {
-                Some(Some(Ok(f))) => {
-                    batch.push(encode(&sink, &f.bytes, f.truncated, ip, "syslog_tcp"))
-                }
-                Some(Some(Err(e))) => {
-                    read_failed(&e);
-                    ended = Some("read error");
-                    break;
-                }
-                Some(None) => {
-                    ended = Some("closed by peer");
-                    break;
-                }
-                None => break,
-            }
-        }
-        metrics::counter!("weir_agent_received_total", "input" => "syslog_tcp")
-            .increment(batch.len() as u64);
-        // Not reading while this waits is the backpressure: the sender's TCP window fills.
-        if !submit(&sink, batch, &shutdown).await {
-            break "shutdown";
-        }
-        if let Some(reason) = ended {
-            break reason;
-        }
-    };
-    tracing::debug!(reason, "syslog TCP connection closed");
 }

@@ -1,0 +1,223 @@
+//! The UDP syslog input: one datagram, one message.
+//!
+//! Each socket has its own task, which takes up to [`BATCH`] datagrams per `recvmmsg(2)` call
+//! and hands them to the sink as one submission. With `udp_sockets_per_address` above 1, the
+//! address is bound that many times with `SO_REUSEPORT` and the kernel spreads senders over the
+//! sockets by their address and port (one sender always lands on the same socket).
+//!
+//! Loss is visible: datagrams the kernel drops because a socket's receive buffer is full are
+//! counted per socket through `SO_RXQ_OVFL` (`weir_agent_syslog_udp_socket_drops_total`, by
+//! `listener`, and `weir_agent_dropped_total{reason="udp_receive_buffer"}`, which the agent's
+//! status carries to the aggregator), and for the whole host in
+//! `weir_agent_kernel_udp_rcvbuf_errors`. The kernel reports a socket's count with the next
+//! datagram it delivers, so a burst's loss shows once traffic resumes. A datagram
+//! longer than `max_message_bytes` is cut by the kernel to the receive slot and flagged
+//! truncated.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sockopt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::{encode, submit};
+use crate::pipeline::Sink;
+use crate::queue::Encoded;
+
+/// Most datagrams taken per `recvmmsg` call and handed over per submission.
+pub(super) const BATCH: usize = 64;
+
+/// Binds `count` sockets on `addr` (with `SO_REUSEPORT` when more than one) and asks for a
+/// receive buffer of `rcvbuf` bytes on each, warning when the kernel grants less.
+pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut out = Vec::with_capacity(count);
+    let mut bound = addr;
+    for i in 0..count.max(1) {
+        let sock = Socket::new(Domain::for_address(bound), Type::DGRAM, Some(Protocol::UDP))?;
+        if count > 1 {
+            sock.set_reuse_port(true)?;
+        }
+        grow_receive_buffer(&sock, addr, rcvbuf, i == 0);
+        sock.set_nonblocking(true)?;
+        sock.bind(&bound.into())?;
+        // Port 0: the later sockets join the port the first one got.
+        bound = sock.local_addr()?.as_socket().unwrap_or(bound);
+        let sock = UdpSocket::from_std(sock.into())?;
+        // Per-socket drop counts ride along with received datagrams.
+        if let Err(e) = nix::sys::socket::setsockopt(&sock, sockopt::RxqOvfl, &1) {
+            tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; only the host-wide UDP drop count is exported");
+        }
+        out.push(sock);
+    }
+    Ok(out)
+}
+
+/// Asks for `want` bytes of receive buffer; warns (once per address) when the kernel caps it.
+fn grow_receive_buffer(sock: &Socket, addr: SocketAddr, want: usize, warn: bool) {
+    if let Err(e) = sock.set_recv_buffer_size(want) {
+        tracing::warn!(%addr, error = %e, "could not enlarge the UDP receive buffer; bursts may lose datagrams");
+        return;
+    }
+    // Linux reports twice what it granted (its bookkeeping share); below `want` means capped.
+    match sock.recv_buffer_size() {
+        Ok(got) if got < want && warn => tracing::warn!(
+            %addr, requested = want, granted = got / 2,
+            "the kernel capped the UDP receive buffer (net.core.rmem_max), so bursts may overflow \
+             it and lose datagrams (counted in weir_agent_syslog_udp_socket_drops_total); raise \
+             it with `sysctl -w net.core.rmem_max={}` and persist it in /etc/sysctl.d/",
+            want.next_power_of_two()
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "could not read back the UDP receive buffer size")
+        }
+    }
+}
+
+/// What `recvmmsg` said about one datagram.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    len: usize,
+    peer: Option<IpAddr>,
+    truncated: bool,
+}
+
+/// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams.
+pub(super) async fn run(
+    sock: UdpSocket,
+    max_message: usize,
+    sink: Sink,
+    shutdown: CancellationToken,
+) {
+    let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let socket_drops =
+        metrics::counter!("weir_agent_syslog_udp_socket_drops_total", "listener" => local.clone());
+    let received = metrics::counter!("weir_agent_received_total", "input" => "syslog_udp");
+    // One receive slot per datagram; a longer datagram is cut by the kernel (MSG_TRUNC).
+    // The pages of the slots are only touched as far as datagrams fill them.
+    let slot = max_message.clamp(1, 64 << 10);
+    let mut bufs = vec![0u8; slot * BATCH];
+    let mut metas: Vec<Meta> = Vec::with_capacity(BATCH);
+    let mut kernel_drops: u32 = 0;
+    let fd = sock.as_raw_fd();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = sock.readable() => if let Err(e) = r {
+                weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "waiting for syslog datagrams failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            },
+        }
+        metas.clear();
+        let mut newest_drops = kernel_drops;
+        let res = sock.try_io(Interest::READABLE, || {
+            // Built per call (three allocations per batch, not per datagram): nix's headers hold
+            // raw pointers, so they cannot live across an await in a Send task.
+            let mut headers =
+                MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
+            let mut chunks = bufs.chunks_exact_mut(slot);
+            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("BATCH slots"))]);
+            let results = nix::sys::socket::recvmmsg(
+                fd,
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            for r in results {
+                if let Ok(cmsgs) = r.cmsgs() {
+                    for c in cmsgs {
+                        if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
+                            newest_drops = newest_drops.max(n);
+                        }
+                    }
+                }
+                metas.push(Meta {
+                    len: r.bytes,
+                    peer: r.address.as_ref().and_then(peer_ip),
+                    truncated: r.flags.contains(MsgFlags::MSG_TRUNC),
+                });
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "receiving syslog datagrams failed");
+                // Do not spin on a persistent error.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        }
+        if newest_drops > kernel_drops {
+            let lost = newest_drops - kernel_drops;
+            socket_drops.increment(u64::from(lost));
+            // Also a drop like any other: in weir_agent_dropped_total and the agent's status.
+            for _ in 0..lost {
+                sink.drops.count("udp_receive_buffer");
+            }
+            weir_common::warn_limited!(
+                "syslog_udp_overflow", %local, lost,
+                "the kernel dropped syslog datagrams because this socket's receive buffer was \
+                 full: raise net.core.rmem_max and [syslog] udp_receive_buffer, or add \
+                 udp_sockets_per_address"
+            );
+            kernel_drops = newest_drops;
+        }
+        let received_at = Timestamp::now();
+        let mut batch = Vec::with_capacity(metas.len());
+        for (m, data) in metas.iter().zip(bufs.chunks_exact(slot)) {
+            take_datagram(&data[..m.len.min(slot)], m, received_at, &sink, &mut batch);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        received.increment(batch.len() as u64);
+        if !submit(&sink, batch, &shutdown).await {
+            break;
+        }
+    }
+    tracing::debug!("syslog UDP listener stopped");
+}
+
+fn peer_ip(addr: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(a) = addr.as_sockaddr_in() {
+        return Some(IpAddr::V4(a.ip()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|a| IpAddr::V6(a.ip()).to_canonical())
+}
+
+fn take_datagram(
+    data: &[u8],
+    meta: &Meta,
+    received_at: Timestamp,
+    sink: &Sink,
+    batch: &mut Vec<Encoded>,
+) {
+    if data.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
+        sink.drops.count("empty_message");
+        return;
+    }
+    let peer = meta
+        .peer
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    batch.push(encode(
+        sink,
+        data,
+        meta.truncated,
+        peer,
+        "syslog_udp",
+        received_at,
+    ));
+}
