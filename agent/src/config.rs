@@ -20,6 +20,8 @@ pub struct AgentConfig {
     pub syslog: SyslogConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub snmp: crate::snmp::SnmpConfig,
     /// Set by [`load`]: the file this came from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -225,6 +227,7 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     if let Some(k) = &c.http.api_key_file {
         c.http.api_key_file = Some(resolve(path, k));
     }
+    c.snmp.resolve_paths(path);
     check(&c)?;
     Ok(c)
 }
@@ -306,6 +309,9 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     if c.queue.channel_capacity == 0 {
         return Err(fail("queue.channel_capacity", "must be at least 1".into()));
     }
+    c.snmp
+        .check()
+        .map_err(|(field, message)| fail(&field, message))?;
     let mut seen = std::collections::HashSet::new();
     for a in &c.syslog.udp {
         if !seen.insert(("udp", *a)) {
@@ -336,6 +342,8 @@ pub fn example(
     syslog_port: u16,
     http_port: u16,
 ) -> String {
+    // Traps on 1162 (162 needs privileges); ephemeral when the caller asks for ephemeral ports.
+    let snmp_port = if syslog_port == 0 { 0 } else { 1162 };
     format!(
         r#"# weir-agent configuration. Relative paths are relative to this file.
 # Check it with: weir-agent check-config <this file>
@@ -398,6 +406,31 @@ listen = "127.0.0.1:{http_port}"
 api_key_file = "api-key"
 # Largest request body.
 max_body_bytes = "8MiB"
+
+[snmp]
+# UDP addresses receiving SNMP traps and Informs; empty (or no [snmp]) turns SNMP off.
+# On a gateway use 0.0.0.0:162 (needs CAP_NET_BIND_SERVICE).
+listen = ["127.0.0.1:{snmp_port}"]
+# v1/v2c communities accepted; other communities are dropped and counted. An empty list
+# accepts no v1/v2c traps (v3 only).
+communities = ["public"]
+# This receiver's SNMPv3 engine ID (hex, 5-32 bytes), which v3 Informs are localized to.
+# Default: generated once and kept with the engine boot counter in data_dir/snmp-engine.json.
+# engine_id = "0x80001f8804776569722d6167656e74"
+# Kernel receive buffer per socket (room for trap bursts while the queue commits).
+receive_buffer = "8MiB"
+# SNMPv3 users, one [[snmp.users]] table each. auth: none, md5, sha, sha224, sha256, sha384,
+# sha512. privacy: none, des, aes (AES-128), aes192, aes256 (net-snmp's AES192/AES256),
+# aes192c, aes256c (Cisco key extension). Passwords: at least 8 characters, inline or in a
+# file (first line) so this file holds no secret.
+# [[snmp.users]]
+# name = "nms"
+# auth = "sha256"
+# auth_password_file = "snmp-nms-auth"
+# privacy = "aes"
+# privacy_password_file = "snmp-nms-priv"
+# # Sender engine IDs (hex) this user is accepted from; empty/absent = any sender.
+# engine_ids = ["0x80001f8804776569722d6c6f616467656e"]
 "#
     )
 }

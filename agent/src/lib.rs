@@ -6,6 +6,7 @@ pub mod forwarder;
 pub mod http;
 pub mod pipeline;
 pub mod queue;
+pub mod snmp;
 pub mod syslog;
 
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use crate::queue::{Limits, Queue};
 pub struct Running {
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    /// Where SNMP traps are received (empty when `[snmp] listen` is).
+    pub trap_addrs: Vec<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub queue: Arc<Queue>,
     pub link: Arc<LinkState>,
@@ -80,6 +83,10 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         inputs_shutdown.clone(),
     );
 
+    let traps = snmp::Listeners::bind(&config.snmp, &config.data_dir).await?;
+    let trap_addrs = traps.addrs();
+    traps.spawn(sink.clone(), &tracker, inputs_shutdown.clone());
+
     let link = Arc::new(LinkState::default());
     let mut http_addr = None;
     if let Some(addr) = config.http.listen {
@@ -129,10 +136,17 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         link.clone(),
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
-    tracing::info!(?udp_addrs, ?tcp_addrs, ?http_addr, "agent started");
+    tracing::info!(
+        ?udp_addrs,
+        ?tcp_addrs,
+        ?trap_addrs,
+        ?http_addr,
+        "agent started"
+    );
     Ok(Running {
         udp_addrs,
         tcp_addrs,
+        trap_addrs,
         http_addr,
         queue,
         link,
