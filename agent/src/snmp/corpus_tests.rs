@@ -357,3 +357,81 @@ fn gosnmp_v3_traps_authenticate_and_decrypt() {
     );
     assert_eq!(n.security_level, Some("authPriv"));
 }
+
+/// Single-core cost of the hot path per trap: decode (and for v3 authenticate and decrypt),
+/// map to an event, encode the queue record. Run with
+/// `cargo test -p weir-agent decode_cost -- --ignored --nocapture` (add `--release` for
+/// production figures).
+#[test]
+#[ignore]
+fn decode_cost() {
+    use super::lib_adapter::encode;
+    const N: usize = 50_000;
+    let v2c: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            encode::v2c_trap(
+                "public",
+                i as i32,
+                5,
+                "1.3.6.1.4.1.8072.2.3.0.1",
+                &[("1.3.6.1.4.1.8072.2.3.2.1", &format!("seq={i}"))],
+            )
+            .unwrap()
+        })
+        .collect();
+    let user = UserSpec {
+        name: "weir".into(),
+        auth: Auth::Sha,
+        auth_password: "weir-auth-pass".into(),
+        privacy: Priv::Aes,
+        priv_password: "weir-priv-pass".into(),
+        engine_ids: vec![],
+    };
+    let tx = encode::V3Sender::new(b"\x80\x00\x1f\x88\x04bench", &user).unwrap();
+    let v3: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            tx.trap(
+                i as i32,
+                1,
+                7,
+                "1.3.6.1.4.1.8072.2.3.0.1",
+                &[("1.3.6.1.4.1.8072.2.3.2.1", &format!("seq={i}"))],
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut p = Processor::new(
+        &["public".into()],
+        &[user],
+        LocalEngine {
+            engine_id: vec![0x80, 0, 0, 0, 1, 2, 3, 4],
+            boots: 1,
+        },
+    )
+    .unwrap();
+    for (name, set) in [("v2c", &v2c), ("v3 SHA/AES", &v3)] {
+        let t = std::time::Instant::now();
+        for d in set.iter() {
+            let Outcome::Notification { notification, .. } = p.process(d) else {
+                panic!("not accepted");
+            };
+            let ev = map::to_event(&notification, src(), d, Timestamp::now());
+            let enc = crate::queue::Encoded::new(
+                &weir_common::Record::Event(ev),
+                Timestamp::now().as_microsecond(),
+            );
+            std::hint::black_box(enc);
+        }
+        let per = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+        let t = std::time::Instant::now();
+        for d in set.iter() {
+            std::hint::black_box(p.process(d));
+        }
+        let decode = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+        eprintln!("{name}: decode/authenticate alone {decode:.2} us");
+        eprintln!(
+            "{name}: {per:.2} us per trap (decode+map+encode), {:.0} traps/s on one core",
+            1e6 / per
+        );
+    }
+}
