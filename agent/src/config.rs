@@ -26,6 +26,8 @@ pub struct AgentConfig {
     /// Custom scripts whose output lines are JSON events (`[[script]]` entries).
     #[serde(default)]
     pub script: Vec<crate::script::ScriptConfig>,
+    #[serde(default)]
+    pub snmp: crate::snmp::SnmpConfig,
     /// Set by [`load`]: the file this came from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -287,6 +289,7 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
             s.working_dir = Some(resolve(path, d));
         }
     }
+    c.snmp.resolve_paths(path);
     check(&c)?;
     Ok(c)
 }
@@ -383,6 +386,9 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    c.snmp
+        .check()
+        .map_err(|(field, message)| fail(&field, message))?;
     let mut seen = std::collections::HashSet::new();
     for a in &c.syslog.udp {
         if !seen.insert(("udp", *a)) {
@@ -446,6 +452,8 @@ pub fn example(
     syslog_port: u16,
     http_port: u16,
 ) -> String {
+    // Traps on 1162 (162 needs privileges); ephemeral when the caller asks for ephemeral ports.
+    let snmp_port = if syslog_port == 0 { 0 } else { 1162 };
     format!(
         r#"# weir-agent configuration. Relative paths are relative to this file.
 # Check it with: weir-agent check-config <this file>
@@ -563,6 +571,31 @@ when_missing = ["hostname", "severity", "message"]
 # restart_delay = "5s"                         # long_running: first restart wait (doubles to 5m)
 # max_line_bytes = "64KiB"                     # longer lines are dropped and counted
 # working_dir = "/var/lib/weir-agent"          # default: data_dir
+
+[snmp]
+# UDP addresses receiving SNMP traps and Informs; empty (or no [snmp]) turns SNMP off.
+# On a gateway use 0.0.0.0:162 (needs CAP_NET_BIND_SERVICE).
+listen = ["127.0.0.1:{snmp_port}"]
+# v1/v2c communities accepted; other communities are dropped and counted. An empty list
+# accepts no v1/v2c traps (v3 only).
+communities = ["public"]
+# This receiver's SNMPv3 engine ID (hex, 5-32 bytes), which v3 Informs are localized to.
+# Default: generated once and kept with the engine boot counter in data_dir/snmp-engine.json.
+# engine_id = "0x80001f8804776569722d6167656e74"
+# Kernel receive buffer per socket (room for trap bursts while the queue commits).
+receive_buffer = "8MiB"
+# SNMPv3 users, one [[snmp.users]] table each. auth: none, md5, sha, sha224, sha256, sha384,
+# sha512. privacy: none, des, aes (AES-128), aes192, aes256 (net-snmp's AES192/AES256),
+# aes192c, aes256c (Cisco key extension). Passwords: at least 8 characters, inline or in a
+# file (first line) so this file holds no secret.
+# [[snmp.users]]
+# name = "nms"
+# auth = "sha256"
+# auth_password_file = "snmp-nms-auth"
+# privacy = "aes"
+# privacy_password_file = "snmp-nms-priv"
+# # Sender engine IDs (hex) this user is accepted from; empty/absent = any sender.
+# engine_ids = ["0x80001f8804776569722d6c6f616467656e"]
 "#
     )
 }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod pipeline;
 pub mod queue;
 pub mod script;
+pub mod snmp;
 pub mod syslog;
 
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct Running {
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
     pub tls_addrs: Vec<SocketAddr>,
+    /// Where SNMP traps are received (empty when `[snmp] listen` is).
+    pub trap_addrs: Vec<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub queue: Arc<Queue>,
     pub link: Arc<LinkState>,
@@ -94,6 +97,9 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         &tracker,
         inputs_shutdown.clone(),
     );
+    let traps = snmp::Listeners::bind(&config.snmp, &config.data_dir).await?;
+    let trap_addrs = traps.addrs();
+    traps.spawn(sink.clone(), &tracker, inputs_shutdown.clone());
 
     let link = Arc::new(LinkState::default());
     let mut http_addr = None;
@@ -152,6 +158,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         ?udp_addrs,
         ?tcp_addrs,
         ?tls_addrs,
+        ?trap_addrs,
         ?http_addr,
         "agent started"
     );
@@ -159,6 +166,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         udp_addrs,
         tcp_addrs,
         tls_addrs,
+        trap_addrs,
         http_addr,
         queue,
         link,

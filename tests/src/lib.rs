@@ -59,6 +59,13 @@ pub fn edit(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
+/// Turns first-stage dedup off in an agent config text, for tests that count every event they
+/// send (dedup would rightly merge a flood of identical test events).
+pub fn without_dedup(text: &str) -> String {
+    let text = edit(text, "window = \"5m\"", "window = \"0s\"");
+    text.replace("window = \"2m\"", "window = \"0s\"")
+}
+
 /// A UDP port that was free a moment ago (bind to port 0, read it, release it).
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -137,3 +137,44 @@ async fn counts_survive_an_agent_kill_during_an_outage() {
         "the count is stored, not just shown"
     );
 }
+
+/// SNMP's default key is the device and the trap: a flood of one trap from one device is one
+/// stored event whose count is exactly the number of traps sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_flood_is_one_event_with_the_exact_count() {
+    let env = Env::new();
+    let agg = Aggregator::start(&env.aggregator_config("agg", 0, 0)).await;
+    let tls = env.issue_agent("site-a", "agent-1");
+    let agent = Agent::start(&env.agent_config("agent", &agg.quic_addr.to_string(), &tls, 0)).await;
+    let target = agent.running().trap_addrs[0].to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir-trapgen"))
+        .args(["--target", &target, "--version", "v2c", "--rate", "400"])
+        .args(["--duration", "1", "--first-seq", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(20),
+        "one trap event with count 400",
+        || {
+            let events = agg.events();
+            events.len() == 1 && events[0].event.count == 400
+        },
+    )
+    .await;
+    let ev = &agg.events()[0].event;
+    assert_eq!(ev.input, weir_common::InputKind::SnmpTrap);
+    assert_eq!(
+        ev.tags
+            .get("vb.1.3.6.1.4.1.8072.2.3.2.1")
+            .map(String::as_str),
+        Some("string:seq=0"),
+        "the stored event is the first occurrence"
+    );
+    agent.stop().await;
+    agg.stop().await;
+}

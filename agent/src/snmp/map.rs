@@ -1,0 +1,324 @@
+//! Turns a decoded [`Notification`] into an [`Event`], following seed 002:
+//!
+//! | v1 generic trap | v2 snmpTrapOID (RFC 3584)   | tag              | severity |
+//! |-----------------|-----------------------------|------------------|----------|
+//! | 0 coldStart     | 1.3.6.1.6.3.1.1.5.1         | SNMP_COLD_START  | error    |
+//! | 1 warmStart     | 1.3.6.1.6.3.1.1.5.2         | SNMP_WARM_START  | warning  |
+//! | 2 linkDown      | 1.3.6.1.6.3.1.1.5.3         | SNMP_LINK_DOWN   | critical |
+//! | 3 linkUp        | 1.3.6.1.6.3.1.1.5.4         | SNMP_LINK_UP     | info     |
+//! | 4 authFailure   | 1.3.6.1.6.3.1.1.5.5         | SNMP_AUTH_FAIL   | error    |
+//! | 5 egpNeighLoss  | 1.3.6.1.6.3.1.1.5.6         | SNMP_EGP_LOSS    | warning  |
+//! | 6 enterprise    | enterprise.0.specific       | SNMP_TRAP        | warning  |
+//!
+//! Any other v2c/v3 notification gets the tag `SNMP_TRAP_<snmpTrapOID>` (dotted, e.g.
+//! `SNMP_TRAP_1.3.6.1.4.1.9.9.43.2.0.1`) and severity warning. The tag is also the event type.
+//!
+//! Fields (event `tags`), documented for operators:
+//! - `snmp_version` (`v1`, `v2c`, `v3`), `snmp_pdu` (`trap` or `inform`), `snmp_trap_oid`
+//!   (for v1 the RFC 3584 translation), `snmp_request_id`, `snmp_uptime` (TimeTicks),
+//!   `snmp_user` and `snmp_security_level` (v3), `snmp_source` (the UDP sender's IP),
+//!   `snmp_enterprise`, `snmp_generic_trap`, `snmp_specific_trap`, `snmp_agent_addr` (v1),
+//!   `snmp_trailing_bytes` (bytes after the message, ignored).
+//! - one `vb.<oid>` per varbind, valued `<type>:<value>`, type one of `integer`, `string`
+//!   (UTF-8 text without control characters), `hex` (any other octet string, lowercase hex),
+//!   `oid`, `ip`, `counter32`, `gauge32` (also Unsigned32), `timeticks`, `counter64`,
+//!   `opaque` (hex), `null`, and the exceptions `noSuchObject`/`noSuchInstance`/`endOfMibView`.
+//!   A repeated OID gets `#2`, `#3`, ... appended to its key.
+//!
+//! Hostname (the device): the value of an `snmpTrapAddress.0` varbind (1.3.6.1.6.3.18.1.3.0)
+//! if present; for v1, the agent-addr field (RFC 3584 maps it to snmpTrapAddress) unless it is
+//! 0.0.0.0 or loopback; otherwise the UDP source address.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+use weir_common::{Event, InputKind, Severity};
+
+use super::{Notification, SnmpVersion, Typed};
+
+const SNMP_TRAP_ADDRESS: &str = "1.3.6.1.6.3.18.1.3.0";
+const STANDARD_TRAPS: &str = "1.3.6.1.6.3.1.1.5.";
+/// Longest summary message; the varbinds are all in the tags anyway.
+const MAX_SUMMARY: usize = 512;
+
+/// The seed 002 tag and severity for v1 generic trap `generic` (0..=6).
+fn generic_mapping(generic: i32) -> Option<(&'static str, Severity, &'static str)> {
+    Some(match generic {
+        0 => ("SNMP_COLD_START", Severity::Error, "coldStart"),
+        1 => ("SNMP_WARM_START", Severity::Warning, "warmStart"),
+        2 => ("SNMP_LINK_DOWN", Severity::Critical, "linkDown"),
+        3 => ("SNMP_LINK_UP", Severity::Info, "linkUp"),
+        4 => ("SNMP_AUTH_FAIL", Severity::Error, "authenticationFailure"),
+        5 => ("SNMP_EGP_LOSS", Severity::Warning, "egpNeighborLoss"),
+        6 => ("SNMP_TRAP", Severity::Warning, "enterpriseSpecific"),
+        _ => return None,
+    })
+}
+
+/// Tag, severity and a readable name for a notification.
+pub fn classify(n: &Notification) -> (String, Severity, String) {
+    if let Some(v1) = &n.v1
+        && let Some((tag, sev, name)) = generic_mapping(v1.generic)
+    {
+        let name = if v1.generic == 6 {
+            format!("enterpriseSpecific {} ({})", v1.specific, n.trap_oid)
+        } else {
+            name.to_string()
+        };
+        return (tag.to_string(), sev, name);
+    }
+    if let Some(last) = n.trap_oid.strip_prefix(STANDARD_TRAPS)
+        && let Ok(k @ 1..=6) = last.parse::<i32>()
+        && let Some((tag, sev, name)) = generic_mapping(k - 1)
+    {
+        return (tag.to_string(), sev, name.to_string());
+    }
+    (
+        format!("SNMP_TRAP_{}", n.trap_oid),
+        Severity::Warning,
+        n.trap_oid.clone(),
+    )
+}
+
+/// `<type>:<value>` for a varbind value (see the module doc).
+pub fn typed_value(v: &Typed) -> String {
+    match v {
+        Typed::Integer(i) => format!("integer:{i}"),
+        Typed::Octets(b) => match std::str::from_utf8(b) {
+            Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => format!("string:{s}"),
+            _ => format!("hex:{}", super::lib_adapter::hex(b)),
+        },
+        Typed::Null => "null:".into(),
+        Typed::Oid(o) => format!("oid:{o}"),
+        Typed::Ip(a) => format!("ip:{a}"),
+        Typed::Counter32(n) => format!("counter32:{n}"),
+        Typed::Gauge32(n) => format!("gauge32:{n}"),
+        Typed::TimeTicks(n) => format!("timeticks:{n}"),
+        Typed::Counter64(n) => format!("counter64:{n}"),
+        Typed::Opaque(b) => format!("opaque:{}", super::lib_adapter::hex(b)),
+        Typed::Exception(e) => format!("{e}:"),
+        Typed::Other(s) => format!("other:{s}"),
+    }
+}
+
+/// The device address: snmpTrapAddress.0, else a usable v1 agent-addr, else the UDP source.
+fn device(n: &Notification, source: IpAddr) -> String {
+    for (oid, v) in &n.varbinds {
+        if oid == SNMP_TRAP_ADDRESS
+            && let Typed::Ip(a) = v
+        {
+            return a.to_string();
+        }
+    }
+    if let Some(v1) = &n.v1 {
+        let a = v1.agent_addr;
+        if !a.is_unspecified() && !a.is_loopback() {
+            return a.to_string();
+        }
+    }
+    source.to_canonical().to_string()
+}
+
+/// Builds the event. `raw` is the whole datagram.
+pub fn to_event(
+    n: &Notification,
+    source: std::net::SocketAddr,
+    raw: &[u8],
+    at: Timestamp,
+) -> Event {
+    let (tag, severity, name) = classify(n);
+    let host = device(n, source.ip());
+    let version = match n.version {
+        SnmpVersion::V1 => "v1",
+        SnmpVersion::V2c => "v2c",
+        SnmpVersion::V3 => "v3",
+    };
+    let pdu = if n.inform { "inform" } else { "trap" };
+    let mut msg = format!("SNMP {version} {pdu} {name} from {host}");
+    if !n.varbinds.is_empty() {
+        msg.push(':');
+    }
+    let mut ev = Event::new(InputKind::SnmpTrap, "snmp", host, severity, "", at);
+    let t = &mut ev.tags;
+    for (oid, v) in &n.varbinds {
+        let value = typed_value(v);
+        if msg.len() < MAX_SUMMARY {
+            let _ = write!(msg, " {oid}={value}");
+        }
+        let mut key = format!("vb.{oid}");
+        let mut i = 2;
+        while t.contains_key(&key) {
+            key = format!("vb.{oid}#{i}");
+            i += 1;
+        }
+        t.insert(key, value);
+    }
+    if msg.len() > MAX_SUMMARY {
+        let mut cut = MAX_SUMMARY;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    // One line: varbind text may hold newlines or tabs.
+    ev.message = msg.replace(['\n', '\r', '\t'], " ");
+    t.insert("snmp_version".into(), version.into());
+    t.insert("snmp_pdu".into(), pdu.into());
+    t.insert("snmp_trap_oid".into(), n.trap_oid.clone());
+    t.insert("snmp_source".into(), source.ip().to_canonical().to_string());
+    if let Some(r) = n.request_id {
+        t.insert("snmp_request_id".into(), r.to_string());
+    }
+    if let Some(u) = n.uptime {
+        t.insert("snmp_uptime".into(), u.to_string());
+    }
+    if let Some(u) = &n.user {
+        t.insert("snmp_user".into(), u.clone());
+    }
+    if let Some(l) = n.security_level {
+        t.insert("snmp_security_level".into(), l.into());
+    }
+    if let Some(v1) = &n.v1 {
+        t.insert("snmp_enterprise".into(), v1.enterprise.clone());
+        t.insert("snmp_generic_trap".into(), v1.generic.to_string());
+        t.insert("snmp_specific_trap".into(), v1.specific.to_string());
+        t.insert("snmp_agent_addr".into(), v1.agent_addr.to_string());
+    }
+    if n.trailing_bytes > 0 {
+        t.insert("snmp_trailing_bytes".into(), n.trailing_bytes.to_string());
+    }
+    ev.tag = Some(tag.clone());
+    ev.event_type = Some(tag);
+    ev.raw_payload = Some(raw.to_vec());
+    ev.peer = Some(source.to_string());
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snmp::V1Fields;
+    use std::net::Ipv4Addr;
+
+    fn v2(oid: &str, vbs: Vec<(String, Typed)>) -> Notification {
+        Notification {
+            version: SnmpVersion::V2c,
+            inform: false,
+            user: None,
+            security_level: None,
+            request_id: Some(7),
+            uptime: Some(100),
+            trap_oid: oid.into(),
+            v1: None,
+            varbinds: vbs,
+            trailing_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn seed_002_table_for_v1_and_v2() {
+        let expect = [
+            ("SNMP_COLD_START", Severity::Error),
+            ("SNMP_WARM_START", Severity::Warning),
+            ("SNMP_LINK_DOWN", Severity::Critical),
+            ("SNMP_LINK_UP", Severity::Info),
+            ("SNMP_AUTH_FAIL", Severity::Error),
+            ("SNMP_EGP_LOSS", Severity::Warning),
+            ("SNMP_TRAP", Severity::Warning),
+        ];
+        for (g, (tag, sev)) in expect.iter().enumerate() {
+            let mut n = v2("1.3.6.1.6.3.1.1.5.1", vec![]);
+            n.version = SnmpVersion::V1;
+            n.v1 = Some(V1Fields {
+                enterprise: "1.3.6.1.4.1.9".into(),
+                agent_addr: Ipv4Addr::new(10, 0, 0, 1),
+                generic: g as i32,
+                specific: 0,
+            });
+            let (t, s, _) = classify(&n);
+            assert_eq!((t.as_str(), s), (*tag, *sev), "generic {g}");
+            if g < 6 {
+                let n = v2(&format!("1.3.6.1.6.3.1.1.5.{}", g + 1), vec![]);
+                let (t, s, _) = classify(&n);
+                assert_eq!((t.as_str(), s), (*tag, *sev), "v2 oid for generic {g}");
+            }
+        }
+        let (t, s, _) = classify(&v2("1.3.6.1.4.1.9.9.43.2.0.1", vec![]));
+        assert_eq!(t, "SNMP_TRAP_1.3.6.1.4.1.9.9.43.2.0.1");
+        assert_eq!(s, Severity::Warning);
+        // Not a standard trap: 5.7 and 5.10 are not in the table.
+        assert_eq!(
+            classify(&v2("1.3.6.1.6.3.1.1.5.7", vec![])).0,
+            "SNMP_TRAP_1.3.6.1.6.3.1.1.5.7"
+        );
+        assert_eq!(
+            classify(&v2("1.3.6.1.6.3.1.1.5.10", vec![])).0,
+            "SNMP_TRAP_1.3.6.1.6.3.1.1.5.10"
+        );
+    }
+
+    #[test]
+    fn trap_address_wins_and_varbinds_are_typed() {
+        let n = v2(
+            "1.3.6.1.6.3.1.1.5.3",
+            vec![
+                ("1.3.6.1.2.1.2.2.1.1.3".into(), Typed::Integer(3)),
+                (
+                    SNMP_TRAP_ADDRESS.into(),
+                    Typed::Ip(Ipv4Addr::new(192, 0, 2, 7)),
+                ),
+                (
+                    "1.3.6.1.2.1.2.2.1.2.3".into(),
+                    Typed::Octets(b"Gi0/3\nx".to_vec()),
+                ),
+                (
+                    "1.3.6.1.2.1.2.2.1.2.3".into(),
+                    Typed::Octets(b"eth0".to_vec()),
+                ),
+            ],
+        );
+        let src = "198.51.100.1:5000".parse().unwrap();
+        let ev = to_event(&n, src, b"raw", Timestamp::UNIX_EPOCH);
+        assert_eq!(ev.hostname, "192.0.2.7");
+        assert_eq!(ev.input, InputKind::SnmpTrap);
+        assert_eq!(ev.source, "snmp");
+        assert_eq!(ev.tag.as_deref(), Some("SNMP_LINK_DOWN"));
+        assert_eq!(ev.event_type.as_deref(), Some("SNMP_LINK_DOWN"));
+        assert_eq!(ev.severity, Severity::Critical);
+        assert_eq!(ev.tags["vb.1.3.6.1.2.1.2.2.1.1.3"], "integer:3");
+        assert_eq!(ev.tags["vb.1.3.6.1.2.1.2.2.1.2.3"], "hex:4769302f330a78");
+        assert_eq!(ev.tags["vb.1.3.6.1.2.1.2.2.1.2.3#2"], "string:eth0");
+        assert_eq!(ev.tags["snmp_source"], "198.51.100.1");
+        assert_eq!(ev.raw_payload.as_deref(), Some(&b"raw"[..]));
+        assert!(!ev.message.contains('\n'), "{}", ev.message);
+        assert!(
+            ev.message
+                .starts_with("SNMP v2c trap linkDown from 192.0.2.7:"),
+            "{}",
+            ev.message
+        );
+    }
+
+    #[test]
+    fn v1_agent_addr_used_unless_loopback() {
+        let mut n = v2("1.3.6.1.6.3.1.1.5.1", vec![]);
+        n.v1 = Some(V1Fields {
+            enterprise: "1.3.6.1.4.1.4.1.2.21".into(),
+            agent_addr: Ipv4Addr::LOCALHOST,
+            generic: 0,
+            specific: 0,
+        });
+        let src = "[::ffff:192.168.0.2]:1040".parse().unwrap();
+        assert_eq!(
+            to_event(&n, src, b"", Timestamp::UNIX_EPOCH).hostname,
+            "192.168.0.2"
+        );
+        n.v1.as_mut().unwrap().agent_addr = Ipv4Addr::new(10, 1, 30, 1);
+        assert_eq!(
+            to_event(&n, src, b"", Timestamp::UNIX_EPOCH).hostname,
+            "10.1.30.1"
+        );
+    }
+}

@@ -1,0 +1,534 @@
+//! The SNMP input: UDP listeners receiving SNMPv1/v2c traps, v2c Informs, and SNMPv3 traps and
+//! Informs (USM), each turned into an event (see [`map`]) and handed to the [`Sink`].
+//!
+//! Hot path, per socket task: wait until readable, then take up to [`BATCH`] datagrams without
+//! waiting, decode and authenticate each ([`lib_adapter::Processor`], synchronous), map it,
+//! encode the record, and submit the whole batch with one `Sink` hand-over. Backpressure as for
+//! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`).
+//!
+//! Informs are acknowledged only once their event is durable: a batch holding Informs is
+//! submitted with `send_committed`, and the Responses go out after the commit. A sender whose
+//! Inform is not acknowledged retries, so nothing acknowledged is lost.
+//!
+//! Drops (malformed BER, wrong community, unknown user, bad digest, failed decryption, replay,
+//! PDUs that are not notifications) are counted in `weir_agent_snmp_dropped_total{reason}` and
+//! in the agent's input drops as `snmp_<reason>`, and logged at most once per 10 s per reason.
+//!
+//! Engine state: this receiver's SNMPv3 engine ID and boot counter are kept in
+//! `data_dir/snmp-engine.json`; boots is incremented and written (fsync) on every start, before
+//! any Report or Response uses it (RFC 3414 2.2).
+
+pub mod config;
+pub mod lib_adapter;
+pub mod map;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use weir_common::Record;
+
+pub use config::SnmpConfig;
+use lib_adapter::{LocalEngine, Outcome, Processor};
+
+use crate::pipeline::Sink;
+
+/// Most datagrams handled per hand-over to the sink.
+const BATCH: usize = 256;
+/// Largest UDP payload, rounded up.
+const DATAGRAM_MAX: usize = 64 << 10;
+
+/// SNMPv3 authentication protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    #[default]
+    None,
+    Md5,
+    #[serde(alias = "sha1")]
+    Sha,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// SNMPv3 privacy protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priv {
+    #[default]
+    None,
+    Des,
+    #[serde(alias = "aes128")]
+    Aes,
+    Aes192,
+    Aes256,
+    Aes192c,
+    Aes256c,
+}
+
+/// A USM user with its passwords resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub name: String,
+    pub auth: Auth,
+    pub auth_password: String,
+    pub privacy: Priv,
+    pub priv_password: String,
+    /// Sender engine IDs accepted for this user; empty = any.
+    pub engine_ids: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UserSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSpec")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .field("privacy", &self.privacy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SNMP message version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnmpVersion {
+    V1,
+    V2c,
+    V3,
+}
+
+/// The v1 Trap-PDU's own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Fields {
+    pub enterprise: String,
+    pub agent_addr: Ipv4Addr,
+    pub generic: i32,
+    pub specific: i32,
+}
+
+/// A varbind value with its SNMP type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Typed {
+    Integer(i64),
+    Octets(Vec<u8>),
+    Null,
+    Oid(String),
+    Ip(Ipv4Addr),
+    Counter32(u32),
+    Gauge32(u32),
+    TimeTicks(u32),
+    Counter64(u64),
+    Opaque(Vec<u8>),
+    Exception(&'static str),
+    Other(String),
+}
+
+/// A decoded, authenticated trap or Inform, in plain types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub version: SnmpVersion,
+    pub inform: bool,
+    /// v3 user name.
+    pub user: Option<String>,
+    /// v3 security level (`noAuthNoPriv`, `authNoPriv`, `authPriv`).
+    pub security_level: Option<&'static str>,
+    pub request_id: Option<i32>,
+    /// sysUpTime.0 (v2c/v3) or the v1 time-stamp, in hundredths of a second.
+    pub uptime: Option<u32>,
+    /// snmpTrapOID.0; for v1 its RFC 3584 translation.
+    pub trap_oid: String,
+    pub v1: Option<V1Fields>,
+    /// Varbinds after sysUpTime.0 and snmpTrapOID.0 (all of them for v1).
+    pub varbinds: Vec<(String, Typed)>,
+    /// Bytes after the SNMP message in the datagram (ignored).
+    pub trailing_bytes: usize,
+}
+
+/// Why a datagram produced no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed,
+    NotANotification,
+    CommunityNotAllowed,
+    UnknownUser,
+    WrongSecurityLevel,
+    EngineNotAllowed,
+    BadAuth,
+    DecryptFailed,
+    NotInTimeWindow,
+    UnknownEngine,
+    Shutdown,
+}
+
+impl DropReason {
+    /// The `reason` label of `weir_agent_snmp_dropped_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotANotification => "not_a_notification",
+            DropReason::CommunityNotAllowed => "community_not_allowed",
+            DropReason::UnknownUser => "unknown_user",
+            DropReason::WrongSecurityLevel => "wrong_security_level",
+            DropReason::EngineNotAllowed => "engine_not_allowed",
+            DropReason::BadAuth => "bad_auth",
+            DropReason::DecryptFailed => "decrypt_failed",
+            DropReason::NotInTimeWindow => "not_in_time_window",
+            DropReason::UnknownEngine => "unknown_engine",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The reason in the agent's input drop counters (shared with other inputs).
+    pub fn qualified(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "snmp_malformed",
+            DropReason::NotANotification => "snmp_not_a_notification",
+            DropReason::CommunityNotAllowed => "snmp_community_not_allowed",
+            DropReason::UnknownUser => "snmp_unknown_user",
+            DropReason::WrongSecurityLevel => "snmp_wrong_security_level",
+            DropReason::EngineNotAllowed => "snmp_engine_not_allowed",
+            DropReason::BadAuth => "snmp_bad_auth",
+            DropReason::DecryptFailed => "snmp_decrypt_failed",
+            DropReason::NotInTimeWindow => "snmp_not_in_time_window",
+            DropReason::UnknownEngine => "snmp_unknown_engine",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// What the operator can do about it.
+    fn hint(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "the sender is broken or this is not SNMP",
+            DropReason::NotANotification => "something sends SNMP requests to the trap port",
+            DropReason::CommunityNotAllowed => {
+                "add the community to [snmp] communities if this device is trusted"
+            }
+            DropReason::UnknownUser => "add the user to [[snmp.users]] if this device is trusted",
+            DropReason::WrongSecurityLevel => {
+                "the device's auth/privacy settings differ from [[snmp.users]]"
+            }
+            DropReason::EngineNotAllowed => "add the engine ID to the user's engine_ids",
+            DropReason::BadAuth => "the auth password or protocol differs from the device's",
+            DropReason::DecryptFailed => {
+                "the privacy password or protocol differs from the device's"
+            }
+            DropReason::NotInTimeWindow => {
+                "a replayed or delayed message, or the device rebooted without raising its engine boots"
+            }
+            DropReason::UnknownEngine => "the device sent an Inform for another engine ID",
+            DropReason::Shutdown => "the agent is stopping",
+        }
+    }
+}
+
+fn count_drop(sink: &Sink, reason: DropReason, peer: SocketAddr, detail: &str) {
+    metrics::counter!("weir_agent_snmp_dropped_total", "reason" => reason.as_str()).increment(1);
+    sink.drops.count(reason.qualified());
+    weir_common::warn_limited!(
+        reason.as_str(),
+        %peer, reason = reason.as_str(), detail,
+        "dropped an SNMP datagram: {}", reason.hint()
+    );
+}
+
+/// This receiver's persisted engine identity.
+#[derive(Debug, Serialize, Deserialize)]
+struct EngineFile {
+    engine_id: String,
+    boots: u32,
+}
+
+/// Loads (or creates) `data_dir/snmp-engine.json`, increments boots and writes it back
+/// durably. A configured engine ID that differs from the stored one restarts boots at 1.
+pub fn load_engine(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<LocalEngine> {
+    let path = data_dir.join("snmp-engine.json");
+    let stored: Option<EngineFile> = match std::fs::read(&path) {
+        Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{} is corrupt; delete it to generate a new SNMP engine ID (v3 senders of Informs must then learn it again)",
+                path.display()
+            )
+        })?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let configured = configured
+        .map(config::parse_engine_id)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let stored_id = stored
+        .as_ref()
+        .and_then(|s| config::parse_engine_id(&s.engine_id).ok());
+    let (engine_id, boots) = match (configured, stored_id) {
+        (Some(c), Some(s)) if c == s => (c, stored.map_or(0, |s| s.boots)),
+        (Some(c), _) => (c, 0),
+        (None, Some(s)) => (s, stored.map_or(0, |s| s.boots)),
+        (None, None) => {
+            // RFC 3411 format 5 (octets) under net-snmp's enterprise 8072, 12 random bytes.
+            let mut id = vec![0x80, 0x00, 0x1f, 0x88, 0x05];
+            id.extend(rand::random::<[u8; 12]>());
+            (id, 0)
+        }
+    };
+    // RFC 3414: boots stops at 2^31-1 and the engine must then be re-keyed.
+    let boots = boots
+        .checked_add(1)
+        .filter(|b| *b < i32::MAX as u32)
+        .context("SNMP engine boots reached its maximum: set a new [snmp] engine_id")?;
+    let file = EngineFile {
+        engine_id: lib_adapter::hex(&engine_id),
+        boots,
+    };
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write as _;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
+    Ok(LocalEngine { engine_id, boots })
+}
+
+/// Bound SNMP sockets and their processing state, ready to [`spawn`](Listeners::spawn).
+#[derive(Debug)]
+pub struct Listeners {
+    sockets: Vec<(UdpSocket, Processor)>,
+    engine: Option<LocalEngine>,
+}
+
+impl Listeners {
+    /// Loads the engine state, derives user keys and binds every `[snmp] listen` address.
+    pub async fn bind(cfg: &SnmpConfig, data_dir: &Path) -> anyhow::Result<Listeners> {
+        if cfg.listen.is_empty() {
+            return Ok(Listeners {
+                sockets: Vec::new(),
+                engine: None,
+            });
+        }
+        let engine = load_engine(data_dir, cfg.engine_id.as_deref())?;
+        let users = cfg
+            .user_specs()
+            .map_err(|(field, msg)| anyhow::anyhow!("[snmp] {field}: {msg}"))?;
+        if cfg.communities.is_empty() && users.is_empty() {
+            tracing::warn!(
+                "[snmp] has no communities and no users: every trap will be dropped. Add a community or a [[snmp.users]] entry"
+            );
+        }
+        let mut sockets = Vec::new();
+        for &addr in &cfg.listen {
+            let sock = UdpSocket::bind(addr)
+                .await
+                .map_err(|e| bind_error(addr, e))?;
+            grow_receive_buffer(&sock, addr, cfg.receive_buffer.0 as usize);
+            let users = users.clone();
+            let communities = cfg.communities.clone();
+            let engine = engine.clone();
+            let processor =
+                tokio::task::spawn_blocking(move || Processor::new(&communities, &users, engine))
+                    .await?
+                    .context("setting up SNMPv3 users")?;
+            sockets.push((sock, processor));
+        }
+        Ok(Listeners {
+            sockets,
+            engine: Some(engine),
+        })
+    }
+
+    /// The bound addresses (port 0 resolved).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|(s, _)| s.local_addr().ok())
+            .collect()
+    }
+
+    /// This receiver's engine ID (hex) and boots, when SNMP is on.
+    pub fn engine(&self) -> Option<(String, u32)> {
+        self.engine
+            .as_ref()
+            .map(|e| (lib_adapter::hex(&e.engine_id), e.boots))
+    }
+
+    /// Spawns one task per socket on `tracker`; they stop when `shutdown` is cancelled.
+    pub fn spawn(self, sink: Sink, tracker: &TaskTracker, shutdown: CancellationToken) {
+        if let Some(e) = &self.engine {
+            tracing::info!(
+                engine_id = %lib_adapter::hex(&e.engine_id), boots = e.boots,
+                "SNMP engine (v3 Informs must be localized to this engine ID)"
+            );
+        }
+        for (sock, processor) in self.sockets {
+            let local = sock.local_addr().ok();
+            tracing::info!(addr = ?local, "receiving SNMP traps on UDP");
+            let span = tracing::info_span!("snmp_udp", local = ?local);
+            tracker.spawn(run(sock, processor, sink.clone(), shutdown.clone()).instrument(span));
+        }
+    }
+}
+
+fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
+    let hint = match err.kind() {
+        io::ErrorKind::AddrInUse => {
+            "the port is in use (snmptrapd?): stop it or choose another port in [snmp] listen"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "port 162 needs CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE), or use a port of 1024 or above"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "that IP address is not on this host: use one of its addresses, or 0.0.0.0 / [::]"
+        }
+        _ => "check [snmp] listen in the config",
+    };
+    anyhow::Error::new(err).context(format!(
+        "cannot listen for SNMP traps on UDP {addr}: {hint}"
+    ))
+}
+
+fn grow_receive_buffer(sock: &UdpSocket, addr: SocketAddr, want: usize) {
+    let s = socket2::SockRef::from(sock);
+    if let Err(e) = s.set_recv_buffer_size(want) {
+        tracing::warn!(%addr, error = %e, "could not enlarge the SNMP UDP receive buffer; bursts may lose traps");
+        return;
+    }
+    if let Ok(got) = s.recv_buffer_size()
+        && got < want
+    {
+        tracing::warn!(
+                %addr, requested = want, got,
+            "the kernel capped the SNMP UDP receive buffer, so bursts may lose traps; raise it with sysctl net.core.rmem_max"
+        );
+    }
+}
+
+/// Handles one datagram: drop (counted), Report (sent now), or an event for the batch with
+/// the Inform Response to send once it is durable.
+fn handle(
+    processor: &mut Processor,
+    sock: &UdpSocket,
+    sink: &Sink,
+    data: &[u8],
+    peer: SocketAddr,
+    records: &mut Vec<Record>,
+    replies: &mut Vec<(Vec<u8>, SocketAddr)>,
+) {
+    match processor.process(data) {
+        Outcome::Notification {
+            notification,
+            reply,
+        } => {
+            let ev = map::to_event(&notification, peer, data, Timestamp::now());
+            records.push(Record::Event(ev));
+            if let Some(r) = reply {
+                replies.push((r, peer));
+            }
+        }
+        Outcome::Report { reply, kind } => {
+            metrics::counter!("weir_agent_snmp_reports_total", "kind" => kind).increment(1);
+            send_reply(sock, &reply, peer);
+        }
+        Outcome::Drop { reason, detail } => count_drop(sink, reason, peer, &detail),
+    }
+}
+
+fn send_reply(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
+    if let Err(e) = sock.try_send_to(reply, peer) {
+        // The sender retries an unanswered Inform; the event is already queued.
+        metrics::counter!("weir_agent_snmp_reply_errors_total").increment(1);
+        weir_common::warn_limited!("snmp_reply", %peer, error = %e, "could not send an SNMP response; the sender will retry");
+    }
+}
+
+async fn run(sock: UdpSocket, mut processor: Processor, sink: Sink, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut records = Vec::with_capacity(BATCH);
+    let mut replies = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = sock.readable() => if let Err(e) = r {
+                weir_common::warn_limited!("snmp_udp_recv", error = %e, "waiting for SNMP datagrams failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            },
+        }
+        let mut received = 0u64;
+        while received < BATCH as u64 {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    received += 1;
+                    handle(
+                        &mut processor,
+                        &sock,
+                        &sink,
+                        &buf[..n],
+                        peer,
+                        &mut records,
+                        &mut replies,
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    weir_common::warn_limited!("snmp_udp_recv", error = %e, "receiving an SNMP datagram failed");
+                    break;
+                }
+            }
+        }
+        if received > 0 {
+            metrics::counter!("weir_agent_received_total", "input" => "snmp").increment(received);
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let batch = std::mem::replace(&mut records, Vec::with_capacity(BATCH));
+        let n = batch.len();
+        let now = Timestamp::now();
+        let ok = if replies.is_empty() {
+            tokio::select! {
+                biased;
+                r = sink.send(batch, now) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            }
+        } else {
+            // Acknowledge Informs only once durable.
+            let ok = tokio::select! {
+                biased;
+                r = sink.send_committed(batch, now) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if ok {
+                for (r, peer) in replies.drain(..) {
+                    send_reply(&sock, &r, peer);
+                }
+            }
+            replies.clear();
+            ok
+        };
+        if !ok {
+            for _ in 0..n {
+                metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
+                    .increment(1);
+                sink.drops.count("shutdown");
+            }
+            break;
+        }
+    }
+    tracing::debug!("SNMP listener stopped");
+}
+
+#[cfg(test)]
+mod corpus_tests;
