@@ -16,6 +16,7 @@
 
 mod framing;
 mod parse;
+mod vendor;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +34,7 @@ use tracing::Instrument as _;
 use weir_common::Record;
 
 pub use framing::{Frame, SyslogFramer};
-pub use parse::parse;
+pub use parse::{Parser, parse};
 
 use crate::config::SyslogConfig;
 use crate::pipeline::Sink;
