@@ -676,7 +676,7 @@ fn parse_cost() {
     })
     .unwrap();
     let now = at("2025-06-01T12:00:00Z");
-    let plain = "<34>Oct 11 22:14:15 mymachine.example.com sshd[4242]: Failed password for invalid user admin from 203.0.113.45 port 52144 ssh2; attempt 3 of 5 within the window, source flagged by policy";
+    let plain = "<34>Oct 11 22:14:15 mymachine.example.com sshd[4242]: Failed password for invalid user admin from 203.0.113.45 port 52144 ssh2; attempt 3 of 5 within the window, source flagged by policy x1234";
     assert!((190..=210).contains(&plain.len()), "{}", plain.len());
     let lines = [
         ("rfc3164 200 B", plain.to_string()),
@@ -689,17 +689,23 @@ fn parse_cost() {
         ("filterlog", "<134>Jan 1 02:21:38 firewall.opnsense.net filterlog[97530]: 146,,,1535324496,igb1.12,match,block,in,4,0x0,,63,12617,0,DF,6,tcp,60,10.170.12.50,175.16.199.1,49724,853,0,S,1891286705,,64240,,mss;sackOK;TS;nop;wscale".to_string()),
     ];
     let peer = peer();
+    // The machine is shared: the best of 7 rounds is the cost without interference.
+    let cost = |p: &Parser, line: &str| -> f64 {
+        let rounds = (0..7).map(|_| {
+            let start = std::time::Instant::now();
+            for _ in 0..5_000 {
+                std::hint::black_box(p.parse(std::hint::black_box(line.as_bytes()), peer, now));
+            }
+            start.elapsed().as_secs_f64() * 1e6 / 5_000.0
+        });
+        rounds.fold(f64::MAX, f64::min)
+    };
+    println!(
+        "parse cost rfc3164 200 B, UTC sender: {:6.2} µs/line",
+        cost(&parser(), plain)
+    );
     for (name, line) in &lines {
-        let iterations = 20_000;
-        // Warm up, then time.
-        for _ in 0..1000 {
-            std::hint::black_box(p.parse(line.as_bytes(), peer, now));
-        }
-        let start = std::time::Instant::now();
-        for _ in 0..iterations {
-            std::hint::black_box(p.parse(std::hint::black_box(line.as_bytes()), peer, now));
-        }
-        let per = start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+        let per = cost(&p, line);
         println!(
             "parse cost {name:>15}: {per:6.2} µs/line ({:.0} lines/s on one core)",
             1e6 / per

@@ -62,10 +62,10 @@ impl Parser {
 
     /// Builds the zone table from `default_timezone` and `[[syslog.timezones]]`. An unknown
     /// zone name or a bad address is a [`ConfigError::Check`] naming the field (its `path` is
-    /// empty: the config loader fills it in).
+    /// `[syslog]`: the config loader puts the file there).
     pub fn new(cfg: &SyslogConfig) -> Result<Parser, ConfigError> {
         let fail = |field: String, message: String| ConfigError::Check {
-            path: PathBuf::new(),
+            path: PathBuf::from("[syslog]"),
             field,
             message,
         };
