@@ -53,6 +53,8 @@ const BATCH: usize = 64;
 pub struct Listeners {
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
+    /// Built from the config here, so a bad time zone fails startup, not the first message.
+    parser: Arc<Parser>,
 }
 
 impl Listeners {
@@ -74,7 +76,8 @@ impl Listeners {
                 .map_err(|e| bind_error("TCP", addr, e))?;
             tcp.push(listener);
         }
-        Ok(Listeners { udp, tcp })
+        let parser = Arc::new(Parser::new(cfg)?);
+        Ok(Listeners { udp, tcp, parser })
     }
 
     /// The bound UDP addresses (port 0 resolved).
@@ -109,8 +112,16 @@ impl Listeners {
             let local = sock.local_addr().ok();
             tracing::info!(addr = ?local, "receiving syslog on UDP");
             let span = tracing::info_span!("syslog_udp", local = ?local);
-            tracker
-                .spawn(run_udp(sock, max_message, sink.clone(), shutdown.clone()).instrument(span));
+            tracker.spawn(
+                run_udp(
+                    sock,
+                    max_message,
+                    self.parser.clone(),
+                    sink.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            );
         }
         let settings = TcpSettings {
             max_message,
@@ -120,6 +131,7 @@ impl Listeners {
             limit: Arc::new(Semaphore::new(
                 cfg.tcp_max_connections.clamp(1, Semaphore::MAX_PERMITS),
             )),
+            parser: self.parser.clone(),
         };
         for listener in self.tcp {
             let local = listener.local_addr().ok();
@@ -181,9 +193,15 @@ fn grow_receive_buffer(sock: &UdpSocket, addr: SocketAddr) {
 }
 
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
-fn encode(bytes: &[u8], truncated: bool, peer: IpAddr, input: &'static str) -> Encoded {
+fn encode(
+    parser: &Parser,
+    bytes: &[u8],
+    truncated: bool,
+    peer: IpAddr,
+    input: &'static str,
+) -> Encoded {
     let received_at = Timestamp::now();
-    let mut ev = parse(bytes, peer, received_at);
+    let mut ev = parser.parse(bytes, peer, received_at);
     if truncated {
         ev.tags.insert("weir_truncated".into(), "true".into());
         metrics::counter!("weir_agent_truncated_total", "input" => input).increment(1);
@@ -208,7 +226,13 @@ async fn submit(sink: &Sink, batch: Vec<Encoded>, shutdown: &CancellationToken) 
     sent
 }
 
-async fn run_udp(sock: UdpSocket, max_message: usize, sink: Sink, shutdown: CancellationToken) {
+async fn run_udp(
+    sock: UdpSocket,
+    max_message: usize,
+    parser: Arc<Parser>,
+    sink: Sink,
+    shutdown: CancellationToken,
+) {
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let first = tokio::select! {
@@ -217,7 +241,9 @@ async fn run_udp(sock: UdpSocket, max_message: usize, sink: Sink, shutdown: Canc
         };
         let mut batch = Vec::new();
         match first {
-            Ok((n, peer)) => take_datagram(&buf[..n], peer, max_message, &sink, &mut batch),
+            Ok((n, peer)) => {
+                take_datagram(&parser, &buf[..n], peer, max_message, &sink, &mut batch)
+            }
             Err(e) => {
                 weir_common::warn_limited!("syslog_udp_recv", error = %e, "receiving a syslog datagram failed");
                 // Do not spin on a persistent error.
@@ -228,7 +254,9 @@ async fn run_udp(sock: UdpSocket, max_message: usize, sink: Sink, shutdown: Canc
         // Whatever else is already waiting goes into the same submission.
         for _ in 1..BATCH {
             match sock.try_recv_from(&mut buf) {
-                Ok((n, peer)) => take_datagram(&buf[..n], peer, max_message, &sink, &mut batch),
+                Ok((n, peer)) => {
+                    take_datagram(&parser, &buf[..n], peer, max_message, &sink, &mut batch)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     weir_common::warn_limited!("syslog_udp_recv", error = %e, "receiving a syslog datagram failed");
@@ -249,6 +277,7 @@ async fn run_udp(sock: UdpSocket, max_message: usize, sink: Sink, shutdown: Canc
 }
 
 fn take_datagram(
+    parser: &Parser,
     data: &[u8],
     peer: SocketAddr,
     max_message: usize,
@@ -262,6 +291,7 @@ fn take_datagram(
     let truncated = data.len() > max_message;
     let data = &data[..data.len().min(max_message)];
     batch.push(encode(
+        parser,
         data,
         truncated,
         peer.ip().to_canonical(),
@@ -278,6 +308,7 @@ struct TcpSettings {
     max_connections: usize,
     /// Permits for open connections, shared by all TCP listeners.
     limit: Arc<Semaphore>,
+    parser: Arc<Parser>,
 }
 
 async fn run_tcp(
@@ -384,12 +415,24 @@ async fn run_connection(
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let mut batch = vec![encode(&first.bytes, first.truncated, ip, "syslog_tcp")];
+        let mut batch = vec![encode(
+            &settings.parser,
+            &first.bytes,
+            first.truncated,
+            ip,
+            "syslog_tcp",
+        )];
         // Frames already buffered (or readable without waiting) go into the same submission.
         let mut ended = None;
         while batch.len() < BATCH {
             match frames.next().now_or_never() {
-                Some(Some(Ok(f))) => batch.push(encode(&f.bytes, f.truncated, ip, "syslog_tcp")),
+                Some(Some(Ok(f))) => batch.push(encode(
+                    &settings.parser,
+                    &f.bytes,
+                    f.truncated,
+                    ip,
+                    "syslog_tcp",
+                )),
                 Some(Some(Err(e))) => {
                     read_failed(&e);
                     ended = Some("read error");
