@@ -187,7 +187,7 @@ fn from_message(
     let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
     let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
     let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
-    let message = strip_bom(msg.msg);
+    let mut message = strip_bom(msg.msg);
     let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
     // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
     // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
@@ -195,6 +195,13 @@ fn from_message(
         (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
         _ => message,
     };
+    // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call the
+    // first word the tag, but syslog_loose also drops it from the message. Keep it there.
+    if let (false, Some(app)) = (rfc5424, msg.appname)
+        && !body[app.len().min(body.len())..].starts_with([':', '['])
+    {
+        message = body;
+    }
     let from_host = match (rfc5424, msg.hostname) {
         (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
         _ => body,

@@ -348,7 +348,7 @@ proptest! {
     }
 
     #[test]
-    fn syslog_looking_text_never_panics(s in "<[0-9]{0,4}>?[0-9]? ?[A-Za-z0-9 :.*\\[\\]=\"@-]{0,120}") {
+    fn syslog_looking_text_never_panics(s in "<[0-9]{0,4}>?[0-9]? ?[A-Za-z0-9 :.*\\[\\]=\"@,%/<>_-]{0,120}") {
         let _ = UTC_PARSER.parse_unguarded(s.as_bytes(), peer(), at("2025-06-01T12:00:00Z"));
     }
 
@@ -361,4 +361,26 @@ proptest! {
         prop_assert_eq!(ev.raw_payload.as_deref(), Some(&line[..cut]));
         prop_assert!(ev.event_time <= now.checked_add(MAX_FUTURE).unwrap());
     }
+}
+
+#[test]
+fn a_tag_without_a_colon_stays_in_the_message() {
+    let ev = parse(
+        b"<13>Feb  5 17:32:18 10.0.0.99 Use the BFG!",
+        peer(),
+        at("2025-06-01T12:00:00Z"),
+    );
+    assert_eq!(ev.hostname, "10.0.0.99");
+    assert_eq!(ev.message, "Use the BFG!");
+    assert_eq!(ev.tags["appname"], "Use");
+    // With a colon the tag is split off as usual.
+    let ev = parse(
+        b"<13>Feb  5 17:32:18 h app: x",
+        peer(),
+        at("2025-06-01T12:00:00Z"),
+    );
+    assert_eq!(
+        (ev.message.as_str(), ev.tags["appname"].as_str()),
+        ("x", "app")
+    );
 }

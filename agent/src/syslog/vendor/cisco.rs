@@ -24,8 +24,8 @@ use crate::syslog::parse::civil;
 const MAX_PIECES: usize = 8;
 
 pub(super) fn parse(h: &Header<'_>) -> Option<VendorFields> {
-    // Cheap first: a Cisco line has a `%` mnemonic, the XML form, or a header starting with a
-    // digit, colon, `*`, `.` or a month. memchr-backed searches, no allocation.
+    // Cheap first: a Cisco line has a `%` mnemonic, or a header starting with a digit, colon,
+    // `*` or `.` (the XML form comes after a sequence number). No allocation.
     // `Apr 30 15:10:58: %DOT1X-5-FAIL: ...`: RFC 3164 parsers take the mnemonic for the host.
     let mnemonic_as_host = h.hostname.is_some_and(|n| n.starts_with('%'));
     let body = if mnemonic_as_host {
@@ -34,12 +34,11 @@ pub(super) fn parse(h: &Header<'_>) -> Option<VendorFields> {
         h.body
     };
     let has_percent = body.contains('%');
-    let has_xml = !has_percent && body.contains("<ios-log-msg>");
     let first = body.as_bytes().first().copied().unwrap_or(b' ');
-    if !has_percent && !has_xml && !matches!(first, b'0'..=b'9' | b':' | b'*' | b'.') {
+    if !has_percent && !matches!(first, b'0'..=b'9' | b':' | b'*' | b'.') {
         return None;
     }
-    let mut head = header(body, h.text.len() != body.len() || h.hostname.is_some())?;
+    let mut head = header(body, h.text.len() != body.len() || h.hostname.is_some());
     let mut mnemonic = head.rest.strip_prefix('%').and_then(mnemonic);
     if mnemonic.is_none() && has_percent {
         // Behind a header nobody could parse (relays that prepend their own): the first
@@ -132,7 +131,7 @@ struct Head<'a> {
 
 /// Walks the colon-terminated pieces. `had_header`: a relay's syslog header came first, so a
 /// bare word is not the device name.
-fn header(body: &str, had_header: bool) -> Option<Head<'_>> {
+fn header(body: &str, had_header: bool) -> Head<'_> {
     let mut head = Head {
         rest: body,
         ..Head::default()
@@ -192,7 +191,7 @@ fn header(body: &str, had_header: bool) -> Option<Head<'_>> {
         head.rest = rest.trim_start_matches(' ');
     }
     head.rest = rest.trim_start_matches(' ');
-    Some(head)
+    head
 }
 
 /// Where the first `%FAC-SEV-MNEMONIC:` that starts a word is (looks at most 8 `%`s).

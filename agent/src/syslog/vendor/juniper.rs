@@ -48,7 +48,8 @@ fn embedded(message: &str) -> Option<VendorFields> {
     let mut params = &message[open..];
     params = &params[params.find(' ').unwrap_or(params.len())..];
     // key="value" pairs up to the closing `]`; `\"`, `\]` and `\\` are escapes.
-    while let Some(eq) = params.find("=\"") {
+    // At most 64 parameters: JunOS sends fewer than 40.
+    while let Some(eq) = params.find("=\"").filter(|_| v.fields.len() < 64) {
         let key = params[..eq].trim_start();
         if key.is_empty() || key.contains([' ', ']']) {
             break;

@@ -127,12 +127,20 @@ fn machine_tag(parts: &[&str]) -> String {
     tag
 }
 
+/// Most CSV columns split off one line; the rest stays in the last one. No vendor names a
+/// column beyond this, and it bounds the work a line of commas can cause.
+const MAX_COLUMNS: usize = 128;
+
 /// Splits one CSV record: `"`-quoted fields may hold commas, `""` is a quote; an unterminated
-/// quote runs to the end. Allocates only for fields with doubled quotes.
+/// quote runs to the end. Quoted fields are copied, the rest borrowed.
 fn csv_fields(line: &str) -> Vec<Cow<'_, str>> {
     let mut out = Vec::with_capacity(64);
     let mut rest = line;
     loop {
+        if out.len() == MAX_COLUMNS - 1 {
+            out.push(Cow::Borrowed(rest));
+            return out;
+        }
         if let Some(quoted) = rest.strip_prefix('"') {
             let mut value = String::new();
             let mut i = 0;
@@ -204,6 +212,10 @@ mod tests {
         assert_eq!(f, ["a", "unterminated, still"]);
         assert_eq!(csv_fields(""), [""]);
         assert_eq!(csv_fields("a,"), ["a", ""]);
+        let many = ",".repeat(10_000);
+        let f = csv_fields(&many);
+        assert_eq!(f.len(), MAX_COLUMNS);
+        assert_eq!(f[MAX_COLUMNS - 1].len(), 10_000 - (MAX_COLUMNS - 1));
     }
 
     #[test]
