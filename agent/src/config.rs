@@ -140,6 +140,23 @@ pub struct SyslogConfig {
     /// A TCP connection with no data for this long is closed.
     #[serde(default = "d_tcp_idle")]
     pub tcp_idle_timeout: HumanDuration,
+    /// Zone of device timestamps that carry none (RFC 3164, Cisco without a zone word) from
+    /// senders no `[[syslog.timezones]]` entry matches: an IANA name (`Europe/Berlin`) or `UTC`.
+    #[serde(default = "d_timezone")]
+    pub default_timezone: String,
+    /// Per-sender zones for zone-less timestamps; the most specific matching source wins.
+    #[serde(default)]
+    pub timezones: Vec<TimezoneRule>,
+}
+
+/// The zone of the devices at some sender addresses (`[[syslog.timezones]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimezoneRule {
+    /// Sender addresses or networks, e.g. `["10.1.0.0/16", "192.0.2.7"]`.
+    pub sources: Vec<String>,
+    /// IANA zone name of those devices' clocks, e.g. `Europe/Berlin`.
+    pub tz: String,
 }
 
 /// The agent's local HTTP server: `/metrics`, `/healthz`, and JSON event ingest.
@@ -212,6 +229,9 @@ fn d_tcp_conns() -> usize {
 fn d_tcp_idle() -> HumanDuration {
     HumanDuration::secs(600)
 }
+fn d_timezone() -> String {
+    "UTC".into()
+}
 fn d_body() -> ByteSize {
     ByteSize(8 << 20)
 }
@@ -241,6 +261,8 @@ impl Default for SyslogConfig {
             max_message_bytes: d_max_msg(),
             tcp_max_connections: d_tcp_conns(),
             tcp_idle_timeout: d_tcp_idle(),
+            default_timezone: d_timezone(),
+            timezones: Vec::new(),
         }
     }
 }
@@ -389,6 +411,10 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     c.snmp
         .check()
         .map_err(|(field, message)| fail(&field, message))?;
+    // Zone names and source networks: the parser is built from them, so build one now.
+    if let Err(ConfigError::Check { field, message, .. }) = crate::syslog::Parser::new(&c.syslog) {
+        return Err(fail(&field, message));
+    }
     let mut seen = std::collections::HashSet::new();
     for a in &c.syslog.udp {
         if !seen.insert(("udp", *a)) {
@@ -522,6 +548,15 @@ max_message_bytes = "64KiB"
 # Connection limit (TCP and TLS together; more wait in the backlog) and idle timeout.
 tcp_max_connections = 1000
 tcp_idle_timeout = "10m"
+# Zone of device timestamps that carry none (RFC 3164 "Oct 11 22:14:15", Cisco without a
+# zone word): an IANA name such as "Europe/Berlin", or "UTC". Timestamps with an offset keep it.
+default_timezone = "UTC"
+# Per-sender zones (the most specific matching network wins); one block per zone.
+# [[syslog.timezones]]
+# # Sender addresses or networks (CIDR) whose devices' clocks are in this zone.
+# sources = ["10.1.0.0/16", "192.0.2.7"]
+# # Their IANA zone name.
+# tz = "Europe/Berlin"
 
 [http]
 # Local HTTP: GET /metrics, GET /healthz, POST /api/v1/events (JSON, needs the API key).
@@ -722,6 +757,42 @@ mod tests {
             let e = load(&p).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn syslog_timezones_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = example("data", "127.0.0.1:4433", "tls", 5514, 8084);
+        let with = |extra: &str| format!("{base}\n[[syslog.timezones]]\n{extra}\n");
+        std::fs::write(
+            &p,
+            with("sources = [\"10.1.0.0/16\"]\ntz = \"Europe/Berlin\""),
+        )
+        .unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.syslog.timezones[0].tz, "Europe/Berlin");
+        assert_eq!(c.syslog.default_timezone, "UTC");
+
+        std::fs::write(
+            &p,
+            with("sources = [\"10.1.0.0/16\"]\ntz = \"Europe/Berln\""),
+        )
+        .unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("agent.toml")
+                && e.contains("syslog.timezones[0].tz")
+                && e.contains("Europe/Berln"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            base.replace("default_timezone = \"UTC\"", "default_timezone = \"CEST\""),
+        )
+        .unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("syslog.default_timezone"), "{e}");
     }
 
     #[test]

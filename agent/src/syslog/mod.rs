@@ -23,6 +23,7 @@ mod stream;
 mod tests;
 pub mod tls;
 mod udp;
+mod vendor;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +39,7 @@ use tracing::Instrument as _;
 use weir_common::Record;
 
 pub use framing::{Frame, SyslogFramer};
-pub use parse::parse;
+pub use parse::{Parser, parse};
 
 use crate::config::SyslogConfig;
 use crate::pipeline::Sink;
@@ -53,6 +54,8 @@ pub struct Listeners {
     tls: Vec<TcpListener>,
     /// Built when TLS addresses are configured (certificate problems fail [`Listeners::bind`]).
     tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// Built from the config here, so a bad time zone fails startup, not the first message.
+    parser: Arc<Parser>,
 }
 
 impl Listeners {
@@ -92,11 +95,13 @@ impl Listeners {
                 );
             }
         }
+        let parser = Arc::new(Parser::new(cfg)?);
         Ok(Listeners {
             udp,
             tcp,
             tls,
             tls_config,
+            parser,
         })
     }
 
@@ -144,7 +149,14 @@ impl Listeners {
             tracing::info!(addr = ?local, "receiving syslog on UDP");
             let span = tracing::info_span!("syslog_udp", local = ?local);
             tracker.spawn(
-                udp::run(sock, max_message, sink.clone(), shutdown.clone()).instrument(span),
+                udp::run(
+                    sock,
+                    max_message,
+                    self.parser.clone(),
+                    sink.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(span),
             );
         }
         let settings = StreamSettings {
@@ -154,6 +166,7 @@ impl Listeners {
             limit: Arc::new(Semaphore::new(
                 cfg.tcp_max_connections.clamp(1, Semaphore::MAX_PERMITS),
             )),
+            parser: self.parser.clone(),
         };
         for listener in self.tcp {
             let local = listener.local_addr().ok();
@@ -214,6 +227,7 @@ fn bind_error(proto: &str, addr: SocketAddr, err: io::Error) -> anyhow::Error {
 
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
 fn encode(
+    parser: &Parser,
     sink: &Sink,
     bytes: &[u8],
     truncated: bool,
@@ -221,7 +235,7 @@ fn encode(
     input: &'static str,
     received_at: Timestamp,
 ) -> Encoded {
-    let mut ev = parse(bytes, peer, received_at);
+    let mut ev = parser.parse(bytes, peer, received_at);
     if truncated {
         ev.tags.insert("weir_truncated".into(), "true".into());
         metrics::counter!("weir_agent_truncated_total", "input" => input).increment(1);

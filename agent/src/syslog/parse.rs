@@ -2,68 +2,360 @@
 //!
 //! RFC 5424 and RFC 3164 headers are parsed by `syslog_loose`. When neither fits (Cisco IOS
 //! sequence-numbered lines, bare text), the PRI is still taken when there is one and the rest
-//! becomes the message. The original bytes are always kept in `raw_payload`, also when they are
-//! not UTF-8 (the message is then a lossy copy).
+//! becomes the message. Then the vendor parser chain ([`super::vendor`]) may claim the line and
+//! add a tag, a severity and fields. The original bytes are always kept in `raw_payload`, also
+//! when they are not UTF-8 (the message is then a lossy copy, tagged `weir_non_utf8=true`).
 //!
-//! Time: a header timestamp becomes `event_time`, unless it lies more than a day after the
-//! receive time (a device with a wrong clock); then the receive time is used. RFC 3164 dates
-//! carry no year: it is the receive year, or the previous one if that would put the date more
-//! than a day in the future (a December message received in January). They carry no zone
-//! either: UTC is assumed for now; per-source time zones come later.
+//! Severity comes from the PRI (seed 002's table); a line without one is `user.notice` and
+//! tagged `weir_no_pri=true`. Hostname: the header's, else the vendor's, else the sender address.
+//!
+//! Time: a device timestamp becomes `event_time`, unless it lies more than a day after the
+//! receive time (a device with a wrong clock); then the receive time is used. Timestamps
+//! without a zone (RFC 3164, most Cisco lines) are read in the sender's zone: the most specific
+//! `[[syslog.timezones]]` entry matching its address, else `default_timezone`. Dates without a
+//! year take the receive year in that zone, or the previous one if that would put the date
+//! more than a day in the future (a December message received in January).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use jiff::civil::DateTime;
-use jiff::tz::TimeZone;
+use jiff::tz::{TimeZone, TimeZoneDatabase};
 use jiff::{SignedDuration, Timestamp};
-use syslog_loose::{IncompleteDate, Message, Variant};
+use syslog_loose::{IncompleteDate, Message, Protocol, SyslogFacility, SyslogSeverity, Variant};
+use weir_common::config::ConfigError;
 use weir_common::{Event, InputKind, Severity};
 
-/// How far ahead of the receive time a device's timestamp may be before it is not believed.
-const MAX_FUTURE: SignedDuration = SignedDuration::from_secs(24 * 3600);
+use super::vendor::{self, Header};
+use crate::config::SyslogConfig;
 
-/// Parses one syslog message (RFC 5424, RFC 3164, or anything else) into an event. Never fails:
-/// unparseable input becomes an event whose message is the text and whose host is the sender.
+/// How far ahead of the receive time a device's timestamp may be before it is not believed.
+pub(crate) const MAX_FUTURE: SignedDuration = SignedDuration::from_secs(24 * 3600);
+
+/// Turns syslog bytes into events, reading zone-less timestamps in each sender's zone.
+/// Built once from the config ([`Parser::new`]); parsing takes `&self` and never fails.
+#[derive(Debug, Clone)]
+pub struct Parser {
+    /// Zone for senders no rule matches.
+    default_tz: TimeZone,
+    /// Per-sender zones, longest prefix first, so the first match is the most specific.
+    zones: Vec<(Cidr, TimeZone)>,
+}
+
+static UTC_PARSER: LazyLock<Parser> = LazyLock::new(Parser::utc);
+
+/// Parses with UTC for zone-less timestamps; see [`Parser::parse`].
 pub fn parse(bytes: &[u8], peer: IpAddr, received_at: Timestamp) -> Event {
-    // The parser is third-party code fed by anyone who can reach the port: a panic in it must
-    // cost one message, not the listener task.
-    match std::panic::catch_unwind(|| parse_unguarded(bytes, peer, received_at)) {
-        Ok(ev) => ev,
-        Err(_) => {
-            weir_common::warn_limited!(
-                "syslog_parse_panic",
-                %peer,
-                "the syslog parser panicked on a message; kept it unparsed (tag weir_parse_failed=true)"
-            );
-            let mut ev = base_event(
-                peer,
-                peer.to_string(),
-                Severity::Info,
-                String::from_utf8_lossy(bytes).into_owned(),
-                received_at,
-            );
-            ev.tags.insert("weir_parse_failed".into(), "true".into());
-            ev.raw_payload = Some(bytes.to_vec());
-            ev
+    UTC_PARSER.parse(bytes, peer, received_at)
+}
+
+impl Parser {
+    /// A parser that reads zone-less timestamps as UTC.
+    pub fn utc() -> Parser {
+        Parser {
+            default_tz: TimeZone::UTC,
+            zones: Vec::new(),
         }
+    }
+
+    /// Builds the zone table from `default_timezone` and `[[syslog.timezones]]`. An unknown
+    /// zone name or a bad address is a [`ConfigError::Check`] naming the field (its `path` is
+    /// `[syslog]`: the config loader puts the file there).
+    pub fn new(cfg: &SyslogConfig) -> Result<Parser, ConfigError> {
+        let fail = |field: String, message: String| ConfigError::Check {
+            path: PathBuf::from("[syslog]"),
+            field,
+            message,
+        };
+        let default_tz =
+            zone(&cfg.default_timezone).map_err(|m| fail("syslog.default_timezone".into(), m))?;
+        let mut zones = Vec::new();
+        for (i, rule) in cfg.timezones.iter().enumerate() {
+            let tz = zone(&rule.tz).map_err(|m| fail(format!("syslog.timezones[{i}].tz"), m))?;
+            if rule.sources.is_empty() {
+                return Err(fail(
+                    format!("syslog.timezones[{i}].sources"),
+                    "list at least one address or network, e.g. [\"10.1.0.0/16\"]".into(),
+                ));
+            }
+            for s in &rule.sources {
+                let net = Cidr::parse(s).ok_or_else(|| {
+                    fail(
+                        format!("syslog.timezones[{i}].sources"),
+                        format!("{s:?} is not an IP address or network (e.g. \"10.1.0.0/16\")"),
+                    )
+                })?;
+                zones.push((net, tz.clone()));
+            }
+        }
+        // Stable: for equal prefixes the earlier rule wins.
+        zones.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_bits()));
+        Ok(Parser { default_tz, zones })
+    }
+
+    /// The zone for zone-less timestamps from `peer`.
+    pub fn zone_for(&self, peer: IpAddr) -> &TimeZone {
+        self.zones
+            .iter()
+            .find(|(net, _)| net.contains(peer))
+            .map_or(&self.default_tz, |(_, tz)| tz)
+    }
+
+    /// Parses one syslog message (RFC 5424, RFC 3164, vendor formats, or anything else) into an
+    /// event. Never fails: unparseable input becomes an event whose message is the text and
+    /// whose host is the sender.
+    pub fn parse(&self, bytes: &[u8], peer: IpAddr, received_at: Timestamp) -> Event {
+        // The parsers are fed by anyone who can reach the port: a panic in one must cost one
+        // message, not the listener task. The parser is immutable, so unwinding cannot leave
+        // it half-updated.
+        let guarded =
+            std::panic::AssertUnwindSafe(|| self.parse_unguarded(bytes, peer, received_at));
+        match std::panic::catch_unwind(guarded) {
+            Ok(ev) => ev,
+            Err(_) => {
+                metrics::counter!("weir_agent_syslog_parse_panics_total").increment(1);
+                weir_common::warn_limited!(
+                    "syslog_parse_panic",
+                    %peer,
+                    "the syslog parser panicked on a message; kept it unparsed \
+                     (tag weir_parse_failed=true); please report the raw_payload as a bug"
+                );
+                let mut ev = base_event(
+                    peer,
+                    peer.to_string(),
+                    Severity::Info,
+                    String::from_utf8_lossy(bytes).into_owned(),
+                    received_at,
+                );
+                ev.tags.insert("weir_parse_failed".into(), "true".into());
+                ev.raw_payload = Some(bytes.to_vec());
+                ev
+            }
+        }
+    }
+
+    /// [`Parser::parse`] without the panic guard, so the property tests see panics.
+    pub(crate) fn parse_unguarded(
+        &self,
+        bytes: &[u8],
+        peer: IpAddr,
+        received_at: Timestamp,
+    ) -> Event {
+        let text = String::from_utf8_lossy(bytes);
+        let lossy = matches!(text, Cow::Owned(_));
+        let tz = self.zone_for(peer);
+        // Trailing NULs (logger, some appliances) and line ends are framing, not message.
+        let line = strip_bom(text.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
+        let (pri, after_pri) = split_pri(line);
+        let after_pri = strip_bom(after_pri);
+        // `123: ` or `: ` after the PRI is a Cisco sequence header, which no RFC fits and
+        // syslog_loose would only reject after trying both (its issue #10).
+        let parsed = if cisco_shaped(after_pri) {
+            None
+        } else {
+            let get_year = move |d: IncompleteDate| year_for(d, received_at, tz);
+            syslog_loose::parse_message_with_year_exact_tz(
+                line,
+                get_year,
+                Some(chrono::Utc),
+                Variant::Either,
+            )
+            .ok()
+        };
+        let mut ev = match parsed {
+            Some(msg) => from_message(&msg, line, after_pri, peer, tz, received_at),
+            None => from_unparsed(pri, after_pri, peer, tz, received_at),
+        };
+        if lossy {
+            ev.tags.insert("weir_non_utf8".into(), "true".into());
+        }
+        ev.raw_payload = Some(bytes.to_vec());
+        ev
     }
 }
 
-/// [`parse`] without the panic guard, so the property tests see panics.
-fn parse_unguarded(bytes: &[u8], peer: IpAddr, received_at: Timestamp) -> Event {
-    let text = String::from_utf8_lossy(bytes);
-    let get_year = move |date: IncompleteDate| year_for(date, received_at);
-    let mut ev = match syslog_loose::parse_message_with_year_exact_tz(
-        &text,
-        get_year,
-        Some(chrono::Utc),
-        Variant::Either,
-    ) {
-        Ok(msg) => from_message(msg, peer, received_at),
-        Err(_) => from_unparsed(&text, peer, received_at),
+fn from_message(
+    msg: &Message<&str>,
+    line: &str,
+    after_pri: &str,
+    peer: IpAddr,
+    tz: &TimeZone,
+    received_at: Timestamp,
+) -> Event {
+    let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
+    let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
+    let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
+    let mut message = strip_bom(msg.msg);
+    let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
+    // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
+    // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
+    let body = match (rfc5424, msg.appname) {
+        (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
+        _ => message,
     };
-    ev.raw_payload = Some(bytes.to_vec());
+    // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call the
+    // first word the tag, but syslog_loose also drops it from the message. Keep it there.
+    if let (false, Some(app)) = (rfc5424, msg.appname)
+        && !body[app.len().min(body.len())..].starts_with([':', '['])
+    {
+        message = body;
+    }
+    let from_host = match (rfc5424, msg.hostname) {
+        (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
+        _ => body,
+    };
+    let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
+    let mut ev = base_event(
+        peer,
+        hostname.map_or_else(|| peer.to_string(), str::to_string),
+        severity.unwrap_or(Severity::Info),
+        message.to_string(),
+        received_at,
+    );
+    match (msg.facility, msg.severity) {
+        (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
+        _ => no_pri(&mut ev),
+    }
+    if let Some(v) = appname {
+        ev.tags.insert("appname".into(), v.into());
+    }
+    if let Some(v) = msgid {
+        ev.tags.insert("msgid".into(), v.into());
+    }
+    if let Some(p) = &msg.procid {
+        ev.tags.insert("procid".into(), p.to_string());
+    }
+    for element in &msg.structured_data {
+        for (name, value) in element.params() {
+            ev.tags.insert(format!("sd.{}.{}", element.id, name), value);
+        }
+    }
+    if let Some(t) = msg.timestamp {
+        // syslog_loose read zone-less times as UTC wall-clock time; RFC 3339 ones (which
+        // start with a digit) carry their own offset.
+        let zoneless = !rfc5424
+            && !after_pri
+                .trim_start()
+                .starts_with(|c: char| c.is_ascii_digit());
+        let at = if zoneless {
+            let n = t.naive_utc();
+            use chrono::{Datelike as _, Timelike as _};
+            civil(
+                Some(n.year()),
+                n.month(),
+                n.day(),
+                (n.hour(), n.minute(), n.second()),
+                n.nanosecond(),
+                tz,
+                received_at,
+            )
+        } else {
+            Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
+        };
+        ev.event_time = believable(at, received_at);
+    }
+    let header = Header {
+        text: after_pri,
+        body,
+        from_host,
+        message,
+        hostname,
+        appname,
+        msgid,
+        structured_data: &msg.structured_data,
+        rfc5424,
+        has_timestamp: msg.timestamp.is_some(),
+        tz,
+        received_at,
+    };
+    apply_vendor(&mut ev, &header, hostname.is_some());
     ev
+}
+
+/// Neither RFC fits: the PRI (if any) was split off, the rest is the message.
+fn from_unparsed(
+    pri: Option<u8>,
+    after_pri: &str,
+    peer: IpAddr,
+    tz: &TimeZone,
+    received_at: Timestamp,
+) -> Event {
+    let text = after_pri.trim_start();
+    let (facility, severity) = match pri {
+        Some(p) => syslog_loose::decompose_pri(p),
+        None => (None, None),
+    };
+    let severity_raw = severity;
+    let severity = severity.map(|s| Severity::from_syslog(s as u8));
+    let mut ev = base_event(
+        peer,
+        peer.to_string(),
+        severity.unwrap_or(Severity::Info),
+        text.to_string(),
+        received_at,
+    );
+    match (facility, severity_raw) {
+        (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
+        _ => no_pri(&mut ev),
+    }
+    let header = Header {
+        text,
+        body: text,
+        from_host: text,
+        message: text,
+        hostname: None,
+        appname: None,
+        msgid: None,
+        structured_data: &[],
+        rfc5424: false,
+        has_timestamp: false,
+        tz,
+        received_at,
+    };
+    apply_vendor(&mut ev, &header, false);
+    ev
+}
+
+/// Runs the vendor chain and merges what the first claiming parser found.
+fn apply_vendor(ev: &mut Event, header: &Header<'_>, header_has_host: bool) {
+    let Some(v) = vendor::classify(header) else {
+        return;
+    };
+    ev.tags.insert("vendor".into(), v.vendor.into());
+    if let Some(tag) = v.tag {
+        ev.tag = Some(tag);
+    }
+    if let Some(s) = v.severity {
+        ev.severity = s;
+    }
+    match v.hostname {
+        Some(h) if !header_has_host || v.replace_hostname => ev.hostname = h,
+        None if v.replace_hostname => ev.hostname = ev.peer.clone().unwrap_or_default(),
+        _ => {}
+    }
+    if let Some(t) = v.event_time {
+        ev.event_time = believable(Some(t), ev.received_at);
+    }
+    if let Some(m) = v.message {
+        ev.message = m;
+    }
+    ev.tags.extend(v.fields);
+}
+
+/// The PRI's two halves as tags (`facility=local7`, `syslog_severity=notice`): the five-level
+/// severity cannot tell notice from info.
+fn pri_tags(ev: &mut Event, facility: SyslogFacility, severity: SyslogSeverity) {
+    ev.tags.insert("facility".into(), facility.as_str().into());
+    ev.tags
+        .insert("syslog_severity".into(), severity.as_str().into());
+}
+
+/// No PRI: RFC 3164's default `user.notice`, flagged.
+fn no_pri(ev: &mut Event) {
+    pri_tags(ev, SyslogFacility::LOG_USER, SyslogSeverity::SEV_NOTICE);
+    ev.tags.insert("weir_no_pri".into(), "true".into());
 }
 
 fn base_event(
@@ -85,67 +377,16 @@ fn base_event(
     ev
 }
 
-fn from_message(msg: Message<&str>, peer: IpAddr, received_at: Timestamp) -> Event {
-    let hostname = msg
-        .hostname
-        .filter(|h| !h.is_empty() && *h != "-")
-        .map_or_else(|| peer.to_string(), str::to_string);
-    let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
-    let mut ev = base_event(
-        peer,
-        hostname,
-        severity.unwrap_or(Severity::Info),
-        strip_bom(msg.msg).to_string(),
-        received_at,
-    );
-    if severity.is_none() {
-        ev.tags.insert("weir_no_pri".into(), "true".into());
-    }
-    if let Some(f) = msg.facility {
-        ev.tags.insert("facility".into(), f.as_str().into());
-    }
-    for (key, value) in [("appname", msg.appname), ("msgid", msg.msgid)] {
-        if let Some(v) = value.filter(|v| !v.is_empty() && *v != "-") {
-            ev.tags.insert(key.into(), v.into());
-        }
-    }
-    if let Some(p) = msg.procid {
-        ev.tags.insert("procid".into(), p.to_string());
-    }
-    for element in &msg.structured_data {
-        for (name, value) in element.params() {
-            ev.tags.insert(format!("sd.{}.{}", element.id, name), value);
-        }
-    }
-    if let Some(t) = msg.timestamp {
-        ev.event_time = believable_time(t.timestamp(), t.timestamp_subsec_nanos(), received_at);
-    }
-    ev
+/// Cisco's `<PRI>123: ...` or `<PRI>: ...`: a sequence number or an empty field, then a colon.
+fn cisco_shaped(after_pri: &str) -> bool {
+    let digits = after_pri.bytes().take_while(u8::is_ascii_digit).count();
+    after_pri.as_bytes().get(digits) == Some(&b':')
 }
 
-/// Neither RFC fits: keep a valid PRI if the text starts with one, the rest is the message.
-fn from_unparsed(text: &str, peer: IpAddr, received_at: Timestamp) -> Event {
-    let text = strip_bom(text.trim());
-    let (pri, rest) = split_pri(text);
-    let (facility, severity) = match pri {
-        Some(p) => syslog_loose::decompose_pri(p),
-        None => (None, None),
-    };
-    let severity = severity.map(|s| Severity::from_syslog(s as u8));
-    let mut ev = base_event(
-        peer,
-        peer.to_string(),
-        severity.unwrap_or(Severity::Info),
-        rest.trim_start().to_string(),
-        received_at,
-    );
-    if severity.is_none() {
-        ev.tags.insert("weir_no_pri".into(), "true".into());
-    }
-    if let Some(f) = facility {
-        ev.tags.insert("facility".into(), f.as_str().into());
-    }
-    ev
+/// Where `part` (a slice of `whole`) starts in `whole`.
+fn offset_in(whole: &str, part: &str) -> Option<usize> {
+    let at = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (at + part.len() <= whole.len() && whole.is_char_boundary(at)).then_some(at)
 }
 
 /// `<PRI>` at the start of `text` (1 to 3 digits, at most 191), and what follows it.
@@ -167,211 +408,136 @@ fn strip_bom(s: &str) -> &str {
     s.strip_prefix('\u{feff}').unwrap_or(s)
 }
 
-/// The device's time, unless it is out of range or more than [`MAX_FUTURE`] ahead.
-fn believable_time(secs: i64, nanos: u32, received_at: Timestamp) -> Timestamp {
+/// The device's time, unless it is missing, out of range or more than [`MAX_FUTURE`] ahead.
+pub(crate) fn believable(t: Option<Timestamp>, received_at: Timestamp) -> Timestamp {
     let latest = received_at
         .checked_add(MAX_FUTURE)
         .unwrap_or(Timestamp::MAX);
-    match i32::try_from(nanos)
-        .ok()
-        .and_then(|n| Timestamp::new(secs, n).ok())
-    {
+    match t {
         Some(t) if t <= latest => t,
         _ => received_at,
     }
 }
 
-/// The year for a year-less RFC 3164 date (taken as UTC): the receive year, or the one before
-/// if the date would otherwise be more than a day in the future.
-fn year_for((month, day, hour, minute, second): IncompleteDate, received_at: Timestamp) -> i32 {
-    let year = received_at.to_zoned(TimeZone::UTC).year();
-    let in_year = |y: i16| -> Option<Timestamp> {
+/// A wall-clock time in `tz` as an instant. Without a year: the receive year in `tz`, or the
+/// one before if the date would otherwise be more than a day in the future. `None` for
+/// impossible dates (Feb 30) and out-of-range values.
+pub(crate) fn civil(
+    year: Option<i32>,
+    month: u32,
+    day: u32,
+    (hour, minute, second): (u32, u32, u32),
+    nanos: u32,
+    tz: &TimeZone,
+    received_at: Timestamp,
+) -> Option<Timestamp> {
+    let at = |y: i32| -> Option<Timestamp> {
         let dt = DateTime::new(
-            y,
+            i16::try_from(y).ok()?,
             i8::try_from(month).ok()?,
             i8::try_from(day).ok()?,
             i8::try_from(hour).ok()?,
             i8::try_from(minute).ok()?,
-            i8::try_from(second).ok()?,
-            0,
+            // A leap second (:60) is the last instant of its minute.
+            i8::try_from(second.min(59)).ok()?,
+            i32::try_from(nanos.min(999_999_999)).ok()?,
         )
         .ok()?;
-        Some(dt.to_zoned(TimeZone::UTC).ok()?.timestamp())
+        tz.to_timestamp(dt).ok()
     };
-    let latest = received_at
-        .checked_add(MAX_FUTURE)
-        .unwrap_or(Timestamp::MAX);
-    match in_year(year) {
-        Some(t) if t > latest => i32::from(year) - 1,
+    match year {
+        Some(y) => at(y),
+        None => {
+            let this = i32::from(tz.to_datetime(received_at).year());
+            let latest = received_at.checked_add(MAX_FUTURE).ok()?;
+            match at(this) {
+                Some(t) if t > latest => at(this - 1),
+                // Feb 29 in a common year: the last leap year may be the one meant.
+                None => at(this - 1),
+                t => t,
+            }
+        }
+    }
+}
+
+/// The year for a year-less RFC 3164 date in `tz`, as [`civil`] chooses it.
+fn year_for(
+    (month, day, hour, minute, second): IncompleteDate,
+    received_at: Timestamp,
+    tz: &TimeZone,
+) -> i32 {
+    let this = i32::from(tz.to_datetime(received_at).year());
+    match civil(None, month, day, (hour, minute, second), 0, tz, received_at) {
+        Some(t) => i32::from(tz.to_datetime(t).year()),
         // Invalid dates (Feb 30) fail later, in the parser, whatever year is given.
-        _ => i32::from(year),
+        None => this,
+    }
+}
+
+/// A zone by IANA name: from the system's tz database, else the copy built into the agent
+/// (hosts without the tzdata package).
+fn zone(name: &str) -> Result<TimeZone, String> {
+    if name.eq_ignore_ascii_case("utc") {
+        return Ok(TimeZone::UTC);
+    }
+    jiff::tz::db()
+        .get(name)
+        .or_else(|_| TimeZoneDatabase::bundled().get(name))
+        .map_err(|_| {
+            format!(
+                "unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\" or \
+                 \"America/New_York\", or \"UTC\""
+            )
+        })
+}
+
+/// An IPv4 or IPv6 network (`10.1.0.0/16`), or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Cidr> {
+        let s = s.trim();
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a.parse::<IpAddr>().ok()?, Some(b.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        (bits <= max).then_some(Cidr {
+            addr: addr.to_canonical(),
+            bits,
+        })
+    }
+
+    fn prefix_bits(&self) -> u8 {
+        self.bits
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let mask = |bits: u8, width: u32| -> u128 {
+            if bits == 0 {
+                0
+            } else {
+                (u128::MAX << (width - u32::from(bits))) & (u128::MAX >> (128 - width))
+            }
+        };
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let m = mask(self.bits, 32);
+                u128::from(u32::from(net)) & m == u128::from(u32::from(ip)) & m
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let m = mask(self.bits, 128);
+                u128::from(net) & m == u128::from(ip) & m
+            }
+            _ => false,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn peer() -> IpAddr {
-        "192.0.2.7".parse().unwrap()
-    }
-
-    fn at(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn rfc5424_with_structured_data() {
-        let line = "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 \
-                    [exampleSDID@32473 iut=\"3\" eventSource=\"Application\" eventID=\"1011\"]\
-                    [origin ip=\"192.0.2.1\"] \u{feff}An application event log entry";
-        let ev = parse(line.as_bytes(), peer(), at("2003-10-12T00:00:00Z"));
-        assert_eq!(ev.hostname, "mymachine.example.com");
-        assert_eq!(ev.severity, Severity::Info); // notice
-        assert_eq!(ev.message, "An application event log entry");
-        assert_eq!(ev.event_time, at("2003-10-11T22:14:15.003Z"));
-        assert_eq!(ev.received_at, at("2003-10-12T00:00:00Z"));
-        assert_eq!(ev.source, "syslog");
-        assert_eq!(ev.input, InputKind::Syslog);
-        assert_eq!(ev.peer.as_deref(), Some("192.0.2.7"));
-        assert_eq!(ev.raw_payload.as_deref(), Some(line.as_bytes()));
-        let tag = |k: &str| ev.tags.get(k).map(String::as_str);
-        assert_eq!(tag("facility"), Some("local4"));
-        assert_eq!(tag("appname"), Some("evntslog"));
-        assert_eq!(tag("msgid"), Some("ID47"));
-        assert_eq!(tag("procid"), None);
-        assert_eq!(tag("sd.exampleSDID@32473.iut"), Some("3"));
-        assert_eq!(tag("sd.exampleSDID@32473.eventSource"), Some("Application"));
-        assert_eq!(tag("sd.exampleSDID@32473.eventID"), Some("1011"));
-        assert_eq!(tag("sd.origin.ip"), Some("192.0.2.1"));
-        assert_eq!(tag("weir_no_pri"), None);
-    }
-
-    #[test]
-    fn rfc3164_line() {
-        let line =
-            b"<34>Oct 11 22:14:15 mymachine su[42]: 'su root' failed for lonvick on /dev/pts/8";
-        let ev = parse(line, peer(), at("2024-12-01T00:00:00Z"));
-        assert_eq!(ev.hostname, "mymachine");
-        assert_eq!(ev.severity, Severity::Critical); // auth.crit
-        assert_eq!(ev.message, "'su root' failed for lonvick on /dev/pts/8");
-        assert_eq!(ev.tags["facility"], "auth");
-        assert_eq!(ev.tags["appname"], "su");
-        assert_eq!(ev.tags["procid"], "42");
-        // No zone in RFC 3164: taken as UTC.
-        assert_eq!(ev.event_time, at("2024-10-11T22:14:15Z"));
-        assert_eq!(ev.raw_payload.as_deref(), Some(&line[..]));
-    }
-
-    #[test]
-    fn rfc3164_date_in_the_future_is_last_year() {
-        let line = b"<13>Dec 31 23:59:00 host app: happy new year";
-        let ev = parse(line, peer(), at("2025-01-01T00:00:30Z"));
-        assert_eq!(ev.event_time, at("2024-12-31T23:59:00Z"));
-        // Less than a day ahead (a fast device clock): still this year.
-        let ev = parse(
-            b"<13>Jun 02 10:00:00 host app: x",
-            peer(),
-            at("2025-06-01T12:00:00Z"),
-        );
-        assert_eq!(ev.event_time, at("2025-06-02T10:00:00Z"));
-    }
-
-    #[test]
-    fn timestamps_far_in_the_future_are_not_believed() {
-        let line = b"<14>1 2099-01-01T00:00:00Z host app - - - from the future";
-        let now = at("2025-06-01T12:00:00Z");
-        let ev = parse(line, peer(), now);
-        assert_eq!(ev.event_time, now);
-        assert_eq!(ev.message, "from the future");
-    }
-
-    #[test]
-    fn cisco_line_keeps_pri_and_raw_bytes() {
-        let line = b"<189>123: *Mar  1 00:00:05.123: %LINK-3-UPDOWN: Interface Gi0/1, changed state to down";
-        let now = at("2025-06-01T12:00:00Z");
-        let ev = parse(line, peer(), now);
-        assert_eq!(ev.severity, Severity::Info); // local7.notice
-        assert_eq!(ev.tags["facility"], "local7");
-        assert_eq!(ev.raw_payload.as_deref(), Some(&line[..]));
-        assert!(ev.message.contains("%LINK-3-UPDOWN"), "{}", ev.message);
-        assert_eq!(ev.hostname, "192.0.2.7");
-        assert!(!ev.tags.contains_key("weir_no_pri"));
-    }
-
-    #[test]
-    fn non_utf8_bytes_are_kept_raw() {
-        let line = b"<11>Oct 11 22:14:15 host app: caf\xe9 \xff\xfe end";
-        let ev = parse(line, peer(), at("2025-06-01T12:00:00Z"));
-        assert_eq!(ev.severity, Severity::Error); // user.err
-        assert_eq!(ev.raw_payload.as_deref(), Some(&line[..]));
-        assert!(
-            ev.message.contains('\u{fffd}') && ev.message.ends_with("end"),
-            "{}",
-            ev.message
-        );
-    }
-
-    #[test]
-    fn empty_line() {
-        let now = at("2025-06-01T12:00:00Z");
-        let ev = parse(b"", peer(), now);
-        assert_eq!(ev.message, "");
-        assert_eq!(ev.hostname, "192.0.2.7");
-        assert_eq!(ev.severity, Severity::Info);
-        assert_eq!(ev.tags["weir_no_pri"], "true");
-        assert_eq!(ev.event_time, now);
-        assert_eq!(ev.raw_payload.as_deref(), Some(&b""[..]));
-    }
-
-    #[test]
-    fn text_without_pri() {
-        let ev = parse(b"just some text\n", peer(), at("2025-06-01T12:00:00Z"));
-        assert_eq!(ev.message, "just some text");
-        assert_eq!(ev.severity, Severity::Info);
-        assert_eq!(ev.tags["weir_no_pri"], "true");
-        let ev = parse(b"<999>not a pri", peer(), at("2025-06-01T12:00:00Z"));
-        assert_eq!(ev.message, "<999>not a pri");
-        assert_eq!(ev.tags["weir_no_pri"], "true");
-    }
-
-    #[test]
-    fn pri_only() {
-        let ev = parse(b"<3>", peer(), at("2025-06-01T12:00:00Z"));
-        assert_eq!(ev.severity, Severity::Error);
-        assert_eq!(ev.tags["facility"], "kern");
-        assert_eq!(ev.message, "");
-    }
-
-    const SAMPLES: [&str; 5] = [
-        "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog 77 ID47 [exampleSDID@32473 iut=\"3\" eventSource=\"App\\\"x\\]\"] msg",
-        "<34>Oct 11 22:14:15 mymachine su[42]: 'su root' failed for lonvick on /dev/pts/8",
-        "<189>123: *Mar  1 00:00:05.123: %LINK-3-UPDOWN: Interface Gi0/1, changed state to down",
-        "<13>Feb 29 2024 10:00:00 host app: leap",
-        "<14>1 2024-02-29T23:59:60.999999+14:00 h a p m - x",
-    ];
-
-    proptest! {
-        #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let ev = parse_unguarded(&bytes, peer(), at("2025-06-01T12:00:00Z"));
-            prop_assert_eq!(ev.raw_payload.as_deref(), Some(&bytes[..]));
-        }
-
-        #[test]
-        fn syslog_looking_text_never_panics(s in "<[0-9]{0,4}>?[0-9]? ?[A-Za-z0-9 :.*\\[\\]=\"@-]{0,120}") {
-            let _ = parse_unguarded(s.as_bytes(), peer(), at("2025-06-01T12:00:00Z"));
-        }
-
-        #[test]
-        fn truncated_real_lines_never_panic(which in 0..SAMPLES.len(), cut in 0usize..200, seconds in 0i64..4_000_000_000) {
-            let line = SAMPLES[which].as_bytes();
-            let cut = cut.min(line.len());
-            let now = Timestamp::from_second(seconds).unwrap();
-            let ev = parse_unguarded(&line[..cut], peer(), now);
-            prop_assert_eq!(ev.raw_payload.as_deref(), Some(&line[..cut]));
-            prop_assert!(ev.event_time <= now.checked_add(MAX_FUTURE).unwrap());
-        }
-    }
-}
+mod tests;

@@ -40,6 +40,8 @@ pub(super) struct StreamSettings {
     /// Permits for open connections, shared by all TCP and TLS listeners: they protect this
     /// process's memory and file descriptors.
     pub limit: Arc<Semaphore>,
+    /// The configured parser (sender time zones).
+    pub parser: Arc<super::Parser>,
 }
 
 impl StreamSettings {
@@ -160,6 +162,7 @@ pub(super) async fn run_connection<S: AsyncRead + Unpin>(
         let received_at = Timestamp::now();
         let mut batch = Vec::with_capacity(16);
         batch.push(encode(
+            &settings.parser,
             &sink,
             &first.bytes,
             first.truncated,
@@ -171,9 +174,15 @@ pub(super) async fn run_connection<S: AsyncRead + Unpin>(
         let mut ended = None;
         while batch.len() < BATCH {
             match frames.next().now_or_never() {
-                Some(Some(Ok(f))) => {
-                    batch.push(encode(&sink, &f.bytes, f.truncated, ip, input, received_at))
-                }
+                Some(Some(Ok(f))) => batch.push(encode(
+                    &settings.parser,
+                    &sink,
+                    &f.bytes,
+                    f.truncated,
+                    ip,
+                    input,
+                    received_at,
+                )),
                 Some(Some(Err(e))) => {
                     read_failed(&e);
                     ended = Some("read error");

@@ -92,6 +92,7 @@ struct Meta {
 pub(super) async fn run(
     sock: UdpSocket,
     max_message: usize,
+    parser: std::sync::Arc<super::Parser>,
     sink: Sink,
     shutdown: CancellationToken,
 ) {
@@ -177,7 +178,14 @@ pub(super) async fn run(
         let received_at = Timestamp::now();
         let mut batch = Vec::with_capacity(metas.len());
         for (m, data) in metas.iter().zip(bufs.chunks_exact(slot)) {
-            take_datagram(&data[..m.len.min(slot)], m, received_at, &sink, &mut batch);
+            take_datagram(
+                &parser,
+                &data[..m.len.min(slot)],
+                m,
+                received_at,
+                &sink,
+                &mut batch,
+            );
         }
         if batch.is_empty() {
             continue;
@@ -199,6 +207,7 @@ fn peer_ip(addr: &SockaddrStorage) -> Option<IpAddr> {
 }
 
 fn take_datagram(
+    parser: &super::Parser,
     data: &[u8],
     meta: &Meta,
     received_at: Timestamp,
@@ -213,6 +222,7 @@ fn take_datagram(
         .peer
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     batch.push(encode(
+        parser,
         sink,
         data,
         meta.truncated,
