@@ -69,6 +69,77 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmark (c): syslog TCP (newline framing, several connections) → aggregator store.
+    BenchTcp {
+        /// Messages in total, spread over the connections.
+        #[arg(long, default_value_t = 2_000_000)]
+        count: u64,
+        #[arg(long, default_value_t = 4)]
+        conns: u64,
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmark (d): SNMP traps from `weir-trapgen` → aggregator store.
+    BenchTrap {
+        /// v2c or v3 (v3 = user `weir`, SHA/AES, trapgen's defaults).
+        #[arg(long, default_value = "v2c")]
+        version: String,
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Keep the shipped SNMP dedup (one flood = one event with a count) instead of turning
+        /// it off (one stored event per trap).
+        #[arg(long)]
+        dedup: bool,
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Peer benchmark: UDP to another daemon; count unique seq in its output file.
+    PeerUdp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// File where the peer writes delivered lines.
+        #[arg(long)]
+        out: PathBuf,
+        /// The receiving daemon's PID (CPU and RSS).
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Peer benchmark: TCP (newline framing) to another daemon; time until all seqs arrive.
+    PeerTcp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 2_000_000)]
+        count: u64,
+        #[arg(long, default_value_t = 4)]
+        conns: u64,
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Count unique `seq=N` tokens (and duplicates) in a file, waiting until it stops growing.
+    CountSeq {
+        #[arg(long)]
+        out: PathBuf,
+        /// Seqs expected (0..N); stop waiting once all are there.
+        #[arg(long, default_value_t = 0)]
+        expect: u64,
+        /// The receiving daemon's PID (CPU and RSS), optional.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +174,55 @@ fn main() -> anyhow::Result<()> {
             size,
             keep,
         } => bench_udp(rate, duration, size, keep),
+        Cmd::BenchTcp {
+            count,
+            conns,
+            size,
+            keep,
+        } => bench_tcp(count, conns, size, keep),
+        Cmd::BenchTrap {
+            version,
+            rate,
+            duration,
+            dedup,
+            keep,
+        } => bench_trap(&version, rate, duration, dedup, keep),
+        Cmd::PeerUdp {
+            target,
+            rate,
+            duration,
+            size,
+            out,
+            pid,
+        } => peer_udp(target, rate, duration, size, &out, pid),
+        Cmd::PeerTcp {
+            target,
+            count,
+            conns,
+            size,
+            out,
+            pid,
+        } => peer_tcp(target, count, conns, size, &out, pid),
+        Cmd::CountSeq { out, expect, pid } => {
+            let before = pid.map(cpu_secs_pid).unwrap_or(0.0);
+            let mut seen = SeqCounter::new(&out);
+            let mut rss = 0;
+            let t = Instant::now();
+            wait_settled(expect, || {
+                rss = rss.max(pid.and_then(|p| rss_kb(p, "VmRSS:")).unwrap_or(0));
+                seen.scan()
+            })?;
+            println!(
+                "count-seq: {} unique, {} duplicates, {} missing of {expect}, settled after {:.2}s; pid CPU {:.2}s, peak RSS {:.1} MB",
+                seen.unique,
+                seen.dups,
+                expect.saturating_sub(seen.unique),
+                t.elapsed().as_secs_f64(),
+                pid.map(cpu_secs_pid).unwrap_or(0.0) - before,
+                pid.and_then(|p| rss_kb(p, "VmHWM:")).unwrap_or(0).max(rss) as f64 / 1024.0
+            );
+            Ok(())
+        }
     }
 }
 
@@ -201,6 +321,10 @@ struct Fleet {
     dir: tempfile::TempDir,
     api_port: u16,
     syslog_port: u16,
+    /// The agent's SNMP trap port (the example's fixed 1162 is replaced by a free port).
+    snmp_port: u16,
+    /// The agent's HTTP port (metrics).
+    http_port: u16,
     api_key: String,
     aggregator: Option<Child>,
     agent: Option<Child>,
@@ -247,8 +371,13 @@ impl Fleet {
             &d.join("agent-tls"),
             &Default::default(),
         )?;
-        let (api_port, quic_port, syslog_port, http_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (api_port, quic_port, syslog_port, http_port, snmp_port) = (
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        );
         let api_key = "bench-key".to_string();
         std::fs::write(d.join("api-key"), format!("{api_key}\n"))?;
         std::fs::write(
@@ -269,13 +398,19 @@ impl Fleet {
             syslog_port,
             http_port,
         )
-        .replace("status_interval = \"10s\"", "status_interval = \"1s\"");
+        .replace("status_interval = \"10s\"", "status_interval = \"1s\"")
+        .replace(
+            "listen = [\"127.0.0.1:1162\"]",
+            &format!("listen = [\"127.0.0.1:{snmp_port}\"]"),
+        );
         std::fs::write(d.join("agent.toml"), agent)?;
         std::fs::create_dir_all(d.join("agent-data"))?;
         Ok(Fleet {
             dir,
             api_port,
             syslog_port,
+            snmp_port,
+            http_port,
             api_key,
             aggregator: None,
             agent: None,
@@ -320,8 +455,12 @@ impl Fleet {
 
     /// A minimal HTTP/1.1 GET (keeps the load generator free of an HTTP client stack).
     fn http_get(&self, path: &str) -> anyhow::Result<String> {
+        self.http_get_port(self.api_port, path)
+    }
+
+    fn http_get_port(&self, port: u16, path: &str) -> anyhow::Result<String> {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.api_port))?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
             s,
@@ -337,55 +476,80 @@ impl Fleet {
         Ok(body)
     }
 
-    fn stored_total(&self) -> anyhow::Result<u64> {
-        let body = self.http_get("/api/v1/events?limit=1")?;
+    fn events_page(&self, limit: u32) -> anyhow::Result<serde_json::Value> {
+        let body = self.http_get(&format!("/api/v1/events?limit={limit}"))?;
         // Chunked or not, the JSON object starts at the first '{'.
         let json = &body[body.find('{').context("no JSON")?..];
         let end = json.rfind('}').context("no JSON end")?;
-        let v: serde_json::Value = serde_json::from_str(&json[..=end])?;
-        v["total"].as_u64().context("no total")
+        Ok(serde_json::from_str(&json[..=end])?)
+    }
+
+    fn stored_total(&self) -> anyhow::Result<u64> {
+        self.events_page(1)?["total"].as_u64().context("no total")
+    }
+
+    /// Sum of the stored events' dedup counts (meaningful while at most 1000 events are stored).
+    fn stored_count_sum(&self) -> anyhow::Result<u64> {
+        let page = self.events_page(1000)?;
+        let events = page["events"].as_array().context("no events")?;
+        Ok(events.iter().filter_map(|e| e["count"].as_u64()).sum())
+    }
+
+    /// The agent's non-zero drop counters, from its /metrics endpoint.
+    fn agent_drops(&self) -> String {
+        let Ok(body) = self.http_get_port(self.http_port, "/metrics") else {
+            return "(metrics unavailable)".into();
+        };
+        let lines: Vec<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("drop"))
+            .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+            .collect();
+        if lines.is_empty() {
+            "none".into()
+        } else {
+            lines.join("; ")
+        }
     }
 
     fn agent_rss_peak_kb(&self) -> Option<u64> {
-        let pid = self.agent.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        rss_kb(self.agent.as_ref()?.id(), "VmHWM:")
     }
 
     /// CPU seconds (user + system) used so far by the agent and the aggregator.
     fn cpu_secs(&self) -> (f64, f64) {
-        let cpu = |c: &Option<Child>| -> f64 {
-            let Some(c) = c else { return 0.0 };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", c.id())) else {
-                return 0.0;
-            };
-            // Fields after the command name (which may contain spaces) start after ") ".
-            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-                + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            ticks / 100.0
-        };
+        let cpu = |c: &Option<Child>| c.as_ref().map_or(0.0, |c| cpu_secs_pid(c.id()));
         (cpu(&self.agent), cpu(&self.aggregator))
     }
 
     fn agent_rss_kb(&self) -> Option<u64> {
-        let pid = self.agent.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        rss_kb(self.agent.as_ref()?.id(), "VmRSS:")
     }
+}
+
+/// CPU seconds (user + system) a process has used so far (0 when it is gone).
+fn cpu_secs_pid(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// A `/proc/PID/status` memory field in kB (`VmRSS:` now, `VmHWM:` peak).
+fn rss_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Drop for Fleet {
@@ -489,5 +653,317 @@ fn bench_udp(rate: u64, duration: u64, size: usize, keep: bool) -> anyhow::Resul
         peak as f64 / 1024.0
     );
     fleet.keep = keep;
+    Ok(())
+}
+
+/// Polls `progress` every 20 ms until it reaches `expect` (when non-zero) or stops growing for
+/// 3 s. Returns the final value and when it last grew (since the call).
+fn wait_settled(
+    expect: u64,
+    mut progress: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<(u64, Duration)> {
+    let start = Instant::now();
+    let mut value = progress()?;
+    let mut last_change = start.elapsed();
+    loop {
+        if expect > 0 && value >= expect {
+            return Ok((value, last_change));
+        }
+        if start.elapsed() - last_change > Duration::from_secs(3) {
+            return Ok((value, last_change));
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("timed out at {value}/{expect}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let now = progress()?;
+        if now != value {
+            value = now;
+            last_change = start.elapsed();
+        }
+    }
+}
+
+/// Counts unique `seq=N` tokens in a file a peer appends to, reading only what was added.
+struct SeqCounter {
+    path: PathBuf,
+    offset: u64,
+    seen: Vec<u64>,
+    unique: u64,
+    dups: u64,
+}
+
+impl SeqCounter {
+    fn new(path: &Path) -> SeqCounter {
+        SeqCounter {
+            path: path.to_path_buf(),
+            offset: 0,
+            seen: Vec::new(),
+            unique: 0,
+            dups: 0,
+        }
+    }
+
+    /// Reads the complete lines added since the last call; returns the unique count.
+    fn scan(&mut self) -> anyhow::Result<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Ok(self.unique);
+        };
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        f.take(256 << 20).read_to_end(&mut buf)?;
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            return Ok(self.unique);
+        };
+        self.offset += end as u64 + 1;
+        for line in buf[..end].split(|b| *b == b'\n') {
+            let Some(at) = line.windows(4).position(|w| w == b"seq=") else {
+                continue;
+            };
+            let digits = line[at + 4..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+            let (word, bit) = ((digits / 64) as usize, digits % 64);
+            if word >= self.seen.len() {
+                self.seen.resize(word + 1, 0);
+            }
+            if self.seen[word] & (1 << bit) != 0 {
+                self.dups += 1;
+            } else {
+                self.seen[word] |= 1 << bit;
+                self.unique += 1;
+            }
+        }
+        Ok(self.unique)
+    }
+}
+
+/// Sends `count` newline-framed lines of `size` bytes (newline included) over `conns` TCP
+/// connections, each with its own seq range, as fast as the receiver reads them.
+fn send_tcp(target: SocketAddr, count: u64, conns: u64, size: usize) -> anyhow::Result<Sent> {
+    let start = Instant::now();
+    let per = count.div_ceil(conns.max(1));
+    let threads: Vec<_> = (0..conns.max(1))
+        .map(|k| {
+            let (first, last) = (k * per, ((k + 1) * per).min(count));
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let s = std::net::TcpStream::connect(target)?;
+                let mut w = std::io::BufWriter::with_capacity(256 << 10, s);
+                let mut buf = Vec::with_capacity(size + 64);
+                for seq in first..last {
+                    line(seq, size.saturating_sub(1), &mut buf);
+                    buf.push(b'\n');
+                    w.write_all(&buf)?;
+                }
+                w.flush()?;
+                Ok(last.saturating_sub(first))
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in threads {
+        sent += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    }
+    Ok(Sent {
+        count: sent,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn bench_tcp(count: u64, conns: u64, size: usize, keep: bool) -> anyhow::Result<()> {
+    let mut fleet = Fleet::new()?;
+    fleet.start()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = fleet.stored_total()?;
+    let cpu_before = fleet.cpu_secs();
+    let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
+    let sender = std::thread::spawn(move || send_tcp(target, count, conns, size));
+    let mut rss_max = 0;
+    let (stored, last_growth) = wait_settled(count, || {
+        rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
+        Ok(fleet.stored_total()? - before)
+    })?;
+    // From the start of sending to the store's last growth.
+    let secs = last_growth.as_secs_f64();
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let (agent_cpu, agg_cpu) = fleet.cpu_secs();
+    println!(
+        "tcp: {} sent over {conns} connections in {:.2}s ({:.0}/s offered), stored {stored} in {secs:.2}s = {:.0} msg/s end to end ({} lost); agent peak RSS {:.1} MB; CPU agent {:.2}s ({:.2} µs/msg) aggregator {:.2}s",
+        sent.count,
+        sent.elapsed.as_secs_f64(),
+        sent.count as f64 / sent.elapsed.as_secs_f64(),
+        stored as f64 / secs,
+        sent.count.saturating_sub(stored),
+        fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max) as f64 / 1024.0,
+        agent_cpu - cpu_before.0,
+        (agent_cpu - cpu_before.0) * 1e6 / stored.max(1) as f64,
+        agg_cpu - cpu_before.1,
+    );
+    println!("agent drop counters: {}", fleet.agent_drops());
+    fleet.keep = keep;
+    Ok(())
+}
+
+/// The v3 user `weir-trapgen` sends as by default (SHA/AES).
+const TRAPGEN_V3_USER: &str = r#"
+[[snmp.users]]
+name = "weir"
+auth = "sha"
+auth_password = "weir-auth-pass"
+privacy = "aes"
+privacy_password = "weir-priv-pass"
+"#;
+
+fn bench_trap(
+    version: &str,
+    rate: u64,
+    duration: u64,
+    dedup: bool,
+    keep: bool,
+) -> anyhow::Result<()> {
+    let mut fleet = Fleet::new()?;
+    let path = fleet.dir.path().join("agent.toml");
+    let mut cfg = std::fs::read_to_string(&path)?;
+    if !cfg.contains(&format!("127.0.0.1:{}", fleet.snmp_port)) {
+        bail!("agent example no longer has the SNMP listen line this benchmark rewrites");
+    }
+    if !dedup {
+        let on = "[dedup.snmp_trap]\nwindow = \"5m\"";
+        if !cfg.contains(on) {
+            bail!("agent example no longer has {on:?}");
+        }
+        cfg = cfg.replace(on, "[dedup.snmp_trap]\nwindow = \"0s\"");
+    }
+    cfg.push_str(TRAPGEN_V3_USER);
+    std::fs::write(&path, cfg)?;
+    fleet.start()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let progress = |f: &Fleet| {
+        if dedup {
+            f.stored_count_sum()
+        } else {
+            f.stored_total()
+        }
+    };
+    let before = progress(&fleet)?;
+    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let cpu_before = fleet.cpu_secs();
+    let out = Command::new(bin_dir()?.join("weir-trapgen"))
+        .args(["--target", &format!("127.0.0.1:{}", fleet.snmp_port)])
+        .args(["--version", version])
+        .args(["--rate", &rate.to_string()])
+        .args(["--duration", &duration.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running weir-trapgen (build it with the release profile)")?;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{report}");
+    let sent: u64 = report
+        .strip_prefix("sent ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no `sent N traps` line from weir-trapgen")?;
+    let mut rss_max = 0;
+    let (stored, lag) = wait_settled(sent, || {
+        rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
+        Ok(progress(&fleet)? - before)
+    })?;
+    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let (agent_cpu, agg_cpu) = fleet.cpu_secs();
+    let agent_cpu = agent_cpu - cpu_before.0;
+    println!(
+        "trap {version} dedup {}: {sent} sent at {rate}/s, stored {stored} ({}) ({} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}, caught up {:.2}s after the sender stopped; agent CPU {agent_cpu:.2}s ({:.2} µs/trap), aggregator {:.2}s; agent peak RSS {:.1} MB",
+        if dedup { "on" } else { "off" },
+        if dedup {
+            "sum of dedup counts"
+        } else {
+            "events"
+        },
+        sent.saturating_sub(stored),
+        100.0 * sent.saturating_sub(stored) as f64 / sent.max(1) as f64,
+        lag.as_secs_f64(),
+        agent_cpu * 1e6 / sent.max(1) as f64,
+        agg_cpu - cpu_before.1,
+        fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max) as f64 / 1024.0
+    );
+    if dedup {
+        println!("stored events: {}", fleet.stored_total()?);
+    }
+    println!("agent drop counters: {}", fleet.agent_drops());
+    fleet.keep = keep;
+    Ok(())
+}
+
+fn peer_udp(
+    target: SocketAddr,
+    rate: u64,
+    duration: u64,
+    size: usize,
+    out: &Path,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let mut counter = SeqCounter::new(out);
+    let cpu_before = cpu_secs_pid(pid);
+    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
+    let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
+    let mut rss_max = 0;
+    let (stored, lag) = wait_settled(sent.count, || {
+        rss_max = rss_max.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+        counter.scan()
+    })?;
+    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let cpu = cpu_secs_pid(pid) - cpu_before;
+    println!(
+        "peer udp: offered {offered:.0} msg/s for {duration}s ({} sent), delivered {stored} unique ({} lost, {:.3}%, {} duplicates), kernel rcvbuf drops {kernel_drops}, caught up {:.2}s after the sender stopped; pid {pid} CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
+        sent.count,
+        sent.count.saturating_sub(stored),
+        100.0 * sent.count.saturating_sub(stored) as f64 / sent.count.max(1) as f64,
+        counter.dups,
+        lag.as_secs_f64(),
+        cpu * 1e6 / sent.count.max(1) as f64,
+        rss_kb(pid, "VmHWM:").unwrap_or(0).max(rss_max) as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn peer_tcp(
+    target: SocketAddr,
+    count: u64,
+    conns: u64,
+    size: usize,
+    out: &Path,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let mut counter = SeqCounter::new(out);
+    let cpu_before = cpu_secs_pid(pid);
+    let sender = std::thread::spawn(move || send_tcp(target, count, conns, size));
+    let mut rss_max = 0;
+    let (stored, last_growth) = wait_settled(count, || {
+        rss_max = rss_max.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+        counter.scan()
+    })?;
+    // From the start of sending to the output file's last growth.
+    let secs = last_growth.as_secs_f64();
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let cpu = cpu_secs_pid(pid) - cpu_before;
+    println!(
+        "peer tcp: {} sent over {conns} connections in {:.2}s, delivered {stored} unique in {secs:.2}s = {:.0} msg/s end to end ({} lost, {} duplicates); pid {pid} peak RSS {:.1} MB, CPU {cpu:.2}s ({:.2} µs/msg)",
+        sent.count,
+        sent.elapsed.as_secs_f64(),
+        stored as f64 / secs,
+        sent.count.saturating_sub(stored),
+        counter.dups,
+        rss_kb(pid, "VmHWM:").unwrap_or(0).max(rss_max) as f64 / 1024.0,
+        cpu * 1e6 / stored.max(1) as f64
+    );
     Ok(())
 }
