@@ -480,6 +480,25 @@ pub fn example(
 ) -> String {
     // Traps on 1162 (162 needs privileges); ephemeral when the caller asks for ephemeral ports.
     let snmp_port = if syslog_port == 0 { 0 } else { 1162 };
+    example_with_traps(
+        data_dir,
+        aggregator,
+        tls_dir,
+        syslog_port,
+        snmp_port,
+        http_port,
+    )
+}
+
+/// [`example`] with the SNMP trap port chosen by the caller (the quickstart's `--trap-port`).
+pub fn example_with_traps(
+    data_dir: &str,
+    aggregator: &str,
+    tls_dir: &str,
+    syslog_port: u16,
+    snmp_port: u16,
+    http_port: u16,
+) -> String {
     format!(
         r#"# weir-agent configuration. Relative paths are relative to this file.
 # Check it with: weir-agent check-config <this file>

@@ -93,11 +93,12 @@ pub fn init(o: &Options) -> anyhow::Result<Layout> {
 }
 
 fn weir_agent_example(o: &Options) -> String {
-    weir_agent::config::example(
+    weir_agent::config::example_with_traps(
         "agent-data",
         &format!("127.0.0.1:{}", o.quic_port),
         "agent-tls",
         o.syslog_port,
+        o.trap_port,
         o.agent_http_port,
     )
 }
@@ -135,8 +136,9 @@ pub fn banner(o: &Options, layout: &Layout) -> String {
         "\nWeir quickstart fleet is running (Ctrl-C stops it). Files in {dir}\n\
          \n  aggregator  API http://127.0.0.1:{api}  agents: QUIC udp/127.0.0.1:{quic}\n\
          \x20 agent       site=local name=agent-1  syslog udp+tcp 127.0.0.1:{syslog}  HTTP http://127.0.0.1:{ahttp}\n\
-         \x20             (SNMP traps will listen on udp/127.0.0.1:{trap} once the trap input lands)\n\
+         \x20             SNMP traps udp/127.0.0.1:{trap} (community public)\n\
          \nSend a test event:\n  logger --server 127.0.0.1 --port {syslog} --udp --tag demo \"hello from weir\"\n\
+         \x20 snmptrap -v 2c -c public 127.0.0.1:{trap} '' 1.3.6.1.6.3.1.1.5.3 1.3.6.1.2.1.2.2.1.1.3 i 3\n\
          \nQuery it:\n  curl -s -H \"X-API-Key: $(cat {key})\" 'http://127.0.0.1:{api}/api/v1/events?limit=5'\n\
          \x20 curl -s -H \"X-API-Key: $(cat {key})\" http://127.0.0.1:{api}/api/v1/agents\n",
         dir = o.dir.display(),
