@@ -51,13 +51,21 @@ pub struct InputDrops {
 impl InputDrops {
     /// Counts one drop in memory and in the `weir_agent_dropped_total` metric.
     pub fn count(&self, reason: &'static str) {
-        metrics::counter!("weir_agent_dropped_total", "reason" => reason).increment(1);
+        self.count_n(reason, 1);
+    }
+
+    /// Counts `n` drops of one reason at once (a burst of kernel UDP drops, a lost batch).
+    pub fn count_n(&self, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        metrics::counter!("weir_agent_dropped_total", "reason" => reason).increment(n);
         *self
             .map
             .lock()
             .expect("drops lock")
             .entry(reason.to_string())
-            .or_insert(0) += 1;
+            .or_insert(0) += n;
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {

@@ -519,11 +519,9 @@ async fn run(sock: UdpSocket, mut processor: Processor, sink: Sink, shutdown: Ca
             ok
         };
         if !ok {
-            for _ in 0..n {
-                metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
-                    .increment(1);
-                sink.drops.count("shutdown");
-            }
+            metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
+                .increment(n as u64);
+            sink.drops.count_n("shutdown", n as u64);
             break;
         }
     }

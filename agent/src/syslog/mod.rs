@@ -253,9 +253,7 @@ async fn submit(sink: &Sink, batch: Vec<Encoded>, shutdown: &CancellationToken) 
         _ = shutdown.cancelled() => false,
     };
     if !sent {
-        for _ in 0..n {
-            sink.drops.count("shutdown");
-        }
+        sink.drops.count_n("shutdown", n as u64);
     }
     sent
 }

@@ -164,9 +164,7 @@ pub(super) async fn run(
             let lost = newest_drops - kernel_drops;
             socket_drops.increment(u64::from(lost));
             // Also a drop like any other: in weir_agent_dropped_total and the agent's status.
-            for _ in 0..lost {
-                sink.drops.count("udp_receive_buffer");
-            }
+            sink.drops.count_n("udp_receive_buffer", u64::from(lost));
             weir_common::warn_limited!(
                 "syslog_udp_overflow", %local, lost,
                 "the kernel dropped syslog datagrams because this socket's receive buffer was \
