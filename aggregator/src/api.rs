@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use weir_common::ingest::{ApiKeys, problem_body};
 use weir_common::{InputKind, Severity};
 
+use crate::query::{EventFilter, EventParams};
 use crate::registry::Registry;
 use crate::store::{Store, StoredEvent};
 
@@ -196,16 +197,14 @@ impl From<StoredEvent> for EventView {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    limit: Option<String>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EventsPage {
+    /// Events matching the filters, on every page together.
     pub total: u64,
     pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -213,10 +212,10 @@ pub const MAX_LIMIT: usize = 1000;
 
 async fn list_events(
     State(state): State<ApiState>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let limit = match q.limit {
+    let limit = match &q.limit {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -228,17 +227,49 @@ async fn list_events(
             }
         },
     };
+    let param_err = |e: crate::query::ParamError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{}: {}", e.param, e.message),
+        )
+    };
+    let filter = EventFilter::parse(&q).map_err(param_err)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(crate::query::decode_cursor)
+        .transpose()
+        .map_err(param_err)?;
     let store = state.store.clone();
     let (total, events) =
         tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-            Ok((store.len()?, store.newest(limit, None)?))
+            if filter.is_empty() {
+                // One more than a page tells whether there is a next one.
+                let mut events = store.newest(limit + 1, before)?;
+                let total = store.len()?;
+                let more = events.len() > limit;
+                events.truncate(limit);
+                return Ok((total, (events, more)));
+            }
+            let (mut events, total) =
+                store.newest_matching(limit + 1, before, true, |e| filter.matches(e))?;
+            let more = events.len() > limit;
+            events.truncate(limit);
+            Ok((total.unwrap_or(0), (events, more)))
         })
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    let (events, more) = events;
+    let next_cursor = if more {
+        events.last().map(|(k, _)| crate::query::encode_cursor(*k))
+    } else {
+        None
+    };
     Ok(Json(EventsPage {
         total,
         events: events.into_iter().map(|(_, e)| e.into()).collect(),
+        next_cursor,
     }))
 }
 
@@ -441,6 +472,98 @@ mod tests {
         let (s, body) = get(app(&dir, 0), "/nope", None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(body["status"], 404);
+    }
+
+    #[tokio::test]
+    async fn cursor_pages_stay_correct_while_events_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Some(("x-api-key", KEY));
+        let (s, body) = get(app(&dir, 5), "/api/v1/events?limit=2", k).await;
+        assert_eq!(s, StatusCode::OK);
+        let msgs = |b: &serde_json::Value| -> Vec<String> {
+            b["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["message"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(msgs(&body), ["m5", "m4"]);
+        let cursor = body["next_cursor"].as_str().unwrap().to_string();
+        // Three newer events arrive between the pages (the store skips the 5 it has).
+        let (_, body) = get(
+            app(&dir, 8),
+            &format!("/api/v1/events?limit=2&cursor={cursor}"),
+            k,
+        )
+        .await;
+        assert_eq!(
+            msgs(&body),
+            ["m3", "m2"],
+            "the next page continues where it was"
+        );
+        assert_eq!(body["total"], 8);
+        let cursor = body["next_cursor"].as_str().unwrap().to_string();
+        let (_, body) = get(
+            app(&dir, 8),
+            &format!("/api/v1/events?limit=2&cursor={cursor}"),
+            k,
+        )
+        .await;
+        assert_eq!(msgs(&body), ["m1"]);
+        assert!(body.get("next_cursor").is_none(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn filters_select_and_bad_parameters_get_400_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Some(("x-api-key", KEY));
+        for (uri, total) in [
+            ("/api/v1/events?q=M3", 1),
+            ("/api/v1/events?severity=warning", 5),
+            ("/api/v1/events?severity=%3E%3Derror", 0),
+            ("/api/v1/events?severity=%3E%3Dinfo&hostname=core-*", 5),
+            ("/api/v1/events?hostname=edge-*", 0),
+            ("/api/v1/events?site=paris&agent=gw-1&source=syslog", 5),
+            ("/api/v1/events?site=lyon", 0),
+            (
+                "/api/v1/events?from=2023-11-14T22:13:20Z&to=2023-11-14T22:13:21Z",
+                5,
+            ),
+            ("/api/v1/events?to=2023-11-14T22:13:20Z", 0),
+            ("/api/v1/events?tag=X", 0),
+            ("/api/v1/events?correlated_incident=INC-1", 0),
+        ] {
+            let (s, body) = get(app(&dir, 5), uri, k).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {body}");
+            assert_eq!(body["total"], total, "{uri}: {body}");
+            assert_eq!(body["events"].as_array().unwrap().len(), total, "{uri}");
+        }
+        // Filtered pages page too.
+        let (_, body) = get(app(&dir, 5), "/api/v1/events?hostname=core-*&limit=3", k).await;
+        assert_eq!(body["events"].as_array().unwrap().len(), 3);
+        let cursor = body["next_cursor"].as_str().unwrap().to_string();
+        let (_, body) = get(
+            app(&dir, 5),
+            &format!("/api/v1/events?hostname=core-*&limit=3&cursor={cursor}"),
+            k,
+        )
+        .await;
+        assert_eq!(body["events"].as_array().unwrap().len(), 2);
+        for (uri, param) in [
+            ("/api/v1/events?severity=loud", "severity"),
+            ("/api/v1/events?from=yesterday", "from"),
+            ("/api/v1/events?cursor=12", "cursor"),
+            ("/api/v1/events?hostname=db-%5B", "hostname"),
+            ("/api/v1/events?colour=red", "colour"),
+        ] {
+            let (s, body) = get(app(&dir, 5), uri, k).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(
+                body["detail"].as_str().unwrap_or("").contains(param),
+                "{uri}: {body}"
+            );
+        }
     }
 
     #[tokio::test]

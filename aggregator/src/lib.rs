@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod query;
 pub mod quickstart;
 pub mod registry;
 pub mod store;

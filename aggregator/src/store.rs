@@ -29,6 +29,9 @@ const AGENT_SEQ: TableDefinition<(u32, u64), u64> = TableDefinition::new("agent_
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// A page of events newest first (each with its store key) and, when counted, the total.
+pub type Page = (Vec<(u64, StoredEvent)>, Option<u64>);
+
 /// An event as stored: the agent's event plus where it came from and when it was stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -394,6 +397,40 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Newest first: up to `limit` events with a store key below `before` that satisfy `keep`,
+    /// and how many stored events satisfy it in all (`count_all`; otherwise the scan stops at
+    /// the page and the count is `None`). Without indexes this reads every event when it must
+    /// count: fine for a site's history, not for tens of millions.
+    pub fn newest_matching(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+        count_all: bool,
+        keep: impl Fn(&StoredEvent) -> bool,
+    ) -> Result<Page, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut page = Vec::with_capacity(limit.min(1000));
+        let mut total = 0u64;
+        for item in events.iter().map_err(|e| self.err(e))?.rev() {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = k.value();
+            let Ok(ev) = postcard::from_bytes::<StoredEvent>(v.value()) else {
+                continue;
+            };
+            if !keep(&ev) {
+                continue;
+            }
+            total += 1;
+            if page.len() < limit && before.is_none_or(|b| key < b) {
+                page.push((key, ev));
+            } else if !count_all && page.len() >= limit {
+                break;
+            }
+        }
+        Ok((page, count_all.then_some(total)))
     }
 
     /// Every stored event in store order (tests and exports; not for the API's hot path).

@@ -1,0 +1,282 @@
+//! Event search filters for `GET /api/v1/events` and the opaque page cursor.
+//!
+//! Every filter is optional and they combine with AND. Parsing reports the parameter and what
+//! is wrong with it, for a 400 that says how to fix the request.
+//!
+//! Time filters (`from` inclusive, `to` exclusive) apply to the event time, the time the device
+//! gave (seed 002), not the receive time.
+
+use globset::{Glob, GlobMatcher};
+use jiff::Timestamp;
+use weir_common::Severity;
+
+use crate::store::StoredEvent;
+
+/// The raw query parameters, as strings, so every problem gets our own message.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    /// `error` (exactly) or `>=warning` (at least).
+    pub severity: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// A glob: `db-*`, `core-sw-0[1-4]`.
+    pub hostname: Option<String>,
+    pub source: Option<String>,
+    pub site: Option<String>,
+    pub agent: Option<String>,
+    /// The short machine tag, e.g. `SNMP_LINK_DOWN`.
+    pub tag: Option<String>,
+    pub event_type: Option<String>,
+    pub correlated_incident: Option<String>,
+    /// Case-insensitive text in the message or the tag.
+    pub q: Option<String>,
+}
+
+/// A compiled filter.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    severity: Option<(bool, Severity)>,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    hostname: Option<GlobMatcher>,
+    source: Option<String>,
+    site: Option<String>,
+    agent: Option<String>,
+    tag: Option<String>,
+    event_type: Option<String>,
+    incident: Option<String>,
+    q: Option<String>,
+}
+
+/// A bad parameter: which one and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> ParamError {
+    ParamError {
+        param,
+        message: message.into(),
+    }
+}
+
+fn time(param: &'static str, s: &str) -> Result<Timestamp, ParamError> {
+    s.parse::<Timestamp>().map_err(|_| {
+        bad(
+            param,
+            format!("{s:?} is not an RFC 3339 time with an offset, e.g. 2026-11-21T14:00:00Z"),
+        )
+    })
+}
+
+impl EventFilter {
+    pub fn parse(p: &EventParams) -> Result<EventFilter, ParamError> {
+        let mut f = EventFilter::default();
+        if let Some(s) = &p.severity {
+            let (at_least, name) = match s.strip_prefix(">=") {
+                Some(rest) => (true, rest),
+                None => (false, s.as_str()),
+            };
+            let sev = name
+                .parse::<Severity>()
+                .map_err(|e| bad("severity", format!("{e}; prefix with >= for a threshold")))?;
+            f.severity = Some((at_least, sev));
+        }
+        f.from = p.from.as_deref().map(|s| time("from", s)).transpose()?;
+        f.to = p.to.as_deref().map(|s| time("to", s)).transpose()?;
+        if let (Some(a), Some(b)) = (f.from, f.to)
+            && a >= b
+        {
+            return Err(bad("to", "must be later than `from`"));
+        }
+        if let Some(h) = &p.hostname {
+            let glob = Glob::new(h).map_err(|e| bad("hostname", format!("bad glob: {e}")))?;
+            f.hostname = Some(glob.compile_matcher());
+        }
+        let nonempty = |param: &'static str, v: &Option<String>| -> Result<_, ParamError> {
+            match v {
+                Some(s) if s.is_empty() => Err(bad(param, "must not be empty")),
+                other => Ok(other.clone()),
+            }
+        };
+        f.source = nonempty("source", &p.source)?;
+        f.site = nonempty("site", &p.site)?;
+        f.agent = nonempty("agent", &p.agent)?;
+        f.tag = nonempty("tag", &p.tag)?;
+        f.event_type = nonempty("event_type", &p.event_type)?;
+        f.incident = nonempty("correlated_incident", &p.correlated_incident)?;
+        f.q = nonempty("q", &p.q)?.map(|s| s.to_lowercase());
+        Ok(f)
+    }
+
+    /// No filter set: every event matches (the total is the store's size).
+    pub fn is_empty(&self) -> bool {
+        self.severity.is_none()
+            && self.from.is_none()
+            && self.to.is_none()
+            && self.hostname.is_none()
+            && self.source.is_none()
+            && self.site.is_none()
+            && self.agent.is_none()
+            && self.tag.is_none()
+            && self.event_type.is_none()
+            && self.incident.is_none()
+            && self.q.is_none()
+    }
+
+    pub fn matches(&self, s: &StoredEvent) -> bool {
+        let e = &s.event;
+        if let Some((at_least, sev)) = self.severity
+            && !(if at_least {
+                e.severity >= sev
+            } else {
+                e.severity == sev
+            })
+        {
+            return false;
+        }
+        if self.from.is_some_and(|t| e.event_time < t) || self.to.is_some_and(|t| e.event_time >= t)
+        {
+            return false;
+        }
+        if self
+            .hostname
+            .as_ref()
+            .is_some_and(|g| !g.is_match(&e.hostname))
+        {
+            return false;
+        }
+        let eq = |want: &Option<String>, have: Option<&str>| match want {
+            Some(w) => have == Some(w.as_str()),
+            None => true,
+        };
+        if !eq(&self.source, Some(&e.source))
+            || !eq(&self.site, Some(&s.site))
+            || !eq(&self.agent, Some(&s.agent))
+            || !eq(&self.tag, e.tag.as_deref())
+            || !eq(&self.event_type, e.event_type.as_deref())
+            || !eq(&self.incident, s.correlated_incident.as_deref())
+        {
+            return false;
+        }
+        if let Some(q) = &self.q {
+            let in_msg = e.message.to_lowercase().contains(q.as_str());
+            let in_tag = e
+                .tag
+                .as_deref()
+                .is_some_and(|t| t.to_lowercase().contains(q.as_str()));
+            if !in_msg && !in_tag {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Cursors are the store key of the last event on a page, in a versioned, opaque wrapper.
+/// Store keys only grow, so a cursor stays correct while new events arrive: the next page is
+/// everything older than the last event shown.
+pub fn encode_cursor(key: u64) -> String {
+    format!("c1.{key:x}")
+}
+
+pub fn decode_cursor(s: &str) -> Result<u64, ParamError> {
+    s.strip_prefix("c1.")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| {
+            bad(
+                "cursor",
+                "not a cursor this server issued: pass `next_cursor` from the previous page unchanged",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_common::{Event, InputKind};
+
+    fn stored(host: &str, sev: Severity, msg: &str, at_s: i64) -> StoredEvent {
+        let t = Timestamp::from_second(1_700_000_000 + at_s).unwrap();
+        let mut e = Event::new(InputKind::Syslog, "syslog", host, sev, msg, t);
+        e.tag = Some("CISCO_LINK_UPDOWN".into());
+        StoredEvent {
+            site: "paris".into(),
+            agent: "gw-1".into(),
+            seq: 1,
+            stored_at: t,
+            correlated_incident: None,
+            event: e,
+        }
+    }
+
+    fn filter(f: impl FnOnce(&mut EventParams)) -> Result<EventFilter, ParamError> {
+        let mut p = EventParams::default();
+        f(&mut p);
+        EventFilter::parse(&p)
+    }
+
+    #[test]
+    fn each_filter_selects() {
+        let e = stored(
+            "db-prod-01",
+            Severity::Error,
+            "Connection REFUSED by peer",
+            0,
+        );
+        let yes = |f: EventFilter| assert!(f.matches(&e));
+        let no = |f: EventFilter| assert!(!f.matches(&e));
+        yes(filter(|_| {}).unwrap());
+        yes(filter(|p| p.severity = Some("error".into())).unwrap());
+        no(filter(|p| p.severity = Some("warning".into())).unwrap());
+        yes(filter(|p| p.severity = Some(">=warning".into())).unwrap());
+        no(filter(|p| p.severity = Some(">=critical".into())).unwrap());
+        yes(filter(|p| p.hostname = Some("db-*".into())).unwrap());
+        no(filter(|p| p.hostname = Some("web-*".into())).unwrap());
+        yes(filter(|p| p.q = Some("refused".into())).unwrap());
+        yes(filter(|p| p.q = Some("link_up".into())).unwrap());
+        no(filter(|p| p.q = Some("timeout".into())).unwrap());
+        yes(filter(|p| p.site = Some("paris".into())).unwrap());
+        no(filter(|p| p.agent = Some("gw-2".into())).unwrap());
+        yes(filter(|p| p.tag = Some("CISCO_LINK_UPDOWN".into())).unwrap());
+        no(filter(|p| p.event_type = Some("x".into())).unwrap());
+        no(filter(|p| p.correlated_incident = Some("INC-1".into())).unwrap());
+        yes(filter(|p| {
+            p.from = Some("2023-11-14T22:13:20Z".into());
+            p.to = Some("2023-11-14T22:13:21Z".into());
+        })
+        .unwrap());
+        no(filter(|p| p.from = Some("2023-11-14T22:13:21Z".into())).unwrap());
+        no(filter(|p| p.to = Some("2023-11-14T22:13:20Z".into())).unwrap());
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        let param = |f: fn(&mut EventParams)| filter(f).unwrap_err().param;
+        assert_eq!(param(|p| p.severity = Some("loud".into())), "severity");
+        assert_eq!(param(|p| p.from = Some("yesterday".into())), "from");
+        assert_eq!(param(|p| p.hostname = Some("db-[".into())), "hostname");
+        assert_eq!(param(|p| p.source = Some(String::new())), "source");
+        assert_eq!(
+            param(|p| {
+                p.from = Some("2026-01-02T00:00:00Z".into());
+                p.to = Some("2026-01-01T00:00:00Z".into());
+            }),
+            "to"
+        );
+        let e = filter(|p| p.severity = Some("loud".into())).unwrap_err();
+        assert!(e.message.contains("critical"), "{}", e.message);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        assert_eq!(decode_cursor(&encode_cursor(12345)).unwrap(), 12345);
+        assert_eq!(decode_cursor("12345").unwrap_err().param, "cursor");
+        assert!(decode_cursor("c1.zz").is_err());
+    }
+}
