@@ -334,6 +334,10 @@ pub struct Deduper {
     max_keys: usize,
     /// Count updates of entries that were evicted or replaced, to go out with the next commit.
     orphans: Vec<Encoded>,
+    /// Keys whose entries turned dirty since the last flush, so a flush visits only those and
+    /// not every remembered key (it runs on every group commit). May hold keys since evicted
+    /// or cleaned; [`Deduper::take_counts`] skips them.
+    dirty: Vec<u64>,
     /// Repeats merged since the process started (also the metric `weir_agent_dedup_merged_total`).
     pub merged_total: u64,
     pub evicted_total: u64,
@@ -365,6 +369,7 @@ impl Deduper {
             map: HashMap::new(),
             max_keys: max_keys.max(1),
             orphans: Vec::new(),
+            dirty: Vec::new(),
             merged_total: 0,
             evicted_total: 0,
         }
@@ -394,7 +399,10 @@ impl Deduper {
                 Some(e) if at < e.window_end_us => {
                     e.count += 1;
                     e.last_seen_us = e.last_seen_us.max(at);
-                    e.dirty = true;
+                    if !e.dirty {
+                        e.dirty = true;
+                        self.dirty.push(tag.key);
+                    }
                     out.merged += 1;
                 }
                 _ => {
@@ -431,18 +439,28 @@ impl Deduper {
     /// those of evicted entries. Marks them clean.
     pub fn take_counts(&mut self) -> Vec<Encoded> {
         let mut out = std::mem::take(&mut self.orphans);
-        for e in self.map.values_mut() {
-            if e.dirty && e.seq != 0 {
+        let map = &mut self.map;
+        self.dirty.retain(|key| match map.get_mut(key) {
+            Some(e) if e.dirty && e.seq != 0 => {
                 out.push(count_record(e.seq, e));
                 e.dirty = false;
+                false
             }
-        }
+            // Still being appended: its count goes out once it has a sequence number.
+            Some(e) if e.dirty => true,
+            // Evicted, replaced or already flushed.
+            _ => false,
+        });
         out
     }
 
     /// Whether a flush would queue anything.
     pub fn has_pending(&self) -> bool {
-        !self.orphans.is_empty() || self.map.values().any(|e| e.dirty && e.seq != 0)
+        !self.orphans.is_empty()
+            || self
+                .dirty
+                .iter()
+                .any(|k| self.map.get(k).is_some_and(|e| e.dirty && e.seq != 0))
     }
 
     /// Tells the deduper which sequence numbers the first occurrences got (`seqs[i]` for kept

@@ -205,10 +205,17 @@ async fn run_once(
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let name = cfg.name.clone();
+    let max_line = cfg.max_line_bytes.0 as usize;
     let stderr_task = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            weir_common::warn_limited!("script_stderr", script = %name, stderr = %line, "script wrote to standard error");
+        // Bounded like stdout: a script must not grow the agent's memory with one endless line.
+        let mut reader = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while let Ok(Some(line)) = next_line(&mut reader, &mut buf, max_line).await {
+            let text = match line {
+                Line::Complete => String::from_utf8_lossy(buf.trim_ascii()).into_owned(),
+                Line::TooLong => format!("(a line longer than {max_line} bytes)"),
+            };
+            weir_common::warn_limited!("script_stderr", script = %name, stderr = %text, "script wrote to standard error");
         }
     });
     let read = read_events(
@@ -247,6 +254,44 @@ async fn run_once(
     }
 }
 
+/// What [`next_line`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// A line (without a trailing newline at end of output) is in the buffer.
+    Complete,
+    /// A line longer than the limit was read and discarded; the buffer holds at most the limit.
+    TooLong,
+}
+
+/// Reads the next line into `buf` (cleared first), holding at most `max_line + 1` bytes
+/// however long the line is. `None` at end of output.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max_line: usize,
+) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let n = reader
+        .take(max_line as u64 + 1)
+        .read_until(b'\n', buf)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') || buf.len() <= max_line {
+        return Ok(Some(Line::Complete));
+    }
+    // Too long: skip to the end of this line, a bounded chunk at a time.
+    loop {
+        buf.clear();
+        let n = reader.take(64 << 10).read_until(b'\n', buf).await?;
+        if n == 0 || buf.last() == Some(&b'\n') {
+            buf.clear();
+            return Ok(Some(Line::TooLong));
+        }
+    }
+}
+
 /// Reads lines until end of output, submitting the events of each good line. Returns the
 /// number of lines read.
 async fn read_events<R: AsyncBufRead + Unpin>(
@@ -258,24 +303,16 @@ async fn read_events<R: AsyncBufRead + Unpin>(
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(1024);
     loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(max_line as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
+        let line = match next_line(&mut reader, &mut buf, max_line).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return line_no,
             Err(e) => {
                 tracing::warn!(script, error = %e, "error reading the script's output");
                 return line_no;
             }
         };
-        if n == 0 {
-            return line_no;
-        }
         line_no += 1;
-        if buf.last() != Some(&b'\n') && buf.len() > max_line {
-            // Too long: skip to the end of this line.
+        if line == Line::TooLong {
             sink.drops.count("script_line_too_long");
             weir_common::warn_limited!(
                 "script_line_too_long",
@@ -284,18 +321,6 @@ async fn read_events<R: AsyncBufRead + Unpin>(
                 max_line,
                 "script output line too long; dropped"
             );
-            loop {
-                buf.clear();
-                match (&mut reader)
-                    .take(64 << 10)
-                    .read_until(b'\n', &mut buf)
-                    .await
-                {
-                    Ok(0) | Err(_) => return line_no,
-                    Ok(_) if buf.last() == Some(&b'\n') => break,
-                    Ok(_) => {}
-                }
-            }
             continue;
         }
         let line = buf.trim_ascii();
@@ -401,6 +426,50 @@ exit 3"#
             n += sub;
         }
         assert_eq!(n, 3, "one event, then an array of two");
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_skipped_with_bounded_memory() {
+        let mut input = vec![b'x'; 4 << 20];
+        input.extend_from_slice(b"\nshort\nlast");
+        let mut reader = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            next_line(&mut reader, &mut buf, 256).await.unwrap(),
+            Some(Line::TooLong)
+        );
+        assert!(buf.capacity() <= 256 << 10, "held {} bytes", buf.capacity());
+        assert_eq!(
+            next_line(&mut reader, &mut buf, 256).await.unwrap(),
+            Some(Line::Complete)
+        );
+        assert_eq!(buf, b"short\n");
+        assert_eq!(
+            next_line(&mut reader, &mut buf, 256).await.unwrap(),
+            Some(Line::Complete)
+        );
+        assert_eq!(buf, b"last");
+        assert_eq!(next_line(&mut reader, &mut buf, 256).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_endless_stderr_line_does_not_stop_the_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = script(
+            dir.path(),
+            r#"head -c 3000000 /dev/zero | tr '\0' x >&2
+echo '{"source":"a","hostname":"h","severity":"info","message":"after"}'"#,
+        );
+        let (sink, mut rx) = pipeline::channel(100, DedupRules::default());
+        run_once(
+            &cfg,
+            &sink,
+            &CancellationToken::new(),
+            Some(Duration::from_secs(10)),
+        )
+        .await;
+        drop(sink);
+        assert_eq!(rx.recv_for_test().await, Some(1));
     }
 
     #[tokio::test]

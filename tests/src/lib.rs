@@ -477,6 +477,19 @@ impl Proc {
         p
     }
 
+    /// Starts `weir-agent --config CONFIG` and waits until its local HTTP server at `http`
+    /// answers `/healthz`.
+    pub async fn agent(config: &Path, http: SocketAddr, log_dir: &Path) -> Proc {
+        let p = Proc::spawn(
+            "weir-agent",
+            [OsStr::new("--config"), config.as_os_str()],
+            "weir-agent",
+            log_dir,
+        );
+        wait_healthy(http, "agent HTTP up").await;
+        p
+    }
+
     /// (Re)starts the process with the same arguments. Panics if it is still running.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
@@ -798,6 +811,12 @@ pub async fn post_events(
         );
     }
     Ok(())
+}
+
+/// Waits (up to 20 s) until `GET <http>/healthz` answers 200.
+pub async fn wait_healthy(http: SocketAddr, what: &str) {
+    let client = http_client();
+    eventually_async(Duration::from_secs(20), what, || healthy(&client, http)).await;
 }
 
 /// `GET <base>/healthz` answers 200.

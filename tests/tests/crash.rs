@@ -64,18 +64,8 @@ async fn agent_killed_repeatedly_loses_and_duplicates_nothing() {
     let http_port = free_tcp_port();
     let config = env.agent_config("agent", &agg.quic_addr.to_string(), &tls, http_port);
     let http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    let client = http_client();
 
-    let mut agent = Proc::spawn(
-        "weir-agent",
-        [std::ffi::OsStr::new("--config"), config.as_os_str()],
-        "weir-agent",
-        env.path(),
-    );
-    eventually_async(Duration::from_secs(20), "agent HTTP up", || {
-        healthy(&client, http)
-    })
-    .await;
+    let mut agent = Proc::agent(&config, http, env.path()).await;
 
     let sender = Sender::start(http, BATCH, 0, Duration::from_millis(10));
     for round in 0..ROUNDS {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use weir_tests::{
-    Agent, Aggregator, Env, Proc, eventually, eventually_async, free_tcp_port, free_udp_port,
-    healthy, http_client, post_events, read_store,
+    Agent, Aggregator, Env, Proc, eventually, free_tcp_port, free_udp_port, http_client,
+    post_events, read_store,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,16 +73,7 @@ async fn counts_survive_an_agent_kill_during_an_outage() {
     // The aggregator is not running yet: everything waits in the agent's queue.
     let config = env.agent_config("agent", &format!("127.0.0.1:{quic_port}"), &tls, http_port);
     let client = http_client();
-    let mut agent = Proc::spawn(
-        "weir-agent",
-        [std::ffi::OsStr::new("--config"), config.as_os_str()],
-        "weir-agent",
-        env.path(),
-    );
-    eventually_async(Duration::from_secs(20), "agent HTTP up", || {
-        healthy(&client, http)
-    })
-    .await;
+    let mut agent = Proc::agent(&config, http, env.path()).await;
 
     let event = json!({
         "source": "billing",
@@ -112,10 +103,7 @@ async fn counts_survive_an_agent_kill_during_an_outage() {
     // At once after the last 202: no time for a flush tick.
     agent.kill9();
     agent.start();
-    eventually_async(Duration::from_secs(20), "agent HTTP up again", || {
-        healthy(&client, http)
-    })
-    .await;
+    weir_tests::wait_healthy(http, "agent HTTP up again").await;
 
     let agg = Aggregator::start(&agg_config).await;
     eventually(

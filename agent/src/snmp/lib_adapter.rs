@@ -948,11 +948,7 @@ pub mod encode {
         trap_oid: &str,
         varbinds: &[(&str, &str)],
     ) -> Result<Vec<u8>, String> {
-        let pdu = trap_pdu(Version::V2c, false, request_id, uptime, trap_oid, varbinds)?;
-        CommunityMessage::v2c(community.as_bytes().to_vec(), pdu)
-            .and_then(|m| m.encode())
-            .map(|b| b.to_vec())
-            .map_err(|e| e.to_string())
+        v2c(community, false, request_id, uptime, trap_oid, varbinds)
     }
 
     /// A v2c InformRequest, like [`v2c_trap`].
@@ -963,7 +959,18 @@ pub mod encode {
         trap_oid: &str,
         varbinds: &[(&str, &str)],
     ) -> Result<Vec<u8>, String> {
-        let pdu = trap_pdu(Version::V2c, true, request_id, uptime, trap_oid, varbinds)?;
+        v2c(community, true, request_id, uptime, trap_oid, varbinds)
+    }
+
+    fn v2c(
+        community: &str,
+        inform: bool,
+        request_id: i32,
+        uptime: u32,
+        trap_oid: &str,
+        varbinds: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
+        let pdu = trap_pdu(Version::V2c, inform, request_id, uptime, trap_oid, varbinds)?;
         CommunityMessage::v2c(community.as_bytes().to_vec(), pdu)
             .and_then(|m| m.encode())
             .map(|b| b.to_vec())

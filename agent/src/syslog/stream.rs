@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt as _};
 use jiff::Timestamp;
 use tokio::io::AsyncRead;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -71,22 +71,9 @@ pub(super) async fn run_tcp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let Some(permit) = settings.permit(&shutdown).await else {
-            break;
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors: back off rather than spin.
-                    weir_common::warn_limited!("syslog_tcp_accept", error = %e, "accepting a syslog TCP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, permit)) =
+        accept(&listener, &settings, &shutdown, "syslog_tcp").await
+    {
         let span = tracing::debug_span!("syslog_tcp_connection", %peer);
         tracker.spawn(
             run_connection(
@@ -102,6 +89,30 @@ pub(super) async fn run_tcp(
         );
     }
     tracing::debug!("syslog TCP listener stopped");
+}
+
+/// Waits for a connection permit, then for a connection (TCP and TLS listeners alike); `None`
+/// on shutdown. Accept errors (usually out of file descriptors) are logged and retried after a
+/// pause rather than spun on.
+pub(super) async fn accept(
+    listener: &TcpListener,
+    settings: &StreamSettings,
+    shutdown: &CancellationToken,
+    input: &'static str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = settings.permit(shutdown).await?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => return Some((stream, peer, permit)),
+                Err(e) => {
+                    weir_common::warn_limited!("syslog_stream_accept", input, error = %e, "accepting a syslog connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Keeps `weir_agent_syslog_connections` right however a connection task ends.

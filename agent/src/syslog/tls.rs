@@ -83,21 +83,9 @@ pub(super) async fn run(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let Some(permit) = settings.permit(&shutdown).await else {
-            break;
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    weir_common::warn_limited!("syslog_tls_accept", error = %e, "accepting a syslog TLS connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer, permit)) =
+        super::stream::accept(&listener, &settings, &shutdown, "syslog_tls").await
+    {
         let span = tracing::debug_span!("syslog_tls_connection", %peer);
         let (acceptor, settings, sink, shutdown) = (
             acceptor.clone(),
