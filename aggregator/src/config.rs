@@ -15,6 +15,9 @@ pub struct AggregatorConfig {
     pub data_dir: PathBuf,
     pub quic: QuicConfig,
     pub api: ApiConfig,
+    /// Transformation rules, event definitions and alarm keeping.
+    #[serde(default)]
+    pub processing: crate::alarm::ProcessingConfig,
     #[serde(skip)]
     pub source: PathBuf,
 }
@@ -94,6 +97,7 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     c.quic.key = resolve(path, &c.quic.key);
     c.quic.crl = c.quic.crl.as_ref().map(|p| resolve(path, p));
     c.api.api_key_file = resolve(path, &c.api.api_key_file);
+    c.processing.resolve_and_check(path)?;
     let fail = |field: &str, message: &str| ConfigError::Check {
         path: path.to_path_buf(),
         field: field.into(),
@@ -153,6 +157,22 @@ api_key_file = "api-key"
 # Largest request body, and the per-request time limit.
 max_body_bytes = "8MiB"
 request_timeout = "30s"
+
+[processing]
+# Transformation rules (seed 002), evaluated in order before events are stored; see the
+# commented example conf/transforms.toml. Without this key no rules run.
+# transforms = "transforms.toml"
+# Event definitions by tag (seed 001): severity, dest, alarm reduction/clear keys. Without
+# this key the built-in definitions apply (conf/definitions.toml: SNMP link down/up,
+# cold/warm start, auth failure, and X_DOWN cleared by X_UP).
+# definitions = "definitions.toml"
+# How long a cleared alarm stays visible before it is removed.
+cleared_alarm_retention = "1h"
+# How long a clear is remembered (after its alarm is removed, or when it arrived before its
+# problem) so that late, older problems do not open stale alarms. At least the retention.
+clear_memory = "1d"
+# Most alarms kept; problems that would open more raise none (counted, events still stored).
+max_alarms = 100000
 "#
     )
 }

@@ -21,9 +21,11 @@ use tracing::Instrument;
 use weir_common::wire::io::{read_frame, write_frame};
 use weir_common::wire::{self, Ack, AgentFrame, AggregatorFrame, HelloAck, Refused};
 
+use crate::alarm::Outcome;
+use crate::alarm::persist::Engine;
 use crate::config::QuicConfig;
 use crate::registry::{AgentLive, Registry};
-use crate::store::{AgentBatch, Prepared, Store, prepare};
+use crate::store::{AgentBatch, Prepared, Store, prepare_with};
 
 /// Most batches committed in one transaction.
 const MAX_GROUP_BATCHES: usize = 64;
@@ -36,6 +38,9 @@ pub struct IngestItem {
     pub name: Arc<str>,
     /// The batch's records, decoded and encoded by the connection task (see [`prepare`]).
     pub records: Vec<Prepared>,
+    /// What processing decided for the batch's events that need the writer (alarm updates,
+    /// events not stored), applied in the commit's transaction unless they are redeliveries.
+    pub outcomes: Vec<Outcome>,
     /// Receives the agent's committed sequence after the commit, or `Err` if it failed.
     pub reply: mpsc::UnboundedSender<Result<u64, ()>>,
     /// Set when a commit of this connection's batches failed: its later batches must not be
@@ -75,6 +80,8 @@ pub struct Ingest {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub writer: mpsc::Sender<IngestItem>,
+    /// Transformation rules, event definitions, alarms.
+    pub alarms: Arc<Engine>,
 }
 
 /// Accepts agent connections until `shutdown`.
@@ -287,12 +294,23 @@ async fn session(
                 ingest.registry.seen(site, name, None);
                 // Decoding and encoding happen here, on this connection's task, so the single
                 // store writer only inserts (and several agents' batches prepare in parallel).
-                let records = prepare(site, name, &batch, Timestamp::now());
+                // Transforms and definitions (stateless) run here too.
+                let processor = ingest.alarms.processor();
+                let mut outcomes = Vec::new();
+                let records = prepare_with(site, name, &batch, Timestamp::now(), |stored| {
+                    let o = processor.process_stored(stored);
+                    let keep = o.stored();
+                    if !o.is_noop() {
+                        outcomes.push(o);
+                    }
+                    keep
+                });
                 drop(batch);
                 let item = IngestItem {
                     site: site.clone(),
                     name: name.clone(),
                     records,
+                    outcomes,
                     reply: reply_tx.clone(),
                     poisoned: poisoned.clone(),
                 };
@@ -327,7 +345,7 @@ async fn session(
 
 /// The single store writer: drains the channel, commits groups, replies. Runs on its own
 /// thread (redb writes block) until every sender is gone.
-pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
+pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver<IngestItem>) {
     use std::sync::atomic::Ordering;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -357,8 +375,27 @@ pub fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<IngestItem>) {
             })
             .collect();
         let started = Instant::now();
-        match store.commit(&batches, Timestamp::now()) {
+        let now = Timestamp::now();
+        let mut applied = None;
+        let committed = store.commit_with(&batches, now, |txn, prior| {
+            // Only records above the agent's previous committed sequence are new.
+            let fresh = group
+                .iter()
+                .zip(prior)
+                .flat_map(|(item, &p)| item.outcomes.iter().filter(move |o| o.seq > p));
+            applied = Some(crate::alarm::persist::apply(
+                txn,
+                fresh,
+                &alarms.config,
+                now,
+            )?);
+            Ok(())
+        });
+        match committed {
             Ok(out) => {
+                if let Some(a) = applied {
+                    a.record_metrics();
+                }
                 metrics::histogram!("weir_aggregator_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("weir_aggregator_events_stored_total").increment(out.stored);

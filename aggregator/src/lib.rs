@@ -1,6 +1,8 @@
 //! weir-aggregator: stores every agent's events exactly once and serves the NOC's REST API.
 
+pub mod alarm;
 pub mod api;
+pub mod api_alarms;
 pub mod config;
 pub mod ingest;
 pub mod query;
@@ -52,6 +54,10 @@ pub async fn start(
         weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?,
     );
     let registry = Arc::new(registry::Registry::default());
+    let alarms = Arc::new(alarm::persist::Engine::new(
+        store.clone(),
+        config.processing.clone(),
+    )?);
 
     let server_config = ingest::server_config(&config.quic)?;
     let endpoint =
@@ -75,16 +81,22 @@ pub async fn start(
     let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(config.quic.ingest_queue_batches);
     let writer = {
         let store = store.clone();
+        let alarms = alarms.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || ingest::run_writer(store, writer_rx))?
+            .spawn(move || ingest::run_writer(store, alarms, writer_rx))?
     };
     let tracker = TaskTracker::new();
     let ingest = Arc::new(ingest::Ingest {
         store: store.clone(),
         registry: registry.clone(),
         writer: writer_tx,
+        alarms: alarms.clone(),
     });
+    tracker.spawn(alarm::persist::run_expiry(
+        alarms.clone(),
+        shutdown.child_token(),
+    ));
     tracker.spawn(ingest::run_listener(
         endpoint.clone(),
         ingest,

@@ -88,6 +88,9 @@ pub enum Prepared {
     },
     /// A record that does not decode (counted and skipped at commit, never stored).
     Malformed { seq: u64, error: String },
+    /// An event that processing decided not to store (suppressed, `donotpersist`, ...): it
+    /// only advances the agent's committed sequence. Its effects travel beside the batch.
+    Skip { seq: u64 },
 }
 
 impl Prepared {
@@ -95,19 +98,32 @@ impl Prepared {
         match self {
             Prepared::Event { seq, .. }
             | Prepared::Count { seq, .. }
-            | Prepared::Malformed { seq, .. } => *seq,
+            | Prepared::Malformed { seq, .. }
+            | Prepared::Skip { seq } => *seq,
         }
     }
 }
 
 /// Decodes a batch's records and encodes its events as stored, stamped `stored_at = now`.
 pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Prepared> {
+    prepare_with(site, name, batch, now, |_| true)
+}
+
+/// [`prepare`], with `process` run on each event before it is encoded; it may change the
+/// event and returns whether to store it (`false` gives [`Prepared::Skip`]).
+pub fn prepare_with(
+    site: &str,
+    name: &str,
+    batch: &Batch,
+    now: Timestamp,
+    mut process: impl FnMut(&mut StoredEvent) -> bool,
+) -> Vec<Prepared> {
     batch
         .records
         .iter()
         .map(|wr| match Record::from_bytes(&wr.payload) {
             Ok(Record::Event(event)) => {
-                let stored = StoredEvent {
+                let mut stored = StoredEvent {
                     site: site.to_string(),
                     agent: name.to_string(),
                     seq: wr.seq,
@@ -115,6 +131,9 @@ pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Pre
                     correlated_incident: None,
                     event,
                 };
+                if !process(&mut stored) {
+                    return Prepared::Skip { seq: wr.seq };
+                }
                 let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
                 Prepared::Event { seq: wr.seq, bytes }
             }
@@ -149,6 +168,8 @@ pub struct CommitOutcome {
     /// Records that could not be decoded (counted, logged, skipped: they must not wedge the
     /// agent's pipeline).
     pub malformed: u64,
+    /// Events processing decided not to store ([`Prepared::Skip`]; counted where decided).
+    pub not_stored: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,12 +221,31 @@ impl Store {
         }
     }
 
+    /// The redb database, for state kept beside the events (alarms, incidents) in the same
+    /// file and, through [`Store::commit_with`], the same transactions.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Stores several agents' batches in one durable transaction.
     pub fn commit(
         &self,
         batches: &[AgentBatch<'_>],
         now: Timestamp,
     ) -> Result<CommitOutcome, StoreError> {
+        self.commit_with(batches, now, |_, _| Ok(()))
+    }
+
+    /// [`Store::commit`], running `also` in the same transaction before it commits. `also`
+    /// gets each batch's committed sequence *before* this commit: the batch's records above it
+    /// are new, the rest redeliveries (whose effects must not be applied twice).
+    pub fn commit_with(
+        &self,
+        batches: &[AgentBatch<'_>],
+        now: Timestamp,
+        also: impl FnOnce(&redb::WriteTransaction, &[u64]) -> Result<(), redb::Error>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut prior = Vec::with_capacity(batches.len());
         let mut out = CommitOutcome::default();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate)
@@ -249,6 +289,7 @@ impl Store {
                         }
                     },
                 };
+                prior.push(rec.committed_seq);
                 for p in ab.records {
                     let seq = p.seq();
                     if seq <= rec.committed_seq {
@@ -305,6 +346,7 @@ impl Store {
                                 out.orphan_updates += 1;
                             }
                         }
+                        Prepared::Skip { .. } => out.not_stored += 1,
                         Prepared::Malformed { error, .. } => {
                             out.malformed += 1;
                             weir_common::warn_limited!(
@@ -329,6 +371,7 @@ impl Store {
             meta.insert("next_agent", next_agent)
                 .map_err(|e| self.err(e))?;
         }
+        also(&txn, &prior).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
     }
@@ -444,6 +487,49 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Sets `correlated_incident` on the stored events with these fleet ids, inside `txn`;
+    /// returns how many were found (`donotpersist` events, for one, are not).
+    pub fn mark_correlated(
+        txn: &redb::WriteTransaction,
+        event_ids: &[String],
+        incident: &str,
+    ) -> Result<u64, redb::Error> {
+        let agents = txn.open_table(AGENTS)?;
+        let agent_seq = txn.open_table(AGENT_SEQ)?;
+        let mut events = txn.open_table(EVENTS)?;
+        let mut found = 0;
+        for id in event_ids {
+            let mut parts = id.rsplitn(3, ':');
+            let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(seq) = seq.parse::<u64>() else {
+                continue;
+            };
+            let identity = format!("{site}/{name}");
+            let Some(agent) = agents
+                .get(identity.as_str())?
+                .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
+            else {
+                continue;
+            };
+            let Some(key) = agent_seq.get((agent.number, seq))?.map(|v| v.value()) else {
+                continue;
+            };
+            let current = events.get(key)?.map(|v| v.value().to_vec());
+            if let Some(bytes) = current
+                && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
+            {
+                stored.correlated_incident = Some(incident.to_string());
+                let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+                events.insert(key, bytes.as_slice())?;
+                found += 1;
+            }
+        }
+        Ok(found)
     }
 
     /// Finds an event by its fleet id `site:agent:seq`.
