@@ -25,7 +25,7 @@ use crate::alarm::Outcome;
 use crate::alarm::persist::Engine;
 use crate::config::QuicConfig;
 use crate::registry::{AgentLive, Registry};
-use crate::store::{AgentBatch, Prepared, Store, prepare_with};
+use crate::store::{AgentBatch, Prepared, Store};
 
 /// Most batches committed in one transaction.
 const MAX_GROUP_BATCHES: usize = 64;
@@ -36,7 +36,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct IngestItem {
     pub site: Arc<str>,
     pub name: Arc<str>,
-    /// The batch's records, decoded and encoded by the connection task (see [`prepare`]).
+    /// The batch's records, decoded and encoded by the connection task (see [`crate::alarm::prepare_batch`]).
     pub records: Vec<Prepared>,
     /// What processing decided for the batch's events that need the writer (alarm updates,
     /// events not stored), applied in the commit's transaction unless they are redeliveries.
@@ -295,16 +295,13 @@ async fn session(
                 // Decoding and encoding happen here, on this connection's task, so the single
                 // store writer only inserts (and several agents' batches prepare in parallel).
                 // Transforms and definitions (stateless) run here too.
-                let processor = ingest.alarms.processor();
-                let mut outcomes = Vec::new();
-                let records = prepare_with(site, name, &batch, Timestamp::now(), |stored| {
-                    let o = processor.process_stored(stored);
-                    let keep = o.stored();
-                    if !o.is_noop() {
-                        outcomes.push(o);
-                    }
-                    keep
-                });
+                let (records, outcomes) = crate::alarm::prepare_batch(
+                    &ingest.alarms.processor(),
+                    site,
+                    name,
+                    &batch,
+                    Timestamp::now(),
+                );
                 drop(batch);
                 let item = IngestItem {
                     site: site.clone(),

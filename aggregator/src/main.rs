@@ -85,7 +85,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             weir_aggregator::ingest::server_config(&c.quic)
                 .with_context(|| format!("{}: [quic] TLS files", file.display()))?;
-            println!("{}: OK", file.display());
+            // Transformation rules and event definitions: errors name file, line, rule, field.
+            let p = weir_aggregator::alarm::Processor::load(&c.processing)?;
+            println!(
+                "{}: OK ({} transformation rules, {} event definitions)",
+                file.display(),
+                p.transforms.rules.len(),
+                p.definitions.len()
+            );
             Ok(())
         }
         (

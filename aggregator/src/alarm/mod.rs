@@ -273,6 +273,28 @@ impl Processor {
     }
 }
 
+/// Decodes and encodes a batch as [`crate::store::prepare`] does, running `processor` on each
+/// event first: the records for the writer, and the outcomes it must apply (only the events
+/// that need it).
+pub fn prepare_batch(
+    processor: &Processor,
+    site: &str,
+    name: &str,
+    batch: &weir_common::wire::Batch,
+    now: jiff::Timestamp,
+) -> (Vec<crate::store::Prepared>, Vec<Outcome>) {
+    let mut outcomes = Vec::new();
+    let records = crate::store::prepare_with(site, name, batch, now, |stored| {
+        let o = processor.process_stored(stored);
+        let keep = o.stored();
+        if !o.is_noop() {
+            outcomes.push(o);
+        }
+        keep
+    });
+    (records, outcomes)
+}
+
 /// The line of byte offset `offset` in `text` (1-based).
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -297,4 +319,4 @@ pub(crate) fn rule_error(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

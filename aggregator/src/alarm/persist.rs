@@ -417,7 +417,7 @@ pub fn alarms(db: &Database) -> Result<Vec<Alarm>, redb::Error> {
         let (_, a) = item?;
         v.push(dec::<Alarm>("alarm", a.value())?);
     }
-    v.sort_by(|a, b| b.id.cmp(&a.id));
+    v.sort_by_key(|a| std::cmp::Reverse(a.id));
     Ok(v)
 }
 
