@@ -1,11 +1,15 @@
 //! weir-aggregator: stores every agent's events exactly once and serves the NOC's REST API.
 
 pub mod api;
+pub mod archive;
 pub mod config;
+pub mod histogram;
+pub mod index;
 pub mod ingest;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
+pub mod retention;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -101,6 +105,11 @@ pub async fn start(
             shutdown.child_token(),
         ));
     }
+    tracker.spawn(retention::run(
+        store.clone(),
+        config.retention.clone(),
+        shutdown.child_token(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,
