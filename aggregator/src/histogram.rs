@@ -174,3 +174,188 @@ pub async fn histogram(
         buckets,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use weir_common::ingest::ApiKeys;
+    use weir_common::wire::{Batch, WireRecord};
+    use weir_common::{Event, InputKind, Record, Severity};
+
+    use crate::api::{ApiState, router};
+    use crate::registry::Registry;
+    use crate::store::{AgentBatch, Store, prepare};
+
+    const T0: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
+
+    /// Events at T0 + i*10 min (i = 0..12): severities cycle warning, error, info; site paris
+    /// for even i, lyon for odd; event 1 seen 4 times.
+    fn app(dir: &tempfile::TempDir) -> axum::Router {
+        let store = Arc::new(Store::open(&dir.path().join("e.redb")).unwrap());
+        for (site, parity) in [("paris", 0), ("lyon", 1)] {
+            let mut records: Vec<WireRecord> = (0..12u64)
+                .filter(|i| i % 2 == parity)
+                .map(|i| {
+                    let t = jiff::Timestamp::from_second(T0 + i as i64 * 600).unwrap();
+                    let sev = [Severity::Warning, Severity::Error, Severity::Info][i as usize % 3];
+                    WireRecord {
+                        seq: i + 1,
+                        payload: Record::Event(Event::new(
+                            InputKind::Syslog,
+                            "syslog",
+                            "core-1",
+                            sev,
+                            format!("m{i}"),
+                            t,
+                        ))
+                        .to_bytes(),
+                    }
+                })
+                .collect();
+            if site == "paris" {
+                records.push(WireRecord {
+                    seq: 100,
+                    payload: Record::Count {
+                        target_seq: 1,
+                        count: 4,
+                        last_seen: jiff::Timestamp::from_second(T0 + 60).unwrap(),
+                    }
+                    .to_bytes(),
+                });
+            }
+            let batch = Batch {
+                first_seq: records[0].seq,
+                last_seq: records.last().unwrap().seq,
+                records,
+            };
+            let now = jiff::Timestamp::from_second(T0 + 9000).unwrap();
+            let prepared = prepare(site, "gw-1", &batch, now);
+            store
+                .commit(
+                    &[AgentBatch {
+                        site,
+                        name: "gw-1",
+                        records: &prepared,
+                    }],
+                    now,
+                )
+                .unwrap();
+        }
+        router(ApiState {
+            store,
+            registry: Arc::new(Registry::default()),
+            keys: Arc::new(ApiKeys::from_lines("k")),
+            metrics: weir_common::telemetry::prometheus(),
+        })
+    }
+
+    async fn get(app: axum::Router, uri: &str) -> (u16, serde_json::Value) {
+        let req = Request::get(uri)
+            .header("x-api-key", "k")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    const RANGE: &str = "from=2023-11-14T22:00:00Z&to=2023-11-15T00:00:00Z";
+
+    #[tokio::test]
+    async fn counts_per_severity_per_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, body) = get(
+            app(&dir),
+            &format!("/api/v1/events/histogram?{RANGE}&bucket=1h"),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let buckets = body["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 2);
+        assert_eq!(buckets[0]["start"], "2023-11-14T22:00:00Z");
+        assert_eq!(buckets[1]["start"], "2023-11-14T23:00:00Z");
+        // 22:13:20 + i*10min: i = 0..=4 in the 22h bucket, 5..=10 in the 23h one, 11 after `to`.
+        assert_eq!(
+            buckets[0]["events"],
+            serde_json::json!({"critical": 0, "error": 2, "warning": 2, "info": 1, "debug": 0})
+        );
+        assert_eq!(buckets[0]["occurrences"]["warning"], 5, "m0 seen 4 times");
+        assert_eq!(
+            buckets[1]["events"],
+            serde_json::json!({"critical": 0, "error": 2, "warning": 2, "info": 2, "debug": 0})
+        );
+        assert_eq!(body["total_events"], 11);
+        assert_eq!(body["total_occurrences"], 14);
+        assert_eq!(body["bucket_seconds"], 3600);
+    }
+
+    #[tokio::test]
+    async fn filters_apply_and_buckets_align() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, body) = get(
+            app(&dir),
+            &format!("/api/v1/events/histogram?{RANGE}&bucket=1h&site=lyon&severity=%3E%3Derror"),
+        )
+        .await;
+        assert_eq!(body["total_events"], 2, "{body}");
+        let (_, body) = get(
+            app(&dir),
+            &format!("/api/v1/events/histogram?{RANGE}&bucket=1h&q=M1"),
+        )
+        .await;
+        assert_eq!(
+            body["total_events"], 2,
+            "m1, m10 (m11 is after `to`): {body}"
+        );
+        let (s, body) = get(
+            app(&dir),
+            "/api/v1/events/histogram?from=2023-11-14T22:13:20Z&to=2023-11-14T22:33:21Z&bucket=10m",
+        )
+        .await;
+        assert_eq!(s, 200);
+        let b = body["buckets"].as_array().unwrap();
+        assert_eq!(b.len(), 3, "22:10, 22:20, 22:30: {body}");
+        assert_eq!(b[0]["start"], "2023-11-14T22:10:00Z");
+        assert_eq!(body["total_events"], 3);
+        let (s, body) = get(
+            app(&dir),
+            "/api/v1/events/histogram?to=2023-11-15T00:00:00Z&bucket=1d",
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(body["from"], "2023-11-14T00:00:00Z", "default: a day");
+        assert_eq!(body["total_events"], 11);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_name_the_parameter() {
+        let dir = tempfile::tempdir().unwrap();
+        for (uri, needle) in [
+            (format!("/api/v1/events/histogram?{RANGE}"), "bucket: required"),
+            (format!("/api/v1/events/histogram?{RANGE}&bucket=1x"), "bucket"),
+            (format!("/api/v1/events/histogram?{RANGE}&bucket=0s"), "bucket"),
+            (
+                "/api/v1/events/histogram?from=2020-01-01T00:00:00Z&to=2023-01-01T00:00:00Z&bucket=1m"
+                    .to_string(),
+                "at most 10000",
+            ),
+            (format!("/api/v1/events/histogram?{RANGE}&bucket=1h&limit=5"), "limit"),
+            (format!("/api/v1/events/histogram?{RANGE}&bucket=1h&severity=loud"), "severity"),
+            ("/api/v1/events/histogram?from=soon&bucket=1h".to_string(), "from"),
+        ] {
+            let (s, body) = get(app(&dir), &uri).await;
+            assert_eq!(s, 400, "{uri}: {body}");
+            assert!(
+                body["detail"].as_str().unwrap().contains(needle),
+                "{uri}: {body}"
+            );
+        }
+    }
+}

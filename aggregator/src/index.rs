@@ -278,3 +278,264 @@ impl Iterator for Merge {
         self.sources[best.2].0.take().map(Ok)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use rand::{Rng, SeedableRng};
+    use redb::{ReadableDatabase, ReadableTable, TableHandle};
+    use weir_common::wire::{Batch, WireRecord};
+    use weir_common::{Event, InputKind, Record, Severity};
+
+    use super::*;
+    use crate::query::{Cursor, EventFilter, EventParams};
+    use crate::store::{AgentBatch, Store, prepare};
+
+    const T0: i64 = 1_700_000_000;
+
+    /// 600 events over 3 sites, 2 agents each, 6 hosts, random severities, messages and event
+    /// times (many equal, some out of arrival order), with dedup count updates.
+    fn fill(store: &Store) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let words = [
+            "Link DOWN",
+            "link up",
+            "fan failure",
+            "BGP peer reset",
+            "disk full",
+        ];
+        for site in ["paris", "lyon", "nice"] {
+            for agent in ["gw-1", "gw-2"] {
+                let mut records = Vec::new();
+                for seq in 1..=100u64 {
+                    let t =
+                        Timestamp::from_second(T0 + rng.random_range(0..3600) / 60 * 60).unwrap();
+                    let mut e = Event::new(
+                        InputKind::Syslog,
+                        if seq % 4 == 0 { "app" } else { "syslog" },
+                        format!("core-{}", rng.random_range(0..6)),
+                        Severity::ALL[rng.random_range(0..5)],
+                        format!("{} on port {seq}", words[rng.random_range(0..5)]),
+                        t,
+                    );
+                    if seq % 3 == 0 {
+                        e.tag = Some("LINK_UPDOWN".into());
+                    }
+                    records.push(WireRecord {
+                        seq,
+                        payload: Record::Event(e).to_bytes(),
+                    });
+                }
+                // Seq 101: event 5 was seen 7 times.
+                records.push(WireRecord {
+                    seq: 101,
+                    payload: Record::Count {
+                        target_seq: 5,
+                        count: 7,
+                        last_seen: Timestamp::from_second(T0 + 4000).unwrap(),
+                    }
+                    .to_bytes(),
+                });
+                let batch = Batch {
+                    first_seq: 1,
+                    last_seq: 101,
+                    records,
+                };
+                let now = Timestamp::from_second(T0 + 5000).unwrap();
+                let prepared = prepare(site, agent, &batch, now);
+                store
+                    .commit(
+                        &[AgentBatch {
+                            site,
+                            name: agent,
+                            records: &prepared,
+                        }],
+                        now,
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    /// The reference answer: every event, filtered, newest event time first, ties by key.
+    fn brute(store: &Store, f: &EventFilter) -> Vec<(Cursor, String)> {
+        let mut all = Vec::new();
+        store
+            .scan(|key, s| {
+                if f.matches(&s) {
+                    all.push((
+                        Cursor {
+                            time_us: time_us(&s),
+                            key,
+                        },
+                        s.id(),
+                    ));
+                }
+            })
+            .unwrap();
+        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all
+    }
+
+    /// Pages through `search` and checks it against [`brute`].
+    fn check(store: &Store, p: &EventParams) {
+        let f = EventFilter::parse(p).unwrap();
+        let want = brute(store, &f);
+        let mut got = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.search(&f, 7, cursor).unwrap();
+            assert_eq!(page.total, want.len() as u64, "{p:?} plan {:?}", f.plan());
+            got.extend(page.events.iter().map(|(c, s)| (*c, s.id())));
+            assert!(got.len() <= want.len(), "pages repeat: {p:?}");
+            if !page.more {
+                break;
+            }
+            cursor = page.events.last().map(|(c, _)| *c);
+        }
+        assert_eq!(got, want, "{p:?} plan {:?}", f.plan());
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> EventParams {
+        let mut p = EventParams::default();
+        for (k, v) in pairs {
+            let v = Some(v.to_string());
+            match *k {
+                "severity" => p.severity = v,
+                "from" => p.from = v,
+                "to" => p.to = v,
+                "hostname" => p.hostname = v,
+                "source" => p.source = v,
+                "site" => p.site = v,
+                "agent" => p.agent = v,
+                "tag" => p.tag = v,
+                "correlated_incident" => p.correlated_incident = v,
+                "q" => p.q = v,
+                other => panic!("{other}"),
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn every_plan_agrees_with_a_full_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.redb")).unwrap();
+        fill(&store);
+        // Put some events in incidents (and move one between incidents).
+        let keys: Vec<u64> = ["paris:gw-1:3", "lyon:gw-2:9", "nice:gw-1:50"]
+            .iter()
+            .map(|id| store.key_of(id).unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            store.set_correlated_incident(&keys, Some("INC-1")).unwrap(),
+            3
+        );
+        assert_eq!(
+            store
+                .set_correlated_incident(&keys[..1], Some("INC-2"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .set_correlated_incident(&[999_999], Some("INC-3"))
+                .unwrap(),
+            0
+        );
+        let (from, to) = ("2023-11-14T22:23:20Z", "2023-11-14T22:43:20Z");
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("from", from), ("to", to)],
+            vec![("severity", ">=warning")],
+            vec![("severity", "info"), ("to", to)],
+            vec![
+                ("severity", ">=warning"),
+                ("site", "paris"),
+                ("from", from),
+                ("to", to),
+            ],
+            vec![("site", "lyon"), ("agent", "gw-2")],
+            vec![("hostname", "core-3")],
+            vec![("hostname", "core-[12]"), ("severity", ">=error")],
+            vec![("hostname", "core-3"), ("site", "nice"), ("q", "LINK")],
+            vec![("q", "link"), ("from", from), ("to", to)],
+            vec![("q", "link_up")],
+            vec![("q", "fan"), ("severity", ">=error")],
+            vec![("q", "port 1"), ("site", "paris")],
+            vec![("source", "app"), ("from", from)],
+            vec![("tag", "LINK_UPDOWN"), ("severity", "critical")],
+            vec![("correlated_incident", "INC-1")],
+            vec![("correlated_incident", "INC-2"), ("site", "paris")],
+            vec![("correlated_incident", "INC-3")],
+            vec![("site", "nowhere")],
+        ];
+        for c in &cases {
+            check(&store, &params(c));
+        }
+        // The planner uses the indexes it should.
+        let plan = |c: &[(&str, &str)]| EventFilter::parse(&params(c)).unwrap().plan();
+        let p = plan(&[("severity", ">=warning"), ("site", "paris"), ("from", from)]);
+        assert_eq!(
+            (p.access, p.needs_event),
+            (Access::Site("paris".into()), false)
+        );
+        let p = plan(&[("q", "link"), ("from", from)]);
+        assert_eq!((p.access, p.needs_event), (Access::Time, false));
+        let p = plan(&[("severity", ">=error")]);
+        assert_eq!(p.access, Access::Severity(vec![4, 3]));
+        let p = plan(&[("hostname", "core-*")]);
+        assert_eq!((p.access, p.needs_event), (Access::Time, true));
+        // Count updates reach the summaries (histograms count occurrences from them).
+        let f = EventFilter::parse(&params(&[("site", "paris")])).unwrap();
+        let h = store
+            .histogram(&f, T0 * 1_000_000, 3_600_000_000, 1)
+            .unwrap();
+        let (events, occ) = h[0]
+            .iter()
+            .fold((0, 0), |(e, o), (be, bo)| (e + be, o + bo));
+        assert_eq!((events, occ), (200, 200 + 2 * 6));
+    }
+
+    #[test]
+    fn a_store_without_indexes_is_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            fill(&store);
+        }
+        // Make it look like a store from before the indexes.
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            for t in [BY_TIME.name(), BY_SEVERITY.name()] {
+                assert!(txn.list_tables().unwrap().any(|h| h.name() == t));
+            }
+            txn.delete_table(BY_TIME).unwrap();
+            txn.delete_table(BY_SEVERITY).unwrap();
+            txn.delete_table(BY_HOST).unwrap();
+            txn.delete_table(BY_SITE).unwrap();
+            txn.delete_table(BY_INCIDENT).unwrap();
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            txn.open_table(meta)
+                .unwrap()
+                .remove("index_version")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        check(
+            &store,
+            &params(&[("severity", ">=warning"), ("site", "lyon")]),
+        );
+        check(&store, &params(&[("q", "disk")]));
+        let db_len = {
+            drop(store);
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            txn.open_table(BY_TIME).unwrap().iter().unwrap().count()
+        };
+        assert_eq!(db_len, 600);
+    }
+}
