@@ -373,7 +373,7 @@ mod tests {
                 }
             })
             .unwrap();
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|b| std::cmp::Reverse(b.0));
         all
     }
 
