@@ -109,6 +109,15 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// An event to store, encoded (for paths that build [`StoredEvent`]s themselves, such as
+    /// local ingest and benchmarks). Its `seq` is the stored event's.
+    pub fn event(stored: &StoredEvent) -> Prepared {
+        Prepared::Event {
+            seq: stored.seq,
+            bytes: postcard::to_allocvec(stored).expect("encode StoredEvent"),
+        }
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             Prepared::Event { seq, .. }
@@ -713,6 +722,23 @@ impl Store {
         }
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
+    }
+
+    /// The oldest and newest event times stored (from the time index), `None` when empty.
+    pub fn time_span(&self) -> Result<Option<(Timestamp, Timestamp)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(index::BY_TIME).map_err(|e| self.err(e))?;
+        let first = t
+            .first()
+            .map_err(|e| self.err(e))?
+            .map(|(k, _)| k.value().0);
+        let last = t.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value().0);
+        Ok(match (first, last) {
+            (Some(a), Some(b)) => Timestamp::from_microsecond(a)
+                .ok()
+                .zip(Timestamp::from_microsecond(b).ok()),
+            _ => None,
+        })
     }
 
     /// The store key of an event by its fleet id (for [`Store::set_correlated_incident`]).
