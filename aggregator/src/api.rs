@@ -34,6 +34,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/histogram", get(crate::histogram::histogram))
         .route("/api/v1/events/{id}", get(get_event))
         .route("/api/v1/agents", get(list_agents))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -61,7 +62,7 @@ impl ApiError {
         }
     }
 
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "API request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -241,34 +242,20 @@ async fn list_events(
         .transpose()
         .map_err(param_err)?;
     let store = state.store.clone();
-    let (total, events) =
-        tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-            if filter.is_empty() {
-                // One more than a page tells whether there is a next one.
-                let mut events = store.newest(limit + 1, before)?;
-                let total = store.len()?;
-                let more = events.len() > limit;
-                events.truncate(limit);
-                return Ok((total, (events, more)));
-            }
-            let (mut events, total) =
-                store.newest_matching(limit + 1, before, true, |e| filter.matches(e))?;
-            let more = events.len() > limit;
-            events.truncate(limit);
-            Ok((total.unwrap_or(0), (events, more)))
-        })
+    let page = tokio::task::spawn_blocking(move || store.search(&filter, limit, before))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let (events, more) = events;
-    let next_cursor = if more {
-        events.last().map(|(k, _)| crate::query::encode_cursor(*k))
+    let next_cursor = if page.more {
+        page.events
+            .last()
+            .map(|(c, _)| crate::query::encode_cursor(*c))
     } else {
         None
     };
     Ok(Json(EventsPage {
-        total,
-        events: events.into_iter().map(|(_, e)| e.into()).collect(),
+        total: page.total,
+        events: page.events.into_iter().map(|(_, e)| e.into()).collect(),
         next_cursor,
     }))
 }

@@ -25,7 +25,7 @@ use crate::alarm::incident::{
 use crate::alarm::persist::{self, ActionError, Engine};
 use crate::alarm::state::{Alarm, AlarmAction, AlarmStatus};
 use crate::api::{DEFAULT_LIMIT, EventView, MAX_LIMIT};
-use crate::query::{decode_cursor, encode_cursor};
+use crate::query::{decode_key_cursor as decode_cursor, encode_key_cursor as encode_cursor};
 
 /// The name of the API key a request authenticated with (set by the auth layer).
 #[derive(Debug, Clone)]

@@ -18,6 +18,9 @@ pub struct AggregatorConfig {
     /// Transformation rules, event definitions and alarm keeping.
     #[serde(default)]
     pub processing: crate::alarm::ProcessingConfig,
+    /// Hot-store retention and the archive of aged events.
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
     #[serde(skip)]
     pub source: PathBuf,
 }
@@ -98,6 +101,7 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     c.quic.crl = c.quic.crl.as_ref().map(|p| resolve(path, p));
     c.api.api_key_file = resolve(path, &c.api.api_key_file);
     c.processing.resolve_and_check(path)?;
+    c.retention.archive_dir = c.retention.archive_dir.as_ref().map(|p| resolve(path, p));
     let fail = |field: &str, message: &str| ConfigError::Check {
         path: path.to_path_buf(),
         field: field.into(),
@@ -107,6 +111,7 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
         ("quic.crl_check_interval", c.quic.crl_check_interval),
         ("quic.idle_timeout", c.quic.idle_timeout),
         ("api.request_timeout", c.api.request_timeout),
+        ("retention.interval", c.retention.interval),
     ] {
         if d.0.is_zero() {
             return Err(fail(field, "must be longer than zero"));
@@ -117,6 +122,9 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     }
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
+    }
+    if c.retention.batch == 0 {
+        return Err(fail("retention.batch", "must be at least 1"));
     }
     Ok(c)
 }
@@ -173,6 +181,16 @@ cleared_alarm_retention = "1h"
 clear_memory = "1d"
 # Most alarms kept; problems that would open more raise none (counted, events still stored).
 max_alarms = 100000
+[retention]
+# Days an event stays in the hot store (counted from when it was stored); 0 keeps all.
+days = 30
+# Archive aged events here before deleting them, one events-YYYY-MM-DD.jsonl.gz per day
+# (read with: weir-aggregator archive query --dir DIR ...). Without it they are deleted.
+# archive_dir = "archive"
+# How often aged events are looked for, and most deleted per transaction (ingest waits
+# at most one such transaction).
+interval = "1h"
+batch = 5000
 "#
     )
 }
@@ -190,6 +208,13 @@ mod tests {
         assert_eq!(c.quic.listen.port(), 4433);
         assert_eq!(c.api.api_key_file, dir.path().join("api-key"));
         assert_eq!(c.quic.crl, Some(dir.path().join("tls/crl.pem")));
+        assert_eq!(c.retention.days, 30);
+        assert_eq!(c.retention.interval.0.as_secs(), 3600);
+        let text = example("data", "tls", "tls/crl.pem", 4433, 8083)
+            .replace("# archive_dir", "archive_dir");
+        std::fs::write(&p, &text).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.retention.archive_dir, Some(dir.path().join("archive")));
     }
 
     #[test]

@@ -3,11 +3,15 @@
 pub mod alarm;
 pub mod api;
 pub mod api_alarms;
+pub mod archive;
 pub mod config;
+pub mod histogram;
+pub mod index;
 pub mod ingest;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
+pub mod retention;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -113,6 +117,11 @@ pub async fn start(
             shutdown.child_token(),
         ));
     }
+    tracker.spawn(retention::run(
+        store.clone(),
+        config.retention.clone(),
+        shutdown.child_token(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,

@@ -25,6 +25,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once at start-up: boxing a variant would only complicate the match below.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a config file (syntax, types, unknown keys, referenced files) and exit.
@@ -56,6 +58,50 @@ enum Command {
         /// Agent local HTTP port (metrics, JSON ingest).
         #[arg(long, default_value_t = 8084)]
         agent_http_port: u16,
+    },
+    /// Read the archive of events aged out of the hot store ([retention] archive_dir).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Print archived events matching the filters, one JSON object per line (as the API shows
+    /// events), oldest day first. Filters combine with AND, as in GET /api/v1/events.
+    #[command(
+        after_help = "Example:\n  weir-aggregator archive query --dir /var/lib/weir/archive --from 2026-01-01T00:00:00Z --to 2026-01-02T00:00:00Z --severity '>=warning' --site paris --q 'link down'\n\nThe archive may hold an event twice (a crash between archiving and deleting); deduplicate on `id` if that matters."
+    )]
+    Query {
+        /// The archive directory (holds events-YYYY-MM-DD.jsonl.gz).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Event time at or after (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Event time before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// `error` (exactly) or `>=warning` (at least).
+        #[arg(long)]
+        severity: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// A glob, e.g. `core-sw-*`.
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        correlated_incident: Option<String>,
+        /// Case-insensitive text in the message or tag.
+        #[arg(long)]
+        q: Option<String>,
     },
 }
 
@@ -151,6 +197,56 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 running.join().await;
                 Ok(())
             })
+        }
+        (
+            Some(Command::Archive(ArchiveCommand::Query {
+                dir,
+                from,
+                to,
+                severity,
+                site,
+                agent,
+                hostname,
+                source,
+                tag,
+                event_type,
+                correlated_incident,
+                q,
+            })),
+            _,
+        ) => {
+            let params = weir_aggregator::query::EventParams {
+                severity,
+                from,
+                to,
+                hostname,
+                source,
+                site,
+                agent,
+                tag,
+                event_type,
+                correlated_incident,
+                q,
+                ..Default::default()
+            };
+            let filter = weir_aggregator::query::EventFilter::parse(&params)
+                .map_err(|e| anyhow::anyhow!("--{}: {}", e.param.replace('_', "-"), e.message))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let o = weir_aggregator::archive::query(&dir, &filter, &mut out)
+                .with_context(|| format!("reading the archive in {}", dir.display()))?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!(
+                "{} matching events from {} files{}",
+                o.matched,
+                o.files,
+                if o.bad_lines > 0 {
+                    format!(" ({} unreadable lines skipped)", o.bad_lines)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
         }
         (None, Some(file)) => {
             let cfg = config::load(&file)?;

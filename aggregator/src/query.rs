@@ -10,6 +10,7 @@ use globset::{Glob, GlobMatcher};
 use jiff::Timestamp;
 use weir_common::Severity;
 
+pub use crate::index::Access;
 use crate::store::StoredEvent;
 
 /// The raw query parameters, as strings, so every problem gets our own message.
@@ -129,6 +130,69 @@ impl EventFilter {
             && self.q.is_none()
     }
 
+    /// Chooses how to read the store for this filter: the index most likely to be selective
+    /// (an incident, a literal hostname, a site, then severities; the time index otherwise,
+    /// which also answers `q` without reading events), and which checks remain.
+    ///
+    /// No statistics: the order reflects a NOC's data, where one site or host is a small slice
+    /// of the fleet and warnings and worse are a minority.
+    pub fn plan(&self) -> Plan {
+        let literal_host = self
+            .hostname
+            .as_ref()
+            .map(|g| g.glob().glob())
+            .filter(|h| !h.contains(['*', '?', '[', ']', '{', '}', '\\']))
+            .map(str::to_string);
+        let mut ranks = [true; 5];
+        if let Some((at_least, sev)) = self.severity {
+            for s in Severity::ALL {
+                ranks[s.rank() as usize] = if at_least { s >= sev } else { s == sev };
+            }
+        }
+        let access = if let Some(i) = &self.incident {
+            Access::Incident(i.clone())
+        } else if let Some(h) = &literal_host {
+            Access::Host(h.clone())
+        } else if let Some(s) = &self.site {
+            Access::Site(s.clone())
+        } else if self.severity.is_some() && self.q.is_none() {
+            Access::Severity((0..5u8).rev().filter(|r| ranks[*r as usize]).collect())
+        } else {
+            Access::Time
+        };
+        let q_in_index = match access {
+            Access::Time => self.q.clone(),
+            _ => None,
+        };
+        let needs_event = self.source.is_some()
+            || self.agent.is_some()
+            || self.tag.is_some()
+            || self.event_type.is_some()
+            || (self.hostname.is_some() && !matches!(access, Access::Host(_)))
+            || (self.site.is_some() && !matches!(access, Access::Site(_)))
+            || (self.incident.is_some() && !matches!(access, Access::Incident(_)))
+            || (self.q.is_some() && q_in_index.is_none());
+        Plan {
+            access,
+            from_us: self.from.map(|t| t.as_microsecond()),
+            to_us: self.to.map(|t| t.as_microsecond()),
+            ranks,
+            q_in_index,
+            needs_event,
+        }
+    }
+
+    /// The event time range, `from` inclusive, `to` exclusive.
+    pub fn time_range(&self) -> (Option<Timestamp>, Option<Timestamp>) {
+        (self.from, self.to)
+    }
+
+    /// Narrows the time range (the histogram's `from`/`to`).
+    pub fn set_time_range(&mut self, from: Timestamp, to: Timestamp) {
+        self.from = Some(from);
+        self.to = Some(to);
+    }
+
     pub fn matches(&self, s: &StoredEvent) -> bool {
         let e = &s.event;
         if let Some((at_least, sev)) = self.severity
@@ -178,16 +242,46 @@ impl EventFilter {
     }
 }
 
-/// Cursors are the store key of the last event on a page, in a versioned, opaque wrapper.
-/// Store keys only grow, so a cursor stays correct while new events arrive: the next page is
-/// everything older than the last event shown.
-pub fn encode_cursor(key: u64) -> String {
-    format!("c1.{key:x}")
+/// How the store answers a filter: see [`EventFilter::plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub access: Access,
+    /// Event time range, µs since the epoch: `from` inclusive, `to` exclusive.
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    /// Allowed severities by rank (debug = 0 … critical = 4).
+    pub ranks: [bool; 5],
+    /// `q` (lowercased), checked on the time index's copy of message and tag.
+    pub q_in_index: Option<String>,
+    /// Some filter needs the event itself: read it and apply [`EventFilter::matches`].
+    pub needs_event: bool,
 }
 
-pub fn decode_cursor(s: &str) -> Result<u64, ParamError> {
-    s.strip_prefix("c1.")
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
+/// A position in the event list, which is ordered newest event time first, ties by store key
+/// (newest stored first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub time_us: i64,
+    pub key: u64,
+}
+
+/// Cursors are the position of the last event on a page, in a versioned, opaque wrapper. The
+/// next page is everything strictly after it in list order, so a cursor stays correct while
+/// events arrive: new events sort before it (or, when a device reports an old event time, into
+/// their place in time) and never shift or repeat what the next pages show.
+pub fn encode_cursor(c: Cursor) -> String {
+    format!("c2.{:x}.{:x}", c.time_us as u64, c.key)
+}
+
+pub fn decode_cursor(s: &str) -> Result<Cursor, ParamError> {
+    s.strip_prefix("c2.")
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(t, k)| {
+            Some(Cursor {
+                time_us: u64::from_str_radix(t, 16).ok()? as i64,
+                key: u64::from_str_radix(k, 16).ok()?,
+            })
+        })
         .ok_or_else(|| {
             bad(
                 "cursor",
@@ -275,8 +369,40 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_forgeries() {
-        assert_eq!(decode_cursor(&encode_cursor(12345)).unwrap(), 12345);
+        for c in [
+            Cursor {
+                time_us: 1_700_000_000_000_000,
+                key: 12345,
+            },
+            Cursor {
+                time_us: -5,
+                key: 0,
+            },
+        ] {
+            assert_eq!(decode_cursor(&encode_cursor(c)).unwrap(), c);
+        }
         assert_eq!(decode_cursor("12345").unwrap_err().param, "cursor");
-        assert!(decode_cursor("c1.zz").is_err());
+        assert!(
+            decode_cursor("c1.3039").is_err(),
+            "store-key cursors are gone"
+        );
+        assert!(decode_cursor("c2.zz.1").is_err());
+        assert!(decode_cursor("c2.1").is_err());
     }
+}
+
+/// A cursor over lists ordered by one number (alarm ids, incident numbers), newest first.
+pub fn encode_key_cursor(key: u64) -> String {
+    format!("k1.{key:x}")
+}
+
+pub fn decode_key_cursor(s: &str) -> Result<u64, ParamError> {
+    s.strip_prefix("k1.")
+        .and_then(|k| u64::from_str_radix(k, 16).ok())
+        .ok_or_else(|| {
+            bad(
+                "cursor",
+                "not a cursor this server issued: pass `next_cursor` from the previous page unchanged",
+            )
+        })
 }

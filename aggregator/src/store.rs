@@ -10,7 +10,9 @@
 //! - `agent_seq`: `(agent number u32, agent sequence u64)` → store key, to find an event by its
 //!   fleet id and to apply first-stage dedup count updates.
 //! - `agents`: identity `site/name` → postcard [`AgentRecord`] (number, committed sequence, …).
-//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`).
+//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`).
+//! - `idx_*`: secondary indexes, written in the same transaction as the events; see
+//!   [`crate::index`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,13 +26,29 @@ use weir_common::event::micros;
 use weir_common::wire::Batch;
 use weir_common::{Event, Record};
 
+use crate::index::{self, IndexTables};
+use crate::query::{Cursor, EventFilter};
+
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const AGENT_SEQ: TableDefinition<(u32, u64), u64> = TableDefinition::new("agent_seq");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// A page of events newest first (each with its store key) and, when counted, the total.
-pub type Page = (Vec<(u64, StoredEvent)>, Option<u64>);
+/// One page of a search: events in list order with their positions, the number of events
+/// matching in all, and whether there are more after this page.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    pub events: Vec<(Cursor, StoredEvent)>,
+    pub total: u64,
+    pub more: bool,
+}
+
+/// Per time bucket, per severity rank (debug = 0 … critical = 4): events and occurrences (the
+/// sum of their first-stage dedup counts).
+pub type Histogram = Vec<[(u64, u64); 5]>;
+
+/// Events in the events table per index-rebuild transaction (`Store::open` on an old store).
+const REINDEX_CHUNK: usize = 20_000;
 
 /// An event as stored: the agent's event plus where it came from and when it was stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +112,15 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// An event to store, encoded (for paths that build [`StoredEvent`]s themselves, such as
+    /// local ingest and benchmarks). Its `seq` is the stored event's.
+    pub fn event(stored: &StoredEvent) -> Prepared {
+        Prepared::Event {
+            seq: stored.seq,
+            bytes: postcard::to_allocvec(stored).expect("encode StoredEvent"),
+        }
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             Prepared::Event { seq, .. }
@@ -180,6 +207,26 @@ pub struct StoreError {
     pub error: redb::Error,
 }
 
+/// What one [`Store::expire`] transaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub deleted: u64,
+    /// Handed to the archive before deletion.
+    pub archived: u64,
+    /// Deleted without archiving: the record did not decode.
+    pub unreadable: u64,
+    /// More events are older than the cutoff.
+    pub more: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpireError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the archive: {0}")]
+    Archive(std::io::Error),
+}
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -201,17 +248,81 @@ impl Store {
         };
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
+        let indexed = {
+            let events = txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
             txn.open_table(AGENT_SEQ).map_err(|e| err(e.into()))?;
             txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
-            txn.open_table(META).map_err(|e| err(e.into()))?;
-        }
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            IndexTables::open(&txn).map_err(err)?;
+            let version = meta
+                .get("index_version")
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |v| v.value());
+            if version == 0 && events.is_empty().map_err(|e| err(e.into()))? {
+                meta.insert("index_version", index::INDEX_VERSION)
+                    .map_err(|e| err(e.into()))?;
+                true
+            } else {
+                version == index::INDEX_VERSION
+            }
+        };
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok(Store {
+        let store = Store {
             db,
             path: path.to_path_buf(),
-        })
+        };
+        if !indexed {
+            store.rebuild_indexes()?;
+        }
+        Ok(store)
+    }
+
+    /// Builds the secondary indexes of a store written by a version without them (or an older
+    /// layout), in chunks. Re-indexing is idempotent, so a crash part-way just starts over at
+    /// the next open; the version is recorded only once every event is indexed.
+    fn rebuild_indexes(&self) -> Result<(), StoreError> {
+        let total = self.len()?;
+        tracing::warn!(
+            store = %self.path.display(), events = total,
+            "building the event store's search indexes (once, after an upgrade); the aggregator starts when done"
+        );
+        let started = std::time::Instant::now();
+        let mut next = 0u64;
+        loop {
+            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            let mut done = 0;
+            {
+                let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+                let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
+                for item in events.range(next..).map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    next = k.value() + 1;
+                    if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value()) {
+                        index::index_event(&mut idx, k.value(), &s).map_err(|e| self.err(e))?;
+                    }
+                    done += 1;
+                    if done == REINDEX_CHUNK {
+                        break;
+                    }
+                }
+                if done < REINDEX_CHUNK {
+                    let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+                    meta.insert("index_version", index::INDEX_VERSION)
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.err(e))?;
+            if done < REINDEX_CHUNK {
+                break;
+            }
+            tracing::info!(indexed_below_key = next, "still building search indexes");
+        }
+        tracing::warn!(
+            events = total,
+            seconds = started.elapsed().as_secs_f64(),
+            "event store search indexes built"
+        );
+        Ok(())
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -255,6 +366,7 @@ impl Store {
             let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
             let mut agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
             let mut next_key = meta
                 .get("next_key")
                 .map_err(|e| self.err(e))?
@@ -302,6 +414,10 @@ impl Store {
                             events
                                 .insert(next_key, bytes.as_slice())
                                 .map_err(|e| self.err(e))?;
+                            if let Ok(stored) = postcard::from_bytes::<StoredEvent>(bytes) {
+                                index::index_event(&mut idx, next_key, &stored)
+                                    .map_err(|e| self.err(e))?;
+                            }
                             agent_seq
                                 .insert((rec.number, seq), next_key)
                                 .map_err(|e| self.err(e))?;
@@ -340,6 +456,9 @@ impl Store {
                                     postcard::to_allocvec(&stored).expect("encode StoredEvent");
                                 events
                                     .insert(key, bytes.as_slice())
+                                    .map_err(|e| self.err(e))?;
+                                // The summaries carry the count (totals, histograms).
+                                index::index_event(&mut idx, key, &stored)
                                     .map_err(|e| self.err(e))?;
                                 out.count_updates += 1;
                             } else {
@@ -442,38 +561,247 @@ impl Store {
         Ok(out)
     }
 
-    /// Newest first: up to `limit` events with a store key below `before` that satisfy `keep`,
-    /// and how many stored events satisfy it in all (`count_all`; otherwise the scan stops at
-    /// the page and the count is `None`). Without indexes this reads every event when it must
-    /// count: fine for a site's history, not for tens of millions.
-    pub fn newest_matching(
+    /// Searches through the indexes (see [`EventFilter::plan`]): up to `limit` matching events
+    /// after `cursor` in list order (newest event time first, ties by store key), whether more
+    /// follow, and how many match in all.
+    pub fn search(
         &self,
+        filter: &EventFilter,
         limit: usize,
-        before: Option<u64>,
-        count_all: bool,
-        keep: impl Fn(&StoredEvent) -> bool,
-    ) -> Result<Page, StoreError> {
+        cursor: Option<Cursor>,
+    ) -> Result<SearchPage, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-        let mut page = Vec::with_capacity(limit.min(1000));
-        let mut total = 0u64;
-        for item in events.iter().map_err(|e| self.err(e))?.rev() {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let key = k.value();
-            let Ok(ev) = postcard::from_bytes::<StoredEvent>(v.value()) else {
-                continue;
-            };
-            if !keep(&ev) {
+        let plan = filter.plan();
+        let upper = cursor.map(|c| (c.time_us, c.key));
+        let mut page = SearchPage::default();
+        let read = |key: u64| -> Result<Option<StoredEvent>, StoreError> {
+            Ok(events
+                .get(key)
+                .map_err(|e| self.err(e))?
+                .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok()))
+        };
+        if filter.is_empty() {
+            // Every event matches: the total is the table's size, and only the page is read.
+            page.total = events.len().map_err(|e| self.err(e))?;
+            for c in index::candidates(&txn, &plan, upper).map_err(|e| self.err(e))? {
+                let c = c.map_err(|e| self.err(e))?;
+                if page.events.len() == limit {
+                    page.more = true;
+                    break;
+                }
+                if let Some(s) = read(c.key)? {
+                    page.events.push((cursor_of(&c), s));
+                }
+            }
+            return Ok(page);
+        }
+        // One pass over the whole match set: every match counts, those after the cursor fill
+        // the page.
+        for c in index::candidates(&txn, &plan, None).map_err(|e| self.err(e))? {
+            let c = c.map_err(|e| self.err(e))?;
+            let on_page = upper.is_none_or(|u| (c.time, c.key) < u);
+            let mut event = None;
+            if plan.needs_event {
+                match read(c.key)? {
+                    Some(s) if filter.matches(&s) => event = Some(s),
+                    _ => continue,
+                }
+            }
+            page.total += 1;
+            if !on_page {
                 continue;
             }
-            total += 1;
-            if page.len() < limit && before.is_none_or(|b| key < b) {
-                page.push((key, ev));
-            } else if !count_all && page.len() >= limit {
-                break;
+            if page.events.len() == limit {
+                page.more = true;
+                continue;
+            }
+            let event = match event {
+                Some(s) => Some(s),
+                None => read(c.key)?,
+            };
+            if let Some(s) = event {
+                page.events.push((cursor_of(&c), s));
             }
         }
-        Ok((page, count_all.then_some(total)))
+        Ok(page)
+    }
+
+    /// Counts matching events per severity in `buckets` consecutive time buckets of
+    /// `bucket_us` starting at `origin_us` (the filter's time range should lie inside).
+    pub fn histogram(
+        &self,
+        filter: &EventFilter,
+        origin_us: i64,
+        bucket_us: i64,
+        buckets: usize,
+    ) -> Result<Histogram, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let plan = filter.plan();
+        let mut out = vec![[(0u64, 0u64); 5]; buckets];
+        for c in index::candidates(&txn, &plan, None).map_err(|e| self.err(e))? {
+            let c = c.map_err(|e| self.err(e))?;
+            let (rank, count) = if plan.needs_event {
+                let Some(s) = events
+                    .get(c.key)
+                    .map_err(|e| self.err(e))?
+                    .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok())
+                else {
+                    continue;
+                };
+                if !filter.matches(&s) {
+                    continue;
+                }
+                (s.event.severity.rank(), s.event.count)
+            } else {
+                (c.summary.rank, c.summary.count)
+            };
+            let Ok(b) = usize::try_from((c.time - origin_us).div_euclid(bucket_us)) else {
+                continue;
+            };
+            if let Some(slot) = out.get_mut(b).and_then(|b| b.get_mut(rank as usize)) {
+                slot.0 += 1;
+                slot.1 += count;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (or clears) the correlated incident of stored events, event and index in one
+    /// transaction. Returns how many of `keys` were found.
+    pub fn set_correlated_incident(
+        &self,
+        keys: &[u64],
+        incident: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut found = 0;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
+            for &key in keys {
+                let current = events
+                    .get(key)
+                    .map_err(|e| self.err(e))?
+                    .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok());
+                let Some(mut s) = current else { continue };
+                found += 1;
+                index::unindex_event(&mut idx, key, &s).map_err(|e| self.err(e))?;
+                s.correlated_incident = incident.map(str::to_string);
+                let bytes = postcard::to_allocvec(&s).expect("encode StoredEvent");
+                events
+                    .insert(key, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                index::index_event(&mut idx, key, &s).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(found)
+    }
+
+    /// Deletes up to `max` of the oldest stored events stored before `cutoff` (retention: how
+    /// long an event has been in the hot store, in store-key order, which is arrival order), with
+    /// their index and `agent_seq` entries, in one transaction. `archive` sees the events first,
+    /// inside the transaction: when it fails, nothing is deleted. Returns how many were deleted
+    /// and whether older ones remain.
+    pub fn expire(
+        &self,
+        cutoff: Timestamp,
+        max: usize,
+        archive: impl FnOnce(&[StoredEvent]) -> std::io::Result<()>,
+    ) -> Result<Expired, ExpireError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut out = Expired::default();
+        {
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+            let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
+            let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
+            let mut aged: Vec<(u64, Option<StoredEvent>)> = Vec::new();
+            for item in events.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if aged.len() == max {
+                    out.more = true;
+                    break;
+                }
+                match postcard::from_bytes::<StoredEvent>(v.value()) {
+                    Ok(s) if s.stored_at >= cutoff => break,
+                    Ok(s) => aged.push((k.value(), Some(s))),
+                    // Unreadable (written by an incompatible build): it ages out uncounted by
+                    // time, so it cannot pin retention forever.
+                    Err(_) => aged.push((k.value(), None)),
+                }
+            }
+            let keep: Vec<StoredEvent> = aged.iter().filter_map(|(_, s)| s.clone()).collect();
+            archive(&keep).map_err(ExpireError::Archive)?;
+            out.archived = keep.len() as u64;
+            let mut numbers: HashMap<String, Option<u32>> = HashMap::new();
+            for (key, s) in &aged {
+                events.remove(*key).map_err(|e| self.err(e))?;
+                out.deleted += 1;
+                let Some(s) = s else {
+                    out.unreadable += 1;
+                    continue;
+                };
+                index::unindex_event(&mut idx, *key, s).map_err(|e| self.err(e))?;
+                let identity = format!("{}/{}", s.site, s.agent);
+                let number = match numbers.get(&identity) {
+                    Some(n) => *n,
+                    None => {
+                        let n = agents
+                            .get(identity.as_str())
+                            .map_err(|e| self.err(e))?
+                            .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
+                            .map(|r| r.number);
+                        numbers.insert(identity, n);
+                        n
+                    }
+                };
+                if let Some(n) = number {
+                    agent_seq.remove((n, s.seq)).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// The oldest and newest event times stored (from the time index), `None` when empty.
+    pub fn time_span(&self) -> Result<Option<(Timestamp, Timestamp)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(index::BY_TIME).map_err(|e| self.err(e))?;
+        let first = t
+            .first()
+            .map_err(|e| self.err(e))?
+            .map(|(k, _)| k.value().0);
+        let last = t.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value().0);
+        Ok(match (first, last) {
+            (Some(a), Some(b)) => Timestamp::from_microsecond(a)
+                .ok()
+                .zip(Timestamp::from_microsecond(b).ok()),
+            _ => None,
+        })
+    }
+
+    /// The store key of an event by its fleet id (for [`Store::set_correlated_incident`]).
+    pub fn key_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let mut parts = id.rsplitn(3, ':');
+        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return Ok(None);
+        };
+        let Some(agent) = self.agent(site, name)? else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+        Ok(agent_seq
+            .get((agent.number, seq))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value()))
     }
 
     /// Every stored event in store order (tests and exports; not for the API's hot path).
@@ -499,6 +827,7 @@ impl Store {
         let agents = txn.open_table(AGENTS)?;
         let agent_seq = txn.open_table(AGENT_SEQ)?;
         let mut events = txn.open_table(EVENTS)?;
+        let mut idx = IndexTables::open(txn)?;
         let mut found = 0;
         for id in event_ids {
             let mut parts = id.rsplitn(3, ':');
@@ -523,9 +852,12 @@ impl Store {
             if let Some(bytes) = current
                 && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
             {
+                // The incident index must follow the event, in the same transaction.
+                index::unindex_event(&mut idx, key, &stored)?;
                 stored.correlated_incident = Some(incident.to_string());
                 let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
                 events.insert(key, bytes.as_slice())?;
+                index::index_event(&mut idx, key, &stored)?;
                 found += 1;
             }
         }
@@ -534,30 +866,22 @@ impl Store {
 
     /// Finds an event by its fleet id `site:agent:seq`.
     pub fn get_by_id(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let mut parts = id.rsplitn(3, ':');
-        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
-            return Ok(None);
-        };
-        let Ok(seq) = seq.parse::<u64>() else {
-            return Ok(None);
-        };
-        let Some(agent) = self.agent(site, name)? else {
+        let Some(key) = self.key_of(id)? else {
             return Ok(None);
         };
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
-        let Some(key) = agent_seq
-            .get((agent.number, seq))
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value())
-        else {
-            return Ok(None);
-        };
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
         Ok(events
             .get(key)
             .map_err(|e| self.err(e))?
             .and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+}
+
+fn cursor_of(c: &index::Candidate) -> Cursor {
+    Cursor {
+        time_us: c.time,
+        key: c.key,
     }
 }
 

@@ -129,6 +129,32 @@ enum Cmd {
         #[arg(long)]
         pid: u32,
     },
+    /// Issue 4 setup: write N realistic events straight into an aggregator store (created when
+    /// missing; stop the aggregator first), spread over DAYS ending now.
+    StoreFill {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 20)]
+        sites: u32,
+        #[arg(long, default_value_t = 2000)]
+        hosts: u32,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Issue 4 benchmark: p50/p99 of the two search queries on a filled store (in-process:
+    /// parameters, store search, JSON page; no network).
+    StoreBench {
+        #[arg(long)]
+        db: PathBuf,
+        /// Runs per query.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Sites the fill used (site-00 … ).
+        #[arg(long, default_value_t = 20)]
+        sites: u32,
+    },
     /// Count unique `seq=N` tokens (and duplicates) in a file, waiting until it stops growing.
     CountSeq {
         #[arg(long)]
@@ -203,6 +229,40 @@ fn main() -> anyhow::Result<()> {
             out,
             pid,
         } => peer_tcp(target, count, conns, size, &out, pid),
+        Cmd::StoreFill {
+            db,
+            events,
+            sites,
+            hosts,
+            days,
+        } => {
+            let f = weir_tests::store_bench::fill(&db, events, sites, hosts, days)?;
+            println!(
+                "store-fill: {} events ({} .. {}) in {:.1}s ({:.0}/s); {} is {:.0} MB",
+                f.events,
+                f.first,
+                f.last,
+                f.elapsed.as_secs_f64(),
+                f.events as f64 / f.elapsed.as_secs_f64(),
+                db.display(),
+                std::fs::metadata(&db).map_or(0, |m| m.len()) as f64 / 1e6
+            );
+            Ok(())
+        }
+        Cmd::StoreBench { db, runs, sites } => {
+            for l in weir_tests::store_bench::bench(&db, runs, sites)? {
+                println!(
+                    "store-bench: {:<48} runs {:>4}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (mean total {:.0})",
+                    l.name,
+                    l.runs,
+                    l.p50.as_secs_f64() * 1e3,
+                    l.p99.as_secs_f64() * 1e3,
+                    l.max.as_secs_f64() * 1e3,
+                    l.mean_total
+                );
+            }
+            Ok(())
+        }
         Cmd::CountSeq { out, expect, pid } => {
             let before = pid.map(cpu_secs_pid).unwrap_or(0.0);
             let mut seen = SeqCounter::new(&out);
