@@ -290,6 +290,22 @@ pub fn decode_cursor(s: &str) -> Result<Cursor, ParamError> {
         })
 }
 
+/// A cursor over lists ordered by one number (alarm ids, incident numbers), newest first.
+pub fn encode_key_cursor(key: u64) -> String {
+    format!("k1.{key:x}")
+}
+
+pub fn decode_key_cursor(s: &str) -> Result<u64, ParamError> {
+    s.strip_prefix("k1.")
+        .and_then(|k| u64::from_str_radix(k, 16).ok())
+        .ok_or_else(|| {
+            bad(
+                "cursor",
+                "not a cursor this server issued: pass `next_cursor` from the previous page unchanged",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,20 +405,4 @@ mod tests {
         assert!(decode_cursor("c2.zz.1").is_err());
         assert!(decode_cursor("c2.1").is_err());
     }
-}
-
-/// A cursor over lists ordered by one number (alarm ids, incident numbers), newest first.
-pub fn encode_key_cursor(key: u64) -> String {
-    format!("k1.{key:x}")
-}
-
-pub fn decode_key_cursor(s: &str) -> Result<u64, ParamError> {
-    s.strip_prefix("k1.")
-        .and_then(|k| u64::from_str_radix(k, 16).ok())
-        .ok_or_else(|| {
-            bad(
-                "cursor",
-                "not a cursor this server issued: pass `next_cursor` from the previous page unchanged",
-            )
-        })
 }
