@@ -63,6 +63,20 @@ pub struct ApiConfig {
     /// Requests taking longer are answered 503.
     #[serde(default = "d_timeout")]
     pub request_timeout: HumanDuration,
+    /// Requests per second each API key may make (0 = no limit); over it, 429.
+    #[serde(default = "d_rate")]
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make at once above its rate (the bucket size).
+    #[serde(default = "d_burst")]
+    pub rate_limit_burst: u32,
+    /// Site name of events posted to the API: they are stored as the pseudo-agent
+    /// `<site>/api` (ids `<site>:api:<n>`). No real agent may use that identity.
+    #[serde(default = "d_site")]
+    pub site: String,
+    /// First-stage dedup for posted events (same fields as an agent's `[dedup.api]`); absent:
+    /// the agent's default for API events.
+    #[serde(default)]
+    pub dedup: Option<weir_agent::dedup::RuleConfig>,
 }
 
 fn d_crl_interval() -> HumanDuration {
@@ -82,6 +96,15 @@ fn d_body() -> ByteSize {
 }
 fn d_timeout() -> HumanDuration {
     HumanDuration::secs(30)
+}
+fn d_rate() -> u32 {
+    200
+}
+fn d_burst() -> u32 {
+    400
+}
+fn d_site() -> String {
+    "central".into()
 }
 
 /// Loads, resolves relative paths, and checks the config.
@@ -110,6 +133,21 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     }
     if c.quic.max_connections == 0 {
         return Err(fail("quic.max_connections", "must be at least 1"));
+    }
+    if c.api.site.is_empty() || c.api.site.contains([':', '/']) {
+        return Err(fail(
+            "api.site",
+            "must be a non-empty name without ':' or '/' (it is part of event ids)",
+        ));
+    }
+    if let Some(d) = &c.api.dedup
+        && !d.window.0.is_zero()
+        && d.key.is_empty()
+    {
+        return Err(fail(
+            "api.dedup.key",
+            "list at least one field, or set window = \"0s\" to turn dedup off",
+        ));
     }
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
@@ -148,11 +186,27 @@ ingest_queue_batches = 256
 [api]
 # REST API address.
 listen = "127.0.0.1:{api_port}"
-# API keys, one per line; send one as X-API-Key or Authorization: Bearer.
+# Bootstrap API keys, one per line, holding every scope; send one as X-API-Key or
+# Authorization: Bearer. Scoped keys live in data_dir/api-keys.json: manage them with
+# `weir-aggregator keys create|list|revoke` or the admin API.
 api_key_file = "api-key"
 # Largest request body, and the per-request time limit.
 max_body_bytes = "8MiB"
 request_timeout = "30s"
+# Requests per second each key may make (0 = unlimited), and the burst above it; over it: 429.
+rate_limit_per_second = 200
+rate_limit_burst = 400
+# Site name for events posted to this API (stored as pseudo-agent <site>/api).
+site = "central"
+
+# First-stage dedup of posted events: repeats within `window` of the first are not stored
+# again, its count is raised. window = "0s" turns it off.
+[api.dedup]
+window = "120s"
+# The fields that make two events the same...
+key = ["source", "event_type", "tags.resource"]
+# ...plus these when one of those is missing.
+when_missing = ["hostname", "severity", "message"]
 "#
     )
 }
