@@ -32,6 +32,8 @@ use weir_common::{Event, Record};
 
 pub use tempfile::TempDir;
 
+pub mod api_load;
+
 /// The API key written to [`Env::api_key_file`] (used by agents and the aggregator alike).
 pub const API_KEY: &str = "weir-e2e-test-key";
 
