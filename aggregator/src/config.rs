@@ -242,4 +242,28 @@ mod tests {
         assert!(e.starts_with(&format!("{}:{want}:", p.display())), "{e}");
         assert!(e.contains("string"), "{e}");
     }
+
+    #[test]
+    fn api_site_and_dedup_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        let text = example("data", "tls", "tls/crl.pem", 4433, 8083);
+        std::fs::write(&p, &text).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.api.site, "central");
+        assert_eq!(c.api.rate_limit_per_second, 200);
+        assert!(c.api.dedup.is_some());
+        for (from, to, field) in [
+            ("site = \"central\"", "site = \"a:b\"", "api.site"),
+            (
+                "key = [\"source\", \"event_type\", \"tags.resource\"]",
+                "key = []",
+                "api.dedup.key",
+            ),
+        ] {
+            std::fs::write(&p, text.replace(from, to)).unwrap();
+            let e = load(&p).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
 }
