@@ -7,18 +7,21 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
-use weir_common::ingest::{ApiKeys, problem_body};
+use weir_common::ingest::problem_body;
 use weir_common::{InputKind, Severity};
 
+use crate::api_ingest::ApiIngest;
+use crate::auth::{self, Auth};
+use crate::keys::Scope;
 use crate::query::{EventFilter, EventParams};
 use crate::registry::Registry;
 use crate::store::{Store, StoredEvent};
@@ -27,17 +30,55 @@ use crate::store::{Store, StoredEvent};
 pub struct ApiState {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
-    pub keys: Arc<ApiKeys>,
+    /// API keys and per-key rate limits (see [`crate::auth`]).
+    pub auth: Arc<Auth>,
+    /// Where posted events go (see [`crate::api_ingest`]).
+    pub ingest: Arc<ApiIngest>,
+    /// Alarms, incidents and the processing rules (see [`crate::api_alarms`]).
+    pub alarms: Arc<crate::alarm::persist::Engine>,
     pub metrics: PrometheusHandle,
 }
 
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
+    let scoped = |scope: Scope| middleware::from_fn_with_state(scope, auth::require_scope);
+    let alarms = crate::api_alarms::AlarmApiState {
+        engine: state.alarms.clone(),
+    };
+    let read = Router::new()
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/histogram", get(crate::histogram::histogram))
         .route("/api/v1/events/{id}", get(get_event))
         .route("/api/v1/agents", get(list_agents))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route("/api/v1/sites", get(crate::sites::list_sites))
+        .merge(crate::api_alarms::read_routes(alarms.clone()))
+        .route_layer(scoped(Scope::Read));
+    let operate =
+        crate::api_alarms::operate_routes(alarms.clone()).route_layer(scoped(Scope::Operate));
+    let ingest = Router::new()
+        .route("/api/v1/events", post(crate::api_ingest::post_events))
+        .route(
+            "/api/v1/ingest/alertmanager",
+            post(crate::alertmanager::post_alertmanager),
+        )
+        .route_layer(scoped(Scope::Ingest))
+        .layer(DefaultBodyLimit::max(state.ingest.max_body_bytes()));
+    let admin = Router::new()
+        .route(
+            "/api/v1/keys",
+            get(crate::keys_api::list_keys).post(crate::keys_api::create_key),
+        )
+        .route("/api/v1/keys/{id}", delete(crate::keys_api::revoke_key))
+        .merge(crate::api_alarms::admin_routes(alarms))
+        .route_layer(scoped(Scope::Admin));
+    let api = Router::new()
+        .merge(read)
+        .merge(ingest)
+        .merge(operate)
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -91,27 +132,6 @@ impl IntoResponse for ApiError {
             );
         }
         resp
-    }
-}
-
-async fn require_key(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    let auth = state.keys.authorize(
-        headers.get("x-api-key").and_then(|v| v.to_str().ok()),
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
-    match auth {
-        Ok(()) => next.run(req).await,
-        Err(e) => {
-            metrics::counter!("weir_aggregator_api_auth_failures_total").increment(1);
-            ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
-        }
     }
 }
 
@@ -299,6 +319,11 @@ pub struct AgentView {
 }
 
 async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    agent_views(&state).await.map(Json)
+}
+
+/// Every agent the store or the registry knows, sorted by site and name.
+pub(crate) async fn agent_views(state: &ApiState) -> Result<Vec<AgentView>, ApiError> {
     let store = state.store.clone();
     let stored = tokio::task::spawn_blocking(move || store.agents())
         .await
@@ -321,7 +346,7 @@ async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentView
     }
     let mut list: Vec<AgentView> = out.into_values().collect();
     list.sort_by(|a, b| (&a.site, &a.name).cmp(&(&b.site, &b.name)));
-    Ok(Json(list))
+    Ok(list)
 }
 
 fn view(
@@ -362,7 +387,7 @@ fn view(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request as HttpRequest;
@@ -407,12 +432,42 @@ mod tests {
                 )
                 .unwrap();
         }
-        router(ApiState {
+        // No writer: these tests reopen the store for each request and post nothing.
+        router(test_state(store, KEY, None, 0, false))
+    }
+
+    /// A real state; with `writer`, the store writer runs on its own thread (until the router
+    /// is dropped).
+    pub(crate) fn test_state(
+        store: Arc<Store>,
+        bootstrap: &str,
+        keys_file: Option<std::path::PathBuf>,
+        rate: u32,
+        writer: bool,
+    ) -> ApiState {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let alarms = Arc::new(
+            crate::alarm::persist::Engine::new(store.clone(), Default::default()).unwrap(),
+        );
+        if writer {
+            let s = store.clone();
+            let a = alarms.clone();
+            std::thread::spawn(move || crate::ingest::run_writer(s, a, rx));
+        }
+        ApiState {
             store,
             registry: Arc::new(Registry::default()),
-            keys: Arc::new(ApiKeys::from_lines(KEY)),
+            auth: Arc::new(Auth::new(
+                crate::keys::Keyring::new(bootstrap, keys_file),
+                rate,
+                rate,
+            )),
+            ingest: Arc::new(
+                ApiIngest::new(tx, "central", None, 64 * 1024).with_processing(alarms.clone()),
+            ),
+            alarms,
             metrics: weir_common::telemetry::prometheus(),
-        })
+        }
     }
 
     async fn get(

@@ -1,10 +1,10 @@
-//! The alarms and incidents API. Two routers, so the app can wrap each with its scope:
-//! [`read_routes`] (scope `read`: lists and details) and [`operate_routes`] (scope
-//! `operate`: acknowledge, clear, resolve, notes, assign, rule reload).
+//! The alarms and incidents API. Three routers, so the app can wrap each with its scope:
+//! [`read_routes`] (scope `read`: lists and details), [`operate_routes`] (scope `operate`:
+//! acknowledge, clear, resolve, notes, assign) and [`admin_routes`] (scope `admin`: reload).
 //!
 //! Illegal transitions answer 409 with the current status in the problem document
-//! (`current_status`); unknown ids 404. The acting user for the audit trail comes from the
-//! [`KeyName`] request extension the authentication layer sets (default `api`).
+//! (`current_status`); unknown ids 404. The acting user for the audit trail is the name of the
+//! API key (the [`crate::keys::Principal`] the authentication layer sets; `api` without one).
 
 use std::sync::Arc;
 
@@ -26,10 +26,6 @@ use crate::alarm::persist::{self, ActionError, Engine};
 use crate::alarm::state::{Alarm, AlarmAction, AlarmStatus};
 use crate::api::{DEFAULT_LIMIT, EventView, MAX_LIMIT};
 use crate::query::{decode_key_cursor as decode_cursor, encode_key_cursor as encode_cursor};
-
-/// The name of the API key a request authenticated with (set by the auth layer).
-#[derive(Debug, Clone)]
-pub struct KeyName(pub String);
 
 /// Most events an incident's detail view includes (the rest are listed by id only).
 const DETAIL_EVENTS: usize = 200;
@@ -61,6 +57,12 @@ pub fn operate_routes<S>(state: AlarmApiState) -> Router<S> {
         .route("/api/v1/incidents/{id}/reopen", post(incident_reopen))
         .route("/api/v1/incidents/{id}/notes", post(incident_note))
         .route("/api/v1/incidents/{id}/assign", post(incident_assign))
+        .with_state(state)
+}
+
+/// Configuration routes (scope `admin`).
+pub fn admin_routes<S>(state: AlarmApiState) -> Router<S> {
+    Router::new()
         .route("/api/v1/config/reload", post(reload))
         .with_state(state)
 }
@@ -132,9 +134,9 @@ impl IntoResponse for Problem {
     }
 }
 
-fn actor(key: &Option<Extension<KeyName>>) -> String {
+fn actor(key: &Option<Extension<crate::keys::Principal>>) -> String {
     key.as_ref()
-        .map_or_else(|| "api".to_string(), |Extension(k)| k.0.clone())
+        .map_or_else(|| "api".to_string(), |Extension(p)| p.name.to_string())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -298,7 +300,7 @@ async fn alarm_act(
 
 async fn alarm_ack(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Alarm>, Problem> {
     alarm_act(st, id, AlarmAction::Ack, actor(&key)).await
@@ -306,7 +308,7 @@ async fn alarm_ack(
 
 async fn alarm_unack(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Alarm>, Problem> {
     alarm_act(st, id, AlarmAction::Unack, actor(&key)).await
@@ -314,7 +316,7 @@ async fn alarm_unack(
 
 async fn alarm_clear(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Alarm>, Problem> {
     alarm_act(st, id, AlarmAction::Clear, actor(&key)).await
@@ -547,7 +549,7 @@ macro_rules! incident_action {
     ($name:ident, $action:expr) => {
         async fn $name(
             State(st): State<AlarmApiState>,
-            key: Option<Extension<KeyName>>,
+            key: Option<Extension<crate::keys::Principal>>,
             UrlPath(id): UrlPath<String>,
             body: Option<Json<ActionBody>>,
         ) -> Result<Json<Incident>, Problem> {
@@ -576,7 +578,7 @@ fn json_body<T>(
 
 async fn incident_note(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
     body: Result<Json<NoteBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Incident>, Problem> {
@@ -597,7 +599,7 @@ pub struct AssignBody {
 
 async fn incident_assign(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
     body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Incident>, Problem> {
@@ -625,7 +627,7 @@ pub struct Reloaded {
 /// invalid (the old rules stay in force).
 async fn reload(
     State(st): State<AlarmApiState>,
-    key: Option<Extension<KeyName>>,
+    key: Option<Extension<crate::keys::Principal>>,
 ) -> Result<Json<Reloaded>, Problem> {
     let engine = st.engine.clone();
     let by = actor(&key);

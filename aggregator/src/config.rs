@@ -69,6 +69,20 @@ pub struct ApiConfig {
     /// Requests taking longer are answered 503.
     #[serde(default = "d_timeout")]
     pub request_timeout: HumanDuration,
+    /// Requests per second each API key may make (0 = no limit); over it, 429.
+    #[serde(default = "d_rate")]
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make at once above its rate (the bucket size).
+    #[serde(default = "d_burst")]
+    pub rate_limit_burst: u32,
+    /// Site name of events posted to the API: they are stored as the pseudo-agent
+    /// `<site>/api` (ids `<site>:api:<n>`). No real agent may use that identity.
+    #[serde(default = "d_site")]
+    pub site: String,
+    /// First-stage dedup for posted events (same fields as an agent's `[dedup.api]`); absent:
+    /// the agent's default for API events.
+    #[serde(default)]
+    pub dedup: Option<weir_agent::dedup::RuleConfig>,
 }
 
 fn d_crl_interval() -> HumanDuration {
@@ -88,6 +102,15 @@ fn d_body() -> ByteSize {
 }
 fn d_timeout() -> HumanDuration {
     HumanDuration::secs(30)
+}
+fn d_rate() -> u32 {
+    200
+}
+fn d_burst() -> u32 {
+    400
+}
+fn d_site() -> String {
+    "central".into()
 }
 
 /// Loads, resolves relative paths, and checks the config.
@@ -119,6 +142,21 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     }
     if c.quic.max_connections == 0 {
         return Err(fail("quic.max_connections", "must be at least 1"));
+    }
+    if c.api.site.is_empty() || c.api.site.contains([':', '/']) {
+        return Err(fail(
+            "api.site",
+            "must be a non-empty name without ':' or '/' (it is part of event ids)",
+        ));
+    }
+    if let Some(d) = &c.api.dedup
+        && !d.window.0.is_zero()
+        && d.key.is_empty()
+    {
+        return Err(fail(
+            "api.dedup.key",
+            "list at least one field, or set window = \"0s\" to turn dedup off",
+        ));
     }
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
@@ -160,11 +198,27 @@ ingest_queue_batches = 256
 [api]
 # REST API address.
 listen = "127.0.0.1:{api_port}"
-# API keys, one per line; send one as X-API-Key or Authorization: Bearer.
+# Bootstrap API keys, one per line, holding every scope; send one as X-API-Key or
+# Authorization: Bearer. Scoped keys live in data_dir/api-keys.json: manage them with
+# `weir-aggregator keys create|list|revoke` or the admin API.
 api_key_file = "api-key"
 # Largest request body, and the per-request time limit.
 max_body_bytes = "8MiB"
 request_timeout = "30s"
+# Requests per second each key may make (0 = unlimited), and the burst above it; over it: 429.
+rate_limit_per_second = 200
+rate_limit_burst = 400
+# Site name for events posted to this API (stored as pseudo-agent <site>/api).
+site = "central"
+
+# First-stage dedup of posted events: repeats within `window` of the first are not stored
+# again, its count is raised. window = "0s" turns it off.
+[api.dedup]
+window = "120s"
+# The fields that make two events the same...
+key = ["source", "event_type", "tags.resource"]
+# ...plus these when one of those is missing.
+when_missing = ["hostname", "severity", "message"]
 
 [processing]
 # Transformation rules (seed 002), evaluated in order before events are stored; see the
@@ -181,6 +235,7 @@ cleared_alarm_retention = "1h"
 clear_memory = "1d"
 # Most alarms kept; problems that would open more raise none (counted, events still stored).
 max_alarms = 100000
+
 [retention]
 # Days an event stays in the hot store (counted from when it was stored); 0 keeps all.
 days = 30
@@ -232,5 +287,29 @@ mod tests {
             + 1;
         assert!(e.starts_with(&format!("{}:{want}:", p.display())), "{e}");
         assert!(e.contains("string"), "{e}");
+    }
+
+    #[test]
+    fn api_site_and_dedup_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("aggregator.toml");
+        let text = example("data", "tls", "tls/crl.pem", 4433, 8083);
+        std::fs::write(&p, &text).unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(c.api.site, "central");
+        assert_eq!(c.api.rate_limit_per_second, 200);
+        assert!(c.api.dedup.is_some());
+        for (from, to, field) in [
+            ("site = \"central\"", "site = \"a:b\"", "api.site"),
+            (
+                "key = [\"source\", \"event_type\", \"tags.resource\"]",
+                "key = []",
+                "api.dedup.key",
+            ),
+        ] {
+            std::fs::write(&p, text.replace(from, to)).unwrap();
+            let e = load(&p).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

@@ -182,12 +182,10 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
-    use weir_common::ingest::ApiKeys;
     use weir_common::wire::{Batch, WireRecord};
     use weir_common::{Event, InputKind, Record, Severity};
 
-    use crate::api::{ApiState, router};
-    use crate::registry::Registry;
+    use crate::api::router;
     use crate::store::{AgentBatch, Store, prepare};
 
     const T0: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
@@ -245,12 +243,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        router(ApiState {
-            store,
-            registry: Arc::new(Registry::default()),
-            keys: Arc::new(ApiKeys::from_lines("k")),
-            metrics: weir_common::telemetry::prometheus(),
-        })
+        router(crate::api::tests::test_state(store, "k", None, 0, false))
     }
 
     async fn get(app: axum::Router, uri: &str) -> (u16, serde_json::Value) {

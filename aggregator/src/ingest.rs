@@ -47,6 +47,9 @@ pub struct IngestItem {
     /// committed either, or the agent's committed sequence would jump over the failed ones and
     /// they would never be resent. The connection is closed and the agent resumes cleanly.
     pub poisoned: Arc<std::sync::atomic::AtomicBool>,
+    /// Events posted to the API: the writer assigns their sequences and fills `records`
+    /// (see [`crate::api_ingest`]). `None` for agent batches.
+    pub api: Option<Box<crate::api_ingest::Pending>>,
 }
 
 /// Builds the QUIC server config from the TLS files (and the CRL, when configured).
@@ -310,6 +313,7 @@ async fn session(
                     outcomes,
                     reply: reply_tx.clone(),
                     poisoned: poisoned.clone(),
+                    api: None,
                 };
                 if ingest.writer.send(item).await.is_err() {
                     break Ok(()); // store writer stopped: shutting down
@@ -344,6 +348,7 @@ async fn session(
 /// thread (redb writes block) until every sender is gone.
 pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver<IngestItem>) {
     use std::sync::atomic::Ordering;
+    let mut api_seqs = crate::api_ingest::Sequencer::default();
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP_BATCHES {
@@ -359,6 +364,15 @@ pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver
                 let _ = item.reply.send(Err(()));
             }
             !poisoned
+        });
+        // API events get their sequences here, in commit order.
+        group.retain_mut(|item| match api_seqs.assign(&store, item) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the event store to number API events; they are refused (503)");
+                let _ = item.reply.send(Err(()));
+                false
+            }
         });
         if group.is_empty() {
             continue;
@@ -412,6 +426,7 @@ pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver
             Err(e) => {
                 metrics::counter!("weir_aggregator_commit_errors_total").increment(1);
                 tracing::error!(error = %e, "cannot write to the event store; agents keep their events and will resend. Check the disk under data_dir");
+                api_seqs.reset();
                 for item in &group {
                     item.poisoned.store(true, Ordering::Release);
                     let _ = item.reply.send(Err(()));

@@ -1,17 +1,23 @@
 //! weir-aggregator: stores every agent's events exactly once and serves the NOC's REST API.
 
 pub mod alarm;
+pub mod alertmanager;
 pub mod api;
 pub mod api_alarms;
+pub mod api_ingest;
 pub mod archive;
+pub mod auth;
 pub mod config;
 pub mod histogram;
 pub mod index;
 pub mod ingest;
+pub mod keys;
+pub mod keys_api;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
 pub mod retention;
+pub mod sites;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -54,9 +60,17 @@ pub async fn start(
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store_path = config.data_dir.join("events.redb");
     let store = Arc::new(Store::open(&store_path)?);
-    let keys = Arc::new(
-        weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?,
-    );
+    // Bootstrap keys must exist (they are checked like before); scoped keys are optional.
+    weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?;
+    let bootstrap = std::fs::read_to_string(&config.api.api_key_file)
+        .with_context(|| format!("reading {}", config.api.api_key_file.display()))?;
+    let keyring = keys::Keyring::new(&bootstrap, Some(keys::keys_path(&config.data_dir)));
+    drop(bootstrap);
+    let auth = Arc::new(auth::Auth::new(
+        keyring,
+        config.api.rate_limit_per_second,
+        config.api.rate_limit_burst,
+    ));
     let registry = Arc::new(registry::Registry::default());
     let alarms = Arc::new(alarm::persist::Engine::new(
         store.clone(),
@@ -91,6 +105,15 @@ pub async fn start(
             .spawn(move || ingest::run_writer(store, alarms, writer_rx))?
     };
     let tracker = TaskTracker::new();
+    let api_ingest = Arc::new(
+        api_ingest::ApiIngest::new(
+            writer_tx.clone(),
+            &config.api.site,
+            config.api.dedup.clone(),
+            config.api.max_body_bytes.0 as usize,
+        )
+        .with_processing(alarms.clone()),
+    );
     let ingest = Arc::new(ingest::Ingest {
         store: store.clone(),
         registry: registry.clone(),
@@ -125,12 +148,16 @@ pub async fn start(
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,
-        keys,
+        auth,
+        ingest: api_ingest,
+        alarms: alarms.clone(),
         metrics,
     })
     .layer(tower_http::limit::RequestBodyLimitLayer::new(
         config.api.max_body_bytes.0 as usize,
     ))
+    // The limit layer answers plain text; clients get a problem document like every error.
+    .layer(axum::middleware::from_fn(auth::problem_for_413))
     .layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         config.api.request_timeout.0,

@@ -18,8 +18,8 @@ use weir_aggregator::{config, quickstart};
     after_help = "Examples:\n  weir-aggregator --config /etc/weir/aggregator.toml\n  weir-aggregator check-config /etc/weir/aggregator.toml\n  weir-aggregator quickstart --dir ./weir-quickstart\n\nLogging: set RUST_LOG (e.g. RUST_LOG=weir_aggregator=debug)."
 )]
 struct Cli {
-    /// Config file to run with.
-    #[arg(long, short, value_name = "FILE")]
+    /// Config file to run with (also where `keys` finds data_dir).
+    #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,6 +58,15 @@ enum Command {
         /// Agent local HTTP port (metrics, JSON ingest).
         #[arg(long, default_value_t = 8084)]
         agent_http_port: u16,
+    },
+    /// Manage scoped API keys (kept hashed in data_dir/api-keys.json). A running aggregator
+    /// picks up changes at its next request; no restart. Needs --config FILE.
+    #[command(
+        after_help = "Scopes: ingest (POST events, Alertmanager webhook), read (events, agents, sites),\n        operate (act on incidents), admin (rules, keys).\n\nExamples:\n  KEY=$(weir-aggregator keys create --name grafana --scopes read --config agg.toml)\n  weir-aggregator keys list --config agg.toml\n  weir-aggregator keys revoke grafana --config agg.toml"
+    )]
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
     },
     /// Read the archive of events aged out of the hot store ([retention] archive_dir).
     #[command(subcommand)]
@@ -102,6 +111,27 @@ enum ArchiveCommand {
         /// Case-insensitive text in the message or tag.
         #[arg(long)]
         q: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key. Its secret is printed once, alone on stdout (the rest goes to stderr);
+    /// only its SHA-256 is kept.
+    Create {
+        /// A name to recognize it by (unique among keys not revoked).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: ingest, read, operate, admin.
+        #[arg(long, value_name = "SCOPES")]
+        scopes: String,
+    },
+    /// List keys (id, name, scopes, created, revoked); never prints secrets.
+    List,
+    /// Revoke a key by id or name: requests with it get 401 from then on.
+    Revoke {
+        /// The key's id (k_...) or name.
+        key: String,
     },
 }
 
@@ -248,6 +278,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        (Some(Command::Keys { action }), config) => {
+            let file = config.context(
+                "keys: pass --config FILE (the aggregator's config; keys live in its data_dir)",
+            )?;
+            let cfg = config::load(&file)?;
+            keys_command(&cfg, action)
+        }
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             runtime()?.block_on(async {
@@ -264,6 +301,62 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             "nothing to do: pass --config FILE, or try `weir-aggregator quickstart` (see --help)"
         ),
     }
+}
+
+fn keys_command(cfg: &config::AggregatorConfig, action: KeysCommand) -> anyhow::Result<()> {
+    use weir_aggregator::keys;
+    let path = keys::keys_path(&cfg.data_dir);
+    let now = jiff::Timestamp::now();
+    match action {
+        KeysCommand::Create { name, scopes } => {
+            let scopes = keys::parse_scopes(&scopes).map_err(anyhow::Error::msg)?;
+            let (rec, secret) = keys::create_key(&path, &name, scopes, now)?;
+            eprintln!(
+                "created key {} ({}) with scopes {}; its secret follows, shown this once:",
+                rec.id,
+                rec.name,
+                rec.scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            println!("{secret}");
+        }
+        KeysCommand::List => {
+            let list = keys::read_keys(&path)?;
+            if list.is_empty() {
+                eprintln!(
+                    "no keys in {} (bootstrap keys in {} hold every scope)",
+                    path.display(),
+                    cfg.api.api_key_file.display()
+                );
+            }
+            println!(
+                "{:<16} {:<24} {:<28} {:<22} REVOKED",
+                "ID", "NAME", "SCOPES", "CREATED"
+            );
+            for k in list {
+                let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                println!(
+                    "{:<16} {:<24} {:<28} {:<22} {}",
+                    k.id,
+                    k.name,
+                    scopes.join(","),
+                    k.created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    k.revoked.map_or("-".to_string(), |t| t.to_string())
+                );
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let rec = keys::revoke_key(&path, &key, now)?;
+            eprintln!(
+                "revoked key {} ({}); requests with it now get 401",
+                rec.id, rec.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

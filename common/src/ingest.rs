@@ -28,6 +28,10 @@ pub struct IngestEvent {
     pub message: String,
     #[serde(default)]
     pub event_type: Option<String>,
+    /// The short machine tag (e.g. `PING_DOWN`) event definitions and rules key on; an
+    /// addition to seed 000's fields, optional.
+    #[serde(default)]
+    pub tag: Option<String>,
     /// ISO 8601 / RFC 3339 with an offset; ingest time when absent.
     #[serde(default)]
     pub timestamp: Option<Timestamp>,
@@ -48,6 +52,7 @@ impl IngestEvent {
             received_at,
         );
         e.event_type = self.event_type;
+        e.tag = self.tag;
         if let Some(t) = self.timestamp {
             e.event_time = t;
         }
@@ -124,6 +129,14 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<IngestEvent>, Vec<FieldError>> {
                 }
                 if ev.hostname.trim().is_empty() {
                     bad("hostname", "must not be empty".into());
+                }
+                if let Some(t) = &ev.tag
+                    && (t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_graphic()))
+                {
+                    bad(
+                        "tag",
+                        "must be 1 to 128 printable ASCII characters without spaces".into(),
+                    );
                 }
                 if ev.message.len() > MAX_MESSAGE {
                     bad(

@@ -32,6 +32,7 @@ use weir_common::{Event, Record};
 
 pub use tempfile::TempDir;
 
+pub mod api_load;
 pub mod store_bench;
 
 /// The API key written to [`Env::api_key_file`] (used by agents and the aggregator alike).

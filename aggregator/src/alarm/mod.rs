@@ -157,6 +157,19 @@ impl Outcome {
     pub fn is_noop(&self) -> bool {
         self.not_stored.is_none() && self.problem.is_none() && self.clears.is_empty()
     }
+
+    /// Gives an outcome decided before its event had a sequence (API ingest numbers events in
+    /// the writer) that sequence and the fleet id made of it.
+    pub fn with_id(mut self, seq: u64, event_id: &str) -> Outcome {
+        self.seq = seq;
+        if let Some(p) = &mut self.problem {
+            p.event_id = event_id.to_string();
+        }
+        for c in &mut self.clears {
+            c.event_id = event_id.to_string();
+        }
+        self
+    }
 }
 
 /// The tag `logonly` events are stored with, so default views can hide them.

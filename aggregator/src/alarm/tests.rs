@@ -86,6 +86,7 @@ impl Rig {
                 outcomes,
                 reply,
                 poisoned: Arc::new(AtomicBool::new(false)),
+                api: None,
             })
             .unwrap();
         rx.blocking_recv().unwrap().unwrap()

@@ -16,7 +16,8 @@ fn app(rig: &Rig) -> Router {
     };
     Router::new()
         .merge(read_routes(st.clone()))
-        .merge(operate_routes(st))
+        .merge(operate_routes(st.clone()))
+        .merge(admin_routes(st))
 }
 
 async fn call(
@@ -34,7 +35,11 @@ async fn call(
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .unwrap();
     if let Some(u) = user {
-        req.extensions_mut().insert(KeyName(u.to_string()));
+        req.extensions_mut().insert(crate::keys::Principal {
+            id: format!("k_{u}").into(),
+            name: u.into(),
+            scopes: crate::keys::ScopeSet::all(),
+        });
     }
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();

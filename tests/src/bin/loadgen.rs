@@ -69,6 +69,36 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Post bulk JSON events to a running aggregator's `POST /api/v1/events`.
+    ApiIngest {
+        /// The aggregator's API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8083")]
+        url: String,
+        /// An API key with the `ingest` scope.
+        #[arg(long, env = "WEIR_API_KEY")]
+        key: String,
+        /// Events in total.
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        /// Events per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+    },
+    /// Benchmark (e): bulk API ingest into a fresh aggregator (release build), then checks
+    /// that every event was stored.
+    BenchApi {
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        #[arg(long)]
+        keep: bool,
+    },
     /// Benchmark (c): syslog TCP (newline framing, several connections) → aggregator store.
     BenchTcp {
         /// Messages in total, spread over the connections.
@@ -194,6 +224,31 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::BenchDrain { count, keep } => bench_drain(count, keep),
+        Cmd::ApiIngest {
+            url,
+            key,
+            events,
+            batch,
+            conns,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let out = rt.block_on(weir_tests::api_load::run(&url, &key, events, batch, conns))?;
+            println!(
+                "api-ingest: {} events in {} requests in {:.2}s = {:.0} events/s; slowest request {:.0} ms",
+                out.events,
+                out.requests,
+                out.elapsed.as_secs_f64(),
+                out.rate(),
+                out.max_latency.as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+        Cmd::BenchApi {
+            events,
+            batch,
+            conns,
+            keep,
+        } => bench_api(events, batch, conns, keep),
         Cmd::BenchUdp {
             rate,
             duration,
@@ -626,6 +681,37 @@ impl Drop for Fleet {
             println!("work dir kept: {}", dir.keep().display());
         }
     }
+}
+
+fn bench_api(events: u64, batch: u64, conns: usize, keep: bool) -> anyhow::Result<()> {
+    let mut fleet = Fleet::new()?;
+    fleet.keep = keep;
+    fleet.aggregator = Some(fleet.spawn("weir-aggregator", "aggregator.toml")?);
+    fleet.wait_api()?;
+    let url = format!("http://127.0.0.1:{}", fleet.api_port);
+    let rt = tokio::runtime::Runtime::new()?;
+    let cpu_before = fleet.cpu_secs().1;
+    let out = rt.block_on(weir_tests::api_load::run(
+        &url,
+        &fleet.api_key,
+        events,
+        batch,
+        conns,
+    ))?;
+    let agg_cpu = fleet.cpu_secs().1 - cpu_before;
+    let stored = fleet.stored_total()?;
+    println!(
+        "bench-api: {} events ({} per request, {conns} connections) stored durably in {:.2}s = {:.0} events/s; slowest request {:.0} ms; aggregator CPU {agg_cpu:.2}s; stored {stored}",
+        out.events,
+        batch,
+        out.elapsed.as_secs_f64(),
+        out.rate(),
+        out.max_latency.as_secs_f64() * 1e3,
+    );
+    if stored != events {
+        bail!("{stored} events stored of {events} posted");
+    }
+    Ok(())
 }
 
 fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
