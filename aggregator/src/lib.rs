@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod config;
+pub mod correlate;
 pub mod ingest;
 pub mod query;
 pub mod quickstart;
