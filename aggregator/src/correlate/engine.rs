@@ -242,6 +242,28 @@ impl Engine {
         )
     }
 
+    /// Approximate heap bytes of the window state: group tables, keys, trigger queues and the
+    /// reorder buffer. The events themselves are shared (`Arc`) with the caller and not counted.
+    pub fn state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let mut n = 0;
+        for st in &self.states {
+            // hashbrown: one control byte per bucket besides the entry.
+            n += st.groups.capacity() * (size_of::<(String, Group)>() + 1);
+            for (k, g) in &st.groups {
+                n += k.capacity() + g.triggers.capacity() * size_of::<Trigger>();
+            }
+        }
+        n += self.pending.capacity() * size_of::<Reverse<Pending>>();
+        n += self
+            .pending
+            .iter()
+            .map(|p| p.0.matched.capacity() * size_of::<u32>())
+            .sum::<usize>();
+        n += self.held.len() * (size_of::<(i64, u64, Arc<str>)>() + size_of::<String>() + 48);
+        n
+    }
+
     /// Indices of the rules `ev` matches, in priority order.
     fn matching(&self, ev: &EventIn) -> Vec<u32> {
         let named: &[u32] = ev
