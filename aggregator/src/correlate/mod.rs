@@ -22,6 +22,7 @@
 //!   caller never raises an alarm it then has to take back.
 
 mod engine;
+pub mod replay;
 pub mod rules;
 mod throttle;
 
