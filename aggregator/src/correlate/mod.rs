@@ -21,6 +21,7 @@
 //!   `SuppressEvent` and `HoldEvent` come back from the `push` that delivered the event: the
 //!   caller never raises an alarm it then has to take back.
 
+mod config;
 mod engine;
 pub mod replay;
 pub mod rules;
@@ -35,6 +36,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use weir_common::{Event, Severity};
 
+pub use config::{CorrelationConfig, EXAMPLE as CONFIG_EXAMPLE};
 pub use engine::{Engine, EngineConfig, ReloadReport, Snapshot, Stats};
 pub use rules::{RawRuleFile, RuleError, RuleSet};
 pub use throttle::{Notification, NotifyDecision, NotifyReason};
