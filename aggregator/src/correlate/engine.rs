@@ -1088,17 +1088,19 @@ fn is_clearing(state: &str) -> bool {
 fn group_values(rule: &Rule, ev: &EventIn) -> Vec<(String, String)> {
     rule.group_by
         .iter()
-        .map(|f| (f.name(), ev.get(f).unwrap_or("").to_string()))
+        .zip(&rule.group_names)
+        .map(|(f, n)| (n.clone(), ev.get(f).unwrap_or("").to_string()))
         .collect()
 }
 
+/// `name=value,name=value`; empty for a rule without `group_by`.
 fn group_key(rule: &Rule, ev: &EventIn) -> String {
     let mut key = String::new();
-    for (i, f) in rule.group_by.iter().enumerate() {
+    for (i, (f, n)) in rule.group_by.iter().zip(&rule.group_names).enumerate() {
         if i > 0 {
             key.push(',');
         }
-        key.push_str(&f.name());
+        key.push_str(n);
         key.push('=');
         key.push_str(ev.get(f).unwrap_or(""));
     }

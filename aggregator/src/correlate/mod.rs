@@ -112,6 +112,13 @@ impl EventIn {
 }
 
 impl Fields for EventIn {
+    fn severity(&self, field: &Field) -> Option<Severity> {
+        match field {
+            Field::Severity => Some(self.event.severity),
+            other => self.get(other).and_then(|v| v.parse().ok()),
+        }
+    }
+
     fn get(&self, field: &Field) -> Option<&str> {
         let e = &self.event;
         match field {

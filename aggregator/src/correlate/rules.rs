@@ -405,6 +405,11 @@ impl fmt::Display for Field {
 /// Something with fields a condition can test: an event, or a notification.
 pub trait Fields {
     fn get(&self, field: &Field) -> Option<&str>;
+
+    /// The field as a severity; events answer for `severity` without parsing text.
+    fn severity(&self, field: &Field) -> Option<Severity> {
+        self.get(field).and_then(|v| v.parse().ok())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +535,8 @@ impl Filter {
                     Op::ContainsAll(rs) => rs.iter().all(|r| r.is_match(v)),
                     Op::In(list) => list.iter().any(|s| s == v),
                     Op::Cmp(op, want) => compare(v, *op, want),
-                    Op::Exists(_) | Op::NotEquals(_) | Op::SeverityEq(..) => unreachable!(),
+                    // Handled above, before the value is required.
+                    Op::Exists(_) | Op::NotEquals(_) | Op::SeverityEq(..) => false,
                 }
             }
         }
@@ -544,12 +550,16 @@ fn compare(v: &str, op: CmpOp, want: &CmpValue) -> bool {
         CmpValue::Number(n) => v.trim().parse::<f64>().ok().and_then(|v| v.partial_cmp(n)),
         CmpValue::Text(t) => Some(v.cmp(t.as_str())),
     };
-    ord.is_some_and(|o| match op {
+    ord.is_some_and(|o| cmp_holds(op, o))
+}
+
+fn cmp_holds(op: CmpOp, o: std::cmp::Ordering) -> bool {
+    match op {
         CmpOp::Ge => o.is_ge(),
         CmpOp::Gt => o.is_gt(),
         CmpOp::Le => o.is_le(),
         CmpOp::Lt => o.is_lt(),
-    })
+    }
 }
 
 /// Compiles a raw condition; `path` is the field path for errors (`conditions`).
@@ -795,6 +805,8 @@ pub struct Rule {
     pub window: i64,
     pub count: u32,
     pub group_by: Vec<Field>,
+    /// `group_by` canonical names, computed once (group keys are built per event).
+    pub group_names: Vec<String>,
     /// Microseconds; 0 = no inhibit.
     pub inhibit: i64,
     /// Microseconds, when set.
@@ -1098,6 +1110,7 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, (String, String)> {
         events: raw.events.clone(),
         window,
         count,
+        group_names: group_by.iter().map(Field::name).collect(),
         group_by,
         inhibit: raw.inhibit.map_or(0, |s| secs(s.0)),
         delayed_action: raw.delayed_action.map(|s| secs(s.0)),
