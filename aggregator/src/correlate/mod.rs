@@ -55,12 +55,16 @@ pub struct EventIn {
 }
 
 impl EventIn {
+    /// The engine's view of a stored event. The raw payload is left out: no rule reads it,
+    /// and windows and snapshots would otherwise carry up to 64 KiB per trigger.
     pub fn from_stored(s: &StoredEvent) -> EventIn {
+        let mut event = s.event.clone();
+        event.raw_payload = None;
         EventIn {
             id: s.id(),
             site: s.site.clone(),
             agent: s.agent.clone(),
-            event: s.event.clone(),
+            event,
         }
     }
 

@@ -1189,3 +1189,21 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn from_stored_uses_the_store_id_and_drops_the_raw_payload() {
+    let mut event = Event::new(InputKind::Syslog, "syslog", "h", Severity::Info, "m", t0());
+    event.raw_payload = Some(vec![b'x'; 1000]);
+    let stored = crate::store::StoredEvent {
+        site: "paris".into(),
+        agent: "a1".into(),
+        seq: 7,
+        stored_at: t0(),
+        correlated_incident: None,
+        event,
+    };
+    let e = EventIn::from_stored(&stored);
+    assert_eq!(e.id, stored.id());
+    assert_eq!((e.site.as_str(), e.agent.as_str()), ("paris", "a1"));
+    assert_eq!(e.event.raw_payload, None);
+}
