@@ -15,6 +15,10 @@ use jiff::Timestamp;
 use weir_aggregator::correlate::{Engine, EngineConfig, EventIn, RuleSet};
 use weir_common::{Event, InputKind, Severity};
 
+// The allocator the aggregator binary ships with (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: usize = 200_000;
 const PREFIXES: [&str; 6] = ["db", "web", "rtr", "sw", "fw", "app"];
 const VENDORS: [&str; 3] = ["cisco", "juniper", "arista"];

@@ -443,7 +443,7 @@ pub enum Op {
     NotEquals(String),
     SeverityEq(Severity, bool),
     /// Glob, ASCII case-insensitive.
-    Matches(globset::GlobMatcher),
+    Matches(Glob),
     Regex(Regex),
     /// `contains`, `contains_any`: one case-insensitive literal alternation.
     ContainsAny(Regex),
@@ -451,6 +451,51 @@ pub enum Op {
     In(Vec<String>),
     Exists(bool),
     Cmp(CmpOp, CmpValue),
+}
+
+/// A compiled glob. The common shapes (`db-*`, `*.example.com`, a literal) are plain
+/// ASCII-case-insensitive string tests; the rest go through globset.
+#[derive(Debug, Clone)]
+pub enum Glob {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Full(globset::GlobMatcher),
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Result<Glob, String> {
+        let full = globset::GlobBuilder::new(pattern)
+            .case_insensitive(true)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| format!("bad glob {pattern:?}: {e}"))?
+            .compile_matcher();
+        let meta = |s: &str| s.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        Ok(if !meta(pattern) {
+            Glob::Exact(pattern.to_string())
+        } else if let Some(p) = pattern.strip_suffix('*').filter(|p| !meta(p)) {
+            Glob::Prefix(p.to_string())
+        } else if let Some(p) = pattern.strip_prefix('*').filter(|p| !meta(p)) {
+            Glob::Suffix(p.to_string())
+        } else {
+            Glob::Full(full)
+        })
+    }
+
+    pub fn is_match(&self, v: &str) -> bool {
+        let v = v.as_bytes();
+        match self {
+            Glob::Exact(p) => v.eq_ignore_ascii_case(p.as_bytes()),
+            Glob::Prefix(p) => {
+                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            Glob::Suffix(p) => {
+                v.len() >= p.len() && v[v.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
+            }
+            Glob::Full(g) => std::str::from_utf8(v).is_ok_and(|s| g.is_match(s)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,9 +568,10 @@ impl Filter {
         match &self.op {
             Op::Exists(want) => v.is_some_and(|v| !v.is_empty()) == *want,
             Op::NotEquals(s) => v != Some(s.as_str()),
-            Op::SeverityEq(s, eq) => v
-                .and_then(|v| v.parse::<Severity>().ok())
-                .is_some_and(|v| (v == *s) == *eq),
+            Op::SeverityEq(s, eq) => x.severity(&self.field).is_some_and(|v| (v == *s) == *eq),
+            Op::Cmp(op, CmpValue::Severity(s)) => x
+                .severity(&self.field)
+                .is_some_and(|v| cmp_holds(*op, v.cmp(s))),
             _ => {
                 let Some(v) = v else { return false };
                 match &self.op {
@@ -673,12 +719,7 @@ fn compile_op(
         }
         "matches" | "glob" => {
             let v = one()?;
-            let g = globset::GlobBuilder::new(&v)
-                .case_insensitive(true)
-                .literal_separator(false)
-                .build()
-                .map_err(|e| ("value", format!("bad glob {v:?}: {e}")))?;
-            Op::Matches(g.compile_matcher())
+            Op::Matches(Glob::new(&v).map_err(|e| ("value", e))?)
         }
         "regex" | "=~" => {
             let v = one()?;

@@ -1207,3 +1207,57 @@ fn from_stored_uses_the_store_id_and_drops_the_raw_payload() {
     assert_eq!((e.site.as_str(), e.agent.as_str()), ("paris", "a1"));
     assert_eq!(e.event.raw_payload, None);
 }
+
+#[test]
+fn globs_fast_paths_agree_with_globset() {
+    for (pattern, yes, no) in [
+        (
+            "db-*",
+            ["db-prod-01", "DB-1", "db-"],
+            ["xdb-1", "d", "web-db-1"],
+        ),
+        (
+            "*.example.com",
+            ["a.example.com", "A.EXAMPLE.COM", ".example.com"],
+            ["example.com", "a.example.org", "x"],
+        ),
+        (
+            "core-1",
+            ["core-1", "CORE-1", "Core-1"],
+            ["core-10", "core", "acore-1"],
+        ),
+        (
+            "rtr-?[0-9]*",
+            ["rtr-a1", "rtr-b9x", "RTR-c0"],
+            ["rtr-1", "sw-a1", "rtr-"],
+        ),
+    ] {
+        let r = rules(&format!(
+            r#"[{{"name": "g", "conditions": {{"field": "hostname", "op": "matches", "value": "{pattern}"}}}}]"#
+        ));
+        let host = |h: &str| {
+            ev(Ev {
+                id: "x",
+                site: "s",
+                host: h,
+                tag: None,
+                sev: Severity::Info,
+                msg: "m",
+                secs: 0.0,
+                tags: &[],
+            })
+        };
+        for h in yes {
+            assert!(
+                r.rules[0].cond.eval(&*host(h)),
+                "{pattern} should match {h}"
+            );
+        }
+        for h in no {
+            assert!(
+                !r.rules[0].cond.eval(&*host(h)),
+                "{pattern} should not match {h}"
+            );
+        }
+    }
+}
