@@ -280,7 +280,11 @@ impl Engine {
                 (None, None) => break,
             };
             let Some(&i) = next else { break };
-            if self.rules.rules[i as usize].cond.eval(ev) {
+            let rule = &self.rules.rules[i as usize];
+            if rule.min_severity.is_some_and(|m| ev.event.severity < m) {
+                continue;
+            }
+            if rule.cond.eval(ev) {
                 out.push(i);
             }
         }

@@ -564,16 +564,17 @@ fn join(c: &[Cond], sep: &str) -> String {
 
 impl Filter {
     fn eval<F: Fields + ?Sized>(&self, x: &F) -> bool {
-        let v = x.get(&self.field);
         match &self.op {
-            Op::Exists(want) => v.is_some_and(|v| !v.is_empty()) == *want,
-            Op::NotEquals(s) => v != Some(s.as_str()),
+            Op::Exists(want) => x.get(&self.field).is_some_and(|v| !v.is_empty()) == *want,
+            Op::NotEquals(s) => x.get(&self.field) != Some(s.as_str()),
             Op::SeverityEq(s, eq) => x.severity(&self.field).is_some_and(|v| (v == *s) == *eq),
             Op::Cmp(op, CmpValue::Severity(s)) => x
                 .severity(&self.field)
                 .is_some_and(|v| cmp_holds(*op, v.cmp(s))),
             _ => {
-                let Some(v) = v else { return false };
+                let Some(v) = x.get(&self.field) else {
+                    return false;
+                };
                 match &self.op {
                     Op::Equals(s) => v == s,
                     Op::Matches(g) => g.is_match(v),
@@ -846,6 +847,9 @@ pub struct Rule {
     pub window: i64,
     pub count: u32,
     pub group_by: Vec<Field>,
+    /// The least severe event the conditions can match, when they say so at the top level:
+    /// a cheap test before the condition tree.
+    pub min_severity: Option<Severity>,
     /// `group_by` canonical names, computed once (group keys are built per event).
     pub group_names: Vec<String>,
     /// Microseconds; 0 = no inhibit.
@@ -1143,6 +1147,7 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, (String, String)> {
             format!("{names} AND {describe}")
         };
     }
+    let floor = min_severity(&cond);
     Ok(Rule {
         name: raw.name.as_str().into(),
         priority: raw.priority,
@@ -1152,6 +1157,7 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, (String, String)> {
         window,
         count,
         group_names: group_by.iter().map(Field::name).collect(),
+        min_severity: floor,
         group_by,
         inhibit: raw.inhibit.map_or(0, |s| secs(s.0)),
         delayed_action: raw.delayed_action.map(|s| secs(s.0)),
@@ -1166,6 +1172,22 @@ fn compile_rule(raw: &RawRule) -> Result<Rule, (String, String)> {
         describe: describe.into(),
         raw: raw.clone(),
     })
+}
+
+/// A severity floor implied by a top-level `severity >= X` (or `equals X`) filter.
+fn min_severity(cond: &Cond) -> Option<Severity> {
+    let floor = |c: &Cond| match c {
+        Cond::Filter(Filter {
+            field: Field::Severity,
+            op: Op::Cmp(CmpOp::Ge, CmpValue::Severity(s)) | Op::SeverityEq(s, true),
+            ..
+        }) => Some(*s),
+        _ => None,
+    };
+    match cond {
+        Cond::All(children) => children.iter().filter_map(floor).max(),
+        other => floor(other),
+    }
 }
 
 fn compile_aggregate(raw: &RawAggregate) -> Result<Aggregate, (String, String)> {

@@ -1261,3 +1261,13 @@ fn globs_fast_paths_agree_with_globset() {
         }
     }
 }
+
+#[test]
+fn severity_floor_is_taken_from_top_level_and_only() {
+    let r = rules(SEED_000_RULE);
+    assert_eq!(r.rules[0].min_severity, Some(Severity::Critical));
+    let r = rules(
+        r#"[{"name": "o", "conditions": {"operator": "OR", "filters": [{"field": "severity", "op": ">=", "value": "critical"}, {"field": "message", "op": "contains", "value": "x"}]}}]"#,
+    );
+    assert_eq!(r.rules[0].min_severity, None, "an OR sets no floor");
+}
