@@ -8,6 +8,7 @@ pub mod api_ingest;
 pub mod archive;
 pub mod auth;
 pub mod config;
+pub mod correlate;
 pub mod histogram;
 pub mod index;
 pub mod ingest;

@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Correlation rules: check a rule file, or try it on events offline.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Read the archive of events aged out of the hot store ([retention] archive_dir).
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -132,6 +137,33 @@ enum KeysCommand {
     Revoke {
         /// The key's id (k_...) or name.
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Validate a rule file (JSON as in seed 000, or TOML with [[rules]] and [[aggregates]])
+    /// and list its rules in evaluation order with their version hashes.
+    Check {
+        /// The rule file.
+        rules: PathBuf,
+    },
+    /// Replay events through RULES in a fresh engine and print every decision (incidents with
+    /// their explanations, suppressions, holds, inhibits) as JSON lines. Nothing is stored,
+    /// sent or changed. Events are JSON lines: seed 000 event bodies or items of
+    /// `GET /api/v1/events`; each line's stored_at / received_at / timestamp is its arrival.
+    #[command(
+        after_help = "Example:\n  weir-aggregator rules test rules.json --events events.jsonl\n  curl -s -H 'X-API-Key: KEY' 'http://127.0.0.1:8083/api/v1/events?from=...' | jq -c '.events[]' > events.jsonl"
+    )]
+    Test {
+        /// The rule file.
+        rules: PathBuf,
+        /// JSON-lines file of events, in arrival order.
+        #[arg(long, value_name = "FILE.jsonl")]
+        events: PathBuf,
+        /// How long the engine waits for out-of-order events (e.g. 10s, 2m).
+        #[arg(long, default_value = "10s")]
+        lateness: weir_common::config::HumanDuration,
     },
 }
 
@@ -285,6 +317,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(&file)?;
             keys_command(&cfg, action)
         }
+        (Some(Command::Rules { command }), _) => rules_command(command),
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             runtime()?.block_on(async {
@@ -357,6 +390,48 @@ fn keys_command(cfg: &config::AggregatorConfig, action: KeysCommand) -> anyhow::
         }
     }
     Ok(())
+}
+
+fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
+    use weir_aggregator::correlate;
+    match command {
+        RulesCommand::Check { rules } => {
+            let set = correlate::RuleSet::load(&rules)?;
+            for r in &set.rules {
+                println!("{:>6}  {}  {}", r.priority, r.version, r.name);
+            }
+            for r in &set.disabled {
+                println!("{:>6}  disabled          {}", r.priority, r.name);
+            }
+            for a in &set.aggregates {
+                println!("{:>6}  {}  {} (aggregate)", a.priority, a.version, a.name);
+            }
+            println!("{}: OK", rules.display());
+            Ok(())
+        }
+        RulesCommand::Test {
+            rules,
+            events,
+            lateness,
+        } => {
+            let config = correlate::EngineConfig {
+                allowed_lateness: lateness.0,
+                ..correlate::EngineConfig::default()
+            };
+            let (decisions, s) = correlate::replay::rules_test(&rules, &events, config)?;
+            let mut out = std::io::stdout().lock();
+            for d in &decisions {
+                use std::io::Write;
+                serde_json::to_writer(&mut out, d)?;
+                writeln!(out)?;
+            }
+            eprintln!(
+                "{} events: {} incidents opened, {} cleared, {} events suppressed, {} inhibited",
+                s.events, s.incidents, s.cleared, s.suppressed, s.inhibited
+            );
+            Ok(())
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

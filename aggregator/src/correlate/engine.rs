@@ -1,0 +1,1123 @@
+//! The correlation state machine: reorder buffer, per-rule group windows, inhibit timers,
+//! delayed-action holds, stateful synthetic incidents and site outages. See the module docs of
+//! [`super`] for the invariants.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use weir_common::Severity;
+
+use super::rules::{CopySel, Fields, Rule, RuleSet};
+use super::throttle::{AggSnapshot, Notification, NotifyDecision, Throttler};
+use super::{ClearDecision, Decision, EventIn, IncidentDecision, StatefulKey, TriggerHandling};
+
+/// Engine limits and defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// How long to wait for out-of-order events before correlating in event-time order.
+    pub allowed_lateness: Duration,
+    /// Live groups per rule; the least recently active are evicted beyond it (counted).
+    pub max_groups_per_rule: usize,
+    /// Events waiting in the reorder buffer; beyond it the oldest are correlated early (counted).
+    pub max_pending: usize,
+    /// Aggregate (throttle) keys per aggregate rule; the oldest are evicted beyond it (counted).
+    pub max_aggregate_keys: usize,
+    /// Open stateful synthetic incidents remembered; the oldest are forgotten beyond it (counted).
+    pub max_stateful: usize,
+    /// Node of synthetic incidents whose rules set none (seed 003 `opevents_correlation_node`).
+    pub default_node: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            allowed_lateness: Duration::from_secs(10),
+            max_groups_per_rule: 10_000,
+            max_pending: 100_000,
+            max_aggregate_keys: 100_000,
+            max_stateful: 100_000,
+            default_node: "global".into(),
+        }
+    }
+}
+
+/// Counters the caller exports as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub events: u64,
+    /// Events that matched at least one rule.
+    pub matched: u64,
+    /// Events older than the watermark on arrival.
+    pub late: u64,
+    /// Events correlated before their lateness ran out because the reorder buffer was full.
+    pub reorder_overflow: u64,
+    /// Groups evicted by the per-rule cap.
+    pub groups_evicted: u64,
+    /// Stateful incidents forgotten by the cap.
+    pub stateful_evicted: u64,
+    /// Aggregate keys evicted by the cap.
+    pub aggregate_evicted: u64,
+    pub fired: u64,
+    pub site_inhibited: u64,
+}
+
+const SWEEP_EVERY: i64 = 30 * 1_000_000;
+
+#[derive(Debug, Clone)]
+struct Trigger {
+    time: i64,
+    seq: u64,
+    late: bool,
+    /// The delayed-action hold to cancel when this trigger is consumed.
+    hold: Option<i64>,
+    ev: Arc<EventIn>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Unconsumed triggers, sorted by (time, id).
+    triggers: VecDeque<Trigger>,
+    /// (fired at, until): event times during which the group is inhibited.
+    inhibit: Option<(i64, i64)>,
+    /// Latest event time seen, for eviction.
+    last: i64,
+}
+
+#[derive(Debug, Default)]
+struct RuleState {
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    ct: i64,
+    seq: u64,
+    ev: Arc<EventIn>,
+    matched: Vec<u32>,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.ct, &self.ev.id, self.seq).cmp(&(o.ct, &o.ev.id, o.seq))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OpenState {
+    rule: String,
+    state: String,
+    since: i64,
+}
+
+/// The correlation engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    lateness: i64,
+    rules: RuleSet,
+    /// Rules with an `events` list, by event name (indices into `rules.rules`).
+    by_name: HashMap<String, Vec<u32>>,
+    /// Rules without one: tested against every event.
+    generic: Vec<u32>,
+    states: Vec<RuleState>,
+    pending: BinaryHeap<Reverse<Pending>>,
+    /// (until, seq, rule) → event id.
+    held: BTreeMap<(i64, u64, Arc<str>), String>,
+    stateful: HashMap<StatefulKey, OpenState>,
+    /// Site → outage intervals (since, until), oldest first.
+    sites: HashMap<String, Vec<Outage>>,
+    /// Event time up to which everything has been correlated.
+    watermark: i64,
+    seq: u64,
+    last_sweep: i64,
+    throttle: Throttler,
+    stats: Stats,
+}
+
+fn us(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn ts(u: i64) -> Timestamp {
+    Timestamp::from_microsecond(u).unwrap_or(if u < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
+fn dropped(reason: &'static str, n: u64) {
+    metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => reason).increment(n);
+}
+
+/// A site outage: (since, until) in event-time microseconds; `None` while it lasts.
+type Outage = (i64, Option<i64>);
+
+/// Outcome of [`Engine::reload`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Rules whose definition did not change: their windows are kept.
+    pub kept: Vec<String>,
+    /// New or changed rules: they start empty.
+    pub reset: Vec<String>,
+    /// Rules no longer present: their state is dropped.
+    pub removed: Vec<String>,
+}
+
+impl Engine {
+    pub fn new(rules: RuleSet, config: EngineConfig) -> Engine {
+        let lateness = i64::try_from(config.allowed_lateness.as_micros()).unwrap_or(i64::MAX / 4);
+        let mut e = Engine {
+            throttle: Throttler::new(config.max_aggregate_keys),
+            config,
+            lateness,
+            rules: RuleSet::default(),
+            by_name: HashMap::new(),
+            generic: Vec::new(),
+            states: Vec::new(),
+            pending: BinaryHeap::new(),
+            held: BTreeMap::new(),
+            stateful: HashMap::new(),
+            sites: HashMap::new(),
+            watermark: i64::MIN / 2,
+            seq: 0,
+            last_sweep: i64::MIN / 2,
+            stats: Stats::default(),
+        };
+        e.install(rules);
+        e
+    }
+
+    fn install(&mut self, rules: RuleSet) {
+        self.by_name.clear();
+        self.generic.clear();
+        for (i, r) in rules.rules.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            if r.events.is_empty() {
+                self.generic.push(i);
+            } else {
+                for n in &r.events {
+                    let v = self.by_name.entry(n.clone()).or_default();
+                    if !v.contains(&i) {
+                        v.push(i);
+                    }
+                }
+            }
+        }
+        self.states = rules.rules.iter().map(|_| RuleState::default()).collect();
+        self.throttle.install(&rules.aggregates);
+        self.rules = rules;
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.aggregate_evicted = self.throttle.evicted;
+        s
+    }
+
+    /// Live groups across all rules, and events waiting in the reorder buffer.
+    pub fn live(&self) -> (usize, usize) {
+        (
+            self.states.iter().map(|s| s.groups.len()).sum(),
+            self.pending.len(),
+        )
+    }
+
+    /// Approximate heap bytes of the window state: group tables, keys, trigger queues and the
+    /// reorder buffer. The events themselves are shared (`Arc`) with the caller and not counted.
+    pub fn state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let mut n = 0;
+        for st in &self.states {
+            // hashbrown: one control byte per bucket besides the entry.
+            n += st.groups.capacity() * (size_of::<(String, Group)>() + 1);
+            for (k, g) in &st.groups {
+                n += k.capacity() + g.triggers.capacity() * size_of::<Trigger>();
+            }
+        }
+        n += self.pending.capacity() * size_of::<Reverse<Pending>>();
+        n += self
+            .pending
+            .iter()
+            .map(|p| p.0.matched.capacity() * size_of::<u32>())
+            .sum::<usize>();
+        n += self.held.len() * (size_of::<(i64, u64, Arc<str>)>() + size_of::<String>() + 48);
+        n
+    }
+
+    /// Indices of the rules `ev` matches, in priority order.
+    fn matching(&self, ev: &EventIn) -> Vec<u32> {
+        let named: &[u32] = ev
+            .name()
+            .and_then(|n| self.by_name.get(n))
+            .map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (named.iter().peekable(), self.generic.iter().peekable());
+        let mut out = Vec::new();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => break,
+            };
+            let Some(&i) = next else { break };
+            let rule = &self.rules.rules[i as usize];
+            if rule.min_severity.is_some_and(|m| ev.event.severity < m) {
+                continue;
+            }
+            if rule.cond.eval(ev) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    fn set_clock(&mut self, now: i64) {
+        self.watermark = self.watermark.max(now.saturating_sub(self.lateness));
+    }
+
+    /// Takes one event that arrived at clock `now`.
+    pub fn push(&mut self, ev: Arc<EventIn>, now: Timestamp) -> Vec<Decision> {
+        let now = us(now);
+        let mut out = Vec::new();
+        self.stats.events += 1;
+        let before = self.watermark;
+        self.set_clock(now);
+        let matched = self.matching(&ev);
+        if !matched.is_empty() {
+            self.stats.matched += 1;
+            self.seq += 1;
+            let seq = self.seq;
+            let ct = us(ev.event.event_time).min(now);
+            for &i in &matched {
+                let rule = &self.rules.rules[i as usize];
+                if rule.suppress_individual {
+                    out.push(Decision::SuppressEvent {
+                        event_id: ev.id.clone(),
+                        rule: rule.name.to_string(),
+                    });
+                }
+                if let Some(d) = rule.delayed_action {
+                    let until = ct.saturating_add(d);
+                    self.held
+                        .insert((until, seq, rule.name.clone()), ev.id.clone());
+                    out.push(Decision::HoldEvent {
+                        event_id: ev.id.clone(),
+                        rule: rule.name.to_string(),
+                        until: ts(until),
+                    });
+                }
+            }
+            if ct < before {
+                // Late: everything up to `before` has been correlated already; join the
+                // retained triggers now.
+                self.stats.late += 1;
+                self.correlate(ct, seq, &ev, &matched, true, now, &mut out);
+            } else {
+                self.pending.push(Reverse(Pending {
+                    ct,
+                    seq,
+                    ev,
+                    matched,
+                }));
+                while self.pending.len() > self.config.max_pending {
+                    self.stats.reorder_overflow += 1;
+                    dropped("reorder_overflow", 1);
+                    if let Some(Reverse(p)) = self.pending.pop() {
+                        self.watermark = self.watermark.max(p.ct);
+                        self.correlate(p.ct, p.seq, &p.ev, &p.matched, false, now, &mut out);
+                    }
+                }
+            }
+        }
+        self.release(now, &mut out);
+        out
+    }
+
+    /// Moves the clock: correlates buffered events the watermark has passed, ends holds.
+    pub fn advance(&mut self, now: Timestamp) -> Vec<Decision> {
+        let now = us(now);
+        self.set_clock(now);
+        let mut out = Vec::new();
+        self.release(now, &mut out);
+        out
+    }
+
+    /// Resolves everything: correlates the whole buffer and ends every hold, as if the clock
+    /// ran out. `now` is only what decisions report as their time (dry-run's last arrival).
+    pub fn finish(&mut self, now: Timestamp) -> Vec<Decision> {
+        let mut out = Vec::new();
+        self.watermark = i64::MAX / 4;
+        self.release(us(now), &mut out);
+        out
+    }
+
+    fn release(&mut self, now: i64, out: &mut Vec<Decision>) {
+        while self
+            .pending
+            .peek()
+            .is_some_and(|p| p.0.ct <= self.watermark)
+        {
+            let Some(Reverse(p)) = self.pending.pop() else {
+                break;
+            };
+            self.correlate(p.ct, p.seq, &p.ev, &p.matched, false, now, out);
+        }
+        while let Some(entry) = self.held.first_entry() {
+            if entry.key().0 > self.watermark {
+                break;
+            }
+            let ((_, _, rule), event_id) = entry.remove_entry();
+            out.push(Decision::ReleaseEvent {
+                event_id,
+                rule: rule.to_string(),
+            });
+        }
+        if self.watermark - self.last_sweep >= SWEEP_EVERY {
+            self.last_sweep = self.watermark;
+            self.sweep();
+        }
+    }
+
+    /// Drops expired triggers and empty groups, so memory follows live windows only.
+    fn sweep(&mut self) {
+        let wm = self.watermark;
+        for (rule, st) in self.rules.rules.iter().zip(&mut self.states) {
+            let horizon = wm.saturating_sub(rule.window);
+            st.groups.retain(|_, g| {
+                while g.triggers.front().is_some_and(|t| t.time < horizon) {
+                    g.triggers.pop_front();
+                }
+                if g.inhibit.is_some_and(|(_, until)| until <= wm) {
+                    g.inhibit = None;
+                }
+                !g.triggers.is_empty() || g.inhibit.is_some()
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn correlate(
+        &mut self,
+        ct: i64,
+        seq: u64,
+        ev: &Arc<EventIn>,
+        matched: &[u32],
+        late: bool,
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
+        for &i in matched {
+            self.correlate_rule(i as usize, ct, seq, ev, late, now, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn correlate_rule(
+        &mut self,
+        ri: usize,
+        ct: i64,
+        seq: u64,
+        ev: &Arc<EventIn>,
+        late: bool,
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
+        let rule = self.rules.rules[ri].clone();
+        let key = group_key(&rule, ev);
+        let st = &mut self.states[ri];
+        if !st.groups.contains_key(&key) && st.groups.len() >= self.config.max_groups_per_rule {
+            let n = evict(&mut st.groups);
+            self.stats.groups_evicted += n;
+            dropped("group_evicted", n);
+        }
+        let g = st.groups.entry(key).or_default();
+        g.last = g.last.max(ct);
+        let hold = rule.delayed_action.map(|d| ct.saturating_add(d));
+        if let Some((from, until)) = g.inhibit {
+            if ct >= from && ct < until {
+                let (event_id, rule_name) = (ev.id.clone(), rule.name.to_string());
+                let group_key = group_key(&rule, ev);
+                if rule.auto_acknowledge {
+                    if let Some(h) = hold {
+                        self.held.remove(&(h, seq, rule.name.clone()));
+                    }
+                    out.push(Decision::AcknowledgeEvent {
+                        event_id,
+                        rule: rule_name,
+                        group_key,
+                    });
+                } else {
+                    out.push(Decision::Inhibited {
+                        event_id,
+                        rule: rule_name,
+                        group_key,
+                        until: ts(until),
+                    });
+                }
+                return;
+            }
+            if ct >= until {
+                // Seed 003: after the inhibit period correlation resumes from scratch.
+                g.inhibit = None;
+                while g.triggers.front().is_some_and(|t| t.time < until) {
+                    g.triggers.pop_front();
+                }
+            }
+        }
+        let horizon = self.watermark.min(ct).saturating_sub(rule.window);
+        while g.triggers.front().is_some_and(|t| t.time < horizon) {
+            g.triggers.pop_front();
+        }
+        let pos = g
+            .triggers
+            .partition_point(|t| (t.time, t.ev.id.as_str()) <= (ct, ev.id.as_str()));
+        g.triggers.insert(
+            pos,
+            Trigger {
+                time: ct,
+                seq,
+                late,
+                hold,
+                ev: ev.clone(),
+            },
+        );
+        // The earliest window that contains the new trigger and holds `count` of them.
+        let n = rule.count as usize;
+        let mut start = g
+            .triggers
+            .partition_point(|t| t.time < ct.saturating_sub(rule.window));
+        let mut fire = None;
+        for end in pos..g.triggers.len() {
+            let limit = g.triggers[end].time.saturating_sub(rule.window);
+            while g.triggers[start].time < limit {
+                start += 1;
+            }
+            if start > pos {
+                break;
+            }
+            if end + 1 - start >= n {
+                fire = Some((start, end));
+                break;
+            }
+        }
+        let Some((start, end)) = fire else { return };
+        let consumed: Vec<Trigger> = g.triggers.drain(start..=end).collect();
+        let fired_at = consumed.last().map_or(ct, |t| t.time);
+        if rule.inhibit > 0 {
+            g.inhibit = Some((fired_at, fired_at.saturating_add(rule.inhibit)));
+        }
+        let group_key = group_key(&rule, ev);
+        let group_values = group_values(&rule, ev);
+        for t in &consumed {
+            if let Some(h) = t.hold {
+                self.held.remove(&(h, t.seq, rule.name.clone()));
+            }
+        }
+        self.stats.fired += 1;
+        self.fire(&rule, group_key, group_values, consumed, late, now, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &mut self,
+        rule: &Rule,
+        group_key: String,
+        group: Vec<(String, String)>,
+        triggers: Vec<Trigger>,
+        late: bool,
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
+        let event_ids: Vec<String> = triggers.iter().map(|t| t.ev.id.clone()).collect();
+        let (first, last) = (
+            triggers.first().map_or(now, |t| t.time),
+            triggers.last().map_or(now, |t| t.time),
+        );
+        let late = late || triggers.iter().any(|t| t.late && t.time == last);
+        let window_text = format!(
+            "{} matching event(s) between {} and {} (window {} s, count {})",
+            triggers.len(),
+            ts(first),
+            ts(last),
+            rule.window / 1_000_000,
+            rule.count
+        );
+        let group_text = if group_key.is_empty() {
+            "across all sites and hosts".to_string()
+        } else {
+            format!("for group {group_key}")
+        };
+        if rule.site_inhibit {
+            let down: BTreeSet<&str> = triggers
+                .iter()
+                .filter(|t| self.site_down_at(&t.ev.site, t.time))
+                .map(|t| t.ev.site.as_str())
+                .collect();
+            let all_down = triggers
+                .iter()
+                .all(|t| self.site_down_at(&t.ev.site, t.time));
+            if all_down && !down.is_empty() {
+                self.stats.site_inhibited += 1;
+                out.push(Decision::SiteInhibited {
+                    rule: rule.name.to_string(),
+                    explanation: format!(
+                        "rule {:?} fired {group_text} on {window_text}, but every trigger came from an unreachable site ({}); the site-unreachable incident covers it",
+                        rule.name,
+                        down.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                    sites: down.into_iter().map(String::from).collect(),
+                    group_key,
+                    event_ids,
+                });
+                return;
+            }
+        }
+        let (properties, node) = self.synthesize(rule, &group, &triggers);
+        let stateful = properties.get("stateful").map(|s| {
+            let element = properties.get("element").cloned().unwrap_or_default();
+            let state = properties
+                .get("state")
+                .cloned()
+                .unwrap_or_else(|| "down".into());
+            (
+                StatefulKey {
+                    node: node.clone(),
+                    stateful: s.clone(),
+                    element,
+                },
+                state,
+            )
+        });
+        if let Some((key, state)) = &stateful {
+            if is_clearing(state) {
+                if let Some(open) = self.stateful.remove(key) {
+                    out.push(Decision::ClearIncident(Box::new(ClearDecision {
+                        rule: rule.name.to_string(),
+                        rule_version: rule.version.to_string(),
+                        explanation: format!(
+                            "rule {:?} fired {group_text} on {window_text}: state {state:?} clears {:?} (opened by rule {:?}) for node {:?} element {:?}",
+                            rule.name, key.stateful, open.rule, key.node, key.element
+                        ),
+                        opened_by: open.rule,
+                        key: key.clone(),
+                        state: state.clone(),
+                        window: (ts(first), ts(last)),
+                        decided_at: ts(now),
+                        event_ids,
+                        late,
+                    })));
+                }
+                return;
+            }
+            if self.stateful.get(key).is_some_and(|o| &o.state == state) {
+                out.push(Decision::Deduplicated {
+                    rule: rule.name.to_string(),
+                    key: key.clone(),
+                    state: state.clone(),
+                    event_ids,
+                });
+                return;
+            }
+            if self.stateful.len() >= self.config.max_stateful
+                && !self.stateful.contains_key(key)
+                && let Some(oldest) = self
+                    .stateful
+                    .iter()
+                    .min_by_key(|(k, o)| (o.since, (*k).clone()))
+                    .map(|(k, _)| k.clone())
+            {
+                self.stateful.remove(&oldest);
+                self.stats.stateful_evicted += 1;
+                dropped("stateful_evicted", 1);
+            }
+            self.stateful.insert(
+                key.clone(),
+                OpenState {
+                    rule: rule.name.to_string(),
+                    state: state.clone(),
+                    since: last,
+                },
+            );
+        }
+        if !rule.create_incident {
+            return;
+        }
+        let highest = triggers
+            .iter()
+            .map(|t| t.ev.event.severity)
+            .max()
+            .unwrap_or(Severity::Info);
+        let severity = rule
+            .incident_severity
+            .or_else(|| properties.get("severity").and_then(|s| s.parse().ok()))
+            .unwrap_or(highest);
+        let distinct = |f: fn(&EventIn) -> &str| -> Vec<String> {
+            let set: BTreeSet<&str> = triggers.iter().map(|t| f(&t.ev)).collect();
+            set.into_iter().map(String::from).collect()
+        };
+        let hosts = distinct(|e| e.event.hostname.as_str());
+        let sites = distinct(|e| e.site.as_str());
+        let triggers_handling = if rule.auto_acknowledge {
+            TriggerHandling::Acknowledged
+        } else if rule.delayed_action.is_some() {
+            TriggerHandling::Superseded
+        } else {
+            TriggerHandling::Plain
+        };
+        let explanation = format!(
+            "rule {:?} (priority {}, version {}) fired {group_text}: {window_text} matching {}{}{}",
+            rule.name,
+            rule.priority,
+            rule.version,
+            rule.describe,
+            if late {
+                "; created late: the completing event arrived after the allowed lateness"
+            } else {
+                ""
+            },
+            match triggers_handling {
+                TriggerHandling::Plain => "",
+                TriggerHandling::Superseded => "; supersedes its held triggers",
+                TriggerHandling::Acknowledged => "; acknowledges its triggers",
+            }
+        );
+        out.push(Decision::OpenIncident(Box::new(IncidentDecision {
+            rule: rule.name.to_string(),
+            rule_version: rule.version.to_string(),
+            priority: rule.priority,
+            group_key,
+            group,
+            severity,
+            contact_list: rule.contact_list.clone(),
+            window: (ts(first), ts(last)),
+            decided_at: ts(now),
+            event_ids,
+            hosts,
+            sites,
+            node,
+            properties,
+            stateful,
+            triggers: triggers_handling,
+            suppress_individual: rule.suppress_individual,
+            late,
+            delay_secs: (now - last).max(0) / 1_000_000,
+            explanation,
+        })));
+    }
+
+    /// Seed 003's content steps 1–8: copy_present, copy_first, copy_last, copy_highest,
+    /// copy_groupby, enrich, then the stateful/node/element adjustments.
+    fn synthesize(
+        &self,
+        rule: &Rule,
+        group: &[(String, String)],
+        triggers: &[Trigger],
+    ) -> (BTreeMap<String, String>, String) {
+        let mut props = BTreeMap::new();
+        let mut explicit = BTreeSet::new();
+        for name in &rule.copies.present {
+            if let Some(v) = triggers.iter().find_map(|t| t.ev.property(name)) {
+                props.insert(name.clone(), v.to_string());
+                explicit.insert(name.clone());
+            }
+        }
+        let highest = triggers
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, t)| (t.ev.event.severity, Reverse(*i)))
+            .map(|(_, t)| t);
+        for (sels, src) in [
+            (&rule.copies.first, triggers.first()),
+            (&rule.copies.last, triggers.last()),
+            (&rule.copies.highest, highest),
+        ] {
+            let Some(src) = src else { continue };
+            for sel in sels {
+                match sel {
+                    CopySel::Name(n) => {
+                        if let Some(v) = src.ev.property(n) {
+                            props.insert(n.clone(), v.to_string());
+                        }
+                        explicit.insert(n.clone());
+                    }
+                    CopySel::Regex(r) => {
+                        for (k, v) in src.ev.properties() {
+                            if r.is_match(&k) {
+                                props.insert(k, v.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (target, (_, value)) in rule.copies.groupby.iter().zip(group) {
+            if let Some(t) = target {
+                props.insert(t.clone(), value.clone());
+                explicit.insert(t.clone());
+            }
+        }
+        for (k, v) in &rule.enrich {
+            match v {
+                Some(v) => props.insert(k.clone(), v.clone()),
+                None => props.remove(k),
+            };
+            explicit.insert(k.clone());
+        }
+        // Step 8: stateful only when set explicitly; node from an explicit setting or the
+        // default node; element from the groupby values when not set.
+        if !explicit.contains("stateful") {
+            props.remove("stateful");
+        }
+        let node = if explicit.contains("node") {
+            props.get("node").cloned().unwrap_or_default()
+        } else {
+            self.config.default_node.clone()
+        };
+        props.insert("node".into(), node.clone());
+        if props.contains_key("stateful") && !explicit.contains("element") && !group.is_empty() {
+            let element: Vec<&str> = group.iter().map(|(_, v)| v.as_str()).collect();
+            props.insert("element".into(), element.join(","));
+        }
+        (props, node)
+    }
+
+    // ---- site outages -----------------------------------------------------------------------
+
+    /// The aggregator saw `site` unreachable since `since`. Incidents whose triggers all come
+    /// from unreachable sites (at their event times) are then `SiteInhibited`.
+    pub fn site_down(&mut self, site: &str, since: Timestamp) {
+        let v = self.sites.entry(site.to_string()).or_default();
+        if v.last().is_some_and(|(_, until)| until.is_none()) {
+            return;
+        }
+        v.push((us(since), None));
+        if v.len() > 32 {
+            v.remove(0);
+        }
+    }
+
+    /// `site` is reachable again since `at`.
+    pub fn site_up(&mut self, site: &str, at: Timestamp) {
+        if let Some(last) = self.sites.get_mut(site).and_then(|v| v.last_mut())
+            && last.1.is_none()
+        {
+            last.1 = Some(us(at));
+        }
+    }
+
+    fn site_down_at(&self, site: &str, t: i64) -> bool {
+        self.sites.get(site).is_some_and(|v| {
+            v.iter()
+                .any(|&(since, until)| since <= t && until.is_none_or(|u| t < u))
+        })
+    }
+
+    // ---- notifications ----------------------------------------------------------------------
+
+    /// Seed 004: whether a notification should go out, or is throttled into an aggregate.
+    pub fn notify(&mut self, n: &Notification) -> NotifyDecision {
+        self.throttle.notify(n)
+    }
+
+    // ---- reload and snapshots ---------------------------------------------------------------
+
+    /// Installs a new rule set. Rules whose normalised definition (name and version hash) is
+    /// unchanged keep their windows and inhibit timers; others start empty. Holds of rules that
+    /// changed or went away are released in the returned decisions.
+    pub fn reload(&mut self, rules: RuleSet) -> (ReloadReport, Vec<Decision>) {
+        let mut old: HashMap<(Arc<str>, Arc<str>), RuleState> = self
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        let old_names: BTreeSet<String> = self
+            .rules
+            .rules
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        let mut report = ReloadReport::default();
+        let states: Vec<RuleState> = rules
+            .rules
+            .iter()
+            .map(|r| match old.remove(&(r.name.clone(), r.version.clone())) {
+                Some(s) => {
+                    report.kept.push(r.name.to_string());
+                    s
+                }
+                None => {
+                    report.reset.push(r.name.to_string());
+                    RuleState::default()
+                }
+            })
+            .collect();
+        let new_names: BTreeSet<String> = rules.rules.iter().map(|r| r.name.to_string()).collect();
+        report.removed = old_names.difference(&new_names).cloned().collect();
+        let kept: BTreeSet<&str> = report.kept.iter().map(String::as_str).collect();
+        let mut out = Vec::new();
+        self.held.retain(|(_, _, rule), id| {
+            let keep = kept.contains(&**rule);
+            if !keep {
+                out.push(Decision::ReleaseEvent {
+                    event_id: id.clone(),
+                    rule: rule.to_string(),
+                });
+            }
+            keep
+        });
+        self.install(rules);
+        self.states = states;
+        let pending = std::mem::take(&mut self.pending).into_vec();
+        for Reverse(mut p) in pending {
+            p.matched = self.matching(&p.ev);
+            if !p.matched.is_empty() {
+                self.pending.push(Reverse(p));
+            }
+        }
+        (report, out)
+    }
+
+    /// The engine's state (windows, buffer, holds, stateful incidents, outages, throttles) as
+    /// a serialisable value, to persist and hand to [`Engine::restore`] after a restart.
+    pub fn snapshot(&self) -> Snapshot {
+        let trig = |t: &Trigger| TriggerSnap {
+            time: t.time,
+            seq: t.seq,
+            late: t.late,
+            hold: t.hold,
+            event: (*t.ev).clone(),
+        };
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            watermark: self.watermark,
+            seq: self.seq,
+            rules: self
+                .rules
+                .rules
+                .iter()
+                .zip(&self.states)
+                .map(|(r, s)| RuleSnap {
+                    name: r.name.to_string(),
+                    version: r.version.to_string(),
+                    groups: s
+                        .groups
+                        .iter()
+                        .map(|(k, g)| GroupSnap {
+                            key: k.clone(),
+                            inhibit: g.inhibit,
+                            last: g.last,
+                            triggers: g.triggers.iter().map(trig).collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            pending: self
+                .pending
+                .iter()
+                .map(|Reverse(p)| PendingSnap {
+                    ct: p.ct,
+                    seq: p.seq,
+                    event: (*p.ev).clone(),
+                })
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .map(|((until, seq, rule), id)| (*until, *seq, rule.to_string(), id.clone()))
+                .collect(),
+            stateful: self
+                .stateful
+                .iter()
+                .map(|(k, o)| (k.clone(), o.rule.clone(), o.state.clone(), o.since))
+                .collect(),
+            sites: self.sites.clone().into_iter().collect(),
+            aggregates: self.throttle.snapshot(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Rebuilds an engine from a snapshot. State of rules whose name and version match the
+    /// snapshot is restored; other rules start empty (as after a reload).
+    pub fn restore(rules: RuleSet, config: EngineConfig, snap: Snapshot) -> Engine {
+        let mut e = Engine::new(rules, config);
+        if snap.format != SNAPSHOT_FORMAT {
+            return e;
+        }
+        e.watermark = snap.watermark;
+        e.last_sweep = snap.watermark;
+        e.seq = snap.seq;
+        e.stats = snap.stats;
+        let mut by_rule: HashMap<(String, String), RuleSnap> = snap
+            .rules
+            .into_iter()
+            .map(|r| ((r.name.clone(), r.version.clone()), r))
+            .collect();
+        let mut kept = BTreeSet::new();
+        for (r, st) in e.rules.rules.iter().zip(&mut e.states) {
+            let Some(rs) = by_rule.remove(&(r.name.to_string(), r.version.to_string())) else {
+                continue;
+            };
+            kept.insert(r.name.to_string());
+            for g in rs.groups {
+                let triggers = g
+                    .triggers
+                    .into_iter()
+                    .map(|t| Trigger {
+                        time: t.time,
+                        seq: t.seq,
+                        late: t.late,
+                        hold: t.hold,
+                        ev: Arc::new(t.event),
+                    })
+                    .collect();
+                st.groups.insert(
+                    g.key,
+                    Group {
+                        triggers,
+                        inhibit: g.inhibit,
+                        last: g.last,
+                    },
+                );
+            }
+        }
+        for (until, seq, rule, id) in snap.held {
+            if let Some(r) = e
+                .rules
+                .rules
+                .iter()
+                .find(|r| *r.name == *rule && kept.contains(&rule))
+            {
+                e.held.insert((until, seq, r.name.clone()), id);
+            }
+        }
+        for p in snap.pending {
+            let ev = Arc::new(p.event);
+            let matched = e.matching(&ev);
+            if !matched.is_empty() {
+                e.pending.push(Reverse(Pending {
+                    ct: p.ct,
+                    seq: p.seq,
+                    ev,
+                    matched,
+                }));
+            }
+        }
+        for (k, rule, state, since) in snap.stateful {
+            e.stateful.insert(k, OpenState { rule, state, since });
+        }
+        e.sites = snap.sites.into_iter().collect();
+        e.throttle.restore(snap.aggregates);
+        e
+    }
+}
+
+/// Bumped when [`Snapshot`] changes shape; a snapshot of another format is ignored.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Serialisable engine state (see [`Engine::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: u32,
+    pub watermark: i64,
+    pub seq: u64,
+    rules: Vec<RuleSnap>,
+    pending: Vec<PendingSnap>,
+    held: Vec<(i64, u64, String, String)>,
+    stateful: Vec<(StatefulKey, String, String, i64)>,
+    sites: Vec<(String, Vec<Outage>)>,
+    aggregates: Vec<AggSnapshot>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RuleSnap {
+    name: String,
+    version: String,
+    groups: Vec<GroupSnap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct GroupSnap {
+    key: String,
+    inhibit: Option<(i64, i64)>,
+    last: i64,
+    triggers: Vec<TriggerSnap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TriggerSnap {
+    time: i64,
+    seq: u64,
+    late: bool,
+    hold: Option<i64>,
+    event: EventIn,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PendingSnap {
+    ct: i64,
+    seq: u64,
+    event: EventIn,
+}
+
+fn is_clearing(state: &str) -> bool {
+    matches!(
+        state.to_ascii_lowercase().as_str(),
+        "up" | "ok" | "closed" | "clear" | "cleared" | "normal" | "resolved"
+    )
+}
+
+fn group_values(rule: &Rule, ev: &EventIn) -> Vec<(String, String)> {
+    rule.group_by
+        .iter()
+        .zip(&rule.group_names)
+        .map(|(f, n)| (n.clone(), ev.get(f).unwrap_or("").to_string()))
+        .collect()
+}
+
+/// `name=value,name=value`; empty for a rule without `group_by`.
+fn group_key(rule: &Rule, ev: &EventIn) -> String {
+    let mut key = String::new();
+    for (i, (f, n)) in rule.group_by.iter().zip(&rule.group_names).enumerate() {
+        if i > 0 {
+            key.push(',');
+        }
+        key.push_str(n);
+        key.push('=');
+        key.push_str(ev.get(f).unwrap_or(""));
+    }
+    key
+}
+
+/// Evicts the least recently active tenth of the groups (at least one); returns how many.
+fn evict(groups: &mut HashMap<String, Group>) -> u64 {
+    let n = (groups.len() / 10).max(1);
+    let mut by_age: Vec<(i64, String)> = groups.iter().map(|(k, g)| (g.last, k.clone())).collect();
+    by_age.select_nth_unstable(n - 1);
+    for (_, k) in by_age.into_iter().take(n) {
+        groups.remove(&k);
+    }
+    n as u64
+}

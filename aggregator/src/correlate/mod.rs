@@ -1,0 +1,295 @@
+//! The correlation engine: turns stored events into incident decisions (seed 000's correlation
+//! rules, seed 003's synthesis rules) and throttles notifications (seed 004's aggregate rules).
+//!
+//! It is a pure state machine in the quinn-proto style: [`Engine::push`] takes an event and the
+//! caller's clock value, [`Engine::advance`] takes only the clock, and both return
+//! [`Decision`]s. No I/O, no sleeps, no wall clock inside, so the same inputs always give the
+//! same decisions, and tests need no timers.
+//!
+//! Invariants:
+//! - **Event time.** Windows are measured on each event's own time (clamped to its arrival, so
+//!   a device clock in the future cannot hold an event back). Events are held in a reorder
+//!   buffer until the *watermark* (`now - allowed_lateness`) passes them, then correlated in
+//!   (event time, id) order: every arrival order within the allowed lateness gives the same
+//!   incidents. An event older than the watermark when it arrives is *late*: it still joins the
+//!   retained triggers of its window, and an incident it completes says `late: true`.
+//! - **Consumption.** A firing consumes its triggers, so windows of one rule and group never
+//!   overlap (seed 003). Between firings no window holds `count` unconsumed triggers.
+//! - **Bounded.** Live groups per rule, the reorder buffer and aggregate keys are capped; what
+//!   a cap pushes out is counted in [`Stats`] and in `weir_aggregator_correlation_dropped_total`.
+//! - **Immediate verdicts.** Whether an event matches a rule does not depend on order, so
+//!   `SuppressEvent` and `HoldEvent` come back from the `push` that delivered the event: the
+//!   caller never raises an alarm it then has to take back.
+
+mod config;
+mod engine;
+pub mod replay;
+pub mod rules;
+mod throttle;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use weir_common::{Event, Severity};
+
+pub use config::{CorrelationConfig, EXAMPLE as CONFIG_EXAMPLE};
+pub use engine::{Engine, EngineConfig, ReloadReport, Snapshot, Stats};
+pub use rules::{RawRuleFile, RuleError, RuleSet};
+pub use throttle::{Notification, NotifyDecision, NotifyReason};
+
+use crate::store::StoredEvent;
+use rules::{Field, Fields};
+
+/// An event as the engine sees it: the stored event and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventIn {
+    /// The fleet-wide event id (`StoredEvent::id()`).
+    pub id: String,
+    pub site: String,
+    pub agent: String,
+    pub event: Event,
+}
+
+impl EventIn {
+    /// The engine's view of a stored event. The raw payload is left out: no rule reads it,
+    /// and windows and snapshots would otherwise carry up to 64 KiB per trigger.
+    pub fn from_stored(s: &StoredEvent) -> EventIn {
+        let mut event = s.event.clone();
+        event.raw_payload = None;
+        EventIn {
+            id: s.id(),
+            site: s.site.clone(),
+            agent: s.agent.clone(),
+            event,
+        }
+    }
+
+    /// The event's name for seed 003's `events` lists: its tag, else its event type.
+    pub fn name(&self) -> Option<&str> {
+        self.event
+            .tag
+            .as_deref()
+            .or(self.event.event_type.as_deref())
+    }
+
+    /// Every property a `/regex/` copy directive can take, by canonical name.
+    fn properties(&self) -> impl Iterator<Item = (String, &str)> {
+        const PLAIN: [Field; 11] = [
+            Field::Source,
+            Field::Hostname,
+            Field::Severity,
+            Field::Message,
+            Field::EventType,
+            Field::Tag,
+            Field::Name,
+            Field::Input,
+            Field::Site,
+            Field::Agent,
+            Field::Peer,
+        ];
+        PLAIN
+            .iter()
+            .filter_map(|f| self.get(f).map(|v| (f.name(), v)))
+            .chain(std::iter::once((
+                "node".to_string(),
+                self.event.hostname.as_str(),
+            )))
+            .chain(
+                self.event
+                    .tags
+                    .iter()
+                    .map(|(k, v)| (format!("tags.{k}"), v.as_str())),
+            )
+    }
+
+    /// One property by canonical name (see [`rules::canonical_property`]).
+    fn property(&self, name: &str) -> Option<&str> {
+        if name == "node" {
+            return Some(&self.event.hostname);
+        }
+        Field::parse(name).ok().and_then(|f| self.get(&f))
+    }
+}
+
+impl Fields for EventIn {
+    fn severity(&self, field: &Field) -> Option<Severity> {
+        match field {
+            Field::Severity => Some(self.event.severity),
+            other => self.get(other).and_then(|v| v.parse().ok()),
+        }
+    }
+
+    fn get(&self, field: &Field) -> Option<&str> {
+        let e = &self.event;
+        match field {
+            Field::Source => Some(&e.source),
+            Field::Hostname => Some(&e.hostname),
+            Field::Severity => Some(e.severity.as_str()),
+            Field::Message => Some(&e.message),
+            Field::EventType => e.event_type.as_deref(),
+            Field::Tag => e.tag.as_deref(),
+            Field::Name => self.name(),
+            Field::Input => Some(e.input.as_str()),
+            Field::Site => Some(&self.site),
+            Field::Agent => Some(&self.agent),
+            Field::Peer => e.peer.as_deref(),
+            Field::Id => Some(&self.id),
+            Field::Tags(t) => e.tags.get(&**t).map(String::as_str),
+        }
+    }
+}
+
+/// What happens to the triggering events when a rule fires (seed 003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerHandling {
+    /// Triggers keep their own alarms and actions ("plain" synthetic events).
+    Plain,
+    /// `delayed_action`: their held actions are dropped, they stay open.
+    Superseded,
+    /// `auto_acknowledge`: acknowledge and close them, no actions.
+    Acknowledged,
+}
+
+/// The identity of a stateful synthetic incident (seed 003: node + stateful + element).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StatefulKey {
+    pub node: String,
+    pub stateful: String,
+    pub element: String,
+}
+
+/// A rule fired: open an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentDecision {
+    /// Rule name, also the incident's title (seed 003: the synthetic event's name).
+    pub rule: String,
+    /// The rule definition's hash: which version of the rule decided this.
+    pub rule_version: String,
+    pub priority: i64,
+    /// The group's values joined (`customer=acme`), empty for a global rule.
+    pub group_key: String,
+    /// The `group_by` fields and this group's values.
+    pub group: Vec<(String, String)>,
+    pub severity: Severity,
+    pub contact_list: Option<String>,
+    /// Event time of the first and last trigger.
+    pub window: (Timestamp, Timestamp),
+    /// The caller's clock when the rule fired.
+    pub decided_at: Timestamp,
+    /// Triggers, oldest first: the audit trail (seed 003 `eventids`).
+    pub event_ids: Vec<String>,
+    /// Distinct hostnames and sites of the triggers (seed 003 `nodes`).
+    pub hosts: Vec<String>,
+    pub sites: Vec<String>,
+    /// The node the incident belongs to: set by a copy/enrich directive, else the default node.
+    pub node: String,
+    /// Properties after seed 003's copy and enrich steps.
+    pub properties: BTreeMap<String, String>,
+    /// Set when the incident is a stateful synthetic one, with its state.
+    pub stateful: Option<(StatefulKey, String)>,
+    pub triggers: TriggerHandling,
+    /// The rule's seed 000 `suppress_individual`.
+    pub suppress_individual: bool,
+    /// The event that completed the window arrived after the watermark had passed it.
+    pub late: bool,
+    /// How far behind the clock the window's end was when the rule fired, in seconds.
+    pub delay_secs: i64,
+    pub explanation: String,
+}
+
+/// An opposite rule fired: close a stateful synthetic incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClearDecision {
+    /// The rule that fired (the "happy" one).
+    pub rule: String,
+    pub rule_version: String,
+    /// The rule that had opened the incident.
+    pub opened_by: String,
+    pub key: StatefulKey,
+    pub state: String,
+    pub window: (Timestamp, Timestamp),
+    pub decided_at: Timestamp,
+    pub event_ids: Vec<String>,
+    pub late: bool,
+    pub explanation: String,
+}
+
+/// What the engine tells its caller to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    OpenIncident(Box<IncidentDecision>),
+    ClearIncident(Box<ClearDecision>),
+    /// A stateful synthetic incident fired again in the state it is already in (seed 003:
+    /// statefully deduplicated): count it on the open incident.
+    Deduplicated {
+        rule: String,
+        key: StatefulKey,
+        state: String,
+        event_ids: Vec<String>,
+    },
+    /// Seed 000 `suppress_individual`: the event raises no alarm or notification of its own.
+    SuppressEvent {
+        event_id: String,
+        rule: String,
+    },
+    /// Seed 003 `delayed_action`: hold the event's actions until `until` (event time); a
+    /// `ReleaseEvent` or a firing that supersedes it follows.
+    HoldEvent {
+        event_id: String,
+        rule: String,
+        until: Timestamp,
+    },
+    /// The hold ended without a combination: run the event's actions now.
+    ReleaseEvent {
+        event_id: String,
+        rule: String,
+    },
+    /// Seed 003 (2.2.1): a trigger arriving while an `auto_acknowledge` rule is inhibited is
+    /// acknowledged and closed.
+    AcknowledgeEvent {
+        event_id: String,
+        rule: String,
+        group_key: String,
+    },
+    /// The rule is inhibited for this group: the event was not counted.
+    Inhibited {
+        event_id: String,
+        rule: String,
+        group_key: String,
+        until: Timestamp,
+    },
+    /// The rule fired, but every trigger came from a site that was unreachable at the time:
+    /// the site-unreachable incident covers it.
+    SiteInhibited {
+        rule: String,
+        group_key: String,
+        sites: Vec<String>,
+        event_ids: Vec<String>,
+        explanation: String,
+    },
+}
+
+/// Replays `events` (each with the clock value at which it arrived, e.g. `stored_at`) through
+/// `rules` in a fresh engine, then lets the clock run out so every window and hold resolves.
+/// Live state is never touched: this is `POST /api/v1/rules/dry-run` and `rules test`.
+pub fn dry_run<'a>(
+    rules: RuleSet,
+    config: EngineConfig,
+    events: impl IntoIterator<Item = (&'a EventIn, Timestamp)>,
+) -> Vec<Decision> {
+    let mut engine = Engine::new(rules, config);
+    let mut out = Vec::new();
+    let mut last = Timestamp::UNIX_EPOCH;
+    for (ev, now) in events {
+        last = last.max(now);
+        out.extend(engine.push(std::sync::Arc::new(ev.clone()), now));
+    }
+    out.extend(engine.finish(last));
+    out
+}
