@@ -42,6 +42,8 @@ pub struct HistogramParams {
     pub event_type: Option<String>,
     pub correlated_incident: Option<String>,
     pub q: Option<String>,
+    /// Events hidden from default views: `exclude` (default), `include`, or `only`.
+    pub hidden: Option<String>,
 }
 
 /// Counts by severity.
@@ -120,6 +122,7 @@ pub async fn histogram(
         event_type: p.event_type,
         correlated_incident: p.correlated_incident,
         q: p.q,
+        hidden: p.hidden,
     };
     let mut filter =
         EventFilter::parse(&params).map_err(|e| bad(format!("{}: {}", e.param, e.message)))?;

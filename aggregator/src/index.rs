@@ -16,9 +16,12 @@
 //! - `idx_host`: `(hostname, time, key)` → [`Summary`].
 //! - `idx_site`: `(site, time, key)` → [`Summary`].
 //! - `idx_incident`: `(correlated incident, time, key)` → [`Summary`] (only events that have one).
+//! - `idx_hidden`: `(time, key)` → [`Summary`], only events hidden from default views (see
+//!   [`StoredEvent::hidden`]), so the default list's total is the store's size minus its length.
 //!
-//! A [`Summary`] is 9 bytes: the severity rank and the first-stage dedup count (little-endian
-//! u64), so severity filters, totals and histograms need no event reads. Count updates rewrite
+//! A [`Summary`] is 9 bytes: the severity rank (bit 7 set when the event is hidden) and the
+//! first-stage dedup count (little-endian u64), so severity filters, hidden events, totals and
+//! histograms need no event reads. Count updates rewrite
 //! the summaries ([`index_event`] overwrites).
 
 use memchr::memmem;
@@ -36,9 +39,10 @@ pub(crate) const BY_SITE: TableDefinition<(&str, i64, u64), &[u8]> =
     TableDefinition::new("idx_site");
 pub(crate) const BY_INCIDENT: TableDefinition<(&str, i64, u64), &[u8]> =
     TableDefinition::new("idx_incident");
+pub(crate) const HIDDEN: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("idx_hidden");
 
 /// Bumped when the index layout changes; `Store::open` rebuilds older ones.
-pub(crate) const INDEX_VERSION: u64 = 1;
+pub(crate) const INDEX_VERSION: u64 = 2;
 
 type StrIndex<'t> = Table<'t, (&'static str, i64, u64), &'static [u8]>;
 
@@ -49,6 +53,7 @@ pub(crate) struct IndexTables<'t> {
     host: StrIndex<'t>,
     site: StrIndex<'t>,
     incident: StrIndex<'t>,
+    hidden: Table<'t, (i64, u64), &'static [u8]>,
 }
 
 impl<'t> IndexTables<'t> {
@@ -59,6 +64,7 @@ impl<'t> IndexTables<'t> {
             host: txn.open_table(BY_HOST)?,
             site: txn.open_table(BY_SITE)?,
             incident: txn.open_table(BY_INCIDENT)?,
+            hidden: txn.open_table(HIDDEN)?,
         })
     }
 }
@@ -68,23 +74,30 @@ impl<'t> IndexTables<'t> {
 pub(crate) struct Summary {
     pub rank: u8,
     pub count: u64,
+    /// Hidden from default views (`logonly` events, events a rule suppressed).
+    pub hidden: bool,
 }
 
 impl Summary {
     fn of(s: &StoredEvent) -> [u8; 9] {
         let mut b = [0u8; 9];
-        b[0] = s.event.severity.rank();
+        b[0] = s.event.severity.rank() | if s.hidden() { 0x80 } else { 0 };
         b[1..].copy_from_slice(&s.event.count.to_le_bytes());
         b
     }
 
     pub(crate) fn decode(v: &[u8]) -> Summary {
-        let rank = v.first().copied().unwrap_or(0);
+        let first = v.first().copied().unwrap_or(0);
+        let (rank, hidden) = (first & 0x7f, first & 0x80 != 0);
         let count = v
             .get(1..9)
             .and_then(|c| c.try_into().ok())
             .map_or(1, u64::from_le_bytes);
-        Summary { rank, count }
+        Summary {
+            rank,
+            count,
+            hidden,
+        }
     }
 }
 
@@ -135,6 +148,11 @@ pub(crate) fn index_event(
     if let Some(inc) = &s.correlated_incident {
         t.incident.insert((inc.as_str(), ts, key), sum.as_slice())?;
     }
+    if s.hidden() {
+        t.hidden.insert((ts, key), sum.as_slice())?;
+    } else {
+        t.hidden.remove((ts, key))?;
+    }
     Ok(())
 }
 
@@ -152,6 +170,7 @@ pub(crate) fn unindex_event(
     if let Some(inc) = &s.correlated_incident {
         t.incident.remove((inc.as_str(), ts, key))?;
     }
+    t.hidden.remove((ts, key))?;
     Ok(())
 }
 
@@ -194,7 +213,8 @@ pub(crate) fn candidates(
         return Ok(Box::new(std::iter::empty()));
     }
     let ranks = plan.ranks;
-    let keep = move |s: &Summary| ranks[s.rank as usize % 5];
+    let hidden = plan.hidden;
+    let keep = move |s: &Summary| ranks[s.rank as usize % 5] && hidden.admits(s.hidden);
     let str_index = |def, value: &str| -> Result<Candidates, redb::Error> {
         let table = txn.open_table(def)?;
         let r = table.range((value, lo.0, lo.1)..(value, hi.0, hi.1))?;
@@ -234,15 +254,17 @@ pub(crate) fn candidates(
             let mut sources = Vec::with_capacity(ranks.len());
             for &rank in ranks {
                 let r = table.range((rank, lo.0, lo.1)..(rank, hi.0, hi.1))?;
-                let it: Candidates = Box::new(r.rev().map(|item| {
-                    item.map(|(k, v)| {
+                let it: Candidates = Box::new(r.rev().filter_map(move |item| match item {
+                    Err(e) => Some(Err(e)),
+                    Ok((k, v)) => {
                         let (_, time, key) = k.value();
-                        Candidate {
+                        let summary = Summary::decode(v.value());
+                        hidden.admits(summary.hidden).then_some(Ok(Candidate {
                             time,
                             key,
-                            summary: Summary::decode(v.value()),
-                        }
-                    })
+                            summary,
+                        }))
+                    }
                 }));
                 sources.push((None, it));
             }
@@ -320,6 +342,11 @@ mod tests {
                     );
                     if seq % 3 == 0 {
                         e.tag = Some("LINK_UPDOWN".into());
+                    }
+                    if seq % 7 == 0 {
+                        // Hidden from default views (a `logonly` definition).
+                        e.tags
+                            .insert(crate::alarm::DEST_TAG.into(), "logonly".into());
                     }
                     records.push(WireRecord {
                         seq,
@@ -411,6 +438,7 @@ mod tests {
                 "tag" => p.tag = v,
                 "correlated_incident" => p.correlated_incident = v,
                 "q" => p.q = v,
+                "hidden" => p.hidden = v,
                 other => panic!("{other}"),
             }
         }
@@ -469,6 +497,10 @@ mod tests {
             vec![("correlated_incident", "INC-2"), ("site", "paris")],
             vec![("correlated_incident", "INC-3")],
             vec![("site", "nowhere")],
+            vec![("hidden", "include")],
+            vec![("hidden", "only")],
+            vec![("hidden", "only"), ("severity", ">=error")],
+            vec![("hidden", "include"), ("site", "lyon"), ("q", "disk")],
         ];
         for c in &cases {
             check(&store, &params(c));
@@ -487,14 +519,18 @@ mod tests {
         let p = plan(&[("hostname", "core-*")]);
         assert_eq!((p.access, p.needs_event), (Access::Time, true));
         // Count updates reach the summaries (histograms count occurrences from them).
-        let f = EventFilter::parse(&params(&[("site", "paris")])).unwrap();
-        let h = store
-            .histogram(&f, T0 * 1_000_000, 3_600_000_000, 1)
-            .unwrap();
-        let (events, occ) = h[0]
-            .iter()
-            .fold((0, 0), |(e, o), (be, bo)| (e + be, o + bo));
-        assert_eq!((events, occ), (200, 200 + 2 * 6));
+        let sums = |pairs: &[(&str, &str)]| {
+            let f = EventFilter::parse(&params(pairs)).unwrap();
+            let h = store
+                .histogram(&f, T0 * 1_000_000, 3_600_000_000, 1)
+                .unwrap();
+            h[0].iter()
+                .fold((0, 0), |(e, o), (be, bo)| (e + be, o + bo))
+        };
+        let all = sums(&[("site", "paris"), ("hidden", "include")]);
+        assert_eq!(all, (200, 200 + 2 * 6));
+        // Default views leave out the 2 × 14 hidden events (every 7th sequence).
+        assert_eq!(sums(&[("site", "paris")]), (200 - 28, 200 - 28 + 2 * 6));
     }
 
     #[test]

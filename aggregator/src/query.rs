@@ -34,6 +34,9 @@ pub struct EventParams {
     pub correlated_incident: Option<String>,
     /// Case-insensitive text in the message or the tag.
     pub q: Option<String>,
+    /// Events hidden from default views (`logonly` definitions, events a correlation rule
+    /// suppressed): `exclude` (default), `include`, or `only`.
+    pub hidden: Option<String>,
 }
 
 /// A compiled filter.
@@ -50,6 +53,27 @@ pub struct EventFilter {
     event_type: Option<String>,
     incident: Option<String>,
     q: Option<String>,
+    hidden: Hidden,
+}
+
+/// Whether a query shows events hidden from default views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hidden {
+    #[default]
+    Exclude,
+    Include,
+    Only,
+}
+
+impl Hidden {
+    /// Whether an event that is (or is not) hidden passes.
+    pub fn admits(self, hidden: bool) -> bool {
+        match self {
+            Hidden::Exclude => !hidden,
+            Hidden::Include => true,
+            Hidden::Only => hidden,
+        }
+    }
 }
 
 /// A bad parameter: which one and why.
@@ -112,10 +136,22 @@ impl EventFilter {
         f.event_type = nonempty("event_type", &p.event_type)?;
         f.incident = nonempty("correlated_incident", &p.correlated_incident)?;
         f.q = nonempty("q", &p.q)?.map(|s| s.to_lowercase());
+        f.hidden = match p.hidden.as_deref() {
+            None | Some("exclude") => Hidden::Exclude,
+            Some("include") => Hidden::Include,
+            Some("only") => Hidden::Only,
+            Some(other) => {
+                return Err(bad(
+                    "hidden",
+                    format!("{other:?}: expected exclude (default), include or only"),
+                ));
+            }
+        };
         Ok(f)
     }
 
-    /// No filter set: every event matches (the total is the store's size).
+    /// No filter set but (perhaps) `hidden`: every event matches, less the hidden ones unless
+    /// they are included (the total is the store's size, less the hidden index's).
     pub fn is_empty(&self) -> bool {
         self.severity.is_none()
             && self.from.is_none()
@@ -177,6 +213,7 @@ impl EventFilter {
             from_us: self.from.map(|t| t.as_microsecond()),
             to_us: self.to.map(|t| t.as_microsecond()),
             ranks,
+            hidden: self.hidden,
             q_in_index,
             needs_event,
         }
@@ -195,6 +232,9 @@ impl EventFilter {
 
     pub fn matches(&self, s: &StoredEvent) -> bool {
         let e = &s.event;
+        if !self.hidden.admits(s.hidden()) {
+            return false;
+        }
         if let Some((at_least, sev)) = self.severity
             && !(if at_least {
                 e.severity >= sev
@@ -251,6 +291,8 @@ pub struct Plan {
     pub to_us: Option<i64>,
     /// Allowed severities by rank (debug = 0 … critical = 4).
     pub ranks: [bool; 5],
+    /// Hidden events: checked on the index summaries.
+    pub hidden: Hidden,
     /// `q` (lowercased), checked on the time index's copy of message and tag.
     pub q_in_index: Option<String>,
     /// Some filter needs the event itself: read it and apply [`EventFilter::matches`].

@@ -50,6 +50,10 @@ pub type Histogram = Vec<[(u64, u64); 5]>;
 /// Events in the events table per index-rebuild transaction (`Store::open` on an old store).
 const REINDEX_CHUNK: usize = 20_000;
 
+/// The tag a correlation rule with `suppress_individual` sets on the events it absorbed (the
+/// rule's name): they stay stored and counted in the incident, hidden from default views.
+pub const SUPPRESSED_TAG: &str = "weir.suppressed_by";
+
 /// An event as stored: the agent's event plus where it came from and when it was stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -66,6 +70,15 @@ pub struct StoredEvent {
 impl StoredEvent {
     pub fn id(&self) -> String {
         weir_common::event_id(&self.site, &self.agent, self.seq)
+    }
+
+    /// Hidden from default views: its event definition says `logonly`
+    /// ([`crate::alarm::DEST_TAG`]), or a correlation rule suppressed it
+    /// ([`SUPPRESSED_TAG`]). `hidden=include` (or `only`) shows it.
+    pub fn hidden(&self) -> bool {
+        let tags = &self.event.tags;
+        tags.get(crate::alarm::DEST_TAG).map(String::as_str) == Some("logonly")
+            || tags.contains_key(SUPPRESSED_TAG)
     }
 }
 
@@ -582,8 +595,20 @@ impl Store {
                 .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok()))
         };
         if filter.is_empty() {
-            // Every event matches: the total is the table's size, and only the page is read.
+            // Every event matches: the total is the table's size (less the hidden ones when
+            // they are left out), and only the page is read.
             page.total = events.len().map_err(|e| self.err(e))?;
+            if plan.hidden != crate::query::Hidden::Include {
+                let hidden = txn
+                    .open_table(index::HIDDEN)
+                    .map_err(|e| self.err(e))?
+                    .len()
+                    .map_err(|e| self.err(e))?;
+                page.total = match plan.hidden {
+                    crate::query::Hidden::Only => hidden,
+                    _ => page.total.saturating_sub(hidden),
+                };
+            }
             for c in index::candidates(&txn, &plan, upper).map_err(|e| self.err(e))? {
                 let c = c.map_err(|e| self.err(e))?;
                 if page.events.len() == limit {
