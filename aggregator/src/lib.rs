@@ -3,9 +3,11 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod packaging;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
+pub mod reload;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub store: Arc<Store>,
+    /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
+    pub reloader: Arc<weir_common::service::Reloader>,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
 }
@@ -101,6 +105,14 @@ pub async fn start(
             shutdown.child_token(),
         ));
     }
+    let reloader = reload::reloader(endpoint.clone(), config.quic.clone());
+    tracker.spawn(weir_common::service::watch_cert_expiry(
+        "weir_aggregator_certificate_expiry_seconds",
+        config.quic.cert.clone(),
+        reload::cert_not_after,
+        shutdown.child_token(),
+    ));
+    tracker.spawn(weir_common::service::run_watchdog(shutdown.child_token()));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,
@@ -134,6 +146,7 @@ pub async fn start(
         quic_addr,
         api_addr,
         store,
+        reloader,
         tracker,
         writer,
     })

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use weir_aggregator::{config, quickstart};
 
@@ -56,6 +56,12 @@ enum Command {
         /// Agent local HTTP port (metrics, JSON ingest).
         #[arg(long, default_value_t = 8084)]
         agent_http_port: u16,
+    },
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
     },
 }
 
@@ -145,12 +151,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        (Some(Command::GenerateDocs { dir }), _) => weir_certs::docs::write(Cli::command(), &dir),
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let running = weir_aggregator::start(cfg, shutdown.clone()).await?;
-                wait_for_signal().await;
+                // The store is open and both listeners are bound: tell systemd (Type=notify).
+                weir_common::service::notify_ready("running");
+                weir_common::service::wait_for_stop(&running.reloader).await?;
                 tracing::info!("shutting down");
                 shutdown.cancel();
                 running.join().await;

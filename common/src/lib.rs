@@ -6,6 +6,7 @@
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod service;
 pub mod severity;
 pub mod wire;
 
