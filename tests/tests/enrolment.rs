@@ -38,11 +38,24 @@ struct AgentProc {
 
 impl AgentProc {
     async fn start(config: &Path, http: SocketAddr, log: std::path::PathBuf) -> AgentProc {
+        AgentProc::start_with(config, http, log, &[]).await
+    }
+
+    async fn start_with(
+        config: &Path,
+        http: SocketAddr,
+        log: std::path::PathBuf,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary("weir-agent"))
-            .arg("--config")
+        // Through `exec` so WATCHDOG_PID (which systemd sets) is the agent's own pid.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("WATCHDOG_PID=$$ exec \"$0\" --config \"$1\"")
+            .arg(binary("weir-agent"))
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -238,6 +251,53 @@ async fn bundle_enrol_run_renew_reload() {
         "the agent stops on SIGTERM",
         || !agent.is_running(),
     )
+    .await;
+    agg.stop().await;
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once listening, WATCHDOG=1 pings at
+/// half `WATCHDOG_USEC`, STOPPING=1 on SIGTERM. A datagram socket stands in for systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_systemd_ready_watchdog_and_stopping() {
+    let env = Env::new();
+    let agg = Aggregator::start(&env.aggregator_config("agg", 0, 0)).await;
+    let tls = env.issue_agent("site-a", "agent-1");
+    let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let config = env.agent_config("agent", &agg.quic_addr.to_string(), &tls, http.port());
+    let sock_path = env.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut agent = AgentProc::start_with(
+        &config,
+        http,
+        env.path().join("agent.log"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    )
+    .await;
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3) {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for notifications (got {seen:?}): {e}"));
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.find("READY=1") < seen.find("WATCHDOG=1"), "{seen}");
+    agent.signal(rustix::process::Signal::TERM);
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    weir_tests::eventually(Duration::from_secs(20), "the agent stops", || {
+        !agent.is_running()
+    })
     .await;
     agg.stop().await;
 }
