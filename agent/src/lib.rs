@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod reload;
 pub mod script;
+pub mod service;
 pub mod snmp;
 pub mod syslog;
 
@@ -38,7 +39,7 @@ pub struct Running {
     pub queue: Arc<Queue>,
     pub link: Arc<LinkState>,
     /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
-    pub reloader: Arc<weir_common::service::Reloader>,
+    pub reloader: Arc<crate::service::Reloader>,
     tracker: TaskTracker,
 }
 
@@ -160,13 +161,13 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
     let reloader = reload::reloader(&config);
-    tracker.spawn(weir_common::service::watch_cert_expiry(
+    tracker.spawn(crate::service::watch_cert_expiry(
         "weir_agent_certificate_expiry_seconds",
         config.aggregator.cert.clone(),
         reload::cert_not_after,
         shutdown.child_token(),
     ));
-    tracker.spawn(weir_common::service::run_watchdog(shutdown.child_token()));
+    tracker.spawn(crate::service::run_watchdog(shutdown.child_token()));
     tracing::info!(
         ?udp_addrs,
         ?tcp_addrs,

@@ -123,8 +123,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 let running = weir_agent::start(cfg, shutdown.clone()).await?;
                 // Listeners are bound and the queue is open: tell systemd (Type=notify).
-                weir_common::service::notify_ready("running");
-                weir_common::service::wait_for_stop(&running.reloader).await?;
+                weir_agent::service::notify_ready("running");
+                weir_agent::service::wait_for_stop(&running.reloader).await?;
                 tracing::info!("shutting down: stopping inputs, committing the queue, finishing in-flight batches");
                 shutdown.cancel();
                 if tokio::time::timeout(std::time::Duration::from_secs(15), running.join()).await.is_err() {

@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::service::Reloader;
 use anyhow::Context;
-use weir_common::service::Reloader;
 
 use crate::config::AgentConfig;
 
@@ -33,7 +33,7 @@ pub fn reloader(config: &AgentConfig) -> Arc<Reloader> {
         .context("the current connection keeps its certificate, and reconnects will fail until the files are fixed")?;
         let certs = weir_certs::tls::load_certs(&link.cert)?;
         let serial = weir_certs::cert_serial_hex(&certs[0])?;
-        let left = weir_common::service::check_cert_expiry(
+        let left = crate::service::check_cert_expiry(
             "weir_agent_certificate_expiry_seconds",
             &link.cert,
             &cert_not_after,

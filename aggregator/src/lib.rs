@@ -27,7 +27,7 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub store: Arc<Store>,
     /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
-    pub reloader: Arc<weir_common::service::Reloader>,
+    pub reloader: Arc<weir_agent::service::Reloader>,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
 }
@@ -106,13 +106,13 @@ pub async fn start(
         ));
     }
     let reloader = reload::reloader(endpoint.clone(), config.quic.clone());
-    tracker.spawn(weir_common::service::watch_cert_expiry(
+    tracker.spawn(weir_agent::service::watch_cert_expiry(
         "weir_aggregator_certificate_expiry_seconds",
         config.quic.cert.clone(),
         reload::cert_not_after,
         shutdown.child_token(),
     ));
-    tracker.spawn(weir_common::service::run_watchdog(shutdown.child_token()));
+    tracker.spawn(weir_agent::service::run_watchdog(shutdown.child_token()));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,

@@ -158,8 +158,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 let running = weir_aggregator::start(cfg, shutdown.clone()).await?;
                 // The store is open and both listeners are bound: tell systemd (Type=notify).
-                weir_common::service::notify_ready("running");
-                weir_common::service::wait_for_stop(&running.reloader).await?;
+                weir_agent::service::notify_ready("running");
+                weir_agent::service::wait_for_stop(&running.reloader).await?;
                 tracing::info!("shutting down");
                 shutdown.cancel();
                 running.join().await;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use weir_common::service::Reloader;
+use weir_agent::service::Reloader;
 
 use crate::config::QuicConfig;
 
@@ -27,7 +27,7 @@ pub fn reloader(endpoint: quinn::Endpoint, quic: QuicConfig) -> Arc<Reloader> {
         endpoint.set_server_config(Some(sc));
         let certs = weir_certs::tls::load_certs(&quic.cert)?;
         let serial = weir_certs::cert_serial_hex(&certs[0])?;
-        let left = weir_common::service::check_cert_expiry(
+        let left = weir_agent::service::check_cert_expiry(
             "weir_aggregator_certificate_expiry_seconds",
             &quic.cert,
             &cert_not_after,

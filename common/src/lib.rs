@@ -6,7 +6,6 @@
 pub mod config;
 pub mod event;
 pub mod ingest;
-pub mod service;
 pub mod severity;
 pub mod wire;
 

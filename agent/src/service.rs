@@ -1,4 +1,5 @@
-//! Running as a system service: systemd readiness and watchdog notifications, SIGHUP reload
+//! Running as a system service (shared by `weir-agent` and `weir-aggregator`; it lives here
+//! because `common` stays free of tokio): systemd readiness and watchdog notifications, SIGHUP reload
 //! hooks, and certificate-expiry warnings. Everything here is a no-op outside systemd
 //! (`NOTIFY_SOCKET` unset), so the same binary runs from a shell, a container or a unit.
 
