@@ -71,6 +71,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => {
             let c = config::load(&file)?;
+            for p in [&c.aggregator.ca, &c.aggregator.cert, &c.aggregator.key] {
+                anyhow::ensure!(
+                    p.exists(),
+                    "{}: {} does not exist: the agent is not enrolled yet. Run `weir-agent enroll BUNDLE` with the bundle from `weir-certs issue agent --bundle`",
+                    file.display(),
+                    p.display()
+                );
+            }
             weir_certs::tls::client_config(
                 &c.aggregator.ca,
                 &c.aggregator.cert,

@@ -17,6 +17,19 @@ pub fn write(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
     cmd.build();
     clap_mangen::generate_to(cmd.clone(), &man)
         .with_context(|| format!("writing man pages to {}", man.display()))?;
+    // clap_mangen also writes pages for the built-in `help` subcommand at every level
+    // (`weir-certs-issue-help-agent.1`): noise in `man -k`, so drop them.
+    for entry in std::fs::read_dir(&man)? {
+        let path = entry?.path();
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if stem.split('-').any(|part| part == "help") {
+            std::fs::remove_file(&path)?;
+        }
+    }
     let name = cmd.get_name().to_string();
     for shell in [
         clap_complete::Shell::Bash,
@@ -41,6 +54,7 @@ mod tests {
         let page = std::fs::read_to_string(dir.path().join("man/demo.1")).unwrap();
         assert!(page.contains(".TH demo"), "{page}");
         assert!(dir.path().join("man/demo-run.1").exists());
+        assert!(!dir.path().join("man/demo-help.1").exists());
         assert!(dir.path().join("completions/demo.bash").exists());
         assert!(dir.path().join("completions/_demo").exists());
         assert!(dir.path().join("completions/demo.fish").exists());

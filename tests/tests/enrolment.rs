@@ -137,6 +137,15 @@ async fn bundle_enrol_run_renew_reload() {
         ),
     );
     let before = std::fs::read_to_string(&config).unwrap();
+    let out = Command::new(binary("weir-agent"))
+        .args(["check-config", &s(&config)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not enrolled yet"),
+        "{err}"
+    );
     let tls = dir.join("gateway-tls");
     let out = run(
         "weir-agent",
