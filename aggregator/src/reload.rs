@@ -50,3 +50,49 @@ pub fn cert_not_after(path: &Path) -> anyhow::Result<jiff::Timestamp> {
         .with_context(|| format!("{} holds no certificate", path.display()))?;
     Ok(weir_certs::cert_not_after(first)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reload_installs_a_renewed_certificate_and_keeps_the_old_one_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        weir_certs::init_ca(&ca, &Default::default()).unwrap();
+        let tls = dir.path().join("tls");
+        let ip = ["127.0.0.1".parse().unwrap()];
+        weir_certs::issue_aggregator(&ca, &[], &ip, &tls, &Default::default()).unwrap();
+        let text = crate::config::example("data", "tls", "ca/crl.pem", 0, 0);
+        let cfg_path = dir.path().join("aggregator.toml");
+        std::fs::write(&cfg_path, text).unwrap();
+        let cfg = crate::config::load(&cfg_path).unwrap();
+        let endpoint = quinn::Endpoint::server(
+            crate::ingest::server_config(&cfg.quic).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let r = reloader(endpoint.clone(), cfg.quic.clone());
+
+        let renewed = weir_certs::issue_aggregator(
+            &ca,
+            &[],
+            &ip,
+            &tls,
+            &weir_certs::IssueOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let out = r.reload();
+        assert!(out.failed.is_empty(), "{out:?}");
+        assert!(out.ok[0].contains(&renewed.serial_hex), "{out:?}");
+
+        std::fs::write(tls.join("aggregator.pem"), "garbage").unwrap();
+        let out = r.reload();
+        assert!(out.ok.is_empty() && out.failed.len() == 1, "{out:?}");
+        assert!(out.failed[0].contains("previous certificate"), "{out:?}");
+        endpoint.close(0u32.into(), b"");
+    }
+}
