@@ -62,7 +62,8 @@ done
 mkdir -p "$out"
 for pkg in weir-agent weir-aggregator; do
     cargo deb --no-build -p "$pkg" --deb-revision "$revision" -o "$out/"
-    cargo generate-rpm -p "$pkg" -o "$out/" \
+    # cargo-generate-rpm takes the crate directory.
+    cargo generate-rpm -p "${pkg#weir-}" -o "$out/" \
         --payload-compress gzip --set-metadata "release = \"$revision\""
 done
 ls -l "$out"
