@@ -3,11 +3,15 @@
 
 pub mod config;
 pub mod dedup;
+pub mod enroll;
 pub mod forwarder;
 pub mod http;
+pub mod packaging;
 pub mod pipeline;
 pub mod queue;
+pub mod reload;
 pub mod script;
+pub mod service;
 pub mod snmp;
 pub mod syslog;
 
@@ -34,6 +38,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub queue: Arc<Queue>,
     pub link: Arc<LinkState>,
+    /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
+    pub reloader: Arc<crate::service::Reloader>,
     tracker: TaskTracker,
 }
 
@@ -154,6 +160,14 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         link.clone(),
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
+    let reloader = reload::reloader(&config);
+    tracker.spawn(crate::service::watch_cert_expiry(
+        "weir_agent_certificate_expiry_seconds",
+        config.aggregator.cert.clone(),
+        reload::cert_not_after,
+        shutdown.child_token(),
+    ));
+    tracker.spawn(crate::service::run_watchdog(shutdown.child_token()));
     tracing::info!(
         ?udp_addrs,
         ?tcp_addrs,
@@ -170,6 +184,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         http_addr,
         queue,
         link,
+        reloader,
         tracker,
     })
 }

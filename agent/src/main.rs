@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use weir_agent::config;
 
@@ -35,6 +35,31 @@ enum Command {
     },
     /// Print an example config with every key commented.
     ExampleConfig,
+    /// Install an enrolment bundle from `weir-certs issue agent --bundle`: writes the CA,
+    /// certificate and key into the TLS directory (key mode 0600) and points the config at them.
+    #[command(
+        after_help = "Example (on the gateway, as root):\n  weir-agent enroll /tmp/paris-gw-01.bundle\n  systemctl start weir-agent\n\nThe config keeps its comments and other settings; only aggregator.ca/cert/key change.\nRe-enrolling (a renewed certificate) replaces the files; then `systemctl reload weir-agent`."
+    )]
+    Enroll {
+        /// The bundle file (written by `weir-certs issue agent ... --bundle FILE`).
+        bundle: PathBuf,
+        /// The agent config file to update.
+        #[arg(long, value_name = "FILE", default_value = "/etc/weir/agent.toml")]
+        config: PathBuf,
+        /// Where to put ca.pem, agent.pem and agent.key.
+        #[arg(long, value_name = "DIR", default_value = "/etc/weir/tls")]
+        tls_dir: PathBuf,
+        /// Group given read access to the TLS files (the service's group); ignored when it
+        /// does not exist.
+        #[arg(long, value_name = "GROUP", default_value = "weir")]
+        group: String,
+    },
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +71,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => {
             let c = config::load(&file)?;
+            for p in [&c.aggregator.ca, &c.aggregator.cert, &c.aggregator.key] {
+                anyhow::ensure!(
+                    p.exists(),
+                    "{}: {} does not exist: the agent is not enrolled yet. Run `weir-agent enroll BUNDLE` with the bundle from `weir-certs issue agent --bundle`",
+                    file.display(),
+                    p.display()
+                );
+            }
             weir_certs::tls::client_config(
                 &c.aggregator.ca,
                 &c.aggregator.cert,
@@ -74,6 +107,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        (
+            Some(Command::Enroll {
+                bundle,
+                config,
+                tls_dir,
+                group,
+            }),
+            _,
+        ) => {
+            let done = weir_agent::enroll::enroll(&bundle, &config, &tls_dir, Some(&group))?;
+            println!("{done}");
+            Ok(())
+        }
+        (Some(Command::GenerateDocs { dir }), _) => weir_certs::docs::write(Cli::command(), &dir),
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -83,11 +130,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 let running = weir_agent::start(cfg, shutdown.clone()).await?;
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                // Listeners are bound and the queue is open: tell systemd (Type=notify).
+                weir_agent::service::notify_ready("running");
+                weir_agent::service::wait_for_stop(&running.reloader).await?;
                 tracing::info!("shutting down: stopping inputs, committing the queue, finishing in-flight batches");
                 shutdown.cancel();
                 if tokio::time::timeout(std::time::Duration::from_secs(15), running.join()).await.is_err() {

@@ -14,9 +14,11 @@ pub mod index;
 pub mod ingest;
 pub mod keys;
 pub mod keys_api;
+pub mod packaging;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
+pub mod reload;
 pub mod retention;
 pub mod sites;
 pub mod store;
@@ -37,6 +39,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub store: Arc<Store>,
+    /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
+    pub reloader: Arc<weir_agent::service::Reloader>,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
 }
@@ -146,6 +150,23 @@ pub async fn start(
         config.retention.clone(),
         shutdown.child_token(),
     ));
+    let reloader = reload::reloader(endpoint.clone(), config.quic.clone());
+    {
+        // Transformation rules and event definitions: a file that fails validation changes
+        // nothing (the hook reports the error; the old rules stay in force).
+        let alarms = alarms.clone();
+        reloader.register("transforms and definitions", move || {
+            let (t, d) = alarms.reload()?;
+            Ok(format!("{t} transformation rules, {d} event definitions"))
+        });
+    }
+    tracker.spawn(weir_agent::service::watch_cert_expiry(
+        "weir_aggregator_certificate_expiry_seconds",
+        config.quic.cert.clone(),
+        reload::cert_not_after,
+        shutdown.child_token(),
+    ));
+    tracker.spawn(weir_agent::service::run_watchdog(shutdown.child_token()));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,
@@ -183,6 +204,7 @@ pub async fn start(
         quic_addr,
         api_addr,
         store,
+        reloader,
         tracker,
         writer,
     })

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use weir_aggregator::{config, quickstart};
 
@@ -72,6 +72,12 @@ enum Command {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
     },
     /// Read the archive of events aged out of the hot store ([retention] archive_dir).
     #[command(subcommand)]
@@ -318,12 +324,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             keys_command(&cfg, action)
         }
         (Some(Command::Rules { command }), _) => rules_command(command),
+        (Some(Command::GenerateDocs { dir }), _) => weir_certs::docs::write(Cli::command(), &dir),
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 let running = weir_aggregator::start(cfg, shutdown.clone()).await?;
-                wait_for_signal().await;
+                // The store is open and both listeners are bound: tell systemd (Type=notify).
+                weir_agent::service::notify_ready("running");
+                weir_agent::service::wait_for_stop(&running.reloader).await?;
                 tracing::info!("shutting down");
                 shutdown.cancel();
                 running.join().await;

@@ -6,7 +6,9 @@
 //! [`tls`] module turns those files into rustls configs for both ends of the mutual-TLS QUIC
 //! link. The CA directory layout is documented in [`ca`].
 
+pub mod bundle;
 pub mod ca;
+pub mod docs;
 mod error;
 mod files;
 mod identity;

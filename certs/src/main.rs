@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use weir_certs::{CaOptions, IssueOptions};
 
 #[derive(Parser)]
@@ -75,12 +75,48 @@ enum Command {
         #[arg(value_name = "CERT")]
         cert: PathBuf,
     },
+    /// Re-issue a certificate before it expires: same subject and names, new key, serial and
+    /// validity. Writes next to the old certificate unless --out is given.
+    #[command(
+        after_help = "Examples:\n  weir-certs renew --ca /secure/weir-ca ./gw-01/agent.pem --bundle gw-01.bundle\n  \
+        weir-certs renew --ca /secure/weir-ca /etc/weir/tls/aggregator.pem --out /etc/weir/tls\n\n\
+        Renewing in place replaces the certificate and key in CERT's directory (that is what \
+        renewing is for). Writing to a different --out refuses to replace existing files there \
+        unless --force. The old certificate stays valid until it expires; revoke it if it was \
+        compromised. Then install the new files and send SIGHUP (systemctl reload weir-agent)."
+    )]
+    Renew {
+        /// The CA directory created by `weir-certs init`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The certificate to renew (agent.pem or aggregator.pem).
+        #[arg(value_name = "CERT")]
+        cert: PathBuf,
+        /// Directory for the new files (default: CERT's directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = 825)]
+        days: u32,
+        /// Replace existing files in a --out other than CERT's directory.
+        #[arg(long)]
+        force: bool,
+        /// For an agent certificate: also write an enrolment bundle (see `issue agent`).
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
     /// List every certificate the CA issued (its ledger, issued.json) and whether it is revoked.
     #[command(after_help = "Example:\n  weir-certs list --ca /secure/weir-ca")]
     List {
         /// The CA directory created by `weir-certs init`.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
+    },
+    /// Write man pages and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
     },
 }
 
@@ -119,6 +155,10 @@ enum IssueCommand {
         /// Agent name, unique within its site.
         #[arg(long, value_name = "NAME")]
         name: String,
+        /// Also write a single-file enrolment bundle (certificate, key and CA; mode 0600) to
+        /// copy to the gateway and install with `weir-agent enroll FILE`.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
     },
 }
 
@@ -209,7 +249,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 common.out.display()
             );
         }
-        Command::Issue(IssueCommand::Agent { common, site, name }) => {
+        Command::Issue(IssueCommand::Agent {
+            common,
+            site,
+            name,
+            bundle,
+        }) => {
             let issued =
                 weir_certs::issue_agent(&common.ca, &site, &name, &common.out, &common.options())
                     .with_context(|| {
@@ -219,12 +264,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 })?;
             print_issued(&issued, &common);
-            println!(
-                "Next: copy {} to the gateway of agent {site}/{name} and point its TLS settings at \
-                 agent.pem, agent.key and ca.pem",
-                common.out.display()
-            );
+            match bundle {
+                Some(file) => write_bundle(&common.out, &file, common.force)?,
+                None => println!(
+                    "Next: copy {} to the gateway of agent {site}/{name} and point its TLS settings at \
+                     agent.pem, agent.key and ca.pem (or use --bundle FILE and `weir-agent enroll FILE`)",
+                    common.out.display()
+                ),
+            }
         }
+        Command::Renew {
+            ca,
+            cert,
+            out,
+            days,
+            force,
+            bundle,
+        } => renew(&ca, &cert, out, days, force, bundle)?,
+        Command::GenerateDocs { dir } => weir_certs::docs::write(Cli::command(), &dir)?,
         Command::Revoke { ca, cert } => {
             let revoked = weir_certs::revoke(&ca, &cert)
                 .with_context(|| format!("revoking {}", cert.display()))?;
@@ -266,6 +323,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("(no certificates issued yet)");
             }
         }
+    }
+    Ok(())
+}
+
+fn write_bundle(dir: &std::path::Path, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let b = weir_certs::bundle::Bundle::from_dir(dir)
+        .with_context(|| format!("reading the issued files in {}", dir.display()))?;
+    b.write(file, force)
+        .with_context(|| format!("writing the bundle {}", file.display()))?;
+    println!(
+        "Wrote {} (mode 0600; it holds the private key)",
+        file.display()
+    );
+    println!(
+        "Next: copy it to the gateway of agent {}/{} and run: weir-agent enroll {}",
+        b.site,
+        b.name,
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    Ok(())
+}
+
+fn renew(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    out: Option<PathBuf>,
+    days: u32,
+    force: bool,
+    bundle: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let certs = weir_certs::tls::load_certs(cert)?;
+    let s = weir_certs::summarize(&certs[0])
+        .with_context(|| format!("reading the certificate in {}", cert.display()))?;
+    let here = cert
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let in_place = out.is_none();
+    let out = out.unwrap_or(here);
+    let args = IssueArgs {
+        ca: ca.to_path_buf(),
+        out: out.clone(),
+        days,
+        // Renewing in place replaces the old files by definition.
+        force: force || in_place,
+    };
+    let issued = if let Some(id) = &s.agent {
+        weir_certs::issue_agent(ca, &id.site, &id.name, &out, &args.options())
+            .with_context(|| format!("renewing the certificate of agent {id}"))?
+    } else if s.extended_key_usage.iter().any(|u| u == "serverAuth") {
+        weir_certs::issue_aggregator(ca, &s.dns_names, &s.ip_addresses, &out, &args.options())
+            .with_context(|| format!("renewing the aggregator certificate {}", s.subject))?
+    } else {
+        anyhow::bail!(
+            "{} is neither an agent nor an aggregator certificate; nothing to renew",
+            cert.display()
+        );
+    };
+    println!("Renewed {} (old serial {})", s.subject, s.serial_hex);
+    print_issued(&issued, &args);
+    match (&s.agent, bundle) {
+        (Some(_), Some(file)) => write_bundle(&out, &file, force)?,
+        (None, Some(_)) => anyhow::bail!("--bundle is for agent certificates only"),
+        _ => println!(
+            "Next: install the new files where the service reads them and run `systemctl reload` \
+             (SIGHUP) for weir-agent or weir-aggregator; no restart, no lost events."
+        ),
     }
     Ok(())
 }

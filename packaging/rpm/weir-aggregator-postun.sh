@@ -1,0 +1,2 @@
+#COMMON#
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi

@@ -1,0 +1,2 @@
+#COMMON#
+weir_user
