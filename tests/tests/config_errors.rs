@@ -74,10 +74,10 @@ fn check_config_accepts_good_files() {
             "{bin} check-config: {}\n{stdout}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            stdout.trim(),
-            format!("{}: OK", file.display()),
-            "{bin} check-config output"
+        // The aggregator adds what it loaded: "OK (N transformation rules, ...)".
+        assert!(
+            stdout.trim().starts_with(&format!("{}: OK", file.display())),
+            "{bin} check-config output: {stdout}"
         );
     }
 }
