@@ -5,10 +5,12 @@ pub mod alertmanager;
 pub mod api;
 pub mod api_alarms;
 pub mod api_ingest;
+pub mod api_rules;
 pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod correlate;
+pub mod correlation;
 pub mod histogram;
 pub mod index;
 pub mod ingest;
@@ -37,6 +39,8 @@ pub struct Running {
     pub quic_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub store: Arc<Store>,
+    /// The live correlation engine (rule reloads: [`correlation::Correlator::reload_rules`]).
+    pub correlation: Arc<correlation::Correlator>,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
 }
@@ -46,7 +50,15 @@ impl Running {
     pub async fn join(self) {
         self.tracker.close();
         self.tracker.wait().await;
-        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        let correlation = self.correlation;
+        let writer = self.writer;
+        // The writer stops first (its last commits still reach the engine), then the engine
+        // saves its state.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = writer.join();
+            correlation.stop();
+        })
+        .await;
     }
 }
 
@@ -78,6 +90,12 @@ pub async fn start(
         config.processing.clone(),
     )?);
 
+    let correlation = correlation::Correlator::start(
+        store.clone(),
+        registry.clone(),
+        config.correlation.clone(),
+    )?;
+
     let server_config = ingest::server_config(&config.quic)?;
     let endpoint =
         quinn::Endpoint::server(server_config, config.quic.listen).with_context(|| {
@@ -101,9 +119,10 @@ pub async fn start(
     let writer = {
         let store = store.clone();
         let alarms = alarms.clone();
+        let correlation = correlation.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || ingest::run_writer(store, alarms, writer_rx))?
+            .spawn(move || ingest::run_writer(store, alarms, correlation, writer_rx))?
     };
     let tracker = TaskTracker::new();
     let api_ingest = Arc::new(
@@ -152,6 +171,7 @@ pub async fn start(
         auth,
         ingest: api_ingest,
         alarms: alarms.clone(),
+        correlation: correlation.clone(),
         metrics,
     })
     .layer(tower_http::limit::RequestBodyLimitLayer::new(
@@ -183,6 +203,7 @@ pub async fn start(
         quic_addr,
         api_addr,
         store,
+        correlation,
         tracker,
         writer,
     })
