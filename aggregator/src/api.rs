@@ -36,6 +36,8 @@ pub struct ApiState {
     pub ingest: Arc<ApiIngest>,
     /// Alarms, incidents and the processing rules (see [`crate::api_alarms`]).
     pub alarms: Arc<crate::alarm::persist::Engine>,
+    /// Live correlation: rules API and reloads (see [`crate::api_rules`]).
+    pub correlation: Arc<crate::correlation::Correlator>,
     pub metrics: PrometheusHandle,
 }
 
@@ -43,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
     let scoped = |scope: Scope| middleware::from_fn_with_state(scope, auth::require_scope);
     let alarms = crate::api_alarms::AlarmApiState {
         engine: state.alarms.clone(),
+        correlation: Some(state.correlation.clone()),
     };
     let read = Router::new()
         .route("/api/v1/events", get(list_events))
@@ -51,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/sites", get(crate::sites::list_sites))
         .merge(crate::api_alarms::read_routes(alarms.clone()))
+        .merge(crate::api_rules::read_routes(state.clone()))
         .route_layer(scoped(Scope::Read));
     let operate =
         crate::api_alarms::operate_routes(alarms.clone()).route_layer(scoped(Scope::Operate));
@@ -69,6 +73,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/keys/{id}", delete(crate::keys_api::revoke_key))
         .merge(crate::api_alarms::admin_routes(alarms))
+        .merge(crate::api_rules::admin_routes(state.clone()))
         .route_layer(scoped(Scope::Admin));
     let api = Router::new()
         .merge(read)
@@ -449,14 +454,22 @@ pub(crate) mod tests {
         let alarms = Arc::new(
             crate::alarm::persist::Engine::new(store.clone(), Default::default()).unwrap(),
         );
+        let registry = Arc::new(Registry::default());
+        let correlation = crate::correlation::Correlator::start(
+            store.clone(),
+            registry.clone(),
+            Default::default(),
+        )
+        .unwrap();
         if writer {
             let s = store.clone();
             let a = alarms.clone();
-            std::thread::spawn(move || crate::ingest::run_writer(s, a, rx));
+            let c = correlation.clone();
+            std::thread::spawn(move || crate::ingest::run_writer(s, a, c, rx));
         }
         ApiState {
             store,
-            registry: Arc::new(Registry::default()),
+            registry,
             auth: Arc::new(Auth::new(
                 crate::keys::Keyring::new(bootstrap, keys_file),
                 rate,
@@ -466,6 +479,7 @@ pub(crate) mod tests {
                 ApiIngest::new(tx, "central", None, 64 * 1024).with_processing(alarms.clone()),
             ),
             alarms,
+            correlation,
             metrics: weir_common::telemetry::prometheus(),
         }
     }

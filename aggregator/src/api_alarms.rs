@@ -33,6 +33,8 @@ const DETAIL_EVENTS: usize = 200;
 #[derive(Clone)]
 pub struct AlarmApiState {
     pub engine: Arc<Engine>,
+    /// Correlation rules, reloaded with the processing rules (`None` in tests without it).
+    pub correlation: Option<Arc<crate::correlation::Correlator>>,
 }
 
 /// `GET` routes (scope `read`).
@@ -630,14 +632,24 @@ async fn reload(
     key: Option<Extension<crate::keys::Principal>>,
 ) -> Result<Json<Reloaded>, Problem> {
     let engine = st.engine.clone();
+    let correlation = st.correlation.clone();
     let by = actor(&key);
     let (transforms, definitions) = blocking(move || {
-        engine.reload().map_err(|e| {
+        let counts = engine.reload().map_err(|e| {
             Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("reload refused, the previous rules stay in force: {e}"),
             )
-        })
+        })?;
+        if let Some(c) = correlation {
+            c.reload_rules().map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("correlation rules refused, the previous ones stay in force: {e}"),
+                )
+            })?;
+        }
+        Ok(counts)
     })
     .await?;
     tracing::info!(by = %by, "rules reloaded through the API");

@@ -21,6 +21,9 @@ pub struct AggregatorConfig {
     /// Hot-store retention and the archive of aged events.
     #[serde(default)]
     pub retention: crate::retention::RetentionConfig,
+    /// Correlation rules and the engine's limits (see [`crate::correlation`]).
+    #[serde(default)]
+    pub correlation: crate::correlate::CorrelationConfig,
     #[serde(skip)]
     pub source: PathBuf,
 }
@@ -125,6 +128,11 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     c.api.api_key_file = resolve(path, &c.api.api_key_file);
     c.processing.resolve_and_check(path)?;
     c.retention.archive_dir = c.retention.archive_dir.as_ref().map(|p| resolve(path, p));
+    c.correlation.rules = c.correlation.rules.as_ref().map(|p| resolve(path, p));
+    c.correlation.check(path)?;
+    if let Some(rules) = &c.correlation.rules {
+        crate::correlation::load_rules(rules, path)?;
+    }
     let fail = |field: &str, message: &str| ConfigError::Check {
         path: path.to_path_buf(),
         field: field.into(),
@@ -246,7 +254,8 @@ days = 30
 # at most one such transaction).
 interval = "1h"
 batch = 5000
-"#
+{correlation}"#,
+        correlation = crate::correlate::CONFIG_EXAMPLE
     )
 }
 

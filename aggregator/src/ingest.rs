@@ -346,7 +346,12 @@ async fn session(
 
 /// The single store writer: drains the channel, commits groups, replies. Runs on its own
 /// thread (redb writes block) until every sender is gone.
-pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver<IngestItem>) {
+pub fn run_writer(
+    store: Arc<Store>,
+    alarms: Arc<Engine>,
+    correlation: Arc<crate::correlation::Correlator>,
+    mut rx: mpsc::Receiver<IngestItem>,
+) {
     use std::sync::atomic::Ordering;
     let mut api_seqs = crate::api_ingest::Sequencer::default();
     while let Some(first) = rx.blocking_recv() {
@@ -388,7 +393,9 @@ pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver
         let started = Instant::now();
         let now = Timestamp::now();
         let mut applied = None;
+        let mut priors = Vec::new();
         let committed = store.commit_with(&batches, now, |txn, prior| {
+            priors = prior.to_vec();
             // Only records above the agent's previous committed sequence are new.
             let fresh = group
                 .iter()
@@ -421,6 +428,22 @@ pub fn run_writer(store: Arc<Store>, alarms: Arc<Engine>, mut rx: mpsc::Receiver
                 }
                 for (item, committed) in group.iter().zip(out.committed) {
                     let _ = item.reply.send(Ok(committed));
+                }
+                // Fresh events (not redeliveries) go to correlation, moved, after the replies.
+                if correlation.enabled() {
+                    let fresh: Vec<Vec<u8>> = group
+                        .iter_mut()
+                        .zip(&priors)
+                        .flat_map(|(item, &p)| {
+                            std::mem::take(&mut item.records)
+                                .into_iter()
+                                .filter_map(move |r| match r {
+                                    Prepared::Event { seq, bytes } if seq > p => Some(bytes),
+                                    _ => None,
+                                })
+                        })
+                        .collect();
+                    correlation.feed(fresh, now);
                 }
             }
             Err(e) => {

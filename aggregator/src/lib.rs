@@ -5,10 +5,12 @@ pub mod alertmanager;
 pub mod api;
 pub mod api_alarms;
 pub mod api_ingest;
+pub mod api_rules;
 pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod correlate;
+pub mod correlation;
 pub mod histogram;
 pub mod index;
 pub mod ingest;
@@ -41,6 +43,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// What SIGHUP reloads; subsystems add hooks with `reloader.register(...)`.
     pub reloader: Arc<weir_agent::service::Reloader>,
+    /// The live correlation engine (rule reloads: [`correlation::Correlator::reload_rules`]).
+    pub correlation: Arc<correlation::Correlator>,
     tracker: TaskTracker,
     writer: std::thread::JoinHandle<()>,
 }
@@ -50,7 +54,15 @@ impl Running {
     pub async fn join(self) {
         self.tracker.close();
         self.tracker.wait().await;
-        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        let correlation = self.correlation;
+        let writer = self.writer;
+        // The writer stops first (its last commits still reach the engine), then the engine
+        // saves its state.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = writer.join();
+            correlation.stop();
+        })
+        .await;
     }
 }
 
@@ -82,6 +94,12 @@ pub async fn start(
         config.processing.clone(),
     )?);
 
+    let correlation = correlation::Correlator::start(
+        store.clone(),
+        registry.clone(),
+        config.correlation.clone(),
+    )?;
+
     let server_config = ingest::server_config(&config.quic)?;
     let endpoint =
         quinn::Endpoint::server(server_config, config.quic.listen).with_context(|| {
@@ -105,9 +123,10 @@ pub async fn start(
     let writer = {
         let store = store.clone();
         let alarms = alarms.clone();
+        let correlation = correlation.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || ingest::run_writer(store, alarms, writer_rx))?
+            .spawn(move || ingest::run_writer(store, alarms, correlation, writer_rx))?
     };
     let tracker = TaskTracker::new();
     let api_ingest = Arc::new(
@@ -160,6 +179,19 @@ pub async fn start(
             Ok(format!("{t} transformation rules, {d} event definitions"))
         });
     }
+    {
+        // Correlation rules: unchanged rules keep their windows; a bad file changes nothing.
+        let correlation = correlation.clone();
+        reloader.register("correlation rules", move || {
+            let r = correlation.reload_rules()?;
+            Ok(format!(
+                "correlation rules ({} kept, {} reset, {} removed)",
+                r.kept.len(),
+                r.reset.len(),
+                r.removed.len()
+            ))
+        });
+    }
     tracker.spawn(weir_agent::service::watch_cert_expiry(
         "weir_aggregator_certificate_expiry_seconds",
         config.quic.cert.clone(),
@@ -173,6 +205,7 @@ pub async fn start(
         auth,
         ingest: api_ingest,
         alarms: alarms.clone(),
+        correlation: correlation.clone(),
         metrics,
     })
     .layer(tower_http::limit::RequestBodyLimitLayer::new(
@@ -205,6 +238,7 @@ pub async fn start(
         api_addr,
         store,
         reloader,
+        correlation,
         tracker,
         writer,
     })

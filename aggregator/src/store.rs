@@ -889,6 +889,46 @@ impl Store {
         Ok(found)
     }
 
+    /// Changes the stored event with fleet id `event_id` with `f` inside `txn`, keeping the
+    /// indexes in step (correlation tags suppressed events this way). `false`: no such event.
+    pub fn update_event(
+        txn: &redb::WriteTransaction,
+        event_id: &str,
+        f: impl FnOnce(&mut StoredEvent),
+    ) -> Result<bool, redb::Error> {
+        let mut parts = event_id.rsplitn(3, ':');
+        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(false);
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return Ok(false);
+        };
+        let agents = txn.open_table(AGENTS)?;
+        let agent_seq = txn.open_table(AGENT_SEQ)?;
+        let identity = format!("{site}/{name}");
+        let Some(agent) = agents
+            .get(identity.as_str())?
+            .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
+        else {
+            return Ok(false);
+        };
+        let Some(key) = agent_seq.get((agent.number, seq))?.map(|v| v.value()) else {
+            return Ok(false);
+        };
+        let mut events = txn.open_table(EVENTS)?;
+        let current = events.get(key)?.map(|v| v.value().to_vec());
+        let Some(Ok(mut stored)) = current.map(|b| postcard::from_bytes::<StoredEvent>(&b)) else {
+            return Ok(false);
+        };
+        let mut idx = IndexTables::open(txn)?;
+        index::unindex_event(&mut idx, key, &stored)?;
+        f(&mut stored);
+        let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+        events.insert(key, bytes.as_slice())?;
+        index::index_event(&mut idx, key, &stored)?;
+        Ok(true)
+    }
+
     /// Finds an event by its fleet id `site:agent:seq`.
     pub fn get_by_id(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let Some(key) = self.key_of(id)? else {

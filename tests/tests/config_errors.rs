@@ -76,7 +76,9 @@ fn check_config_accepts_good_files() {
         );
         // The aggregator adds what it loaded: "OK (N transformation rules, ...)".
         assert!(
-            stdout.trim().starts_with(&format!("{}: OK", file.display())),
+            stdout
+                .trim()
+                .starts_with(&format!("{}: OK", file.display())),
             "{bin} check-config output: {stdout}"
         );
     }

@@ -320,6 +320,23 @@ pub fn attach_events(
     Ok(Some(inc))
 }
 
+/// Changes incident `number` with `f` inside `txn` (correlation notes its explanation this
+/// way, in the transaction that creates the incident); `None` if it does not exist.
+pub fn update_incident_in(
+    txn: &WriteTransaction,
+    number: u64,
+    f: impl FnOnce(&mut Incident) -> Result<(), IncidentError>,
+) -> Result<Option<Result<Incident, IncidentError>>, redb::Error> {
+    let Some(mut inc) = load_incident(txn, number)? else {
+        return Ok(None);
+    };
+    if let Err(e) = f(&mut inc) {
+        return Ok(Some(Err(e)));
+    }
+    save_incident(txn, &inc)?;
+    Ok(Some(Ok(inc)))
+}
+
 /// Why an action was not done.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {

@@ -49,7 +49,13 @@ impl Rig {
         let engine = Arc::new(Engine::new(store.clone(), cfg).unwrap());
         let (tx, rx) = mpsc::channel(8);
         let (s, e) = (store.clone(), engine.clone());
-        let writer = std::thread::spawn(move || run_writer(s, e, rx));
+        let c = crate::correlation::Correlator::start(
+            store.clone(),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        let writer = std::thread::spawn(move || run_writer(s, e, c, rx));
         Rig {
             store,
             engine,

@@ -13,6 +13,7 @@ use crate::alarm::tests::{Rig, create, ev, t};
 fn app(rig: &Rig) -> Router {
     let st = AlarmApiState {
         engine: rig.engine.clone(),
+        correlation: None,
     };
     Router::new()
         .merge(read_routes(st.clone()))

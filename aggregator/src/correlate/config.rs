@@ -44,6 +44,18 @@ pub struct CorrelationConfig {
     /// incident inhibits the incidents of rules with `site_inhibit` (default) from that site.
     #[serde(default = "d_site_down")]
     pub site_unreachable_after: HumanDuration,
+    /// How often the engine's state (open windows, holds, outages) is saved into the store,
+    /// so a restart keeps open windows; it is also saved at shutdown.
+    #[serde(default = "d_snapshot")]
+    pub snapshot_interval: HumanDuration,
+    /// Committed groups of events waiting for the engine. When full, the store writer waits
+    /// up to `queue_wait` for room, then counts the events it could not hand over in
+    /// `weir_aggregator_correlation_dropped_total{reason="queue_full"}` (they stay stored).
+    #[serde(default = "d_queue")]
+    pub queue_batches: usize,
+    /// The longest the store writer waits for room in the queue per commit.
+    #[serde(default = "d_queue_wait")]
+    pub queue_wait: HumanDuration,
 }
 
 fn d_lateness() -> HumanDuration {
@@ -61,6 +73,15 @@ fn d_node() -> String {
 fn d_site_down() -> HumanDuration {
     HumanDuration::secs(120)
 }
+fn d_snapshot() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn d_queue() -> usize {
+    1024
+}
+fn d_queue_wait() -> HumanDuration {
+    HumanDuration::secs(1)
+}
 
 impl Default for CorrelationConfig {
     fn default() -> Self {
@@ -73,6 +94,9 @@ impl Default for CorrelationConfig {
             max_stateful: d_pending(),
             default_node: d_node(),
             site_unreachable_after: d_site_down(),
+            snapshot_interval: d_snapshot(),
+            queue_batches: d_queue(),
+            queue_wait: d_queue_wait(),
         }
     }
 }
@@ -97,6 +121,12 @@ max_stateful = 100000
 default_node = "global"
 # A site with no connected agent for this long is unreachable and can inhibit its incidents.
 site_unreachable_after = "2m"
+# Save open windows into the store this often (and at shutdown), so a restart keeps them.
+snapshot_interval = "30s"
+# Committed groups of events waiting for the engine; when full, ingest waits up to
+# queue_wait, then counts what it could not hand over (reason="queue_full").
+queue_batches = 1024
+queue_wait = "1s"
 "#;
 
 impl CorrelationConfig {
@@ -112,6 +142,7 @@ impl CorrelationConfig {
             ("max_pending_events", self.max_pending_events),
             ("max_aggregate_keys", self.max_aggregate_keys),
             ("max_stateful", self.max_stateful),
+            ("queue_batches", self.queue_batches),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
@@ -122,6 +153,14 @@ impl CorrelationConfig {
                 "allowed_lateness",
                 "at most 1d: incidents are decided this long after their events",
             ));
+        }
+        if self.snapshot_interval.0.is_zero() || self.site_unreachable_after.0.is_zero() {
+            let field = if self.snapshot_interval.0.is_zero() {
+                "snapshot_interval"
+            } else {
+                "site_unreachable_after"
+            };
+            return Err(bad(field, "must be longer than zero"));
         }
         if self.default_node.trim().is_empty() {
             return Err(bad("default_node", "must not be empty"));
