@@ -100,7 +100,7 @@ async fn revoked_while_connected_is_disconnected_and_refused() {
     let env = Env::new();
     let tls = env.issue_agent("site-a", "agent-1");
     let (agg, relay, agent) = refused_fleet(&env, &tls).await;
-    eventually(Duration::from_secs(15), "first 100 delivered", || {
+    eventually(Duration::from_secs(40), "first 100 delivered", || {
         agg.len() == 100 && agent.queued() == 0
     })
     .await;
