@@ -142,6 +142,9 @@ async fn dry_run(
     let reply = tokio::task::spawn_blocking(move || {
         let mut filter = EventFilter::default();
         filter.set_time_range(body.from, body.to);
+        // Replay everything live processing saw, including events hidden from default views
+        // (a live rule may have suppressed them).
+        filter.set_hidden(crate::query::Hidden::Include);
         let page = store
             .search(&filter, MAX_DRY_RUN_EVENTS, None)
             .map_err(ApiError::internal)?;

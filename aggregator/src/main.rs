@@ -122,6 +122,10 @@ enum ArchiveCommand {
         /// Case-insensitive text in the message or tag.
         #[arg(long)]
         q: Option<String>,
+        /// Events hidden from default views (logonly, suppressed by a rule): include, exclude
+        /// or only. The archive is a record, so they are included unless asked otherwise.
+        #[arg(long, default_value = "include")]
+        hidden: String,
     },
 }
 
@@ -280,6 +284,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 event_type,
                 correlated_incident,
                 q,
+                hidden,
             })),
             _,
         ) => {
@@ -295,6 +300,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 event_type,
                 correlated_incident,
                 q,
+                hidden: Some(hidden),
                 ..Default::default()
             };
             let filter = weir_aggregator::query::EventFilter::parse(&params)

@@ -225,6 +225,11 @@ impl EventFilter {
     }
 
     /// Narrows the time range (the histogram's `from`/`to`).
+    /// Whether hidden events are left out, shown too, or shown alone.
+    pub fn set_hidden(&mut self, hidden: Hidden) {
+        self.hidden = hidden;
+    }
+
     pub fn set_time_range(&mut self, from: Timestamp, to: Timestamp) {
         self.from = Some(from);
         self.to = Some(to);
