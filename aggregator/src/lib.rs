@@ -14,6 +14,7 @@ pub mod index;
 pub mod ingest;
 pub mod keys;
 pub mod keys_api;
+pub mod openapi;
 pub mod query;
 pub mod quickstart;
 pub mod registry;
