@@ -33,7 +33,7 @@ use weir_common::{Event, InputKind, Severity};
 use crate::api::ApiState;
 use crate::api_ingest::{body_problem, invalid, store_events};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Payload {
     version: String,
@@ -42,7 +42,7 @@ struct Payload {
     alerts: Vec<Alert>,
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Alert {
     status: String,
@@ -225,6 +225,20 @@ fn to_event(alert: Alert, firing: bool, receiver: &str, now: Timestamp) -> Event
 }
 
 /// `POST /api/v1/ingest/alertmanager`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ingest/alertmanager",
+    tag = "ingest",
+    summary = "Prometheus Alertmanager webhook (firing and resolved alerts become events)",
+    request_body = Payload,
+    responses(
+        (status = 202, description = "Stored (ids in request order)", body = crate::api_ingest::Accepted),
+        (status = 400, description = "The body is not JSON, or not an event or array of events", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over `api.max_body_bytes`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events: `errors` names each bad field (JSON pointer); nothing was stored", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store did not take the events; send them again", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn post_alertmanager(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,

@@ -85,10 +85,11 @@ pub fn router(state: ApiState) -> Router {
             auth::authenticate,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .merge(api)
+        .merge(crate::openapi::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -140,7 +141,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "Alive", body = String, content_type = "text/plain")
+    )
+)]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: the event store is readable",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "The event store is unreadable", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.len())
         .await
@@ -152,7 +176,16 @@ async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError>
     Ok("ready\n")
 }
 
-async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")
+    )
+)]
+pub(crate) async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -160,7 +193,7 @@ async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
 }
 
 /// One event as the API shows it (seed 000's fields plus the fleet's).
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     pub source: String,
@@ -223,7 +256,7 @@ impl From<StoredEvent> for EventView {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventsPage {
     /// Events matching the filters, on every page together.
     pub total: u64,
@@ -236,7 +269,18 @@ pub struct EventsPage {
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
-async fn list_events(
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    summary = "Search events, newest first",
+    params(EventParams),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 400, description = "A bad filter, limit or cursor (named in `detail`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn list_events(
     State(state): State<ApiState>,
     query: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
@@ -285,7 +329,18 @@ async fn list_events(
     }))
 }
 
-async fn get_event(
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    summary = "One event by id",
+    params(("id" = String, Path, description = "`site:agent:sequence`")),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 404, description = "No such event", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn get_event(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<EventView>, ApiError> {
@@ -304,7 +359,7 @@ async fn get_event(
 }
 
 /// One agent as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentView {
     pub site: String,
     pub name: String,
@@ -323,7 +378,18 @@ pub struct AgentView {
     pub first_seen: Option<Timestamp>,
 }
 
-async fn list_agents(State(state): State<ApiState>) -> Result<Json<Vec<AgentView>>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "fleet",
+    summary = "Agents, connected or not",
+    responses(
+        (status = 200, description = "Every agent, sorted by site and name", body = Vec<AgentView>)
+    )
+)]
+pub(crate) async fn list_agents(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<AgentView>>, ApiError> {
     agent_views(&state).await.map(Json)
 }
 

@@ -203,8 +203,9 @@ fn parse_time(name: &str, v: &Option<String>) -> Result<Option<Timestamp>, Probl
 }
 
 /// Query parameters of `GET /api/v1/alarms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AlarmParams {
     /// open, acknowledged or cleared.
     pub status: Option<String>,
@@ -214,11 +215,12 @@ pub struct AlarmParams {
     /// Glob on the hostname.
     pub hostname: Option<String>,
     pub tag: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlarmsPage {
     pub total: u64,
     pub alarms: Vec<Alarm>,
@@ -226,7 +228,18 @@ pub struct AlarmsPage {
     pub next_cursor: Option<String>,
 }
 
-async fn list_alarms(
+#[utoipa::path(
+    get,
+    path = "/api/v1/alarms",
+    tag = "alarms",
+    summary = "Alarms, newest first",
+    params(AlarmParams),
+    responses(
+        (status = 200, description = "A page of alarms", body = AlarmsPage),
+        (status = 400, description = "A bad filter, limit or cursor", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn list_alarms(
     State(st): State<AlarmApiState>,
     query: Result<Query<AlarmParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AlarmsPage>, Problem> {
@@ -270,7 +283,18 @@ fn alarm_id(id: &str) -> Result<u64, Problem> {
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no alarm with id {id:?}")))
 }
 
-async fn get_alarm(
+#[utoipa::path(
+    get,
+    path = "/api/v1/alarms/{id}",
+    tag = "alarms",
+    summary = "One alarm",
+    params(("id" = String, Path, description = "Alarm number")),
+    responses(
+        (status = 200, description = "The alarm", body = Alarm),
+        (status = 404, description = "No such alarm", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn get_alarm(
     State(st): State<AlarmApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Alarm>, Problem> {
@@ -300,7 +324,19 @@ async fn alarm_act(
     Ok(Json(a))
 }
 
-async fn alarm_ack(
+#[utoipa::path(
+    post,
+    path = "/api/v1/alarms/{id}/ack",
+    tag = "alarms",
+    summary = "Acknowledge an alarm",
+    params(("id" = String, Path, description = "Alarm number")),
+    responses(
+        (status = 200, description = "The alarm after the action", body = Alarm),
+        (status = 404, description = "No such alarm", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the alarm's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn alarm_ack(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
@@ -308,7 +344,19 @@ async fn alarm_ack(
     alarm_act(st, id, AlarmAction::Ack, actor(&key)).await
 }
 
-async fn alarm_unack(
+#[utoipa::path(
+    post,
+    path = "/api/v1/alarms/{id}/unack",
+    tag = "alarms",
+    summary = "Take back an acknowledgement",
+    params(("id" = String, Path, description = "Alarm number")),
+    responses(
+        (status = 200, description = "The alarm after the action", body = Alarm),
+        (status = 404, description = "No such alarm", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the alarm's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn alarm_unack(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
@@ -316,7 +364,19 @@ async fn alarm_unack(
     alarm_act(st, id, AlarmAction::Unack, actor(&key)).await
 }
 
-async fn alarm_clear(
+#[utoipa::path(
+    post,
+    path = "/api/v1/alarms/{id}/clear",
+    tag = "alarms",
+    summary = "Clear an alarm by hand",
+    params(("id" = String, Path, description = "Alarm number")),
+    responses(
+        (status = 200, description = "The alarm after the action", body = Alarm),
+        (status = 404, description = "No such alarm", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the alarm's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn alarm_clear(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
@@ -325,8 +385,9 @@ async fn alarm_clear(
 }
 
 /// Query parameters of `GET /api/v1/incidents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IncidentParams {
     pub status: Option<String>,
     /// At least this severity.
@@ -338,12 +399,13 @@ pub struct IncidentParams {
     /// Incidents whose events span overlaps [from, to] (RFC 3339).
     pub from: Option<String>,
     pub to: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
 
 /// An incident in lists: without its journal and audit trail.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentSummary {
     pub id: String,
     pub title: String,
@@ -384,7 +446,7 @@ impl From<&Incident> for IncidentSummary {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentsPage {
     pub total: u64,
     pub incidents: Vec<IncidentSummary>,
@@ -392,7 +454,18 @@ pub struct IncidentsPage {
     pub next_cursor: Option<String>,
 }
 
-async fn list_incidents(
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    summary = "Incidents, newest first",
+    params(IncidentParams),
+    responses(
+        (status = 200, description = "A page of incidents", body = IncidentsPage),
+        (status = 400, description = "A bad filter, limit or cursor", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn list_incidents(
     State(st): State<AlarmApiState>,
     query: Result<Query<IncidentParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<IncidentsPage>, Problem> {
@@ -433,7 +506,7 @@ async fn list_incidents(
 }
 
 /// `GET /api/v1/incidents/{id}`: everything, including why it exists.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncidentDetail {
     #[serde(flatten)]
     pub incident: Incident,
@@ -468,7 +541,18 @@ fn incident_number(id: &str) -> Result<u64, Problem> {
     })
 }
 
-async fn get_incident(
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{id}",
+    tag = "incidents",
+    summary = "One incident with its events, alarms and why it exists",
+    params(("id" = String, Path, description = "`INC-0001` or the number")),
+    responses(
+        (status = 200, description = "The incident", body = IncidentDetail),
+        (status = 404, description = "No such incident", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn get_incident(
     State(st): State<AlarmApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<IncidentDetail>, Problem> {
@@ -520,7 +604,7 @@ async fn incident_update(
 }
 
 /// Optional body of the status actions.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
     /// Recorded in the audit trail.
@@ -548,24 +632,70 @@ async fn incident_act(
 }
 
 macro_rules! incident_action {
-    ($name:ident, $action:expr) => {
-        async fn $name(
+    ($name:ident, $action:expr, $path:tt, $summary:tt) => {
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "incidents",
+            summary = $summary,
+            params(("id" = String, Path, description = "`INC-0001` or the number")),
+            request_body(content = Option<ActionBody>, description = "Optional: a reason for the audit trail"),
+            responses(
+                (status = 200, description = "The incident after the action", body = Incident),
+                (status = 400, description = "A bad body or reason", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+                (status = 404, description = "No such incident", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+                (status = 409, description = "Not allowed in the incident's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+                (status = 413, description = "The body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+                (status = 415, description = "The body is not `application/json`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+                (status = 422, description = "The body does not have the expected fields", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+            )
+        )]
+        pub(crate) async fn $name(
             State(st): State<AlarmApiState>,
             key: Option<Extension<crate::keys::Principal>>,
             UrlPath(id): UrlPath<String>,
-            body: Option<Json<ActionBody>>,
+            body: Result<
+                Option<Json<Option<ActionBody>>>,
+                axum::extract::rejection::JsonRejection,
+            >,
         ) -> Result<Json<Incident>, Problem> {
+            // Not `Option<Json<_>>` alone: its rejection is a plain-text answer, not a problem.
+            // A `null` body is no body.
+            let body = body
+                .map_err(|e| Problem::new(e.status(), e.body_text()))?
+                .and_then(|Json(b)| b)
+                .map(Json);
             incident_act(st, id, $action, actor(&key), body).await
         }
     };
 }
 
-incident_action!(incident_ack, IncidentAction::Ack);
-incident_action!(incident_resolve, IncidentAction::Resolve);
-incident_action!(incident_close, IncidentAction::Close);
-incident_action!(incident_reopen, IncidentAction::Reopen);
+incident_action!(
+    incident_ack,
+    IncidentAction::Ack,
+    "/api/v1/incidents/{id}/ack",
+    "Acknowledge an incident"
+);
+incident_action!(
+    incident_resolve,
+    IncidentAction::Resolve,
+    "/api/v1/incidents/{id}/resolve",
+    "Resolve an incident"
+);
+incident_action!(
+    incident_close,
+    IncidentAction::Close,
+    "/api/v1/incidents/{id}/close",
+    "Close an incident"
+);
+incident_action!(
+    incident_reopen,
+    IncidentAction::Reopen,
+    "/api/v1/incidents/{id}/reopen",
+    "Reopen an incident"
+);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteBody {
     pub text: String,
@@ -578,7 +708,24 @@ fn json_body<T>(
         .map_err(|e| Problem::new(e.status(), e.body_text()))
 }
 
-async fn incident_note(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/notes",
+    tag = "incidents",
+    summary = "Add a note",
+    params(("id" = String, Path, description = "`INC-0001` or the number")),
+    request_body = NoteBody,
+    responses(
+        (status = 200, description = "The incident with the note", body = Incident),
+        (status = 400, description = "A bad body or value", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "No such incident", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the incident's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "The body does not have the expected fields", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn incident_note(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
@@ -592,14 +739,31 @@ async fn incident_note(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignBody {
     pub assignee: Option<String>,
     pub contact_list: Option<String>,
 }
 
-async fn incident_assign(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/assign",
+    tag = "incidents",
+    summary = "Assign to a person and/or contact list",
+    params(("id" = String, Path, description = "`INC-0001` or the number")),
+    request_body = AssignBody,
+    responses(
+        (status = 200, description = "The incident after the change", body = Incident),
+        (status = 400, description = "A bad body or value", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 404, description = "No such incident", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the incident's status (`current_status`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "The body does not have the expected fields", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn incident_assign(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
     UrlPath(id): UrlPath<String>,
@@ -619,7 +783,7 @@ async fn incident_assign(
     .await
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reloaded {
     pub transforms: usize,
     pub definitions: usize,
@@ -627,7 +791,17 @@ pub struct Reloaded {
 
 /// `POST /api/v1/config/reload`: 422 with the file/line/rule/field when the new files are
 /// invalid (the old rules stay in force).
-async fn reload(
+#[utoipa::path(
+    post,
+    path = "/api/v1/config/reload",
+    tag = "config",
+    summary = "Reload the event definitions and rules from their files",
+    responses(
+        (status = 200, description = "The rules now in force", body = Reloaded),
+        (status = 422, description = "The files are invalid; the previous rules stay in force", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn reload(
     State(st): State<AlarmApiState>,
     key: Option<Extension<crate::keys::Principal>>,
 ) -> Result<Json<Reloaded>, Problem> {

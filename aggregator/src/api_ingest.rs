@@ -320,7 +320,7 @@ impl ApiIngest {
 }
 
 /// The answer to an accepted ingest request.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// Events in the request.
     pub accepted: usize,
@@ -393,6 +393,20 @@ pub(crate) async fn store_events(state: &ApiState, events: Vec<Event>, now: Time
 }
 
 /// `POST /api/v1/events`: one event object or an array (seed 000's schema).
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "ingest",
+    summary = "Post one event or an array of events (seed 000)",
+    request_body(content = crate::openapi::IngestBody, description = "One event, or an array of up to 10000"),
+    responses(
+        (status = 202, description = "Stored (ids in request order)", body = Accepted),
+        (status = 400, description = "The body is not JSON, or not an event or array of events", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over `api.max_body_bytes`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events: `errors` names each bad field (JSON pointer); nothing was stored", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 503, description = "The store did not take the events; send them again", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn post_events(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,

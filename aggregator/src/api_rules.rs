@@ -56,7 +56,16 @@ pub struct RulesView {
     pub versions: BTreeMap<String, String>,
 }
 
-async fn get_rules(State(st): State<ApiState>) -> Json<RulesView> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/rules",
+    tag = "rules",
+    summary = "The correlation rules in force, with their version hashes",
+    responses(
+        (status = 200, description = "`file` (null: correlation is off), `rules`, `aggregates` as the rule file holds them, and `versions` (rule name → version hash)", body = serde_json::Value)
+    )
+)]
+pub(crate) async fn get_rules(State(st): State<ApiState>) -> Json<RulesView> {
     let set = st.correlation.rules();
     Json(RulesView {
         file: st.correlation.rules_file().map(|p| p.display().to_string()),
@@ -75,7 +84,21 @@ pub struct PutReply {
     pub versions: BTreeMap<String, String>,
 }
 
-async fn put_rules(State(st): State<ApiState>, body: Bytes) -> Result<Json<PutReply>, ApiError> {
+#[utoipa::path(
+    put,
+    path = "/api/v1/rules",
+    tag = "rules",
+    summary = "Replace the rule file and reload; unchanged rules keep their windows",
+    request_body(content = serde_json::Value, description = "A rule file's content: seed 000 JSON (one rule, a list, or an object with `rules` and `aggregates`)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Reloaded: rules `kept`, `reset`, `removed`, and the new `versions`", body = serde_json::Value),
+        (status = 400, description = "The body is not UTF-8", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "No rule file is configured (`[correlation] rules`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "The rules are invalid (names the rule and field); the previous rules stay in force", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn put_rules(State(st): State<ApiState>, body: Bytes) -> Result<Json<PutReply>, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?
         .to_string();
@@ -119,7 +142,21 @@ pub struct DryRunReply {
     pub decisions: Vec<Decision>,
 }
 
-async fn dry_run(
+#[utoipa::path(
+    post,
+    path = "/api/v1/rules/dry-run",
+    tag = "rules",
+    summary = "Replay stored events from a time range through candidate rules; nothing live changes",
+    request_body(content = serde_json::Value, description = "`{\"rules\": <rule file JSON>, \"from\": RFC 3339, \"to\": RFC 3339}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`events` replayed, `incidents` opened, and every decision with its explanation", body = serde_json::Value),
+        (status = 400, description = "The body is not JSON", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "More events in the range than a dry-run replays, or the body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "Bad rules (names the rule and field), bad fields, or `from` after `to`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn dry_run(
     State(st): State<ApiState>,
     body: Result<Json<DryRunBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<DryRunReply>, ApiError> {

@@ -24,8 +24,9 @@ pub const MAX_BUCKETS: i64 = 10_000;
 const DEFAULT_SPAN: SignedDuration = SignedDuration::from_hours(24);
 
 /// Query parameters: the event filters plus `bucket`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistogramParams {
     /// Bucket width: `1m`, `5m`, `1h`, `1d`, … (whole seconds, at least `1s`).
     pub bucket: Option<String>,
@@ -47,7 +48,7 @@ pub struct HistogramParams {
 }
 
 /// Counts by severity.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeverityCounts {
     pub critical: u64,
     pub error: u64,
@@ -68,7 +69,7 @@ impl SeverityCounts {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Bucket {
     /// Start of the bucket (inclusive); it ends where the next one starts.
     pub start: Timestamp,
@@ -78,7 +79,7 @@ pub struct Bucket {
     pub occurrences: SeverityCounts,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistogramResponse {
     pub from: Timestamp,
     pub to: Timestamp,
@@ -92,6 +93,17 @@ fn bad(detail: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, detail)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/histogram",
+    tag = "events",
+    summary = "Events per severity per time bucket",
+    params(HistogramParams),
+    responses(
+        (status = 200, description = "Every bucket, empty ones too", body = HistogramResponse),
+        (status = 400, description = "A bad filter or bucket (named in `detail`)", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn histogram(
     State(state): State<ApiState>,
     query: Result<Query<HistogramParams>, axum::extract::rejection::QueryRejection>,

@@ -37,7 +37,19 @@ pub const KEYS_FILE: &str = "api-keys.json";
 pub const SECRET_PREFIX: &str = "weir_";
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Post events (`POST /api/v1/events`, the Alertmanager webhook).

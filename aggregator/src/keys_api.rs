@@ -16,7 +16,7 @@ use crate::api::{ApiError, ApiState};
 use crate::keys::{self, KeyRecord, KeysError, Scope};
 
 /// A key as the API lists it: never the secret, never its digest.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub name: String,
@@ -38,7 +38,7 @@ impl From<KeyRecord> for KeyView {
 }
 
 /// `POST /api/v1/keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
@@ -46,7 +46,7 @@ pub struct NewKey {
 }
 
 /// `POST /api/v1/keys` answer: the key and, this once, its secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
@@ -84,12 +84,37 @@ async fn blocking<T: Send + 'static>(
         .map_err(keys_error)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "keys",
+    summary = "API keys (never their secrets)",
+    responses(
+        (status = 200, description = "Every key, revoked ones too", body = Vec<KeyView>),
+        (status = 501, description = "This aggregator has no keys file", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn list_keys(State(state): State<ApiState>) -> Result<Json<Vec<KeyView>>, ApiError> {
     let path = keys_file(&state)?;
     let keys = blocking(move || keys::read_keys(&path)).await?;
     Ok(Json(keys.into_iter().map(KeyView::from).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = "keys",
+    summary = "Create an API key; the answer holds its secret, this once",
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "The key and its secret", body = CreatedKey),
+        (status = 400, description = "The body is not JSON", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "A bad name or scope, or a name already in use", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 501, description = "This aggregator has no keys file", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn create_key(
     State(state): State<ApiState>,
     body: Result<Json<NewKey>, JsonRejection>,
@@ -109,6 +134,19 @@ pub async fn create_key(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    summary = "Revoke an API key",
+    params(("id" = String, Path, description = "Key id (`k_...`)")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 404, description = "No such key", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 422, description = "The key cannot be revoked", body = crate::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 501, description = "This aggregator has no keys file", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
+    )
+)]
 pub async fn revoke_key(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,

@@ -16,6 +16,7 @@ pub mod index;
 pub mod ingest;
 pub mod keys;
 pub mod keys_api;
+pub mod openapi;
 pub mod packaging;
 pub mod query;
 pub mod quickstart;

@@ -14,9 +14,11 @@ pub use crate::index::Access;
 use crate::store::StoredEvent;
 
 /// The raw query parameters, as strings, so every problem gets our own message.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
     /// `error` (exactly) or `>=warning` (at least).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{AgentView, ApiError, ApiState, agent_views};
 
 /// One site as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SiteView {
     pub site: String,
     /// Agents the aggregator knows at this site (stored or connected).
@@ -72,6 +72,15 @@ pub fn summarize(agents: &[AgentView]) -> Vec<SiteView> {
     sites.into_values().collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sites",
+    tag = "fleet",
+    summary = "Sites: their agents summed up",
+    responses(
+        (status = 200, description = "Every site, sorted by name", body = Vec<SiteView>)
+    )
+)]
 pub async fn list_sites(State(state): State<ApiState>) -> Result<Json<Vec<SiteView>>, ApiError> {
     let agents = agent_views(&state).await?;
     Ok(Json(summarize(&agents)))

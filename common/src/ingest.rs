@@ -20,17 +20,23 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// One event as a client posts it (seed 000's schema).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IngestEvent {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
     pub source: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
     pub hostname: String,
     pub severity: Severity,
+    /// At most 64 KiB of UTF-8 (65536 ASCII characters; fewer when multi-byte).
+    #[cfg_attr(feature = "openapi", schema(max_length = 65536))]
     pub message: String,
     #[serde(default)]
     pub event_type: Option<String>,
     /// The short machine tag (e.g. `PING_DOWN`) event definitions and rules key on; an
     /// addition to seed 000's fields, optional.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[!-~]{1,128}$"))]
     pub tag: Option<String>,
     /// ISO 8601 / RFC 3339 with an offset; ingest time when absent.
     #[serde(default)]
@@ -64,6 +70,7 @@ impl IngestEvent {
 
 /// One problem in a request body: where (a JSON pointer such as `/3/severity`) and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     pub pointer: String,
     pub message: String,

@@ -26,7 +26,7 @@ pub const MAX_NOTES: usize = 1_000;
 pub const MAX_NOTE_BYTES: usize = 8 * 1024;
 pub const MAX_AUDIT: usize = 5_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentStatus {
     Open,
@@ -62,7 +62,7 @@ impl std::str::FromStr for IncidentStatus {
 }
 
 /// Why an incident exists: enough to answer "why did this page me".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub rule: String,
     pub rule_version: String,
@@ -76,14 +76,14 @@ pub struct Explanation {
     pub group_key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Note {
     pub at: Timestamp,
     pub by: String,
     pub text: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub at: Timestamp,
     pub by: String,
@@ -117,7 +117,7 @@ pub struct IncidentSpec {
     pub actor: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Incident {
     /// `INC-0001`, ...
     pub id: String,

@@ -25,7 +25,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use weir_common::Severity;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AlarmStatus {
     Open,
@@ -59,7 +61,7 @@ impl std::str::FromStr for AlarmStatus {
 
 /// One alarm. Timestamps named `*_seen` and `cleared_at` are event times; `updated_at` and
 /// `cleared_wall` are the aggregator's clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alarm {
     pub id: u64,
     pub reduction_key: String,
