@@ -98,7 +98,10 @@ pub struct PutReply {
         (status = 422, description = "The rules are invalid (names the rule and field); the previous rules stay in force", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
     )
 )]
-pub(crate) async fn put_rules(State(st): State<ApiState>, body: Bytes) -> Result<Json<PutReply>, ApiError> {
+pub(crate) async fn put_rules(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<PutReply>, ApiError> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?
         .to_string();
