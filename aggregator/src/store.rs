@@ -706,19 +706,11 @@ impl Store {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
             let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
             for &key in keys {
-                let current = events
-                    .get(key)
-                    .map_err(|e| self.err(e))?
-                    .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok());
-                let Some(mut s) = current else { continue };
-                found += 1;
-                index::unindex_event(&mut idx, key, &s).map_err(|e| self.err(e))?;
-                s.correlated_incident = incident.map(str::to_string);
-                let bytes = postcard::to_allocvec(&s).expect("encode StoredEvent");
-                events
-                    .insert(key, bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
-                index::index_event(&mut idx, key, &s).map_err(|e| self.err(e))?;
+                let changed = rewrite_event(&mut events, &mut idx, key, |s| {
+                    s.correlated_incident = incident.map(str::to_string);
+                })
+                .map_err(|e| self.err(e))?;
+                found += usize::from(changed);
             }
         }
         txn.commit().map_err(|e| self.err(e))?;
@@ -811,22 +803,10 @@ impl Store {
 
     /// The store key of an event by its fleet id (for [`Store::set_correlated_incident`]).
     pub fn key_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
-        let mut parts = id.rsplitn(3, ':');
-        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
-            return Ok(None);
-        };
-        let Ok(seq) = seq.parse::<u64>() else {
-            return Ok(None);
-        };
-        let Some(agent) = self.agent(site, name)? else {
-            return Ok(None);
-        };
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
         let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
-        Ok(agent_seq
-            .get((agent.number, seq))
-            .map_err(|e| self.err(e))?
-            .map(|v| v.value()))
+        key_in(&agents, &agent_seq, id).map_err(|e| self.err(e))
     }
 
     /// Every stored event in store order (tests and exports; not for the API's hot path).
@@ -849,40 +829,11 @@ impl Store {
         event_ids: &[String],
         incident: &str,
     ) -> Result<u64, redb::Error> {
-        let agents = txn.open_table(AGENTS)?;
-        let agent_seq = txn.open_table(AGENT_SEQ)?;
-        let mut events = txn.open_table(EVENTS)?;
-        let mut idx = IndexTables::open(txn)?;
         let mut found = 0;
         for id in event_ids {
-            let mut parts = id.rsplitn(3, ':');
-            let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let Ok(seq) = seq.parse::<u64>() else {
-                continue;
-            };
-            let identity = format!("{site}/{name}");
-            let Some(agent) = agents
-                .get(identity.as_str())?
-                .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
-            else {
-                continue;
-            };
-            let Some(key) = agent_seq.get((agent.number, seq))?.map(|v| v.value()) else {
-                continue;
-            };
-            let current = events.get(key)?.map(|v| v.value().to_vec());
-            if let Some(bytes) = current
-                && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
-            {
-                // The incident index must follow the event, in the same transaction.
-                index::unindex_event(&mut idx, key, &stored)?;
-                stored.correlated_incident = Some(incident.to_string());
-                let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                events.insert(key, bytes.as_slice())?;
-                index::index_event(&mut idx, key, &stored)?;
+            if Store::update_event(txn, id, |s| {
+                s.correlated_incident = Some(incident.to_string());
+            })? {
                 found += 1;
             }
         }
@@ -896,37 +847,17 @@ impl Store {
         event_id: &str,
         f: impl FnOnce(&mut StoredEvent),
     ) -> Result<bool, redb::Error> {
-        let mut parts = event_id.rsplitn(3, ':');
-        let (Some(seq), Some(name), Some(site)) = (parts.next(), parts.next(), parts.next()) else {
-            return Ok(false);
+        let key = {
+            let agents = txn.open_table(AGENTS)?;
+            let agent_seq = txn.open_table(AGENT_SEQ)?;
+            key_in(&agents, &agent_seq, event_id)?
         };
-        let Ok(seq) = seq.parse::<u64>() else {
-            return Ok(false);
-        };
-        let agents = txn.open_table(AGENTS)?;
-        let agent_seq = txn.open_table(AGENT_SEQ)?;
-        let identity = format!("{site}/{name}");
-        let Some(agent) = agents
-            .get(identity.as_str())?
-            .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
-        else {
-            return Ok(false);
-        };
-        let Some(key) = agent_seq.get((agent.number, seq))?.map(|v| v.value()) else {
+        let Some(key) = key else {
             return Ok(false);
         };
         let mut events = txn.open_table(EVENTS)?;
-        let current = events.get(key)?.map(|v| v.value().to_vec());
-        let Some(Ok(mut stored)) = current.map(|b| postcard::from_bytes::<StoredEvent>(&b)) else {
-            return Ok(false);
-        };
         let mut idx = IndexTables::open(txn)?;
-        index::unindex_event(&mut idx, key, &stored)?;
-        f(&mut stored);
-        let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-        events.insert(key, bytes.as_slice())?;
-        index::index_event(&mut idx, key, &stored)?;
-        Ok(true)
+        rewrite_event(&mut events, &mut idx, key, f)
     }
 
     /// Finds an event by its fleet id `site:agent:seq`.
@@ -948,6 +879,45 @@ fn cursor_of(c: &index::Candidate) -> Cursor {
         time_us: c.time,
         key: c.key,
     }
+}
+
+/// The store key of the event with fleet id `id` (`None`: not a fleet id, or not stored).
+fn key_in(
+    agents: &impl ReadableTable<&'static str, &'static [u8]>,
+    agent_seq: &impl ReadableTable<(u32, u64), u64>,
+    id: &str,
+) -> Result<Option<u64>, redb::Error> {
+    let Some((site, name, seq)) = weir_common::parse_event_id(id) else {
+        return Ok(None);
+    };
+    let identity = format!("{site}/{name}");
+    let Some(agent) = agents
+        .get(identity.as_str())?
+        .and_then(|v| postcard::from_bytes::<AgentRecord>(v.value()).ok())
+    else {
+        return Ok(None);
+    };
+    Ok(agent_seq.get((agent.number, seq))?.map(|v| v.value()))
+}
+
+/// Changes the stored event at `key` with `f`, its index entries in step (unindexed before,
+/// indexed after, in the caller's transaction). `false`: no such (readable) event.
+fn rewrite_event(
+    events: &mut redb::Table<'_, u64, &'static [u8]>,
+    idx: &mut IndexTables<'_>,
+    key: u64,
+    f: impl FnOnce(&mut StoredEvent),
+) -> Result<bool, redb::Error> {
+    let current = events.get(key)?.map(|v| v.value().to_vec());
+    let Some(Ok(mut stored)) = current.map(|b| postcard::from_bytes::<StoredEvent>(&b)) else {
+        return Ok(false);
+    };
+    index::unindex_event(idx, key, &stored)?;
+    f(&mut stored);
+    let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
+    events.insert(key, bytes.as_slice())?;
+    index::index_event(idx, key, &stored)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -181,6 +181,16 @@ pub fn event_id(site: &str, agent: &str, seq: u64) -> String {
     format!("{site}:{agent}:{seq}")
 }
 
+/// Splits a fleet id made by [`event_id`] into site, agent and sequence (`None` if it is not
+/// one). The sequence is split off last, so a site name holding `:` still parses.
+pub fn parse_event_id(id: &str) -> Option<(&str, &str, u64)> {
+    let mut parts = id.rsplitn(3, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let agent = parts.next()?;
+    let site = parts.next()?;
+    Some((site, agent, seq))
+}
+
 /// Timestamps as signed microseconds since the Unix epoch (compact in postcard).
 pub mod micros {
     use jiff::Timestamp;
@@ -215,6 +225,15 @@ mod opt_bytes {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fleet_ids_round_trip_and_bad_ones_are_none() {
+        let id = event_id("eu:paris", "gw-1", 42);
+        assert_eq!(parse_event_id(&id), Some(("eu:paris", "gw-1", 42)));
+        for bad in ["", "paris:gw-1", "paris:gw-1:x", "gw-1:-1", "42"] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+    }
 
     fn sample() -> Event {
         let t = Timestamp::from_second(1_700_000_000).unwrap();

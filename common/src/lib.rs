@@ -9,7 +9,7 @@ pub mod ingest;
 pub mod severity;
 pub mod wire;
 
-pub use event::{Event, InputKind, Record, event_id};
+pub use event::{Event, InputKind, Record, event_id, parse_event_id};
 pub use severity::{ParseSeverityError, Severity};
 
 pub mod telemetry;
