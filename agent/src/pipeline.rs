@@ -183,9 +183,6 @@ impl SinkReceiver {
     }
 }
 
-/// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
-/// drains what is already in the channel first). Publishes the last committed sequence on
-/// `committed` so the forwarder wakes up.
 /// How the writer reports drops and flushes dedup counts.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -197,6 +194,9 @@ pub struct WriterOptions {
     pub dedup_max_keys: usize,
 }
 
+/// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
+/// drains what is already in the channel first). Publishes the last committed sequence on
+/// `committed` so the forwarder wakes up.
 pub async fn run_writer(
     queue: Arc<Queue>,
     rx: SinkReceiver,

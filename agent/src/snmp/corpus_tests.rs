@@ -267,6 +267,11 @@ fn net_frame_traps_keep_every_varbind_type() {
     let ev = map::to_event(&n, src(), b"", Timestamp::now());
     assert_eq!(ev.tag.as_deref(), Some("SNMP_TRAP"));
     assert_eq!(ev.hostname, "192.168.10.102");
+    assert_eq!(
+        ev.peer.as_deref(),
+        Some("192.0.2.1"),
+        "the peer, without its port"
+    );
     let t = &ev.tags;
     assert_eq!(t["vb.1.3.6.1.4.1.50000.1.3"], "integer:1");
     assert_eq!(t["vb.1.3.6.1.4.1.50000.1.4"], "string:String");

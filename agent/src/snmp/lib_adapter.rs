@@ -933,7 +933,7 @@ fn peek_version(m: &[u8]) -> Option<i64> {
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// Encoders for the load generator and tests (the agent itself never sends traps).

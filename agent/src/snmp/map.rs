@@ -192,7 +192,9 @@ pub fn to_event(
     ev.tag = Some(tag.clone());
     ev.event_type = Some(tag);
     ev.raw_payload = Some(raw.to_vec());
-    ev.peer = Some(source.to_string());
+    // The sender's address without its (ephemeral) port, as syslog records it: a port would
+    // make every trap a distinct dedup key.
+    ev.peer = Some(source.ip().to_canonical().to_string());
     ev
 }
 

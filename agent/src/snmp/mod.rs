@@ -5,6 +5,8 @@
 //! waiting, decode and authenticate each ([`lib_adapter::Processor`], synchronous), map it,
 //! encode the record, and submit the whole batch with one `Sink` hand-over. Backpressure as for
 //! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`).
+//! Traps lost to a full kernel buffer show host-wide in `weir_agent_kernel_udp_rcvbuf_errors`
+//! (unlike syslog UDP there is no per-socket `SO_RXQ_OVFL` count for trap sockets yet).
 //!
 //! Informs are acknowledged only once their event is durable: a batch holding Informs is
 //! submitted with `send_committed`, and the Responses go out after the commit. A sender whose
@@ -333,7 +335,14 @@ impl Listeners {
             let sock = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| bind_error(addr, e))?;
-            grow_receive_buffer(&sock, addr, cfg.receive_buffer.0 as usize);
+            crate::syslog::udp::grow_receive_buffer(
+                socket2::SockRef::from(&sock),
+                addr,
+                cfg.receive_buffer.0 as usize,
+                true,
+                "SNMP",
+                "weir_agent_kernel_udp_rcvbuf_errors",
+            );
             let users = users.clone();
             let communities = cfg.communities.clone();
             let engine = engine.clone();
@@ -397,22 +406,6 @@ fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
     anyhow::Error::new(err).context(format!(
         "cannot listen for SNMP traps on UDP {addr}: {hint}"
     ))
-}
-
-fn grow_receive_buffer(sock: &UdpSocket, addr: SocketAddr, want: usize) {
-    let s = socket2::SockRef::from(sock);
-    if let Err(e) = s.set_recv_buffer_size(want) {
-        tracing::warn!(%addr, error = %e, "could not enlarge the SNMP UDP receive buffer; bursts may lose traps");
-        return;
-    }
-    if let Ok(got) = s.recv_buffer_size()
-        && got < want
-    {
-        tracing::warn!(
-                %addr, requested = want, got,
-            "the kernel capped the SNMP UDP receive buffer, so bursts may lose traps; raise it with sysctl net.core.rmem_max"
-        );
-    }
 }
 
 /// Handles one datagram: drop (counted), Report (sent now), or an event for the batch with

@@ -35,7 +35,8 @@ pub struct Frame {
     pub truncated: bool,
 }
 
-/// Decodes syslog frames (both RFC 6587 framings, detected per frame).
+/// Decodes syslog frames (RFC 6587 octet counting or LF/NUL, decided once per connection from
+/// its first frame).
 #[derive(Debug)]
 pub struct SyslogFramer {
     /// Longest message handed on; longer ones are truncated.

@@ -22,7 +22,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tls;
-mod udp;
+pub(crate) mod udp;
 mod vendor;
 
 use std::io;

@@ -507,8 +507,18 @@ impl Cidr {
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let bits = bits.unwrap_or(max);
-        (bits <= max).then_some(Cidr {
-            addr: addr.to_canonical(),
+        if bits > max {
+            return None;
+        }
+        // A v4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps: peers are
+        // compared in canonical form, so its prefix counts IPv4 bits.
+        let canonical = addr.to_canonical();
+        let bits = match (addr, canonical) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => bits.checked_sub(96)?,
+            _ => bits,
+        };
+        Some(Cidr {
+            addr: canonical,
             bits,
         })
     }

@@ -43,7 +43,14 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
         if count > 1 {
             sock.set_reuse_port(true)?;
         }
-        grow_receive_buffer(&sock, addr, rcvbuf, i == 0);
+        grow_receive_buffer(
+            socket2::SockRef::from(&sock),
+            addr,
+            rcvbuf,
+            i == 0,
+            "syslog",
+            "weir_agent_syslog_udp_socket_drops_total",
+        );
         sock.set_nonblocking(true)?;
         sock.bind(&bound.into())?;
         // Port 0: the later sockets join the port the first one got.
@@ -58,19 +65,28 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
     Ok(out)
 }
 
-/// Asks for `want` bytes of receive buffer; warns (once per address) when the kernel caps it.
-fn grow_receive_buffer(sock: &Socket, addr: SocketAddr, want: usize, warn: bool) {
+/// Asks for `want` bytes of receive buffer for the `what` listener (`syslog`, `SNMP`); when
+/// `warn`, says so if the kernel caps it, naming the sysctl and the metric counting the loss.
+pub(crate) fn grow_receive_buffer(
+    sock: socket2::SockRef<'_>,
+    addr: SocketAddr,
+    want: usize,
+    warn: bool,
+    what: &str,
+    drops_metric: &str,
+) {
     if let Err(e) = sock.set_recv_buffer_size(want) {
-        tracing::warn!(%addr, error = %e, "could not enlarge the UDP receive buffer; bursts may lose datagrams");
+        tracing::warn!(%addr, error = %e, "could not enlarge the {what} UDP receive buffer; bursts may lose datagrams");
         return;
     }
-    // Linux reports twice what it granted (its bookkeeping share); below `want` means capped.
+    // Linux grants at most net.core.rmem_max and reports twice what it granted (its
+    // bookkeeping share): half of the reported size below `want` means capped.
     match sock.recv_buffer_size() {
-        Ok(got) if got < want && warn => tracing::warn!(
+        Ok(got) if got / 2 < want && warn => tracing::warn!(
             %addr, requested = want, granted = got / 2,
-            "the kernel capped the UDP receive buffer (net.core.rmem_max), so bursts may overflow \
-             it and lose datagrams (counted in weir_agent_syslog_udp_socket_drops_total); raise \
-             it with `sysctl -w net.core.rmem_max={}` and persist it in /etc/sysctl.d/",
+            "the kernel capped the {what} UDP receive buffer (net.core.rmem_max), so bursts may \
+             overflow it and lose datagrams (counted in {drops_metric}); raise it with \
+             `sysctl -w net.core.rmem_max={}` and persist it in /etc/sysctl.d/",
             want.next_power_of_two()
         ),
         Ok(_) => {}

@@ -271,6 +271,14 @@ fn cidr_matching() {
     );
     assert!(Cidr::parse("192.0.2.7").unwrap().contains(peer()));
     assert!(Cidr::parse("2001:db8::/129").is_none());
+    // A v4-mapped network is its IPv4 network (its prefix counted in IPv4 bits), and matches
+    // both plain and mapped peers; a mapped prefix shorter than the mapping is refused.
+    let mapped = Cidr::parse("::ffff:10.1.0.0/112").unwrap();
+    assert_eq!(mapped.prefix_bits(), 16);
+    assert!(mapped.contains("10.1.200.3".parse().unwrap()));
+    assert!(mapped.contains("::ffff:10.1.200.3".parse().unwrap()));
+    assert!(!mapped.contains("10.2.0.1".parse().unwrap()));
+    assert!(Cidr::parse("::ffff:10.0.0.0/90").is_none());
     assert!(Cidr::parse("host.example").is_none());
 }
 
