@@ -103,14 +103,7 @@ impl Sequencer {
         };
         let mut next = match self.next {
             Some(n) => n,
-            None => {
-                let committed = store
-                    .agents()?
-                    .into_iter()
-                    .find(|a| *a.site == *item.site && *a.name == *item.name)
-                    .map_or(0, |a| a.committed_seq);
-                committed + 1
-            }
+            None => store.committed_seq(&item.site, &item.name)? + 1,
         };
         let now_us = pending.received_at.as_microsecond();
         let mut out = Vec::with_capacity(pending.events.len());

@@ -57,9 +57,19 @@ pub fn append(dir: &Path, events: &[StoredEvent]) -> io::Result<()> {
         let path = dir.join(file_name(day));
         created |= !path.exists();
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let mut gz = GzEncoder::new(file, Compression::default());
-        gz.write_all(&lines)?;
-        gz.finish()?.sync_all()?;
+        let before = file.metadata()?.len();
+        let written = (|| {
+            let mut gz = GzEncoder::new(&file, Compression::default());
+            gz.write_all(&lines)?;
+            gz.finish()?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // A half-written gzip member would make the rest of the day unreadable: cut it
+            // off (the events are not deleted, so the next sweep archives them again).
+            let _ = file.set_len(before);
+            return Err(e);
+        }
     }
     if created {
         File::open(dir)?.sync_all()?;
@@ -69,7 +79,7 @@ pub fn append(dir: &Path, events: &[StoredEvent]) -> io::Result<()> {
 
 /// Rebuilds the stored form of an archived event, so [`EventFilter`] applies unchanged.
 fn stored_from_view(v: EventView) -> Option<StoredEvent> {
-    let seq = v.id.rsplit(':').next()?.parse().ok()?;
+    let (_, _, seq) = weir_common::parse_event_id(&v.id)?;
     let raw_payload = match (v.raw_payload, v.raw_payload_hex) {
         (Some(text), _) => Some(text.into_bytes()),
         (None, Some(h)) => hex::decode(h).ok(),

@@ -25,6 +25,11 @@ use crate::keys::{Keyring, Principal, Scope};
 /// Counts a refused API request (`weir_aggregator_api_refused_total{reason}`).
 pub fn count_refusal(reason: &'static str) {
     metrics::counter!("weir_aggregator_api_refused_total", "reason" => reason).increment(1);
+    weir_common::warn_limited!(
+        reason,
+        reason,
+        "refused an API request (the client got a problem document saying why); see weir_aggregator_api_refused_total"
+    );
 }
 
 /// Keys plus the per-key request rate limiter.

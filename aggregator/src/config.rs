@@ -169,6 +169,15 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
     }
+    if c.retention.days > crate::retention::MAX_DAYS {
+        return Err(fail(
+            "retention.days",
+            &format!(
+                "at most {} (100 years); 0 keeps events forever",
+                crate::retention::MAX_DAYS
+            ),
+        ));
+    }
     if c.retention.batch == 0 {
         return Err(fail("retention.batch", "must be at least 1"));
     }
@@ -310,6 +319,8 @@ mod tests {
         assert!(c.api.dedup.is_some());
         for (from, to, field) in [
             ("site = \"central\"", "site = \"a:b\"", "api.site"),
+            // "Forever" is 0; a huge number would overflow the cutoff.
+            ("days = 30", "days = 9999999", "retention.days"),
             (
                 "key = [\"source\", \"event_type\", \"tags.resource\"]",
                 "key = []",

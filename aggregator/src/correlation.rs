@@ -464,7 +464,9 @@ impl Worker {
                 },
                 _ => EventRef {
                     id: id.clone(),
-                    site: id.split(':').next().unwrap_or_default().to_string(),
+                    site: weir_common::parse_event_id(id)
+                        .map(|(site, _, _)| site.to_string())
+                        .unwrap_or_default(),
                     event_time: fallback,
                     count: 1,
                 },

@@ -140,7 +140,13 @@ pub async fn histogram(
         EventFilter::parse(&params).map_err(|e| bad(format!("{}: {}", e.param, e.message)))?;
     let (from, to) = filter.time_range();
     let to = to.unwrap_or_else(Timestamp::now);
-    let from = from.unwrap_or(to - DEFAULT_SPAN);
+    let from = match from {
+        Some(f) => f,
+        // Near the earliest time jiff can hold there is no day before `to`.
+        None => to
+            .checked_sub(DEFAULT_SPAN)
+            .map_err(|_| bad("to: too early for the default 24 h range; give `from`".into()))?,
+    };
     if from >= to {
         return Err(bad("from: must be earlier than `to` (default: now)".into()));
     }
@@ -149,8 +155,12 @@ pub async fn histogram(
         .ok()
         .and_then(|s| s.checked_mul(1_000_000))
         .ok_or_else(|| bad("bucket: too large".into()))?;
+    // Both fit in i64 for any time jiff holds and bucket size above, but say so, not wrap.
     let origin = from.as_microsecond().div_euclid(bucket_us) * bucket_us;
-    let span = to.as_microsecond() - origin;
+    let span = to
+        .as_microsecond()
+        .checked_sub(origin)
+        .ok_or_else(|| bad("bucket: too large for this range".into()))?;
     let n = span / bucket_us + i64::from(span % bucket_us != 0);
     if n > MAX_BUCKETS {
         return Err(bad(format!(
@@ -357,6 +367,11 @@ mod tests {
             (format!("/api/v1/events/histogram?{RANGE}&bucket=1h&limit=5"), "limit"),
             (format!("/api/v1/events/histogram?{RANGE}&bucket=1h&severity=loud"), "severity"),
             ("/api/v1/events/histogram?from=soon&bucket=1h".to_string(), "from"),
+            // No 24 h before the earliest time jiff holds: a 400, not a panic.
+            (
+                "/api/v1/events/histogram?to=-009999-01-02T01:59:59Z&bucket=1h".to_string(),
+                "give `from`",
+            ),
         ] {
             let (s, body) = get(app(&dir), &uri).await;
             assert_eq!(s, 400, "{uri}: {body}");

@@ -85,6 +85,9 @@ pub struct Ingest {
     pub writer: mpsc::Sender<IngestItem>,
     /// Transformation rules, event definitions, alarms.
     pub alarms: Arc<Engine>,
+    /// The site of events posted to the API: `<api_site>/api` is their pseudo-agent, whose
+    /// sequences the store writer assigns, so no real agent may connect as it.
+    pub api_site: Arc<str>,
 }
 
 /// Accepts agent connections until `shutdown`.
@@ -141,6 +144,16 @@ async fn handle(incoming: quinn::Incoming, ingest: Arc<Ingest>, shutdown: Cancel
         conn.close(2u32.into(), b"not an agent certificate");
         return;
     };
+    if *site == *ingest.api_site && *name == *crate::api_ingest::API_AGENT {
+        metrics::counter!("weir_aggregator_connections_refused_total", "reason" => "reserved_identity").increment(1);
+        weir_common::warn_limited!(
+            "reserved_identity",
+            %remote, site = %site, name = %name,
+            "refused an agent named like the API's pseudo-agent ([api] site + /api): its events would collide with posted ones. Issue it a certificate with another --name"
+        );
+        conn.close(6u32.into(), b"reserved agent identity");
+        return;
+    }
     let span = tracing::info_span!("agent", site = %site, name = %name);
     async {
         let live = AgentLive {

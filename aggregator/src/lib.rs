@@ -144,6 +144,7 @@ pub async fn start(
         registry: registry.clone(),
         writer: writer_tx,
         alarms: alarms.clone(),
+        api_site: config.api.site.as_str().into(),
     });
     tracker.spawn(alarm::persist::run_expiry(
         alarms.clone(),

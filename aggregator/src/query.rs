@@ -226,12 +226,12 @@ impl EventFilter {
         (self.from, self.to)
     }
 
-    /// Narrows the time range (the histogram's `from`/`to`).
     /// Whether hidden events are left out, shown too, or shown alone.
     pub fn set_hidden(&mut self, hidden: Hidden) {
         self.hidden = hidden;
     }
 
+    /// Narrows the time range (the histogram's `from`/`to`).
     pub fn set_time_range(&mut self, from: Timestamp, to: Timestamp) {
         self.from = Some(from);
         self.to = Some(to);

@@ -58,6 +58,9 @@ fn d_batch() -> usize {
     5_000
 }
 
+/// Longest retention `days` accepted (100 years); 0 means forever.
+pub const MAX_DAYS: u32 = 36_525;
+
 /// Pause between two deletion transactions of one sweep.
 const PAUSE: Duration = Duration::from_millis(20);
 
@@ -68,7 +71,10 @@ pub fn sweep(store: &Store, cfg: &RetentionConfig, now: Timestamp) -> Result<Exp
     if cfg.days == 0 {
         return Ok(total);
     }
-    let cutoff = now - SignedDuration::from_hours(i64::from(cfg.days) * 24);
+    // `days` is bounded at load (MAX_DAYS), so this cannot leave jiff's range.
+    let cutoff = now
+        .checked_sub(SignedDuration::from_hours(i64::from(cfg.days) * 24))
+        .unwrap_or(Timestamp::MIN);
     loop {
         let e = store.expire(cutoff, cfg.batch.max(1), |events| match &cfg.archive_dir {
             Some(dir) => crate::archive::append(dir, events),

@@ -801,7 +801,7 @@ impl Store {
         })
     }
 
-    /// The store key of an event by its fleet id (for [`Store::set_correlated_incident`]).
+    /// The store key of an event by its fleet id (`None`: not a fleet id, or not stored).
     pub fn key_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
@@ -829,9 +829,16 @@ impl Store {
         event_ids: &[String],
         incident: &str,
     ) -> Result<u64, redb::Error> {
+        let agents = txn.open_table(AGENTS)?;
+        let agent_seq = txn.open_table(AGENT_SEQ)?;
+        let mut events = txn.open_table(EVENTS)?;
+        let mut idx = IndexTables::open(txn)?;
         let mut found = 0;
         for id in event_ids {
-            if Store::update_event(txn, id, |s| {
+            let Some(key) = key_in(&agents, &agent_seq, id)? else {
+                continue;
+            };
+            if rewrite_event(&mut events, &mut idx, key, |s| {
                 s.correlated_incident = Some(incident.to_string());
             })? {
                 found += 1;

@@ -185,3 +185,17 @@ async fn client_without_certificate_stores_nothing() {
     assert_eq!(agg.events()[0].event.message, "control");
     agg.stop().await;
 }
+
+/// `<api.site>/api` is the pseudo-agent of events posted to the aggregator's API, numbered by
+/// its store writer: an agent certificate with that identity is refused, or its events and
+/// posted ones would share sequences and one side would be dropped as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_pseudo_agent_identity_is_refused() {
+    let env = Env::new();
+    let tls = env.issue_agent("central", "api");
+    let (agg, relay, agent) = refused_fleet(&env, &tls).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_refused_and_retrying(&agg, &agent, &relay, 100, 0).await;
+    agent.stop().await;
+    agg.stop().await;
+}
