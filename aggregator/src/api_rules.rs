@@ -28,7 +28,8 @@ use crate::correlate::{Decision, EventIn, ReloadReport, RuleSet};
 use crate::correlation::ReplaceError;
 use crate::query::EventFilter;
 
-/// Most stored events one dry run replays (each is held in memory, up to a few KiB).
+/// Most stored events one dry run replays. They are read with their raw payloads (up to the
+/// message size limit each) and converted one by one into the engine's payload-free form.
 pub const MAX_DRY_RUN_EVENTS: usize = 200_000;
 
 /// Routes for scope `read`.
@@ -200,8 +201,11 @@ pub(crate) async fn dry_run(
         // Replayed in arrival order, each at the clock it arrived at (as live processing saw it).
         let mut events: Vec<(EventIn, Timestamp)> = page
             .events
-            .iter()
-            .map(|(_, s)| (EventIn::from_stored(s), s.stored_at))
+            .into_iter()
+            .map(|(_, s)| {
+                let at = s.stored_at;
+                (EventIn::from_owned(s), at)
+            })
             .collect();
         events.sort_by(|a, b| (a.1, &a.0.id).cmp(&(b.1, &b.0.id)));
         let n = events.len();

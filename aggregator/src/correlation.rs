@@ -60,6 +60,33 @@ const SNAPSHOT_KEY: &str = "engine";
 /// The tag set on events a `suppress_individual` rule suppressed (value: the rule); such
 /// events are hidden from default views.
 pub use crate::store::SUPPRESSED_TAG;
+/// Says which rules use what the engine decides but live processing does not apply yet:
+/// `delayed_action` / `auto_acknowledge` (holds and acknowledgements of trigger events) and
+/// aggregate (throttle) rules for notifications. Dry-runs show those decisions.
+fn warn_unapplied(rules: &RuleSet) {
+    let partial: Vec<&str> = rules
+        .rules
+        .iter()
+        .filter(|r| r.delayed_action.is_some() || r.auto_acknowledge)
+        .map(|r| &*r.name)
+        .collect();
+    if !partial.is_empty() {
+        tracing::warn!(
+            rules = ?partial,
+            "these rules use delayed_action or auto_acknowledge: their incidents open live, but \
+             holding and acknowledging the trigger events is not applied yet (a dry-run shows \
+             those decisions)"
+        );
+    }
+    if !rules.aggregates.is_empty() {
+        tracing::warn!(
+            aggregates = rules.aggregates.len(),
+            "aggregate (throttle) rules are checked and dry-run, but Weir sends no \
+             notifications yet, so they have no live effect"
+        );
+    }
+}
+
 /// Rule name of the built-in site-unreachable incidents.
 pub const SITE_RULE: &str = "site-unreachable";
 const TICK: Duration = Duration::from_secs(1);
@@ -167,6 +194,7 @@ impl Correlator {
         let down = open_sites(&store)?;
         if config.rules.is_some() {
             tracing::info!(rules = rules.rules.len(), "correlation rules loaded");
+            warn_unapplied(&rules);
         }
         let (tx, rx) = mpsc::sync_channel(config.queue_batches);
         let worker = Worker {
@@ -276,6 +304,7 @@ impl Correlator {
     }
 
     fn install(&self, rules: RuleSet) -> Result<ReloadReport, ()> {
+        warn_unapplied(&rules);
         let (reply, rx) = mpsc::channel();
         let shared = Arc::new(rules.clone());
         self.tx.send(Msg::Reload { rules, reply }).map_err(|_| ())?;
@@ -395,11 +424,15 @@ impl Worker {
                         .increment(events.len() as u64);
                     let mut out = Vec::new();
                     for bytes in events {
-                        let Ok(s) = postcard::from_bytes::<StoredEvent>(&bytes) else {
-                            metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => "undecodable").increment(1);
-                            continue;
+                        let s = match postcard::from_bytes::<StoredEvent>(&bytes) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => "undecodable").increment(1);
+                                weir_common::warn_limited!("correlation_undecodable", error = %e, "a stored event could not be decoded for correlation and was skipped (it stays stored)");
+                                continue;
+                            }
                         };
-                        out.extend(self.engine.push(Arc::new(EventIn::from_stored(&s)), clock));
+                        out.extend(self.engine.push(Arc::new(EventIn::from_owned(s)), clock));
                     }
                     self.apply(out, clock);
                 }

@@ -105,11 +105,7 @@ async fn seed_000_rule_opens_one_incident_from_agent_events_and_dry_run_agrees()
     // The incident says why it exists, and which events it counted.
     let id = summary["id"].as_str().unwrap();
     let detail = get(format!("{api}/api/v1/incidents/{id}")).await;
-    let incident = if detail["incident"].is_object() {
-        &detail["incident"]
-    } else {
-        &detail
-    };
+    let incident = &detail;
     let explanation = &incident["explanation"];
     assert_eq!(
         explanation["rule"], "Database Connectivity Failure",

@@ -31,7 +31,7 @@ pub enum Dest {
     Logonly,
     /// Neither store nor process it.
     Suppress,
-    /// Do not store it, but still update alarms and hand it to correlation.
+    /// Do not store it, but still update alarms (correlation sees only stored events, for now).
     Donotpersist,
     /// For SNMP traps: drop it, as early as possible; other events: as `suppress`.
     Discardtraps,

@@ -279,10 +279,16 @@ impl Processor {
 
     /// [`Processor::process`] on a [`StoredEvent`] (its fleet id is known).
     pub fn process_stored(&self, stored: &mut StoredEvent) -> Outcome {
-        let id = stored.id();
-        let mut out = self.process(&stored.site.clone(), &id, &mut stored.event);
-        out.seq = stored.seq;
-        out
+        // Most events touch no alarm: format the fleet id only for those that do.
+        let out = self.process(&stored.site, "", &mut stored.event);
+        if out.is_noop() {
+            Outcome {
+                seq: stored.seq,
+                ..out
+            }
+        } else {
+            out.with_id(stored.seq, &stored.id())
+        }
     }
 }
 

@@ -56,7 +56,21 @@ pub struct EventIn {
 
 impl EventIn {
     /// The engine's view of a stored event. The raw payload is left out: no rule reads it,
-    /// and windows and snapshots would otherwise carry up to 64 KiB per trigger.
+    /// and windows and snapshots would otherwise carry up to 64 KiB per trigger. Moves the
+    /// event (the live path); [`EventIn::from_stored`] copies it.
+    pub fn from_owned(s: StoredEvent) -> EventIn {
+        let id = s.id();
+        let mut event = s.event;
+        event.raw_payload = None;
+        EventIn {
+            id,
+            site: s.site,
+            agent: s.agent,
+            event,
+        }
+    }
+
+    /// As [`EventIn::from_owned`], from a borrowed event.
     pub fn from_stored(s: &StoredEvent) -> EventIn {
         let mut event = s.event.clone();
         event.raw_payload = None;
