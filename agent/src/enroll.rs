@@ -2,10 +2,11 @@
 //! --bundle` file and points the config at them, keeping every comment and other setting.
 //!
 //! Steps, each checked before the next: read the bundle (its certificate must carry the
-//! identity it names); edit the config in memory and make sure the result still loads; write
+//! identity it names); edit the config in memory and make sure the result still loads; check
+//! that the bundle's files make a working TLS client config (in a scratch directory beside
+//! the TLS directory, so credentials that work are never replaced by ones that do not); write
 //! the CA, certificate and key into the TLS directory (0750; key 0600; owned by the service
-//! user when run as root); check that the installed files make a working TLS client config;
-//! then write the config. The agent's site and name come from the certificate, so the config
+//! user when run as root); then write the config. The agent's site and name come from the certificate, so the config
 //! records them only in a comment.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,25 @@ pub fn enroll(
         )
     })?;
 
+    // Try the bundle's files before they replace anything: a bad bundle must not break an
+    // agent that is enrolled and working.
+    let scratch = tls_dir.with_file_name(format!(
+        ".{}.enroll-{}",
+        tls_dir
+            .file_name()
+            .map_or("tls".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let probed = b
+        .install(&scratch)
+        .context("writing the bundle's files to a scratch directory")
+        .and_then(|p| {
+            weir_certs::tls::client_config(&p.ca, &p.cert, &p.key, &[weir_common::wire::ALPN])
+                .context("the bundle's certificate, key and CA do not form a usable TLS config; nothing was changed")
+        });
+    let _ = std::fs::remove_dir_all(&scratch);
+    probed?;
+
     let installed = b
         .install(&tls_dir)
         .with_context(|| format!("installing the credentials into {}", tls_dir.display()))?;
@@ -56,13 +76,6 @@ pub fn enroll(
     if let Some(owner) = owner {
         chown_for_service(&installed, &tls_dir, owner)?;
     }
-    weir_certs::tls::client_config(
-        &installed.ca,
-        &installed.cert,
-        &installed.key,
-        &[weir_common::wire::ALPN],
-    )
-    .context("the installed certificate, key and CA do not form a usable TLS config")?;
     std::fs::write(config, edited).with_context(|| format!("writing {}", config.display()))?;
     Ok(format!(
         "Enrolled agent {}/{} (certificate serial {}, valid until {}).\n\
@@ -136,7 +149,8 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Gives the service user read access: directory root:GROUP 0750, key USER:GROUP 0600,
-/// certificates root:GROUP 0644. Only as root, and only when the user exists.
+/// certificates root:GROUP 0644. Only as root; a missing user is warned about (the files stay
+/// root's, and the service will not be able to read the key).
 fn chown_for_service(
     files: &weir_certs::bundle::Installed,
     dir: &Path,
@@ -146,6 +160,12 @@ fn chown_for_service(
         return Ok(());
     }
     let Some(user) = nix::unistd::User::from_name(owner).ok().flatten() else {
+        tracing::warn!(
+            user = owner,
+            dir = %dir.display(),
+            "no such user: the TLS files stay readable by root only, so a service running as \
+             another user cannot read the key. Pass --user with the service's user, or chown them"
+        );
         return Ok(());
     };
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
@@ -158,4 +178,55 @@ fn chown_for_service(
     chown(&files.cert, Some(0))?;
     chown(&files.ca, Some(0))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle whose files do not make a TLS config must not replace working credentials.
+    #[test]
+    fn a_bad_bundle_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        weir_certs::init_ca(&ca, &Default::default()).unwrap();
+        let issued = dir.path().join("issued");
+        weir_certs::issue_agent(&ca, "paris", "gw-01", &issued, &Default::default()).unwrap();
+        let good = Bundle::from_dir(&issued).unwrap();
+        let good_path = dir.path().join("good.bundle");
+        good.write(&good_path, false).unwrap();
+        let tls = dir.path().join("tls");
+        let config = dir.path().join("agent.toml");
+        let text = crate::config::example("data", "127.0.0.1:4433", "tls", 0, 0);
+        std::fs::write(&config, text).unwrap();
+        enroll(&good_path, &config, &tls, None).unwrap();
+        let before = (
+            std::fs::read(tls.join("agent.pem")).unwrap(),
+            std::fs::read(tls.join("ca.pem")).unwrap(),
+            std::fs::read(&config).unwrap(),
+        );
+
+        let mut bad = good.clone();
+        bad.ca =
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".into();
+        let bad_path = dir.path().join("bad.bundle");
+        bad.write(&bad_path, false).unwrap();
+        let e = enroll(&bad_path, &config, &tls, None).unwrap_err();
+        assert!(format!("{e:#}").contains("nothing was changed"), "{e:#}");
+        let after = (
+            std::fs::read(tls.join("agent.pem")).unwrap(),
+            std::fs::read(tls.join("ca.pem")).unwrap(),
+            std::fs::read(&config).unwrap(),
+        );
+        assert!(
+            before == after,
+            "a refused bundle left the enrolled files untouched"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("enroll-"))
+            .collect();
+        assert!(leftovers.is_empty(), "the scratch directory is removed");
+    }
 }

@@ -167,7 +167,6 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         reload::cert_not_after,
         shutdown.child_token(),
     ));
-    tracker.spawn(crate::service::run_watchdog(shutdown.child_token()));
     tracing::info!(
         ?udp_addrs,
         ?tcp_addrs,

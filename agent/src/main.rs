@@ -49,10 +49,10 @@ enum Command {
         /// Where to put ca.pem, agent.pem and agent.key.
         #[arg(long, value_name = "DIR", default_value = "/etc/weir/tls")]
         tls_dir: PathBuf,
-        /// Group given read access to the TLS files (the service's group); ignored when it
-        /// does not exist.
-        #[arg(long, value_name = "GROUP", default_value = "weir")]
-        group: String,
+        /// The user the service runs as: run as root, enroll gives it the key and its primary
+        /// group read access to the directory (a warning says so when the user is missing).
+        #[arg(long, value_name = "USER", default_value = "weir")]
+        user: String,
     },
     /// Write man pages and shell completions into DIR (used to build the packages).
     #[command(hide = true)]
@@ -112,11 +112,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 bundle,
                 config,
                 tls_dir,
-                group,
+                user,
             }),
             _,
         ) => {
-            let done = weir_agent::enroll::enroll(&bundle, &config, &tls_dir, Some(&group))?;
+            let done = weir_agent::enroll::enroll(&bundle, &config, &tls_dir, Some(&user))?;
             println!("{done}");
             Ok(())
         }
@@ -128,11 +128,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the runtime")?;
             rt.block_on(async {
+                let signals = weir_agent::service::StopSignals::install()?;
                 let shutdown = CancellationToken::new();
                 let running = weir_agent::start(cfg, shutdown.clone()).await?;
                 // Listeners are bound and the queue is open: tell systemd (Type=notify).
-                weir_agent::service::notify_ready("running");
-                weir_agent::service::wait_for_stop(&running.reloader).await?;
+                signals.serve(&running.reloader, &shutdown).await;
                 tracing::info!("shutting down: stopping inputs, committing the queue, finishing in-flight batches");
                 shutdown.cancel();
                 if tokio::time::timeout(std::time::Duration::from_secs(15), running.join()).await.is_err() {

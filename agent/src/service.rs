@@ -138,13 +138,36 @@ impl Reloader {
     }
 }
 
-/// Waits for SIGTERM or SIGINT, running `reloader` on every SIGHUP meanwhile (so SIGHUP,
-/// whose default action would kill the process, never does). Also pings the systemd
-/// watchdog, if configured, and reports readiness after each reload.
-pub async fn wait_for_stop(reloader: &Reloader) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+/// SIGTERM and SIGHUP handlers, installed before the service starts: SIGHUP's default action
+/// kills the process, so one arriving during start-up (systemd may hold a `reload` until
+/// READY) must already be caught. Signals that arrive before [`StopSignals::serve`] wait.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Tells systemd the service is ready, then starts the watchdog pings (so none precedes
+    /// READY), and waits for SIGTERM or SIGINT, running `reloader` on every SIGHUP meanwhile.
+    pub async fn serve(self, reloader: &Reloader, shutdown: &CancellationToken) {
+        notify_ready("running");
+        tokio::spawn(run_watchdog(shutdown.child_token()));
+        wait_for_stop(self, reloader).await;
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, running `reloader` on every SIGHUP meanwhile, and reports
+/// readiness after each reload.
+async fn wait_for_stop(signals: StopSignals, reloader: &Reloader) {
+    let StopSignals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -158,7 +181,6 @@ pub async fn wait_for_stop(reloader: &Reloader) -> anyhow::Result<()> {
         }
     }
     notify_stopping();
-    Ok(())
 }
 
 /// How far ahead certificate expiry is warned about.
@@ -254,13 +276,5 @@ mod tests {
             check_cert_expiry("weir_test_expiry", p, &unreadable, now),
             None
         );
-    }
-
-    #[test]
-    fn no_watchdog_without_systemd() {
-        // The test runner is not started by systemd with WatchdogSec=.
-        if std::env::var_os("WATCHDOG_USEC").is_none() {
-            assert_eq!(watchdog_interval(), None);
-        }
     }
 }

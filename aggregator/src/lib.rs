@@ -200,7 +200,6 @@ pub async fn start(
         reload::cert_not_after,
         shutdown.child_token(),
     ));
-    tracker.spawn(weir_agent::service::run_watchdog(shutdown.child_token()));
     let app = api::router(api::ApiState {
         store: store.clone(),
         registry,

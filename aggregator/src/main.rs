@@ -334,11 +334,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         (None, Some(file)) => {
             let cfg = config::load(&file)?;
             runtime()?.block_on(async {
+                let signals = weir_agent::service::StopSignals::install()?;
                 let shutdown = CancellationToken::new();
                 let running = weir_aggregator::start(cfg, shutdown.clone()).await?;
                 // The store is open and both listeners are bound: tell systemd (Type=notify).
-                weir_agent::service::notify_ready("running");
-                weir_agent::service::wait_for_stop(&running.reloader).await?;
+                signals.serve(&running.reloader, &shutdown).await;
                 tracing::info!("shutting down");
                 shutdown.cancel();
                 running.join().await;
