@@ -141,16 +141,26 @@ pub fn to_event(
     }
     let mut ev = Event::new(InputKind::SnmpTrap, "snmp", host, severity, "", at);
     let t = &mut ev.tags;
+    // Repeated OIDs get `#2`, `#3`, ...: counted per OID, so a PDU repeating one OID thousands
+    // of times costs one probe each, not a rescan of every earlier suffix.
+    let mut repeats: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     for (oid, v) in &n.varbinds {
         let value = typed_value(v);
         if msg.len() < MAX_SUMMARY {
             let _ = write!(msg, " {oid}={value}");
         }
-        let mut key = format!("vb.{oid}");
-        let mut i = 2;
+        let seen = repeats.entry(oid.as_str()).or_insert(0);
+        *seen += 1;
+        let mut key = if *seen == 1 {
+            format!("vb.{oid}")
+        } else {
+            format!("vb.{oid}#{seen}")
+        };
+        // A literal `#n` suffix in a sender's OID text cannot collide: OIDs are dotted numbers,
+        // but stay safe if a decoder ever yields otherwise.
         while t.contains_key(&key) {
-            key = format!("vb.{oid}#{i}");
-            i += 1;
+            *seen += 1;
+            key = format!("vb.{oid}#{seen}");
         }
         t.insert(key, value);
     }
@@ -293,6 +303,11 @@ mod tests {
         assert_eq!(ev.tags["vb.1.3.6.1.2.1.2.2.1.2.3"], "hex:4769302f330a78");
         assert_eq!(ev.tags["vb.1.3.6.1.2.1.2.2.1.2.3#2"], "string:eth0");
         assert_eq!(ev.tags["snmp_source"], "198.51.100.1");
+        assert_eq!(
+            ev.peer.as_deref(),
+            Some("198.51.100.1"),
+            "no ephemeral port in peer"
+        );
         assert_eq!(ev.raw_payload.as_deref(), Some(&b"raw"[..]));
         assert!(!ev.message.contains('\n'), "{}", ev.message);
         assert!(
