@@ -841,6 +841,14 @@ mod router_tests {
         let bad = serde_json::to_vec(&json!({"name": "x", "scopes": ["root"]})).unwrap();
         let (s, _, _) = call(&f.app, "POST", "/api/v1/keys", Some(BOOT), Some(bad)).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "unknown scope");
+        let twice = serde_json::to_vec(&json!({"name": "y", "scopes": ["read", "read"]})).unwrap();
+        let (s, _, b) = call(&f.app, "POST", "/api/v1/keys", Some(BOOT), Some(twice)).await;
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a scope listed twice: {b}"
+        );
+        assert!(b.to_string().contains("listed twice"), "{b}");
         let (s, _, _) = call(&f.app, "GET", "/api/v1/events", Some(&secret), None).await;
         assert_eq!(s, StatusCode::OK);
         let (_, _, list) = call(&f.app, "GET", "/api/v1/keys", Some(BOOT), None).await;

@@ -42,7 +42,24 @@ impl From<KeyRecord> for KeyView {
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
+    /// Each scope once (the schema says `uniqueItems`; a repeated scope is a 422, since it
+    /// usually means a typo for another scope).
+    #[serde(deserialize_with = "unique_scopes")]
     pub scopes: BTreeSet<Scope>,
+}
+
+/// A scope list that names no scope twice.
+fn unique_scopes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<Scope>, D::Error> {
+    let list = Vec::<Scope>::deserialize(d)?;
+    let mut set = BTreeSet::new();
+    for s in list {
+        if !set.insert(s) {
+            return Err(serde::de::Error::custom(format_args!(
+                "scope {s} is listed twice"
+            )));
+        }
+    }
+    Ok(set)
 }
 
 /// `POST /api/v1/keys` answer: the key and, this once, its secret.
