@@ -113,7 +113,8 @@ pub struct SyslogConfig {
     /// TLS listen addresses (RFC 5425, usually port 6514); needs `tls_cert` and `tls_key`.
     #[serde(default)]
     pub tls: Vec<SocketAddr>,
-    /// The TLS server certificate chain (PEM), leaf first.
+    /// The TLS server certificate chain (PEM), leaf first. It, `tls_key` and `tls_client_ca`
+    /// reload on SIGHUP (new connections use them).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// The TLS server private key (PEM).
@@ -550,7 +551,8 @@ udp = ["127.0.0.1:{syslog_port}"]
 tcp = ["127.0.0.1:{syslog_port}"]
 # Syslog over TLS (RFC 5425; the usual port is 6514). Needs tls_cert and tls_key.
 # tls = ["0.0.0.0:6514"]
-# The TLS server certificate chain and key (PEM), e.g. from your site PKI.
+# The TLS server certificate chain and key (PEM), e.g. from your site PKI. SIGHUP
+# (systemctl reload weir-agent) reloads them and tls_client_ca for new connections.
 # tls_cert = "{tls_dir}/syslog.pem"
 # tls_key = "{tls_dir}/syslog.key"
 # Set to require client certificates signed by this CA (PEM); unset, any client may connect.

@@ -89,6 +89,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     let listeners = syslog::Listeners::bind(&config.syslog).await?;
     let (udp_addrs, tcp_addrs) = (listeners.udp_addrs(), listeners.tcp_addrs());
     let tls_addrs = listeners.tls_addrs();
+    let syslog_tls_reload = listeners.tls_reload(&config.syslog);
     listeners.spawn(
         &config.syslog,
         sink.clone(),
@@ -161,6 +162,9 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
     let reloader = reload::reloader(&config);
+    if let Some(hook) = syslog_tls_reload {
+        reloader.register("syslog TLS certificate", hook);
+    }
     tracker.spawn(crate::service::watch_cert_expiry(
         "weir_agent_certificate_expiry_seconds",
         config.aggregator.cert.clone(),

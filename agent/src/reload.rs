@@ -4,7 +4,8 @@
 //! Reloadable now: the aggregator-link TLS files (CA, certificate, key). The forwarder reads
 //! them afresh for every connection, so the reload checks them (a bad file is reported; the
 //! current connection keeps the certificate it was made with) and refreshes the expiry
-//! gauge; the next connection uses them. Everything else in the config
+//! gauge; the next connection uses them. The syslog TLS listeners' certificate, key and
+//! client CA reload the same way (registered in `start`). Everything else in the config
 //! (listeners, queue, dedup, scripts, SNMP) needs a restart; later subsystems add their own
 //! hooks with [`Reloader::register`].
 

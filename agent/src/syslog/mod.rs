@@ -32,7 +32,6 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -52,8 +51,9 @@ pub struct Listeners {
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     tls: Vec<TcpListener>,
-    /// Built when TLS addresses are configured (certificate problems fail [`Listeners::bind`]).
-    tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// Built when TLS addresses are configured (certificate problems fail [`Listeners::bind`]);
+    /// SIGHUP replaces it through [`Listeners::tls_reload`].
+    tls_config: Option<tls::ConfigSlot>,
     /// Built from the config here, so a bad time zone fails startup, not the first message.
     parser: Arc<Parser>,
 }
@@ -86,7 +86,7 @@ impl Listeners {
                 anyhow::bail!("[syslog] tls listeners need tls_cert and tls_key");
             };
             let config = tls::server_config(cert, key, cfg.tls_client_ca.as_deref())?;
-            tls_config = Some(Arc::new(config));
+            tls_config = Some(tls::ConfigSlot::new(config));
             for &addr in &cfg.tls {
                 tls.push(
                     TcpListener::bind(addr)
@@ -122,6 +122,19 @@ impl Listeners {
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
+    }
+
+    /// The reload hook for the TLS listeners' certificate, key and client CA (`None` without
+    /// TLS listeners): it re-reads the files named in `cfg`, and new connections use them
+    /// while open ones keep theirs. A file that does not load leaves the current ones in use.
+    pub fn tls_reload(
+        &self,
+        cfg: &SyslogConfig,
+    ) -> Option<impl Fn() -> anyhow::Result<String> + Send + Sync + 'static> {
+        let slot = self.tls_config.clone()?;
+        let (cert, key) = (cfg.tls_cert.clone()?, cfg.tls_key.clone()?);
+        let client_ca = cfg.tls_client_ca.clone();
+        Some(move || slot.reload(&cert, &key, client_ca.as_deref()))
     }
 
     /// The bound TLS addresses (port 0 resolved).
@@ -184,7 +197,6 @@ impl Listeners {
             );
         }
         if let Some(config) = self.tls_config {
-            let acceptor = TlsAcceptor::from(config);
             for listener in self.tls {
                 let local = listener.local_addr().ok();
                 tracing::info!(addr = ?local, client_certs = cfg.tls_client_ca.is_some(), "receiving syslog on TLS");
@@ -192,7 +204,7 @@ impl Listeners {
                 tracker.spawn(
                     tls::run(
                         listener,
-                        acceptor.clone(),
+                        config.clone(),
                         settings.clone(),
                         sink.clone(),
                         tracker.clone(),

@@ -417,3 +417,64 @@ async fn tls_files_that_do_not_fit_are_refused_at_bind() {
     let e = format!("{:#}", Listeners::bind(&cfg).await.unwrap_err());
     assert!(e.contains("do not form a usable pair"), "{e}");
 }
+
+/// The serial of the certificate the TLS listener at `addr` presents.
+async fn served_serial(addr: SocketAddr, ca: &Path) -> String {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tls_client(ca, None).connect(name, tcp).await.unwrap();
+    let (_, conn) = tls.get_ref();
+    let der = &conn.peer_certificates().expect("a server certificate")[0];
+    weir_certs::cert_serial_hex(der).unwrap()
+}
+
+#[tokio::test]
+async fn tls_certificate_reloads_for_new_connections() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, server, _) = pki(certs.path());
+    let (cert, key) = (server.join("aggregator.pem"), server.join("aggregator.key"));
+    let cfg = SyslogConfig {
+        tls: loopback(),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key.clone()),
+        ..SyslogConfig::default()
+    };
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let addr = listeners.tls_addrs()[0];
+    let reload = listeners
+        .tls_reload(&cfg)
+        .expect("TLS listeners have a reload hook");
+    let (sink, _rx) = pipeline::channel(100, crate::dedup::DedupRules::default());
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    listeners.spawn(&cfg, sink, &tracker, shutdown.clone());
+    let old = served_serial(addr, &ca).await;
+
+    // A broken file is refused and the listener keeps serving the old certificate.
+    std::fs::write(&key, "not a key").unwrap();
+    let e = format!("{:#}", reload().unwrap_err());
+    assert!(e.contains("keep serving the previous certificate"), "{e}");
+    assert_eq!(served_serial(addr, &ca).await, old);
+
+    // A renewed certificate (new serial, same CA) is served from the next connection on.
+    weir_certs::issue_aggregator(
+        &certs.path().join("ca"),
+        &["localhost".to_string()],
+        &["127.0.0.1".parse().unwrap()],
+        &certs.path().join("renewed"),
+        &Default::default(),
+    )
+    .unwrap();
+    std::fs::copy(certs.path().join("renewed/aggregator.pem"), &cert).unwrap();
+    std::fs::copy(certs.path().join("renewed/aggregator.key"), &key).unwrap();
+    let what = reload().unwrap();
+    let new = served_serial(addr, &ca).await;
+    assert_ne!(new, old, "the renewed certificate is served");
+    assert!(
+        what.contains(&new),
+        "the reload names the serial it loaded: {what}"
+    );
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+}

@@ -7,9 +7,13 @@
 //! limit as TCP ones; the handshake must finish within [`HANDSHAKE_TIMEOUT`]. Failed handshakes
 //! are counted (`weir_agent_dropped_total{reason="tls_handshake"}`) and logged rate-limited,
 //! since anyone who can reach the port can cause them.
+//!
+//! SIGHUP reloads the certificate, key and client CA ([`ConfigSlot::reload`]): every new
+//! connection takes the current config, so a renewed certificate is served from the next
+//! handshake while open connections carry on with the one they were made with.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -73,11 +77,52 @@ pub fn server_config(
     })
 }
 
+/// The server config in use, shared by every TLS listener and replaced on reload.
+#[derive(Debug, Clone)]
+pub struct ConfigSlot(Arc<RwLock<Arc<ServerConfig>>>);
+
+impl ConfigSlot {
+    pub fn new(config: ServerConfig) -> ConfigSlot {
+        ConfigSlot(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    /// An acceptor with the current config, for one connection.
+    fn acceptor(&self) -> TlsAcceptor {
+        let config = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        TlsAcceptor::from(config)
+    }
+
+    /// Loads the files again and, if they form a usable config, puts it in use for new
+    /// connections. Returns what it loaded (serial and days left) for the reload log line.
+    pub fn reload(
+        &self,
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> anyhow::Result<String> {
+        let config = server_config(cert, key, client_ca)
+            .context("the TLS listeners keep serving the previous certificate")?;
+        let chain = weir_certs::tls::load_certs(cert)?;
+        let first = chain
+            .first()
+            .with_context(|| format!("{} holds no certificate", cert.display()))?;
+        let serial = weir_certs::cert_serial_hex(first)?;
+        let days = weir_certs::cert_not_after(first)
+            .map(|t| (t.as_second() - jiff::Timestamp::now().as_second()) / 86_400)
+            .unwrap_or(0);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        Ok(format!(
+            "{}: serial {serial}, {days} days left; used from the next connection",
+            cert.display()
+        ))
+    }
+}
+
 /// Accepts TLS connections until `shutdown`; each handshake and connection gets a task on
-/// `tracker`.
+/// `tracker`, with the config current when it was accepted.
 pub(super) async fn run(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    config: ConfigSlot,
     settings: StreamSettings,
     sink: Sink,
     tracker: TaskTracker,
@@ -88,7 +133,7 @@ pub(super) async fn run(
     {
         let span = tracing::debug_span!("syslog_tls_connection", %peer);
         let (acceptor, settings, sink, shutdown) = (
-            acceptor.clone(),
+            config.acceptor(),
             settings.clone(),
             sink.clone(),
             shutdown.clone(),
