@@ -273,6 +273,50 @@ pub(crate) fn candidates(
     })
 }
 
+/// `plan` cut into at most `n` plans over disjoint time slices, newest first, that together
+/// cover what `plan` covers. The slices split the stored events' actual time span within the
+/// plan's range evenly by time; with one slice (or nothing stored) the plan is returned whole.
+pub(crate) fn time_slices(
+    txn: &ReadTransaction,
+    plan: &Plan,
+    n: usize,
+) -> Result<Vec<Plan>, redb::Error> {
+    if n < 2 {
+        return Ok(vec![plan.clone()]);
+    }
+    let table = txn.open_table(BY_TIME)?;
+    let lo = plan.from_us.unwrap_or(i64::MIN);
+    let hi = plan.to_us.unwrap_or(i64::MAX);
+    if lo >= hi {
+        return Ok(vec![plan.clone()]);
+    }
+    let mut range = table.range((lo, 0u64)..(hi, 0u64))?;
+    let (Some(first), Some(last)) = (range.next(), range.next_back()) else {
+        return Ok(vec![plan.clone()]);
+    };
+    let (first, last) = (first?.0.value().0, last?.0.value().0);
+    // [first, last] as i128 so that extreme event times cannot overflow.
+    let (a, b) = (i128::from(first), i128::from(last) + 1);
+    let step = ((b - a) / n as i128).max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut top = hi;
+    for i in (1..n).rev() {
+        let cut = (a + step * i as i128) as i64;
+        if cut <= lo || cut >= top {
+            continue;
+        }
+        let mut p = plan.clone();
+        p.from_us = Some(cut);
+        p.to_us = if top == hi { plan.to_us } else { Some(top) };
+        out.push(p);
+        top = cut;
+    }
+    let mut p = plan.clone();
+    p.to_us = if top == hi { plan.to_us } else { Some(top) };
+    out.push(p);
+    Ok(out)
+}
+
 /// Merges newest-first candidate streams into one newest-first stream.
 struct Merge {
     sources: Vec<(Option<Candidate>, Candidates)>,
@@ -404,23 +448,31 @@ mod tests {
         all
     }
 
-    /// Pages through `search` and checks it against [`brute`].
+    /// Pages through `search`, its scan cut into 1 to 5 time slices, and checks each against
+    /// [`brute`].
     fn check(store: &Store, p: &EventParams) {
         let f = EventFilter::parse(p).unwrap();
         let want = brute(store, &f);
-        let mut got = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = store.search(&f, 7, cursor).unwrap();
-            assert_eq!(page.total, want.len() as u64, "{p:?} plan {:?}", f.plan());
-            got.extend(page.events.iter().map(|(c, s)| (*c, s.id())));
-            assert!(got.len() <= want.len(), "pages repeat: {p:?}");
-            if !page.more {
-                break;
+        for slices in 1..=5 {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store.search_in_slices(&f, 7, cursor, slices).unwrap();
+                assert_eq!(
+                    page.total,
+                    want.len() as u64,
+                    "{p:?} plan {:?}, {slices} slices",
+                    f.plan()
+                );
+                got.extend(page.events.iter().map(|(c, s)| (*c, s.id())));
+                assert!(got.len() <= want.len(), "pages repeat: {p:?}");
+                if !page.more {
+                    break;
+                }
+                cursor = page.events.last().map(|(c, _)| *c);
             }
-            cursor = page.events.last().map(|(c, _)| *c);
+            assert_eq!(got, want, "{p:?} plan {:?}, {slices} slices", f.plan());
         }
-        assert_eq!(got, want, "{p:?} plan {:?}", f.plan());
     }
 
     fn params(pairs: &[(&str, &str)]) -> EventParams {
@@ -443,6 +495,38 @@ mod tests {
             }
         }
         p
+    }
+
+    #[test]
+    fn time_slices_cover_the_range_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("e.redb")).unwrap();
+        fill(&store);
+        let txn = store.database().begin_read().unwrap();
+        for p in [params(&[]), params(&[("from", "2023-11-14T22:20:00Z")])] {
+            let plan = EventFilter::parse(&p).unwrap().plan();
+            for n in 2..=5 {
+                let slices = time_slices(&txn, &plan, n).unwrap();
+                assert_eq!(
+                    slices.len(),
+                    n,
+                    "{p:?}: the span is wide enough for {n} slices"
+                );
+                assert_eq!(
+                    slices[0].to_us, plan.to_us,
+                    "newest slice keeps the upper bound"
+                );
+                assert_eq!(
+                    slices[n - 1].from_us,
+                    plan.from_us,
+                    "oldest keeps the lower bound"
+                );
+                for w in slices.windows(2) {
+                    assert_eq!(w[1].to_us, w[0].from_us, "contiguous, newest first");
+                    assert!(w[1].to_us.unwrap() > w[1].from_us.unwrap_or(i64::MIN));
+                }
+            }
+        }
     }
 
     #[test]

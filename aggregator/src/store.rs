@@ -583,6 +583,17 @@ impl Store {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<SearchPage, StoreError> {
+        self.search_in_slices(filter, limit, cursor, scan_threads())
+    }
+
+    /// [`Store::search`] with the scan cut into at most `slices` time slices.
+    pub(crate) fn search_in_slices(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+        cursor: Option<Cursor>,
+        slices: usize,
+    ) -> Result<SearchPage, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
         let plan = filter.plan();
@@ -622,33 +633,67 @@ impl Store {
             return Ok(page);
         }
         // One pass over the whole match set: every match counts, those after the cursor fill
-        // the page.
-        for c in index::candidates(&txn, &plan, None).map_err(|e| self.err(e))? {
-            let c = c.map_err(|e| self.err(e))?;
-            let on_page = upper.is_none_or(|u| (c.time, c.key) < u);
-            let mut event = None;
-            if plan.needs_event {
-                match read(c.key)? {
-                    Some(s) if filter.matches(&s) => event = Some(s),
-                    _ => continue,
+        // the page. The time range is cut into one slice per core, scanned in parallel (a
+        // `q=` over a day of a 10M-event store reads ~300k index entries); slices are
+        // disjoint and ordered, so their pages concatenate newest first.
+        let slices = index::time_slices(&txn, &plan, slices).map_err(|e| self.err(e))?;
+        let scan = |slice: &crate::query::Plan| -> Result<SliceScan, StoreError> {
+            let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+            let read = |key: u64| -> Result<Option<StoredEvent>, StoreError> {
+                Ok(events
+                    .get(key)
+                    .map_err(|e| self.err(e))?
+                    .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok()))
+            };
+            let mut out = SliceScan::default();
+            for c in index::candidates(&txn, slice, None).map_err(|e| self.err(e))? {
+                let c = c.map_err(|e| self.err(e))?;
+                let on_page = upper.is_none_or(|u| (c.time, c.key) < u);
+                let mut event = None;
+                if slice.needs_event {
+                    match read(c.key)? {
+                        Some(s) if filter.matches(&s) => event = Some(s),
+                        _ => continue,
+                    }
+                }
+                out.total += 1;
+                if !on_page {
+                    continue;
+                }
+                out.on_page += 1;
+                if out.events.len() == limit {
+                    continue;
+                }
+                let event = match event {
+                    Some(s) => Some(s),
+                    None => read(c.key)?,
+                };
+                if let Some(s) = event {
+                    out.events.push((cursor_of(&c), s));
                 }
             }
-            page.total += 1;
-            if !on_page {
-                continue;
-            }
-            if page.events.len() == limit {
-                page.more = true;
-                continue;
-            }
-            let event = match event {
-                Some(s) => Some(s),
-                None => read(c.key)?,
-            };
-            if let Some(s) = event {
-                page.events.push((cursor_of(&c), s));
-            }
+            Ok(out)
+        };
+        let scans: Vec<Result<SliceScan, StoreError>> = if slices.len() == 1 {
+            vec![scan(&slices[0])]
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = slices.iter().map(|p| sc.spawn(|| scan(p))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a search slice panicked"))
+                    .collect()
+            })
+        };
+        let mut on_page = 0;
+        for r in scans {
+            let r = r?;
+            page.total += r.total;
+            on_page += r.on_page;
+            let room = limit - page.events.len();
+            page.events.extend(r.events.into_iter().take(room));
         }
+        page.more = on_page > page.events.len() as u64;
         Ok(page)
     }
 
@@ -879,6 +924,20 @@ impl Store {
             .map_err(|e| self.err(e))?
             .and_then(|v| postcard::from_bytes(v.value()).ok()))
     }
+}
+
+/// What one time slice of a search found: every match, those after the cursor, and the
+/// first `limit` of those.
+#[derive(Default)]
+struct SliceScan {
+    total: u64,
+    on_page: u64,
+    events: Vec<(Cursor, StoredEvent)>,
+}
+
+/// Threads a search spreads its scan over: one per core, at most 4.
+fn scan_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 fn cursor_of(c: &index::Candidate) -> Cursor {
