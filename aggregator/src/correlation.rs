@@ -40,9 +40,9 @@
 //!   Only agents seen since this aggregator started are known.
 //! - **Bounded.** Besides the engine's own caps, the thread remembers at most `MAX_SITES`
 //!   unreachable sites (more are counted, `reason="site_limit"`, and get no incident) and
-//!   recent site incidents, `MAX_UNSTORED` unstored events and
-//!   [`triggers::MAX_LAST_INCIDENTS`] last incidents per rule and group; evictions are counted
-//!   in `weir_aggregator_correlation_dropped_total`.
+//!   recent site incidents, `MAX_UNSTORED` unstored events, `MAX_ALARM_KEYS` alarm keys of
+//!   recent events and [`triggers::MAX_LAST_INCIDENTS`] last incidents per rule and group;
+//!   evictions are counted in `weir_aggregator_correlation_evictions_total{map}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -90,6 +90,8 @@ const TICK: Duration = Duration::from_secs(1);
 const MAX_SITES: usize = 10_000;
 /// Events not stored (`donotpersist`) whose site, time and count incidents can still take in.
 const MAX_UNSTORED: usize = 65_536;
+/// Events whose alarm (reduction key) is remembered, for trigger takeovers.
+const MAX_ALARM_KEYS: usize = 65_536;
 
 mod triggers;
 pub use triggers::{HELD_TAG, HELD_UNTIL_TAG};
@@ -136,6 +138,7 @@ enum Msg {
     Committed {
         events: Vec<Vec<u8>>,
         unstored: Vec<Vec<u8>>,
+        alarm_keys: Vec<(String, String)>,
         now: Timestamp,
     },
     Reload {
@@ -208,18 +211,16 @@ impl Correlator {
             engine,
             config: config.clone(),
             site_incidents: {
-                let mut b = triggers::Bounded::new(MAX_SITES, "site_incident_forgotten");
+                let mut b = triggers::Bounded::new(MAX_SITES, "site_incidents");
                 for (site, n) in &down {
                     b.insert(site.clone(), *n);
                 }
                 b
             },
             down,
-            unstored: triggers::Bounded::new(MAX_UNSTORED, "unstored_forgotten"),
-            last_incident: triggers::Bounded::new(
-                triggers::MAX_LAST_INCIDENTS,
-                "last_incident_forgotten",
-            ),
+            unstored: triggers::Bounded::new(MAX_UNSTORED, "unstored_events"),
+            alarm_keys: triggers::Bounded::new(MAX_ALARM_KEYS, "alarm_keys"),
+            last_incident: triggers::Bounded::new(triggers::MAX_LAST_INCIDENTS, "last_incidents"),
             enabled: config.rules.is_some(),
         };
         let thread = std::thread::Builder::new()
@@ -255,13 +256,20 @@ impl Correlator {
     /// Hands committed events (postcard [`StoredEvent`] bytes) to the engine; waits at most
     /// `queue_wait` for room, then counts them as dropped (they stay stored).
     pub fn feed(&self, events: Vec<Vec<u8>>, now: Timestamp) {
-        self.feed_with(events, Vec::new(), now);
+        self.feed_with(events, Vec::new(), Vec::new(), now);
     }
 
     /// As [`Correlator::feed`], plus `unstored`: events of the same commit that processing
     /// did not store (`donotpersist`: "not stored but still correlated"), encoded as
-    /// [`StoredEvent`] with their sequence.
-    pub fn feed_with(&self, events: Vec<Vec<u8>>, unstored: Vec<Vec<u8>>, now: Timestamp) {
+    /// [`StoredEvent`] with their sequence; and `alarm_keys`: (event id, reduction key) of the
+    /// alarms the commit's problems raised, so combination rules can take them over.
+    pub fn feed_with(
+        &self,
+        events: Vec<Vec<u8>>,
+        unstored: Vec<Vec<u8>>,
+        alarm_keys: Vec<(String, String)>,
+        now: Timestamp,
+    ) {
         if (events.is_empty() && unstored.is_empty()) || !self.enabled() {
             return;
         }
@@ -270,6 +278,7 @@ impl Correlator {
         let mut msg = Msg::Committed {
             events,
             unstored,
+            alarm_keys,
             now,
         };
         loop {
@@ -437,6 +446,8 @@ struct Worker {
     site_incidents: triggers::Bounded<String, u64>,
     /// Events that were not stored (`donotpersist`), as incidents take them in.
     unstored: triggers::Bounded<String, EventRef>,
+    /// Event id → reduction key of the alarm its problem raised (recent events).
+    alarm_keys: triggers::Bounded<String, String>,
     /// (rule, group) → the last incident the rule opened for the group, for triggers an
     /// `auto_acknowledge` rule acknowledges while it is inhibited.
     last_incident: triggers::Bounded<(String, String), u64>,
@@ -455,8 +466,12 @@ impl Worker {
                 Ok(Msg::Committed {
                     events,
                     unstored,
+                    alarm_keys,
                     now,
                 }) => {
+                    for (id, key) in alarm_keys {
+                        self.alarm_keys.insert(id, key);
+                    }
                     clock = clock.max(now);
                     let lag = Timestamp::now().duration_since(now).as_secs_f64();
                     metrics::gauge!("weir_aggregator_correlation_lag_seconds").set(lag);
@@ -724,7 +739,7 @@ impl Worker {
         for (n, rule, reason) in resolve {
             self.resolve(n, &format!("rule:{rule}"), &reason, now);
         }
-        triggers::take_over(&self.store, &takeovers, now);
+        triggers::take_over(&self.store, &takeovers, &self.alarm_keys, now);
     }
 
     fn resolve(&self, number: u64, by: &str, reason: &str, now: Timestamp) {

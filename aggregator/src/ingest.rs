@@ -455,6 +455,18 @@ pub fn run_writer(
                                 .filter_map(|o| o.unstored.take())
                         })
                         .collect();
+                    // Which alarm each fresh problem raised, for combination rules.
+                    let alarm_keys: Vec<(String, String)> = group
+                        .iter()
+                        .zip(&priors)
+                        .flat_map(|(item, &p)| {
+                            item.outcomes
+                                .iter()
+                                .filter(move |o| o.seq > p)
+                                .filter_map(|o| o.problem.as_ref())
+                                .map(|pr| (pr.event_id.clone(), pr.key.clone()))
+                        })
+                        .collect();
                     let fresh: Vec<Vec<u8>> = group
                         .iter_mut()
                         .zip(&priors)
@@ -467,7 +479,7 @@ pub fn run_writer(
                                 })
                         })
                         .collect();
-                    correlation.feed_with(fresh, unstored, now);
+                    correlation.feed_with(fresh, unstored, alarm_keys, now);
                 }
             }
             Err(e) => {

@@ -17,9 +17,10 @@
 //!   `rule:<name>`, so the audit trail says which rule did it. An inhibited trigger is also
 //!   attached to the last incident its rule opened for its group.
 //!
-//! An event's alarm is found by its newest problem (`last_event_id`); an alarm a later,
-//! non-trigger event has updated since is not touched. Events that were not stored
-//! (`donotpersist`) have no tags to change: only their alarms are handled.
+//! An event's alarm is found by the reduction key processing gave its problem, which the
+//! writer hands over with the events (the last `MAX_ALARM_KEYS` are remembered).
+//! Events that were not stored (`donotpersist`) have no tags to change: only their alarms
+//! are handled.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -115,42 +116,34 @@ pub(super) struct TakeoverReport {
 }
 
 /// Attaches the triggers' alarms to their combination incidents, and acknowledges what an
-/// `auto_acknowledge` rule asks for. One pass over the alarms for the whole batch.
-pub(super) fn take_over(store: &Store, work: &[Takeover], now: Timestamp) -> TakeoverReport {
+/// `auto_acknowledge` rule asks for. `alarm_keys`: event id → the reduction key of the alarm
+/// its problem raised.
+pub(super) fn take_over(
+    store: &Store,
+    work: &[Takeover],
+    alarm_keys: &Bounded<String, String>,
+    now: Timestamp,
+) -> TakeoverReport {
     let mut report = TakeoverReport::default();
-    if work.is_empty() {
-        return report;
-    }
-    let wanted: BTreeSet<&str> = work
-        .iter()
-        .flat_map(|w| w.event_ids.iter().map(String::as_str))
-        .collect();
-    // The alarms whose newest problem is one of the triggers: (id, key, status).
-    let mut by_event: HashMap<String, Vec<(u64, String, AlarmStatus)>> = HashMap::new();
-    match persist::alarms(store.database()) {
-        Ok(alarms) => {
-            for a in alarms {
-                if wanted.contains(a.last_event_id.as_str()) {
-                    by_event.entry(a.last_event_id.clone()).or_default().push((
-                        a.id,
-                        a.reduction_key,
-                        a.status,
-                    ));
+    for w in work {
+        let by = format!("rule:{}", w.rule);
+        // (id, key, status) of each distinct alarm the triggers raised.
+        let keys: BTreeSet<&str> = w
+            .event_ids
+            .iter()
+            .filter_map(|id| alarm_keys.get(id.as_str()))
+            .map(String::as_str)
+            .collect();
+        let mut alarms: Vec<(u64, String, AlarmStatus)> = Vec::new();
+        for key in keys {
+            match persist::alarm_by_key(store.database(), key) {
+                Ok(Some(a)) => alarms.push((a.id, a.reduction_key, a.status)),
+                Ok(None) => {}
+                Err(e) => {
+                    weir_common::warn_limited!("correlation_takeover", error = %e, "cannot read the alarm of a superseded trigger event; it stays as it is. Check the disk under data_dir");
                 }
             }
         }
-        Err(e) => {
-            weir_common::warn_limited!("correlation_takeover", error = %e, "cannot read the alarms of superseded trigger events; they stay as they are. Check the disk under data_dir");
-        }
-    }
-    for w in work {
-        let by = format!("rule:{}", w.rule);
-        let alarms: Vec<&(u64, String, AlarmStatus)> = w
-            .event_ids
-            .iter()
-            .filter_map(|id| by_event.get(id))
-            .flatten()
-            .collect();
         if let Some(n) = w.incident
             && !alarms.is_empty()
         {
@@ -217,9 +210,9 @@ pub(super) fn take_over(store: &Store, work: &[Takeover], now: Timestamp) -> Tak
 }
 
 /// A bounded map with insertion-order eviction: what the correlation thread remembers beside
-/// the engine (last incident per rule and group, events that were not stored, recent site
-/// incidents). Evictions are counted in
-/// `weir_aggregator_correlation_dropped_total{reason=<reason>}`.
+/// the engine (last incident per rule and group, events that were not stored, alarm keys of
+/// recent events, recent site incidents). Evictions are routine once a map is full, so they
+/// are counted apart from losses, in `weir_aggregator_correlation_evictions_total{map}`.
 #[derive(Debug)]
 pub(super) struct Bounded<K, V> {
     map: HashMap<K, V>,
@@ -248,7 +241,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
                 break;
             };
             if self.map.remove(&old).is_some() {
-                metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => self.reason)
+                metrics::counter!("weir_aggregator_correlation_evictions_total", "map" => self.reason)
                     .increment(1);
             }
         }
