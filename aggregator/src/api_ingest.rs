@@ -116,7 +116,12 @@ impl Sequencer {
                 // Suppressed or not persisted: it takes a sequence (its alarm effects refer
                 // to the id) but nothing is stored under it.
                 let id = weir_common::event_id(&item.site, &item.name, next);
-                item.outcomes.push(o.clone().with_id(next, &id));
+                let mut o = o.clone().with_id(next, &id);
+                if o.not_stored == Some(crate::alarm::NotStored::DoNotPersist) {
+                    // Not stored, but correlated: the writer hands it on after the commit.
+                    o.unstored = Some(splice_seq(&bytes, pending.seq_offset, next));
+                }
+                item.outcomes.push(o);
                 out.push(Prepared::Skip { seq: next });
                 assigned.push(Assigned::Stored(next));
                 next += 1;

@@ -11,8 +11,10 @@
 //!   When the queue is full the writer waits at most `queue_wait` per commit (ingest slows
 //!   down, boundedly), then counts the events it could not hand over in
 //!   `weir_aggregator_correlation_dropped_total{reason="queue_full"}` and logs: they stay
-//!   stored, only correlation misses them. Events processing did not store (`donotpersist`)
-//!   are not fed (the writer only has their sequence).
+//!   stored, only correlation misses them. Events processing did not store because their
+//!   definition says `donotpersist` are fed too ([`Correlator::feed_with`]): they correlate
+//!   and count in incidents, which list them by id (and remember their site, time and count
+//!   for the last `MAX_UNSTORED` of them).
 //! - **Clock.** Events are pushed with their commit time (their `stored_at`), so a dry run over
 //!   stored events replays the same clock. Ticks advance with the clock of the last commit
 //!   while events flow, and with the wall clock when the queue is idle.
@@ -22,8 +24,12 @@
 //!   a note holding the engine's explanation and the `late` flag; `ClearIncident` resolves the
 //!   stateful incident ("cleared by rule X"); `Deduplicated` attaches its events to the open
 //!   stateful incident; `SuppressEvent` tags the stored event `weir.suppressed_by=<rule>`,
-//!   which hides it from default views (`hidden=include` shows it); `SiteInhibited` attaches its events to the
-//!   site-unreachable incident; the rest are counted.
+//!   which hides it from default views (`hidden=include` shows it); `SiteInhibited` attaches
+//!   its events to the site-unreachable incident (the open one, or the last one of the site
+//!   when its events arrive after it reconnected); `HoldEvent`, `ReleaseEvent`,
+//!   `AcknowledgeEvent` and combination incidents (`delayed_action`, `auto_acknowledge`) act
+//!   on the trigger events, their alarms and incidents as [`triggers`] describes; the rest
+//!   are counted.
 //! - **Snapshots** of the engine go into the `correlation_state` table every
 //!   `snapshot_interval` and at shutdown, and are restored at start: windows open before a
 //!   restart complete after it. `correlation_open` maps stateful keys and unreachable sites to
@@ -32,6 +38,11 @@
 //!   disconnected for `site_unreachable_after` gets `site_down` and a `site-unreachable`
 //!   incident; when one of its agents reconnects, `site_up` and the incident is resolved.
 //!   Only agents seen since this aggregator started are known.
+//! - **Bounded.** Besides the engine's own caps, the thread remembers at most `MAX_SITES`
+//!   unreachable sites (more are counted, `reason="site_limit"`, and get no incident) and
+//!   recent site incidents, `MAX_UNSTORED` unstored events, `MAX_ALARM_KEYS` alarm keys of
+//!   recent events and [`triggers::MAX_LAST_INCIDENTS`] last incidents per rule and group;
+//!   evictions are counted in `weir_aggregator_correlation_evictions_total{map}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -48,7 +59,7 @@ use crate::alarm::incident::{self, EventRef, Explanation, IncidentAction, Incide
 use crate::alarm::persist;
 use crate::correlate::{
     CorrelationConfig, Decision, Engine, EventIn, IncidentDecision, ReloadReport, RuleError,
-    RuleSet, Snapshot, StatefulKey,
+    RuleSet, Snapshot, StatefulKey, TriggerHandling,
 };
 use crate::registry::Registry;
 use crate::store::{Store, StoredEvent};
@@ -61,23 +72,8 @@ const SNAPSHOT_KEY: &str = "engine";
 /// events are hidden from default views.
 pub use crate::store::SUPPRESSED_TAG;
 /// Says which rules use what the engine decides but live processing does not apply yet:
-/// `delayed_action` / `auto_acknowledge` (holds and acknowledgements of trigger events) and
 /// aggregate (throttle) rules for notifications. Dry-runs show those decisions.
 fn warn_unapplied(rules: &RuleSet) {
-    let partial: Vec<&str> = rules
-        .rules
-        .iter()
-        .filter(|r| r.delayed_action.is_some() || r.auto_acknowledge)
-        .map(|r| &*r.name)
-        .collect();
-    if !partial.is_empty() {
-        tracing::warn!(
-            rules = ?partial,
-            "these rules use delayed_action or auto_acknowledge: their incidents open live, but \
-             holding and acknowledging the trigger events is not applied yet (a dry-run shows \
-             those decisions)"
-        );
-    }
     if !rules.aggregates.is_empty() {
         tracing::warn!(
             aggregates = rules.aggregates.len(),
@@ -90,6 +86,15 @@ fn warn_unapplied(rules: &RuleSet) {
 /// Rule name of the built-in site-unreachable incidents.
 pub const SITE_RULE: &str = "site-unreachable";
 const TICK: Duration = Duration::from_secs(1);
+/// Sites unreachable at once (and sites whose last site incident is remembered).
+const MAX_SITES: usize = 10_000;
+/// Events not stored (`donotpersist`) whose site, time and count incidents can still take in.
+const MAX_UNSTORED: usize = 65_536;
+/// Events whose alarm (reduction key) is remembered, for trigger takeovers.
+const MAX_ALARM_KEYS: usize = 65_536;
+
+mod triggers;
+pub use triggers::{HELD_TAG, HELD_UNTIL_TAG};
 
 /// Loads a rule file for the config check: errors name the file, rule and field.
 pub fn load_rules(rules: &Path, config: &Path) -> Result<RuleSet, ConfigError> {
@@ -128,9 +133,12 @@ fn rule_config_error(e: RuleError, config: &Path) -> ConfigError {
 }
 
 enum Msg {
-    /// Postcard [`StoredEvent`]s just committed, and the commit's clock.
+    /// Postcard [`StoredEvent`]s just committed, those processing did not store
+    /// (`donotpersist`), and the commit's clock.
     Committed {
         events: Vec<Vec<u8>>,
+        unstored: Vec<Vec<u8>>,
+        alarm_keys: Vec<(String, String)>,
         now: Timestamp,
     },
     Reload {
@@ -202,7 +210,17 @@ impl Correlator {
             registry,
             engine,
             config: config.clone(),
+            site_incidents: {
+                let mut b = triggers::Bounded::new(MAX_SITES, "site_incidents");
+                for (site, n) in &down {
+                    b.insert(site.clone(), *n);
+                }
+                b
+            },
             down,
+            unstored: triggers::Bounded::new(MAX_UNSTORED, "unstored_events"),
+            alarm_keys: triggers::Bounded::new(MAX_ALARM_KEYS, "alarm_keys"),
+            last_incident: triggers::Bounded::new(triggers::MAX_LAST_INCIDENTS, "last_incidents"),
             enabled: config.rules.is_some(),
         };
         let thread = std::thread::Builder::new()
@@ -238,12 +256,31 @@ impl Correlator {
     /// Hands committed events (postcard [`StoredEvent`] bytes) to the engine; waits at most
     /// `queue_wait` for room, then counts them as dropped (they stay stored).
     pub fn feed(&self, events: Vec<Vec<u8>>, now: Timestamp) {
-        if events.is_empty() || !self.enabled() {
+        self.feed_with(events, Vec::new(), Vec::new(), now);
+    }
+
+    /// As [`Correlator::feed`], plus `unstored`: events of the same commit that processing
+    /// did not store (`donotpersist`: "not stored but still correlated"), encoded as
+    /// [`StoredEvent`] with their sequence; and `alarm_keys`: (event id, reduction key) of the
+    /// alarms the commit's problems raised, so combination rules can take them over.
+    pub fn feed_with(
+        &self,
+        events: Vec<Vec<u8>>,
+        unstored: Vec<Vec<u8>>,
+        alarm_keys: Vec<(String, String)>,
+        now: Timestamp,
+    ) {
+        if (events.is_empty() && unstored.is_empty()) || !self.enabled() {
             return;
         }
-        let n = events.len() as u64;
+        let n = (events.len() + unstored.len()) as u64;
         let deadline = Instant::now() + self.config.queue_wait.0;
-        let mut msg = Msg::Committed { events, now };
+        let mut msg = Msg::Committed {
+            events,
+            unstored,
+            alarm_keys,
+            now,
+        };
         loop {
             match self.tx.try_send(msg) {
                 Ok(()) => return,
@@ -402,8 +439,18 @@ struct Worker {
     registry: Arc<Registry>,
     engine: Engine,
     config: CorrelationConfig,
-    /// Unreachable sites and their incident numbers.
+    /// Unreachable sites and their incident numbers (at most `MAX_SITES`).
     down: BTreeMap<String, u64>,
+    /// The last site-unreachable incident of each site, also after it reconnected: events
+    /// from the outage that arrive afterwards are attached to it.
+    site_incidents: triggers::Bounded<String, u64>,
+    /// Events that were not stored (`donotpersist`), as incidents take them in.
+    unstored: triggers::Bounded<String, EventRef>,
+    /// Event id → reduction key of the alarm its problem raised (recent events).
+    alarm_keys: triggers::Bounded<String, String>,
+    /// (rule, group) → the last incident the rule opened for the group, for triggers an
+    /// `auto_acknowledge` rule acknowledges while it is inhibited.
+    last_incident: triggers::Bounded<(String, String), u64>,
     enabled: bool,
 }
 
@@ -416,22 +463,42 @@ impl Worker {
             let msg = rx.recv_timeout(TICK);
             let idle = matches!(msg, Err(RecvTimeoutError::Timeout));
             match msg {
-                Ok(Msg::Committed { events, now }) => {
+                Ok(Msg::Committed {
+                    events,
+                    unstored,
+                    alarm_keys,
+                    now,
+                }) => {
+                    for (id, key) in alarm_keys {
+                        self.alarm_keys.insert(id, key);
+                    }
                     clock = clock.max(now);
                     let lag = Timestamp::now().duration_since(now).as_secs_f64();
                     metrics::gauge!("weir_aggregator_correlation_lag_seconds").set(lag);
                     metrics::counter!("weir_aggregator_correlation_events_total")
-                        .increment(events.len() as u64);
+                        .increment((events.len() + unstored.len()) as u64);
                     let mut out = Vec::new();
-                    for bytes in events {
+                    let n_stored = events.len();
+                    for (i, bytes) in events.into_iter().chain(unstored).enumerate() {
                         let s = match postcard::from_bytes::<StoredEvent>(&bytes) {
                             Ok(s) => s,
                             Err(e) => {
                                 metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => "undecodable").increment(1);
-                                weir_common::warn_limited!("correlation_undecodable", error = %e, "a stored event could not be decoded for correlation and was skipped (it stays stored)");
+                                weir_common::warn_limited!("correlation_undecodable", error = %e, "an event could not be decoded for correlation and was skipped (a stored one stays stored)");
                                 continue;
                             }
                         };
+                        if i >= n_stored {
+                            self.unstored.insert(
+                                s.id(),
+                                EventRef {
+                                    id: s.id(),
+                                    site: s.site.clone(),
+                                    event_time: s.event.event_time,
+                                    count: s.event.count.max(1),
+                                },
+                            );
+                        }
                         out.extend(self.engine.push(Arc::new(EventIn::from_owned(s)), clock));
                     }
                     self.apply(out, clock);
@@ -488,21 +555,26 @@ impl Worker {
     /// Events as an incident takes them in (an event no longer stored keeps its id).
     fn refs(&self, ids: &[String], fallback: Timestamp) -> Vec<EventRef> {
         ids.iter()
-            .map(|id| match self.store.get_by_id(id) {
-                Ok(Some(s)) => EventRef {
-                    id: id.clone(),
-                    site: s.site,
-                    event_time: s.event.event_time,
-                    count: s.event.count.max(1),
-                },
-                _ => EventRef {
+            .map(|id| {
+                if let Ok(Some(s)) = self.store.get_by_id(id) {
+                    return EventRef {
+                        id: id.clone(),
+                        site: s.site,
+                        event_time: s.event.event_time,
+                        count: s.event.count.max(1),
+                    };
+                }
+                if let Some(r) = self.unstored.get(id.as_str()) {
+                    return r.clone();
+                }
+                EventRef {
                     id: id.clone(),
                     site: weir_common::parse_event_id(id)
                         .map(|(site, _, _)| site.to_string())
                         .unwrap_or_default(),
                     event_time: fallback,
                     count: 1,
-                },
+                }
             })
             .collect()
     }
@@ -515,11 +587,43 @@ impl Worker {
             metrics::counter!("weir_aggregator_correlation_decisions_total", "kind" => decision_kind(d)).increment(1);
         }
         let mut resolve = Vec::new();
+        let mut takeovers: Vec<triggers::Takeover> = Vec::new();
+        // Incidents opened in this transaction, by event: not yet visible to store reads.
+        let mut opened: HashMap<String, Vec<u64>> = HashMap::new();
+        let prior = |store: &Store, opened: &HashMap<String, Vec<u64>>, ids: &[String]| {
+            let mut set = triggers::incidents_of(store, ids);
+            set.extend(ids.iter().filter_map(|id| opened.get(id)).flatten());
+            set
+        };
         let done = (|| -> Result<(), redb::Error> {
             let txn = self.store.database().begin_write()?;
             for d in decisions {
                 match d {
-                    Decision::OpenIncident(d) => self.open(&txn, &d, now)?,
+                    Decision::OpenIncident(d) => {
+                        let combines = d.triggers != TriggerHandling::Plain;
+                        // Read before the new incident re-points the triggers.
+                        let prior_incidents = if d.triggers == TriggerHandling::Acknowledged {
+                            prior(&self.store, &opened, &d.event_ids)
+                        } else {
+                            Default::default()
+                        };
+                        let n = self.open(&txn, &d, now)?;
+                        for id in &d.event_ids {
+                            opened.entry(id.clone()).or_default().push(n);
+                        }
+                        self.last_incident
+                            .insert((d.rule.clone(), d.group_key.clone()), n);
+                        if combines {
+                            triggers::supersede(&txn, &d.event_ids, &d.rule)?;
+                            takeovers.push(triggers::Takeover {
+                                rule: d.rule.clone(),
+                                incident: Some(n),
+                                event_ids: d.event_ids.clone(),
+                                acknowledge: d.triggers == TriggerHandling::Acknowledged,
+                                prior_incidents,
+                            });
+                        }
+                    }
                     Decision::ClearIncident(c) => {
                         let n = txn
                             .open_table(OPEN)?
@@ -567,11 +671,15 @@ impl Worker {
                         ..
                     } => {
                         metrics::counter!("weir_aggregator_correlation_inhibited_total", "reason" => "site_unreachable").increment(1);
-                        if let Some(n) = sites.iter().find_map(|s| self.down.get(s)) {
+                        let site_incident = sites
+                            .iter()
+                            .find_map(|s| self.down.get(s).or_else(|| self.site_incidents.get(s)))
+                            .copied();
+                        if let Some(n) = site_incident {
                             let refs = self.refs(&event_ids, now);
                             persist::attach_events(
                                 &txn,
-                                *n,
+                                n,
                                 &refs,
                                 &[],
                                 &format!("rule:{rule}"),
@@ -582,11 +690,42 @@ impl Worker {
                     Decision::Inhibited { .. } => {
                         metrics::counter!("weir_aggregator_correlation_inhibited_total", "reason" => "rule_inhibit").increment(1);
                     }
-                    // Alarm actions are not held or acknowledged by correlation yet: counted
-                    // in the decisions metric only.
-                    Decision::HoldEvent { .. }
-                    | Decision::ReleaseEvent { .. }
-                    | Decision::AcknowledgeEvent { .. } => {}
+                    Decision::HoldEvent {
+                        event_id,
+                        rule,
+                        until,
+                    } => triggers::hold(&txn, &event_id, &rule, until)?,
+                    Decision::ReleaseEvent { event_id, .. } => {
+                        triggers::release(&txn, &event_id)?;
+                    }
+                    Decision::AcknowledgeEvent {
+                        event_id,
+                        rule,
+                        group_key,
+                    } => {
+                        let ids = [event_id];
+                        let prior_incidents = prior(&self.store, &opened, &ids);
+                        let last = self.last_incident.get(&(rule.clone(), group_key)).copied();
+                        if let Some(n) = last {
+                            let refs = self.refs(&ids, now);
+                            persist::attach_events(
+                                &txn,
+                                n,
+                                &refs,
+                                &[],
+                                &format!("rule:{rule}"),
+                                now,
+                            )?;
+                        }
+                        triggers::supersede(&txn, &ids, &rule)?;
+                        takeovers.push(triggers::Takeover {
+                            rule,
+                            incident: last,
+                            event_ids: ids.into(),
+                            acknowledge: true,
+                            prior_incidents,
+                        });
+                    }
                 }
             }
             txn.commit()?;
@@ -600,6 +739,7 @@ impl Worker {
         for (n, rule, reason) in resolve {
             self.resolve(n, &format!("rule:{rule}"), &reason, now);
         }
+        triggers::take_over(&self.store, &takeovers, &self.alarm_keys, now);
     }
 
     fn resolve(&self, number: u64, by: &str, reason: &str, now: Timestamp) {
@@ -614,12 +754,13 @@ impl Worker {
         }
     }
 
+    /// Creates the incident `d` asks for; returns its number.
     fn open(
         &self,
         txn: &WriteTransaction,
         d: &IncidentDecision,
         now: Timestamp,
-    ) -> Result<(), redb::Error> {
+    ) -> Result<u64, redb::Error> {
         let conditions = self
             .engine
             .rules()
@@ -670,7 +811,7 @@ impl Worker {
             metrics::counter!("weir_aggregator_correlation_late_incidents_total").increment(1);
         }
         tracing::info!(incident = %inc.id, rule = %d.rule, group = %d.group_key, late = d.late, "incident opened by correlation");
-        Ok(())
+        Ok(inc.number)
     }
 
     /// Site outages from the registry (see the module docs).
@@ -710,9 +851,19 @@ impl Worker {
             if self.down.contains_key(&site) || now.duration_since(last) < after {
                 continue;
             }
+            if self.down.len() >= MAX_SITES {
+                metrics::counter!("weir_aggregator_correlation_dropped_total", "reason" => "site_limit").increment(1);
+                weir_common::warn_limited!(
+                    "correlation_site_limit",
+                    site,
+                    "too many sites are unreachable at once: this one gets no site-unreachable incident and does not inhibit its incidents. Check the aggregator's network"
+                );
+                continue;
+            }
             self.engine.site_down(&site, last);
             match self.open_site_incident(&site, last, now) {
                 Ok(n) => {
+                    self.site_incidents.insert(site.clone(), n);
                     self.down.insert(site, n);
                 }
                 Err(e) => {

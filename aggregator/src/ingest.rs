@@ -442,8 +442,31 @@ pub fn run_writer(
                 for (item, committed) in group.iter().zip(out.committed) {
                     let _ = item.reply.send(Ok(committed));
                 }
-                // Fresh events (not redeliveries) go to correlation, moved, after the replies.
+                // Fresh events (not redeliveries) go to correlation, moved, after the replies;
+                // so do fresh `donotpersist` events (not stored, still correlated).
                 if correlation.enabled() {
+                    let unstored: Vec<Vec<u8>> = group
+                        .iter_mut()
+                        .zip(&priors)
+                        .flat_map(|(item, &p)| {
+                            item.outcomes
+                                .iter_mut()
+                                .filter(move |o| o.seq > p)
+                                .filter_map(|o| o.unstored.take())
+                        })
+                        .collect();
+                    // Which alarm each fresh problem raised, for combination rules.
+                    let alarm_keys: Vec<(String, String)> = group
+                        .iter()
+                        .zip(&priors)
+                        .flat_map(|(item, &p)| {
+                            item.outcomes
+                                .iter()
+                                .filter(move |o| o.seq > p)
+                                .filter_map(|o| o.problem.as_ref())
+                                .map(|pr| (pr.event_id.clone(), pr.key.clone()))
+                        })
+                        .collect();
                     let fresh: Vec<Vec<u8>> = group
                         .iter_mut()
                         .zip(&priors)
@@ -456,7 +479,7 @@ pub fn run_writer(
                                 })
                         })
                         .collect();
-                    correlation.feed(fresh, now);
+                    correlation.feed_with(fresh, unstored, alarm_keys, now);
                 }
             }
             Err(e) => {

@@ -1,12 +1,17 @@
 //! Correlation end to end: syslog from a device reaches a real agent, crosses mutual-TLS QUIC,
 //! is stored, and a seed-000 rule turns two matching events into one incident whose events
 //! point back to it. The dry-run over the same stored events must decide the same.
+//! `donotpersist` events correlate without being stored; a killed agent makes its site
+//! unreachable, which inhibits the incidents of that site's outage.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
-use weir_tests::{API_KEY, Agent, Aggregator, Env, eventually, http_client};
+use weir_tests::{
+    API_KEY, Agent, Aggregator, Env, Proc, agent_reports_connected, edit, eventually,
+    eventually_async, free_tcp_port, http_client, post_events, wait_healthy, without_dedup,
+};
 
 /// Seed 000's "Database Connectivity Failure" rule, as the seed writes it.
 const SEED_000_RULE: &str = r#"{
@@ -181,5 +186,238 @@ async fn seed_000_rule_opens_one_incident_from_agent_events_and_dry_run_agrees()
     assert_eq!(after["total"], 1, "the dry-run opened nothing live");
 
     agent.stop().await;
+    agg.stop().await;
+}
+
+/// The aggregator config with `rules` and a 1 s allowed lateness.
+fn config_with_rules(env: &Env, rules: &std::path::Path) -> String {
+    let text = env.aggregator_config_text("agg", 0, 0);
+    let text = edit(
+        &text,
+        "# rules = \"rules.json\"",
+        &format!("rules = \"{}\"", rules.display()),
+    );
+    edit(
+        &text,
+        "allowed_lateness = \"10s\"",
+        "allowed_lateness = \"1s\"",
+    )
+}
+
+/// Polls `GET url` until `check` accepts the body (20 s).
+async fn get_until(url: String, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(url.clone()).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn donotpersist_events_open_incidents_but_stay_out_of_the_events_api() {
+    let env = Env::new();
+    let rules = env.write(
+        "rules.json",
+        r#"[{"name": "Volatile Pair", "events": ["VOLATILE"], "window": 300, "count": 2}]"#,
+    );
+    let defs = env.write(
+        "definitions.toml",
+        "[[definition]]\ntag = \"VOLATILE\"\ndest = \"donotpersist\"\n",
+    );
+    let text = edit(
+        &config_with_rules(&env, &rules),
+        "# definitions = \"definitions.toml\"",
+        &format!("definitions = \"{}\"", defs.display()),
+    );
+    let agg = Aggregator::start(&env.write("agg.toml", &text)).await;
+    let tls = env.issue_agent("paris", "gw-01");
+    let agent_text =
+        without_dedup(&env.agent_config_text("agent", &agg.quic_addr.to_string(), &tls, 0));
+    let agent = Agent::start(&env.write("agent.toml", &agent_text)).await;
+    let http = agent.running().http_addr.expect("agent HTTP");
+    let volatile = |host: &str| {
+        json!({"source": "probe", "hostname": host, "severity": "error",
+               "message": format!("flapping on {host}"), "tag": "VOLATILE"})
+    };
+    // Through the agent and QUIC.
+    post_events(&http_client(), http, &[volatile("h1"), volatile("h2")])
+        .await
+        .unwrap();
+    let api = format!("http://{}", agg.api_addr);
+    let list = get_until(format!("{api}/api/v1/incidents"), "the incident", |v| {
+        v["total"] == 1
+    })
+    .await;
+    let id = list["incidents"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["incidents"][0]["rule"], "Volatile Pair");
+    let detail = get(format!("{api}/api/v1/incidents/{id}")).await;
+    let ids: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{detail}");
+    assert!(
+        ids.iter().all(|i| i.starts_with("paris:gw-01:")),
+        "{detail}"
+    );
+    assert_eq!(detail["count"], 2, "{detail}");
+
+    // Through the aggregator's own ingest API.
+    let resp = http_client()
+        .post(format!("{api}/api/v1/events"))
+        .header("x-api-key", API_KEY)
+        .json(&json!([volatile("h3"), volatile("h4")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let list = get_until(
+        format!("{api}/api/v1/incidents"),
+        "the second incident",
+        |v| v["total"] == 2,
+    )
+    .await;
+    let id = list["incidents"][0]["id"].as_str().unwrap().to_string();
+    let detail = get(format!("{api}/api/v1/incidents/{id}")).await;
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_str().unwrap().starts_with("central:api:")),
+        "{detail}"
+    );
+
+    // Not one of them is stored.
+    for q in ["", "?hidden=include"] {
+        let events = get(format!("{api}/api/v1/events{q}")).await;
+        assert_eq!(events["total"], 0, "{q}: {events}");
+    }
+    assert!(agg.events().is_empty());
+    agent.stop().await;
+    agg.stop().await;
+}
+
+/// A real agent process is killed: after `site_unreachable_after` (2 s here) its site gets a
+/// "site unreachable" incident; events from the outage that reach a rule afterwards are
+/// attached to it instead of opening their own incident; the incident resolves when the agent
+/// is back; events after the outage open incidents as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_unreachable_inhibits_outage_incidents_and_resolves_on_reconnect() {
+    let env = Env::new();
+    let rules = env.write(
+        "rules.json",
+        r#"[{"name": "Node Pair", "events": ["NODE_DOWN"], "window": 300, "count": 2}]"#,
+    );
+    let text = edit(
+        &config_with_rules(&env, &rules),
+        "site_unreachable_after = \"2m\"",
+        "site_unreachable_after = \"2s\"",
+    );
+    let agg = Aggregator::start(&env.write("agg.toml", &text)).await;
+    let api = format!("http://{}", agg.api_addr);
+    let tls = env.issue_agent("paris", "gw-01");
+    let http_port = free_tcp_port();
+    let agent_text =
+        without_dedup(&env.agent_config_text("agent", &agg.quic_addr.to_string(), &tls, http_port));
+    let config = env.write("agent.toml", &agent_text);
+    let http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let client = http_client();
+    let mut agent = Proc::agent(&config, http, env.path()).await;
+    eventually_async(Duration::from_secs(20), "the agent connected", || async {
+        agent_reports_connected(&client, http)
+            .await
+            .unwrap_or(false)
+    })
+    .await;
+
+    agent.kill9();
+    // The aggregator notices at its idle timeout (5 s in tests), then waits 2 s more.
+    let list = get_until(
+        format!("{api}/api/v1/incidents"),
+        "the site-unreachable incident",
+        |v| v["total"] == 1,
+    )
+    .await;
+    let during_outage = jiff::Timestamp::now();
+    let site = &list["incidents"][0];
+    assert_eq!(site["rule"], "site-unreachable", "{list}");
+    assert_eq!(site["status"], "open", "{list}");
+    assert!(site["title"].as_str().unwrap().contains("paris"), "{list}");
+    let site_id = site["id"].as_str().unwrap().to_string();
+
+    agent.start();
+    wait_healthy(http, "the agent restarted").await;
+    get_until(
+        format!("{api}/api/v1/incidents/{site_id}"),
+        "the site incident resolved",
+        |v| v["status"] == "resolved",
+    )
+    .await;
+
+    // Devices at the site saw the outage: two node-down events stamped during it, delivered
+    // now. The rule fires, but the site-unreachable incident covers it.
+    let node_down = |host: &str, at: jiff::Timestamp| {
+        json!({"source": "probe", "hostname": host, "severity": "critical",
+               "message": format!("{host} unreachable"), "tag": "NODE_DOWN",
+               "timestamp": at.to_string()})
+    };
+    post_events(
+        &client,
+        http,
+        &[
+            node_down("db-1", during_outage),
+            node_down("db-2", during_outage),
+        ],
+    )
+    .await
+    .unwrap();
+    let detail = get_until(
+        format!("{api}/api/v1/incidents/{site_id}"),
+        "the outage events attached to the site incident",
+        |v| v["events"].as_array().is_some_and(|e| e.len() == 2),
+    )
+    .await;
+    assert!(
+        detail["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["by"] == "rule:Node Pair"),
+        "{detail}"
+    );
+    let list = get(format!("{api}/api/v1/incidents")).await;
+    assert_eq!(
+        list["total"], 1,
+        "inhibited, no incident of its own: {list}"
+    );
+
+    // After the outage the same rule opens its own incident.
+    let now = jiff::Timestamp::now();
+    post_events(
+        &client,
+        http,
+        &[node_down("db-3", now), node_down("db-4", now)],
+    )
+    .await
+    .unwrap();
+    let list = get_until(
+        format!("{api}/api/v1/incidents"),
+        "the rule's incident",
+        |v| v["total"] == 2,
+    )
+    .await;
+    assert_eq!(list["incidents"][0]["rule"], "Node Pair", "{list}");
+    let status = agent.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
     agg.stop().await;
 }

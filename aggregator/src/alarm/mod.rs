@@ -146,6 +146,9 @@ pub struct Outcome {
     pub not_stored: Option<NotStored>,
     pub problem: Option<Problem>,
     pub clears: Vec<Clear>,
+    /// A `donotpersist` event, encoded as [`StoredEvent`] (with its sequence): not stored,
+    /// but handed to correlation after the commit.
+    pub unstored: Option<Vec<u8>>,
 }
 
 impl Outcome {
@@ -304,7 +307,10 @@ pub fn prepare_batch(
 ) -> (Vec<crate::store::Prepared>, Vec<Outcome>) {
     let mut outcomes = Vec::new();
     let records = crate::store::prepare_with(site, name, batch, now, |stored| {
-        let o = processor.process_stored(stored);
+        let mut o = processor.process_stored(stored);
+        if o.not_stored == Some(NotStored::DoNotPersist) {
+            o.unstored = postcard::to_allocvec(&*stored).ok();
+        }
         let keep = o.stored();
         if !o.is_noop() {
             outcomes.push(o);

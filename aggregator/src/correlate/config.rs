@@ -28,7 +28,8 @@ pub struct CorrelationConfig {
     #[serde(default = "d_groups")]
     pub max_groups_per_rule: usize,
     /// Events waiting in the reorder buffer; beyond it the oldest are correlated early
-    /// (`reason="reorder_overflow"`).
+    /// (`reason="reorder_overflow"`). Also the most `delayed_action` holds: beyond it the
+    /// soonest-ending are released early (`reason="hold_overflow"`).
     #[serde(default = "d_pending")]
     pub max_pending_events: usize,
     /// Distinct aggregate keys per aggregate (throttle) rule (`reason="aggregate_evicted"`).

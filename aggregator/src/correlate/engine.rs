@@ -23,6 +23,7 @@ pub struct EngineConfig {
     /// Live groups per rule; the least recently active are evicted beyond it (counted).
     pub max_groups_per_rule: usize,
     /// Events waiting in the reorder buffer; beyond it the oldest are correlated early (counted).
+    /// Also the most delayed-action holds: beyond it the soonest-ending are released (counted).
     pub max_pending: usize,
     /// Aggregate (throttle) keys per aggregate rule; the oldest are evicted beyond it (counted).
     pub max_aggregate_keys: usize,
@@ -63,9 +64,14 @@ pub struct Stats {
     pub aggregate_evicted: u64,
     pub fired: u64,
     pub site_inhibited: u64,
+    /// Delayed-action holds ended early because `max_pending` holds existed.
+    #[serde(default)]
+    pub holds_released_early: u64,
 }
 
 const SWEEP_EVERY: i64 = 30 * 1_000_000;
+/// Sites whose outage history is kept (each keeps its last 32 outages).
+const MAX_SITES: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Trigger {
@@ -75,6 +81,13 @@ struct Trigger {
     /// The delayed-action hold to cancel when this trigger is consumed.
     hold: Option<i64>,
     ev: Arc<EventIn>,
+}
+
+impl Trigger {
+    /// Events this record stands for toward a rule's `count` (its dedup count, at least 1).
+    fn weight(&self) -> u64 {
+        self.ev.event.count.max(1)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -327,6 +340,19 @@ impl Engine {
                     });
                 }
             }
+            // Bounded like the reorder buffer: beyond it the holds that end soonest end now
+            // (their events' actions run early; nothing is lost).
+            while self.held.len() > self.config.max_pending {
+                let Some(((_, _, rule), event_id)) = self.held.pop_first() else {
+                    break;
+                };
+                self.stats.holds_released_early += 1;
+                dropped("hold_overflow", 1);
+                out.push(Decision::ReleaseEvent {
+                    event_id,
+                    rule: rule.to_string(),
+                });
+            }
             if ct < before {
                 // Late: everything up to `before` has been correlated already; join the
                 // retained triggers now.
@@ -501,21 +527,26 @@ impl Engine {
                 ev: ev.clone(),
             },
         );
-        // The earliest window that contains the new trigger and holds `count` of them.
-        let n = rule.count as usize;
+        // The earliest window that contains the new trigger and holds `count` events. A
+        // record weighs its first-stage dedup count at arrival: one record of count 5 is 5
+        // events toward `count`.
+        let n = u64::from(rule.count);
         let mut start = g
             .triggers
             .partition_point(|t| t.time < ct.saturating_sub(rule.window));
+        let mut weight: u64 = g.triggers.range(start..pos).map(Trigger::weight).sum();
         let mut fire = None;
         for end in pos..g.triggers.len() {
+            weight = weight.saturating_add(g.triggers[end].weight());
             let limit = g.triggers[end].time.saturating_sub(rule.window);
             while g.triggers[start].time < limit {
+                weight -= g.triggers[start].weight();
                 start += 1;
             }
             if start > pos {
                 break;
             }
-            if end + 1 - start >= n {
+            if weight >= n {
                 fire = Some((start, end));
                 break;
             }
@@ -554,9 +585,18 @@ impl Engine {
             triggers.last().map_or(now, |t| t.time),
         );
         let late = late || triggers.iter().any(|t| t.late && t.time == last);
+        let occurrences: u64 = triggers.iter().map(Trigger::weight).sum();
+        let records = if occurrences == triggers.len() as u64 {
+            format!("{} matching event(s)", triggers.len())
+        } else {
+            format!(
+                "{} matching event(s) ({} deduplicated records)",
+                occurrences,
+                triggers.len()
+            )
+        };
         let window_text = format!(
-            "{} matching event(s) between {} and {} (window {} s, count {})",
-            triggers.len(),
+            "{records} between {} and {} (window {} s, count {})",
             ts(first),
             ts(last),
             rule.window / 1_000_000,
@@ -806,6 +846,17 @@ impl Engine {
     /// The aggregator saw `site` unreachable since `since`. Incidents whose triggers all come
     /// from unreachable sites (at their event times) are then `SiteInhibited`.
     pub fn site_down(&mut self, site: &str, since: Timestamp) {
+        if !self.sites.contains_key(site) && self.sites.len() >= MAX_SITES {
+            // Bounded: forget the histories of sites that are reachable now.
+            let before = self.sites.len();
+            self.sites
+                .retain(|_, v| v.last().is_some_and(|(_, until)| until.is_none()));
+            dropped("site_history_evicted", (before - self.sites.len()) as u64);
+            if self.sites.len() >= MAX_SITES {
+                dropped("site_limit", 1);
+                return;
+            }
+        }
         let v = self.sites.entry(site.to_string()).or_default();
         if v.last().is_some_and(|(_, until)| until.is_none()) {
             return;

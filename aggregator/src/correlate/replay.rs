@@ -50,8 +50,9 @@ struct ReplayEvent {
     _raw_payload: Option<serde_json::Value>,
     #[serde(default, rename = "raw_payload_hex")]
     _raw_payload_hex: Option<serde_json::Value>,
-    #[serde(default, rename = "count")]
-    _count: Option<serde_json::Value>,
+    /// First-stage dedup count: the record stands for this many events in a rule's `count`.
+    #[serde(default)]
+    count: Option<u64>,
     #[serde(default, rename = "first_seen")]
     _first_seen: Option<serde_json::Value>,
     #[serde(default, rename = "last_seen")]
@@ -93,6 +94,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<(EventIn, Timestamp)>, String> {
         event.tag = r.tag;
         event.tags = r.tags;
         event.peer = r.peer;
+        event.count = r.count.unwrap_or(1).max(1);
         out.push((
             EventIn {
                 id: r.id.unwrap_or_else(|| format!("line-{}", n + 1)),

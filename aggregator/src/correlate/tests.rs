@@ -1271,3 +1271,127 @@ fn severity_floor_is_taken_from_top_level_and_only() {
     );
     assert_eq!(r.rules[0].min_severity, None, "an OR sets no floor");
 }
+
+/// An event deduplicated at the agent into one record of `count`.
+fn counted(id: &str, tag: &str, secs: f64, count: u64) -> Arc<EventIn> {
+    let mut e = (*tagged(id, tag, "sw1", secs, &[])).clone();
+    e.event.count = count;
+    Arc::new(e)
+}
+
+#[test]
+fn windows_count_first_stage_dedup_counts_not_records() {
+    let r = || rules(r#"[{"name": "Flappy", "events": ["Link Flap"], "window": 60, "count": 5}]"#);
+    // One record standing for 5 flaps fires a count-5 rule by itself.
+    let mut e = Engine::new(r(), no_lateness());
+    let out = run(&mut e, &[counted("x", "Link Flap", 0.0, 5)]);
+    let inc = incidents(&out);
+    assert_eq!(inc.len(), 1, "{out:#?}");
+    assert_eq!(inc[0].event_ids, ["x"]);
+    assert!(
+        inc[0]
+            .explanation
+            .contains("5 matching event(s) (1 deduplicated records)"),
+        "{}",
+        inc[0].explanation
+    );
+    // Records of 2 + 2 are 4 events: not enough; a third record of 1 makes 5, and the
+    // firing consumes all three (windows never overlap).
+    let mut e = Engine::new(r(), no_lateness());
+    let out = run(
+        &mut e,
+        &[
+            counted("a", "Link Flap", 0.0, 2),
+            counted("b", "Link Flap", 10.0, 2),
+        ],
+    );
+    assert!(incidents(&out).is_empty(), "{out:#?}");
+    let mut e = Engine::new(r(), no_lateness());
+    let out = run(
+        &mut e,
+        &[
+            counted("a", "Link Flap", 0.0, 2),
+            counted("b", "Link Flap", 10.0, 2),
+            counted("c", "Link Flap", 20.0, 1),
+            counted("d", "Link Flap", 30.0, 4),
+        ],
+    );
+    let inc = incidents(&out);
+    assert_eq!(inc.len(), 1, "{out:#?}");
+    assert_eq!(inc[0].event_ids, ["a", "b", "c"]);
+    // Counts outside the window do not add up: 3 at 0 s and 3 at 61 s.
+    let mut e = Engine::new(r(), no_lateness());
+    let out = run(
+        &mut e,
+        &[
+            counted("p", "Link Flap", 0.0, 3),
+            counted("q", "Link Flap", 61.0, 3),
+        ],
+    );
+    assert!(incidents(&out).is_empty(), "{out:#?}");
+    // A count of 0 (never sent, but not trusted) weighs 1.
+    let mut e = Engine::new(r(), no_lateness());
+    let zeros: Vec<_> = (0..5)
+        .map(|i| counted(&format!("z{i}"), "Link Flap", f64::from(i), 0))
+        .collect();
+    assert_eq!(incidents(&run(&mut e, &zeros)).len(), 1);
+}
+
+#[test]
+fn dry_run_of_a_jsonl_file_weighs_dedup_counts_like_live() {
+    let line = |id: &str, secs: u32, count: u64| {
+        format!(
+            r#"{{"id": "{id}", "hostname": "sw1", "severity": "error", "message": "flap", "tag": "Link Flap", "timestamp": "2026-02-24T14:00:{secs:02}Z", "count": {count}}}"#
+        )
+    };
+    let text = [line("a", 0, 3), line("b", 5, 2), line("c", 10, 1)].join("\n");
+    let evs = replay::parse_jsonl(&text).unwrap();
+    assert_eq!(evs[0].0.event.count, 3);
+    let r = rules(r#"[{"name": "Flappy", "events": ["Link Flap"], "window": 60, "count": 5}]"#);
+    let dry = dry_run(r.clone(), no_lateness(), evs.iter().map(|(e, t)| (e, *t)));
+    let mut live = Engine::new(r, no_lateness());
+    let mut out = Vec::new();
+    for (e, t) in &evs {
+        out.extend(live.push(Arc::new(e.clone()), *t));
+    }
+    out.extend(live.finish(evs[2].1));
+    let ids = |d: &[Decision]| -> Vec<Vec<String>> {
+        incidents(d).iter().map(|i| i.event_ids.clone()).collect()
+    };
+    assert_eq!(ids(&dry), [vec!["a".to_string(), "b".to_string()]]);
+    assert_eq!(ids(&dry), ids(&out));
+}
+
+#[test]
+fn delayed_action_holds_are_bounded_and_released_early_when_full() {
+    let r = rules(
+        r#"[{"name": "Hold", "events": ["Link Down"], "window": 60, "count": 100, "delayed_action": 600}]"#,
+    );
+    let cfg = EngineConfig {
+        max_pending: 3,
+        ..no_lateness()
+    };
+    let mut e = Engine::new(r, cfg);
+    let mut released = Vec::new();
+    for i in 0..5 {
+        let s = f64::from(i);
+        for d in e.push(tagged(&format!("h{i}"), "Link Down", "sw1", s, &[]), at(s)) {
+            if let Decision::ReleaseEvent { event_id, .. } = d {
+                released.push(event_id);
+            }
+        }
+    }
+    // Five holds, room for three: the two ending soonest were released, and counted.
+    assert_eq!(released, ["h0", "h1"]);
+    assert_eq!(e.stats().holds_released_early, 2);
+    // The others end at their time, once each.
+    let rest: Vec<_> = e
+        .finish(at(1000.0))
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::ReleaseEvent { event_id, .. } => Some(event_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rest, ["h2", "h3", "h4"]);
+}
