@@ -22,6 +22,7 @@ use weir_common::ingest::problem_body;
 use crate::alarm::incident::{
     self, Explanation, Incident, IncidentAction, IncidentError, IncidentStatus, parse_incident_id,
 };
+use crate::alarm::list::{self, AlarmFilter};
 use crate::alarm::persist::{self, ActionError, Engine};
 use crate::alarm::state::{Alarm, AlarmAction, AlarmStatus};
 use crate::api::{DEFAULT_LIMIT, EventView, MAX_LIMIT};
@@ -222,7 +223,13 @@ pub struct AlarmParams {
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlarmsPage {
+    /// Alarms matching the filters in all. Exact with no filter or `status` alone; with other
+    /// filters it counts matches among at most the 10,000 newest candidate alarms, and
+    /// `total_exact` is false when there were more (a lower bound, not a full scan).
     pub total: u64,
+    /// Whether `total` is exact (see `total`).
+    #[serde(default = "yes")]
+    pub total_exact: bool,
     pub alarms: Vec<Alarm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -233,6 +240,7 @@ pub struct AlarmsPage {
     path = "/api/v1/alarms",
     tag = "alarms",
     summary = "Alarms, newest first",
+    description = "Reads only the page asked for (walking alarm ids down from the cursor, through a status index when `status` is given). `total` is exact with no filter or with `status` alone; with other filters it counts matches among at most 10,000 candidate alarms and `total_exact` says whether it stopped there.",
     params(AlarmParams),
     responses(
         (status = 200, description = "A page of alarms", body = AlarmsPage),
@@ -249,33 +257,32 @@ pub(crate) async fn list_alarms(
     let status: Option<AlarmStatus> = parse("status", &q.status)?;
     let severity: Option<Severity> = parse("severity", &q.severity)?;
     let hostname = parse_glob("hostname", &q.hostname)?;
-    let engine = st.engine.clone();
-    let all = blocking(move || persist::alarms(engine.store.database()).map_err(Problem::internal))
-        .await?;
-    let keep = |a: &Alarm| {
-        status.is_none_or(|s| a.status == s)
-            && severity.is_none_or(|s| a.severity >= s)
-            && q.site.as_deref().is_none_or(|s| a.site == s)
-            && q.tag.as_deref().is_none_or(|t| a.tag.as_deref() == Some(t))
-            && hostname.as_ref().is_none_or(|g| g.is_match(&a.hostname))
+    let filter = AlarmFilter {
+        status,
+        severity,
+        site: q.site,
+        tag: q.tag,
+        hostname,
     };
-    let matching: Vec<Alarm> = all.into_iter().filter(keep).collect();
-    let total = matching.len() as u64;
-    let mut page: Vec<Alarm> = matching
-        .into_iter()
-        .filter(|a| before.is_none_or(|b| a.id < b))
-        .take(limit + 1)
-        .collect();
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let next_cursor = more
-        .then(|| page.last().map(|a| encode_cursor(a.id)))
+    let engine = st.engine.clone();
+    let page = blocking(move || {
+        list::page(engine.store.database(), &filter, limit, before).map_err(Problem::internal)
+    })
+    .await?;
+    let next_cursor = page
+        .more
+        .then(|| page.alarms.last().map(|a| encode_cursor(a.id)))
         .flatten();
     Ok(Json(AlarmsPage {
-        total,
-        alarms: page,
+        total: page.total,
+        total_exact: page.total_exact,
+        alarms: page.alarms,
         next_cursor,
     }))
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn alarm_id(id: &str) -> Result<u64, Problem> {

@@ -252,6 +252,9 @@ cleared_alarm_retention = "1h"
 clear_memory = "1d"
 # Most alarms kept; problems that would open more raise none (counted, events still stored).
 max_alarms = 100000
+# Most clears remembered without their alarm (see clear_memory); over it the oldest are
+# forgotten first (counted as dropped, reason clear_mark_limit, and logged).
+max_clear_marks = 100000
 
 [retention]
 # Days an event stays in the hot store (counted from when it was stored); 0 keeps all.

@@ -427,6 +427,7 @@ pub fn run_writer(
                 if let Some(a) = applied {
                     a.record_metrics();
                 }
+                out.alarm_counts.record_metrics();
                 metrics::histogram!("weir_aggregator_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("weir_aggregator_events_stored_total").increment(out.stored);

@@ -210,6 +210,8 @@ pub struct CommitOutcome {
     pub malformed: u64,
     /// Events processing decided not to store ([`Prepared::Skip`]; counted where decided).
     pub not_stored: u64,
+    /// Alarms raised by count updates ([`crate::alarm::persist::apply_counts`]).
+    pub alarm_counts: crate::alarm::persist::Applied,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +373,8 @@ impl Store {
     ) -> Result<CommitOutcome, StoreError> {
         let mut prior = Vec::with_capacity(batches.len());
         let mut out = CommitOutcome::default();
+        // Count updates of events that raised an alarm: applied after `also`.
+        let mut raises = Vec::new();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
@@ -459,6 +463,7 @@ impl Store {
                                 && let Ok(mut stored) = postcard::from_bytes::<StoredEvent>(&bytes)
                             {
                                 // Absolute counts: keep the largest, so replays cannot inflate.
+                                let old_count = stored.event.count;
                                 if *count > stored.event.count {
                                     stored.event.count = *count;
                                 }
@@ -473,6 +478,9 @@ impl Store {
                                 // The summaries carry the count (totals, histograms).
                                 index::index_event(&mut idx, key, &stored)
                                     .map_err(|e| self.err(e))?;
+                                raises.extend(crate::alarm::persist::CountRaise::of(
+                                    old_count, &stored,
+                                ));
                                 out.count_updates += 1;
                             } else {
                                 out.orphan_updates += 1;
@@ -504,6 +512,8 @@ impl Store {
                 .map_err(|e| self.err(e))?;
         }
         also(&txn, &prior).map_err(|e| self.err(e))?;
+        out.alarm_counts =
+            crate::alarm::persist::apply_counts(&txn, &raises, now).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
     }

@@ -16,6 +16,8 @@
 
 pub mod definition;
 pub mod incident;
+pub mod list;
+mod marks;
 pub mod persist;
 pub mod state;
 pub mod template;
@@ -55,6 +57,10 @@ pub struct ProcessingConfig {
     /// counted (`weir_aggregator_dropped_total{reason="alarm_limit"}`), still stored as events.
     #[serde(default = "d_max_alarms")]
     pub max_alarms: u64,
+    /// Most clears remembered without their alarm (see `clear_memory`); over it the oldest
+    /// are forgotten first (counted: `weir_aggregator_dropped_total{reason="clear_mark_limit"}`).
+    #[serde(default = "d_max_clear_marks")]
+    pub max_clear_marks: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -65,6 +71,7 @@ impl Default for ProcessingConfig {
             cleared_alarm_retention: d_retention(),
             clear_memory: d_clear_memory(),
             max_alarms: d_max_alarms(),
+            max_clear_marks: d_max_clear_marks(),
         }
     }
 }
@@ -76,6 +83,9 @@ fn d_clear_memory() -> HumanDuration {
     HumanDuration::secs(86_400)
 }
 fn d_max_alarms() -> u64 {
+    100_000
+}
+fn d_max_clear_marks() -> u64 {
     100_000
 }
 
@@ -95,6 +105,9 @@ impl ProcessingConfig {
         };
         if self.max_alarms == 0 {
             return Err(fail("processing.max_alarms", "must be at least 1"));
+        }
+        if self.max_clear_marks == 0 {
+            return Err(fail("processing.max_clear_marks", "must be at least 1"));
         }
         if self.clear_memory < self.cleared_alarm_retention {
             return Err(fail(
@@ -178,6 +191,11 @@ impl Outcome {
 /// The tag `logonly` events are stored with, so default views can hide them.
 pub const DEST_TAG: &str = "weir.dest";
 
+/// The tag a problem event is stored with: the reduction key of the alarm it raised, so a
+/// later first-stage dedup count update for the event raises that alarm's count too
+/// ([`persist::apply_counts`]).
+pub const ALARM_TAG: &str = "weir.alarm";
+
 impl Processor {
     /// Loads the files `cfg` names (the built-in definitions when it names none).
     pub fn load(cfg: &ProcessingConfig) -> Result<Processor, ConfigError> {
@@ -253,8 +271,10 @@ impl Processor {
         match alarm.kind {
             AlarmType::Problem => {
                 if let Some(t) = &alarm.reduction_key {
+                    let key = t.expand(cx);
+                    event.tags.insert(ALARM_TAG.into(), key.clone());
                     out.problem = Some(Problem {
-                        key: t.expand(cx),
+                        key,
                         event_id: event_id.to_string(),
                         event_time: event.event_time,
                         severity: event.severity,

@@ -7,10 +7,17 @@
 //!
 //! # Tables (values postcard)
 //! - `alarms`: reduction key → [`Alarm`]; `alarm_ids`: alarm id → reduction key.
-//! - `alarm_clear_marks`: reduction key → [`ClearMark`] (clears without an alarm).
+//! - `alarm_by_status`: `(status, id)` → reduction key, for listing ([`super::list`]).
+//! - `alarm_clear_marks`, `alarm_clear_mark_ages`: clears without an alarm, capped
+//!   ([`super::marks`]).
 //! - `incidents`: incident number → [`Incident`]; `alarm_incidents`: reduction key →
 //!   incident numbers holding it (multimap), for auto-resolve.
-//! - `alarm_counters`: `next_alarm`, `next_incident`, `suppressed:<rule>` → u64.
+//! - `alarm_counters`: `next_alarm`, `next_incident`, `suppressed:<rule>`,
+//!   `index_version` (of `alarm_by_status` and `alarm_clear_mark_ages`) → u64.
+//!
+//! Events that raised an alarm carry its reduction key in tag [`super::ALARM_TAG`]: a
+//! first-stage dedup count update for such an event raises that alarm's count too
+//! ([`apply_counts`], called by the store in the same transaction).
 
 use std::sync::{Arc, RwLock};
 
@@ -24,39 +31,58 @@ use serde::de::DeserializeOwned;
 use weir_common::config::ConfigError;
 
 use super::incident::{self, EventRef, Incident, IncidentError, IncidentSpec};
-use super::state::{
-    self, Alarm, AlarmAction, AlarmStatus, AlarmTransitionError, Change, ClearMark,
-};
+use super::list;
+use super::marks::Marks;
+use super::state::{self, Alarm, AlarmAction, AlarmStatus, AlarmTransitionError, Change};
 use super::{NotStored, Outcome, ProcessingConfig, Processor};
-use crate::store::Store;
+use crate::store::{Store, StoredEvent};
 
-const ALARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarms");
-const ALARM_IDS: TableDefinition<u64, &str> = TableDefinition::new("alarm_ids");
-const CLEAR_MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarm_clear_marks");
+pub(crate) const ALARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarms");
+pub(crate) const ALARM_IDS: TableDefinition<u64, &str> = TableDefinition::new("alarm_ids");
 const INCIDENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("incidents");
 const ALARM_INCIDENTS: MultimapTableDefinition<&str, u64> =
     MultimapTableDefinition::new("alarm_incidents");
-const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("alarm_counters");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("alarm_counters");
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+/// The version of the alarm indexes; a store with an older one has them rebuilt at startup.
+const INDEX_VERSION: u64 = 1;
+
+pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("postcard encoding into a Vec")
 }
 
-fn dec<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, redb::Error> {
+pub(crate) fn dec<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, redb::Error> {
     postcard::from_bytes(bytes)
         .map_err(|e| redb::StorageError::Corrupted(format!("{what}: {e}")).into())
 }
 
-/// Creates the tables (at startup, so readers never find them missing).
+/// Creates the tables (at startup, so readers never find them missing), and builds the
+/// indexes of a store written before they existed (bounded by `max_alarms` and
+/// `max_clear_marks`, so one transaction).
 pub fn init(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
-        txn.open_table(ALARMS)?;
+        let alarms = txn.open_table(ALARMS)?;
         txn.open_table(ALARM_IDS)?;
-        txn.open_table(CLEAR_MARKS)?;
+        let mut by_status = txn.open_table(list::BY_STATUS)?;
+        let mut marks = Marks::open(&txn)?;
         txn.open_table(INCIDENTS)?;
         txn.open_multimap_table(ALARM_INCIDENTS)?;
-        txn.open_table(COUNTERS)?;
+        let mut counters = txn.open_table(COUNTERS)?;
+        let version = counters.get("index_version")?.map_or(0, |v| v.value());
+        if version < INDEX_VERSION {
+            if !alarms.is_empty()? || marks.len()? > 0 {
+                tracing::info!("building the alarm indexes (once, after an upgrade)");
+            }
+            by_status.retain(|_, _| false)?;
+            for item in alarms.iter()? {
+                let (_, v) = item?;
+                let a: Alarm = dec("alarm", v.value())?;
+                list::reindex(&mut by_status, None, &a)?;
+            }
+            marks.rebuild_ages()?;
+            counters.insert("index_version", INDEX_VERSION)?;
+        }
     }
     txn.commit()?;
     Ok(())
@@ -70,15 +96,19 @@ fn next(txn: &WriteTransaction, counter: &str) -> Result<u64, redb::Error> {
 }
 
 /// What applying a group of outcomes did (metrics are counted by the caller after commit).
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub opened: u64,
     pub reopened: u64,
     pub cleared: u64,
     pub updated: u64,
     pub clears_remembered: u64,
+    /// Alarms whose count a first-stage dedup count update raised ([`apply_counts`]).
+    pub count_raised: u64,
     /// Problems refused because `max_alarms` alarms exist.
     pub over_limit: u64,
+    /// Clear marks evicted, oldest first, because `max_clear_marks` are kept.
+    pub marks_evicted: u64,
     /// Events not stored, by reason (and the suppressing rule).
     pub not_stored: Vec<NotStored>,
     /// Incidents auto-resolved because their last alarm cleared.
@@ -94,6 +124,7 @@ impl Applied {
             ("cleared", self.cleared),
             ("updated", self.updated),
             ("clear_remembered", self.clears_remembered),
+            ("count_update", self.count_raised),
         ] {
             if n > 0 {
                 metrics::counter!("weir_aggregator_alarm_changes_total", "change" => what)
@@ -109,6 +140,7 @@ impl Applied {
                 "processing.max_alarms alarms exist: new problems raise no alarm (their events are stored). Clear alarms or raise the limit"
             );
         }
+        record_evictions(self.marks_evicted);
         for ns in &self.not_stored {
             metrics::counter!("weir_aggregator_dropped_total", "reason" => ns.reason())
                 .increment(1);
@@ -123,6 +155,32 @@ impl Applied {
     }
 }
 
+fn record_evictions(n: u64) {
+    if n > 0 {
+        metrics::counter!("weir_aggregator_dropped_total", "reason" => "clear_mark_limit")
+            .increment(n);
+        weir_common::warn_limited!(
+            "clear_mark_limit",
+            evicted = n,
+            "processing.max_clear_marks clears without an alarm are remembered: the oldest were forgotten, so a late problem older than them may open an alarm to clear by hand. Look for a source of clears without problems, or raise the limit"
+        );
+    }
+}
+
+/// Writes alarm `a` under `key` and keeps `alarm_by_status` in step (`before`: its status
+/// as read, `None` for a new alarm).
+fn put_alarm(
+    alarms: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    by_status: &mut redb::Table<'_, (u8, u64), &'static str>,
+    key: &str,
+    before: Option<AlarmStatus>,
+    a: &Alarm,
+) -> Result<(), redb::Error> {
+    alarms.insert(key, enc(a).as_slice())?;
+    list::reindex(by_status, before, a)?;
+    Ok(())
+}
+
 /// Applies processing outcomes inside the writer's transaction.
 pub fn apply<'a>(
     txn: &WriteTransaction,
@@ -135,7 +193,8 @@ pub fn apply<'a>(
     {
         let mut alarms = txn.open_table(ALARMS)?;
         let mut ids = txn.open_table(ALARM_IDS)?;
-        let mut marks = txn.open_table(CLEAR_MARKS)?;
+        let mut by_status = txn.open_table(list::BY_STATUS)?;
+        let mut marks = Marks::open(txn)?;
         for o in outcomes {
             if let Some(ns) = &o.not_stored {
                 out.not_stored.push(ns.clone());
@@ -153,20 +212,19 @@ pub fn apply<'a>(
                     .transpose()?;
                 match existing {
                     Some(a) => {
+                        let before = a.status;
                         let (a, change) = state::clear(a, c, now);
-                        alarms.insert(c.key.as_str(), enc(&a).as_slice())?;
+                        put_alarm(&mut alarms, &mut by_status, &c.key, Some(before), &a)?;
                         if change == Change::Cleared {
                             out.cleared += 1;
                             cleared_keys.push(c.key.clone());
                         }
                     }
                     None => {
-                        let mark = marks
-                            .get(c.key.as_str())?
-                            .map(|v| dec::<ClearMark>("clear mark", v.value()))
-                            .transpose()?;
-                        let mark = state::remember(mark, c, now);
-                        marks.insert(c.key.as_str(), enc(&mark).as_slice())?;
+                        let old = marks.get(&c.key)?;
+                        let mark = state::remember(old.clone(), c, now);
+                        out.marks_evicted +=
+                            marks.put(&c.key, old.as_ref(), &mark, cfg.max_clear_marks)?;
                         out.clears_remembered += 1;
                     }
                 }
@@ -176,15 +234,13 @@ pub fn apply<'a>(
                 .get(p.key.as_str())?
                 .map(|v| dec::<Alarm>("alarm", v.value()))
                 .transpose()?;
+            let before = existing.as_ref().map(|a| a.status);
             let mark = if existing.is_none() {
                 if alarms.len()? >= cfg.max_alarms {
                     out.over_limit += 1;
                     continue;
                 }
-                marks
-                    .remove(p.key.as_str())?
-                    .map(|v| dec::<ClearMark>("clear mark", v.value()))
-                    .transpose()?
+                marks.take(&p.key)?
             } else {
                 None
             };
@@ -208,7 +264,7 @@ pub fn apply<'a>(
                 }
                 ids.insert(id, p.key.as_str())?;
             }
-            alarms.insert(p.key.as_str(), enc(&a).as_slice())?;
+            put_alarm(&mut alarms, &mut by_status, &p.key, before, &a)?;
             match change {
                 Change::Opened | Change::OpenedCleared => out.opened += 1,
                 Change::Reopened => out.reopened += 1,
@@ -219,6 +275,102 @@ pub fn apply<'a>(
     for key in cleared_keys {
         out.auto_resolved
             .extend(auto_resolve_holding(txn, &key, now)?);
+    }
+    Ok(out)
+}
+
+/// The event time of an event's last repeat (see [`apply_counts`]).
+fn repeat_time(e: &weir_common::Event) -> Timestamp {
+    let span_us = e
+        .last_seen
+        .as_microsecond()
+        .saturating_sub(e.first_seen.as_microsecond())
+        .max(0);
+    Timestamp::from_microsecond(e.event_time.as_microsecond().saturating_add(span_us))
+        .unwrap_or(e.event_time)
+}
+
+/// A first-stage dedup count update that raised a stored event's count by `delta`: the
+/// event as it is now (count and `last_seen` updated).
+#[derive(Debug, Clone)]
+pub struct CountRaise {
+    pub delta: u64,
+    pub stored: StoredEvent,
+}
+
+impl CountRaise {
+    /// The raise to apply to an alarm, if the event raised one (it carries
+    /// [`super::ALARM_TAG`]) and its count went up.
+    pub fn of(old_count: u64, stored: &StoredEvent) -> Option<CountRaise> {
+        let delta = stored
+            .event
+            .count
+            .checked_sub(old_count)
+            .filter(|&d| d > 0)?;
+        stored
+            .event
+            .tags
+            .contains_key(super::ALARM_TAG)
+            .then(|| CountRaise {
+                delta,
+                stored: stored.clone(),
+            })
+    }
+}
+
+/// Raises the alarms that count-updated events fed, inside the store writer's transaction
+/// (after [`apply`], so an event and its count update in one commit both count). The alarm
+/// gains the update's delta (counts are absolute, so a replay adds nothing) and the last
+/// repeat's time as its newest problem when it is newer: a repeat newer than the alarm's
+/// clear re-opens it, like any newer problem. Events that raised no alarm, or whose alarm is
+/// gone (cleared and expired), change nothing.
+///
+/// Alarms order by event time (the device's clock) but the agent stamps repeats with its
+/// own receive time, so the last repeat's event time is taken as the event's time plus how
+/// long the repeats went on (`last_seen - first_seen`): a device clock an hour behind then
+/// cannot make a repeat look newer than a clear the device sent after it.
+pub fn apply_counts(
+    txn: &WriteTransaction,
+    raises: &[CountRaise],
+    now: Timestamp,
+) -> Result<Applied, redb::Error> {
+    let mut out = Applied::default();
+    if raises.is_empty() {
+        return Ok(out);
+    }
+    let mut alarms = txn.open_table(ALARMS)?;
+    let mut by_status = txn.open_table(list::BY_STATUS)?;
+    for r in raises {
+        let e = &r.stored.event;
+        let Some(key) = e.tags.get(super::ALARM_TAG) else {
+            continue;
+        };
+        let Some(a) = alarms
+            .get(key.as_str())?
+            .map(|v| dec::<Alarm>("alarm", v.value()))
+            .transpose()?
+        else {
+            continue;
+        };
+        let before = a.status;
+        let p = state::Problem {
+            key: key.clone(),
+            event_id: r.stored.id(),
+            event_time: repeat_time(e),
+            severity: e.severity,
+            count: r.delta,
+            site: r.stored.site.clone(),
+            hostname: e.hostname.clone(),
+            tag: e.tag.clone(),
+            message: e.message.clone(),
+        };
+        // An existing alarm keeps its id: the id source is never called.
+        let (a, change) = state::raise(Some(a), None, &p, || 0, now);
+        put_alarm(&mut alarms, &mut by_status, key, Some(before), &a)?;
+        out.count_raised += 1;
+        if change == Change::Reopened {
+            out.reopened += 1;
+        }
     }
     Ok(out)
 }
@@ -387,13 +539,15 @@ pub fn alarm_action(
             k.ok_or(ActionError::NotFound)?
         };
         let mut alarms = txn.open_table(ALARMS)?;
+        let mut by_status = txn.open_table(list::BY_STATUS)?;
         let a: Alarm = match alarms.get(key.as_str())? {
             Some(v) => dec("alarm", v.value())?,
             None => return Err(ActionError::NotFound),
         };
+        let before = a.status;
         let a = state::act(a, action, by, now)?;
-        alarms.insert(key.as_str(), enc(&a).as_slice())?;
-        drop(alarms);
+        put_alarm(&mut alarms, &mut by_status, &key, Some(before), &a)?;
+        drop((alarms, by_status));
         let resolved = if action == AlarmAction::Clear {
             auto_resolve_holding(&txn, &key, now)?
         } else {
@@ -423,19 +577,6 @@ pub fn incident_update(
     save_incident(&txn, &inc)?;
     txn.commit()?;
     Ok(inc)
-}
-
-/// Every alarm (at most `max_alarms`), newest id first.
-pub fn alarms(db: &Database) -> Result<Vec<Alarm>, redb::Error> {
-    let txn = db.begin_read()?;
-    let t = txn.open_table(ALARMS)?;
-    let mut v = Vec::new();
-    for item in t.iter()? {
-        let (_, a) = item?;
-        v.push(dec::<Alarm>("alarm", a.value())?);
-    }
-    v.sort_by_key(|a| std::cmp::Reverse(a.id));
-    Ok(v)
 }
 
 pub fn alarm(db: &Database, id: u64) -> Result<Option<Alarm>, redb::Error> {
@@ -496,56 +637,57 @@ pub fn counter(db: &Database, name: &str) -> Result<u64, redb::Error> {
     Ok(t.get(name)?.map_or(0, |v| v.value()))
 }
 
+/// What one [`expire`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Cleared alarms removed after `cleared_alarm_retention`.
+    pub removed: u64,
+    /// Clear marks forgotten after `clear_memory`.
+    pub forgotten: u64,
+    /// Clear marks evicted because `max_clear_marks` are kept (the marks removed alarms
+    /// leave behind count too).
+    pub evicted: u64,
+}
+
 /// Removes cleared alarms kept longer than the retention (leaving a clear mark behind) and
-/// forgets clear marks older than `clear_memory`. Returns (alarms removed, marks forgotten).
+/// forgets clear marks older than `clear_memory`. Reads only cleared alarms and old marks.
 pub fn expire(
     db: &Database,
     cfg: &ProcessingConfig,
     now: Timestamp,
-) -> Result<(u64, u64), redb::Error> {
+) -> Result<Expired, redb::Error> {
     let txn = db.begin_write()?;
-    let mut removed = 0;
-    let mut forgotten = 0;
+    let mut out = Expired::default();
     {
         let mut alarms = txn.open_table(ALARMS)?;
         let mut ids = txn.open_table(ALARM_IDS)?;
-        let mut marks = txn.open_table(CLEAR_MARKS)?;
+        let mut by_status = txn.open_table(list::BY_STATUS)?;
+        let mut marks = Marks::open(&txn)?;
+        let memory_us = cfg.clear_memory.0.as_micros().min(i64::MAX as u128) as i64;
+        out.forgotten = marks.forget_until(now.as_microsecond().saturating_sub(memory_us))?;
         let mut gone = Vec::new();
-        for item in alarms.iter()? {
-            let (k, v) = item?;
+        for k in list::cleared_keys(&by_status)? {
+            let Some(v) = alarms.get(k.as_str())? else {
+                continue;
+            };
             let a: Alarm = dec("alarm", v.value())?;
             if state::expired(&a, now, cfg.cleared_alarm_retention.0) {
-                gone.push((k.value().to_string(), a));
+                gone.push((k, a));
             }
         }
         for (k, a) in gone {
             alarms.remove(k.as_str())?;
             ids.remove(a.id)?;
+            list::unindex(&mut by_status, &a)?;
             if let Some(m) = state::mark_of(&a, now) {
-                marks.insert(k.as_str(), enc(&m).as_slice())?;
+                let old = marks.get(&k)?;
+                out.evicted += marks.put(&k, old.as_ref(), &m, cfg.max_clear_marks)?;
             }
-            removed += 1;
-        }
-        let memory_us = cfg.clear_memory.0.as_micros() as i64;
-        let mut old = Vec::new();
-        for item in marks.iter()? {
-            let (k, v) = item?;
-            let m: ClearMark = dec("clear mark", v.value())?;
-            if now
-                .as_microsecond()
-                .saturating_sub(m.recorded_at.as_microsecond())
-                >= memory_us
-            {
-                old.push(k.value().to_string());
-            }
-        }
-        for k in old {
-            marks.remove(k.as_str())?;
-            forgotten += 1;
+            out.removed += 1;
         }
     }
     txn.commit()?;
-    Ok((removed, forgotten))
+    Ok(out)
 }
 
 /// The shared handle: the current rules (swapped whole on reload) and where state lives.
@@ -607,7 +749,7 @@ impl Engine {
     }
 
     /// Removes expired alarms and clear marks now.
-    pub fn expire(&self, now: Timestamp) -> Result<(u64, u64), redb::Error> {
+    pub fn expire(&self, now: Timestamp) -> Result<Expired, redb::Error> {
         expire(self.store.database(), &self.config, now)
     }
 }
@@ -622,11 +764,16 @@ pub async fn run_expiry(engine: Arc<Engine>, shutdown: tokio_util::sync::Cancell
         }
         let e = engine.clone();
         match tokio::task::spawn_blocking(move || e.expire(Timestamp::now())).await {
-            Ok(Ok((removed, forgotten))) => {
-                if removed + forgotten > 0 {
-                    metrics::counter!("weir_aggregator_alarms_expired_total").increment(removed);
-                    tracing::debug!(removed, forgotten, "expired cleared alarms and old clears");
+            Ok(Ok(x)) => {
+                if x.removed + x.forgotten > 0 {
+                    metrics::counter!("weir_aggregator_alarms_expired_total").increment(x.removed);
+                    tracing::debug!(
+                        removed = x.removed,
+                        forgotten = x.forgotten,
+                        "expired cleared alarms and old clears"
+                    );
                 }
+                record_evictions(x.evicted);
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot expire cleared alarms; check the disk under data_dir")

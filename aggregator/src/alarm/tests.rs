@@ -67,12 +67,22 @@ impl Rig {
     /// Sends events as agent `site/name` with sequences `first..`, as a connection task
     /// would, and waits for the commit; returns the committed sequence.
     pub fn send(&self, site: &str, name: &str, first: u64, events: Vec<Event>) -> u64 {
-        let records: Vec<WireRecord> = events
+        self.send_records(
+            site,
+            name,
+            first,
+            events.into_iter().map(Record::Event).collect(),
+        )
+    }
+
+    /// [`Rig::send`] with any records (events and first-stage dedup count updates).
+    pub fn send_records(&self, site: &str, name: &str, first: u64, records: Vec<Record>) -> u64 {
+        let records: Vec<WireRecord> = records
             .into_iter()
             .enumerate()
-            .map(|(i, e)| WireRecord {
+            .map(|(i, r)| WireRecord {
                 seq: first + i as u64,
-                payload: Record::Event(e).to_bytes(),
+                payload: r.to_bytes(),
             })
             .collect();
         let batch = Batch {
@@ -457,7 +467,10 @@ fn clear_before_problem_through_the_writer_and_expiry_keeps_the_clear() {
                     .unwrap()
             )
             .unwrap(),
-        (1, 0)
+        persist::Expired {
+            removed: 1,
+            ..Default::default()
+        }
     );
     assert!(rig.alarm("PING_DOWN:s:h").is_none());
     rig.send("s", "b", 3, vec![ev("PING_DOWN", "h", 5)]);
@@ -520,4 +533,175 @@ fn alarm_limit_refuses_new_alarms_but_stores_events() {
     assert!(rig.alarm("PING_DOWN:s:h3").is_none());
     assert_eq!(rig.alarm("PING_DOWN:s:h1").unwrap().count, 2);
     assert_eq!(rig.messages().len(), 4);
+}
+
+fn count(target_seq: u64, count: u64, last_seen: i64) -> Record {
+    Record::Count {
+        target_seq,
+        count,
+        last_seen: t(last_seen),
+    }
+}
+
+/// First-stage dedup count updates raise the alarm their event raised, by the delta (counts
+/// are absolute: a replay or a lower count adds nothing), in the same commit.
+#[test]
+fn count_updates_raise_the_alarm_their_event_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.redb");
+    let rig = Rig::open(&path, ProcessingConfig::default());
+    rig.send(
+        "s",
+        "a",
+        1,
+        vec![ev("PING_DOWN", "h", 10), ev("NOISE", "h", 10)],
+    );
+    let stored = rig.store.get_by_id("s:a:1").unwrap().unwrap();
+    assert_eq!(
+        stored.event.tags.get(ALARM_TAG).map(String::as_str),
+        Some("PING_DOWN:s:h"),
+        "the event names its alarm"
+    );
+    rig.send_records("s", "a", 3, vec![count(1, 5, 40)]);
+    let a = rig.alarm("PING_DOWN:s:h").unwrap();
+    assert_eq!((a.count, a.last_seen), (5, t(40)));
+    // Absolute counts: a replay of the same count, and a lower one, add nothing.
+    rig.send_records("s", "a", 4, vec![count(1, 5, 40), count(1, 3, 30)]);
+    assert_eq!(rig.alarm("PING_DOWN:s:h").unwrap().count, 5);
+    // An event that raised no alarm: its count update changes no alarm.
+    rig.send_records("s", "a", 6, vec![count(2, 9, 50)]);
+    assert_eq!(rig.alarm("PING_DOWN:s:h").unwrap().count, 5);
+    assert_eq!(
+        rig.store.get_by_id("s:a:2").unwrap().unwrap().event.count,
+        9
+    );
+    // An event and its count update in one commit (a queue drained after an outage): the
+    // alarm is raised first, then counted up.
+    rig.send_records(
+        "s",
+        "a",
+        7,
+        vec![Record::Event(ev("PING_DOWN", "h2", 10)), count(7, 4, 20)],
+    );
+    assert_eq!(rig.alarm("PING_DOWN:s:h2").unwrap().count, 4);
+    // A repeat newer than the clear re-opens the alarm, like any newer problem; a
+    // redelivered (already committed) update changes nothing.
+    rig.send("s", "a", 9, vec![ev("PING_UP", "h", 50)]);
+    assert_eq!(
+        rig.alarm("PING_DOWN:s:h").unwrap().status,
+        AlarmStatus::Cleared
+    );
+    rig.send_records("s", "a", 10, vec![count(1, 6, 45)]);
+    let a = rig.alarm("PING_DOWN:s:h").unwrap();
+    assert_eq!(
+        (a.status, a.count),
+        (AlarmStatus::Cleared, 6),
+        "older than the clear"
+    );
+    rig.send_records("s", "a", 11, vec![count(1, 7, 60)]);
+    let a = rig.alarm("PING_DOWN:s:h").unwrap();
+    assert_eq!(
+        (a.status, a.count, a.last_seen),
+        (AlarmStatus::Open, 7, t(60))
+    );
+    rig.send_records("s", "a", 11, vec![count(1, 8, 70)]);
+    assert_eq!(rig.alarm("PING_DOWN:s:h").unwrap().count, 7, "redelivery");
+    // Repeats are stamped with the agent's receive time; the alarm orders by the device's
+    // clock: a device an hour behind repeats its DOWN for 4 minutes, then sends UP. The
+    // repeats end before the UP on the device's clock, so they do not re-open the alarm.
+    let h = 3600;
+    let mut down = ev("PING_DOWN", "late", 1000);
+    down.received_at = t(1000 + h);
+    down.first_seen = t(1000 + h);
+    down.last_seen = t(1000 + h);
+    rig.send("s", "a", 12, vec![down, ev("PING_UP", "late", 1300)]);
+    rig.send_records("s", "a", 14, vec![count(12, 5, 1240 + h)]);
+    let a = rig.alarm("PING_DOWN:s:late").unwrap();
+    assert_eq!(
+        (a.status, a.count, a.last_seen),
+        (AlarmStatus::Cleared, 5, t(1240))
+    );
+    drop(rig);
+    // Durable: the counts are in the file.
+    let rig = Rig::open(&path, ProcessingConfig::default());
+    assert_eq!(rig.alarm("PING_DOWN:s:h").unwrap().count, 7);
+}
+
+/// Clears without their problem are capped: the oldest are evicted first, counted, and the
+/// ones kept still do their job.
+#[test]
+fn clear_marks_are_capped_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ProcessingConfig {
+        max_clear_marks: 3,
+        ..ProcessingConfig::default()
+    };
+    let rig = Rig::open(&dir.path().join("e.redb"), cfg.clone());
+    let db = rig.store.database();
+    let key = |host: &str| format!("PING_DOWN:x:{host}");
+    let clear = |host: &str, at: i64| Outcome {
+        clears: vec![state::Clear {
+            key: key(host),
+            event_id: format!("x:up:{host}{at}"),
+            event_time: t(at),
+        }],
+        ..Outcome::default()
+    };
+    let apply = |outcomes: Vec<Outcome>, now: i64| {
+        let txn = db.begin_write().unwrap();
+        let a = persist::apply(&txn, &outcomes, &cfg, t(now)).unwrap();
+        txn.commit().unwrap();
+        a
+    };
+    let a = apply(vec![clear("k1", 100), clear("k2", 100)], 1);
+    assert_eq!((a.clears_remembered, a.marks_evicted), (2, 0));
+    // Re-remembering a key replaces its mark (now recorded at 2) and evicts nothing.
+    let a = apply(vec![clear("k1", 200), clear("k3", 100)], 2);
+    assert_eq!(a.marks_evicted, 0);
+    // Two more: k2 (recorded at 1) goes, then one of those recorded at 2 (k1, by key).
+    let a = apply(vec![clear("k4", 100), clear("k5", 100)], 3);
+    assert_eq!((a.clears_remembered, a.marks_evicted), (2, 2));
+    let problem = |host: &str| ev("PING_DOWN", host, 10);
+    // Older problems: where the clear is still remembered they open a cleared alarm; where
+    // it was evicted, an open one (the price of the cap).
+    rig.send(
+        "x",
+        "y",
+        1,
+        ["k1", "k2", "k3", "k4", "k5"].map(problem).to_vec(),
+    );
+    let status = |host: &str| rig.alarm(&key(host)).unwrap().status;
+    assert_eq!(status("k1"), AlarmStatus::Open);
+    assert_eq!(status("k2"), AlarmStatus::Open);
+    for host in ["k3", "k4", "k5"] {
+        assert_eq!(status(host), AlarmStatus::Cleared, "{host}");
+    }
+
+    // Expiry evicts too: the marks removed alarms leave behind count against the cap.
+    let cfg = ProcessingConfig {
+        cleared_alarm_retention: weir_common::config::HumanDuration::secs(60),
+        max_clear_marks: 2,
+        ..ProcessingConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::open(&dir.path().join("e.redb"), cfg.clone());
+    for (i, host) in ["a", "b", "c"].into_iter().enumerate() {
+        let seq = 1 + 2 * i as u64;
+        rig.send("x", "y", seq, vec![problem(host), ev("PING_UP", host, 20)]);
+    }
+    let later = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(61))
+        .unwrap();
+    let x = rig.engine.expire(later).unwrap();
+    assert_eq!((x.removed, x.evicted), (3, 1));
+    // Marks older than clear_memory are forgotten through the age index.
+    let much_later = later
+        .checked_add(jiff::SignedDuration::from_secs(86_400))
+        .unwrap();
+    let x = rig.engine.expire(much_later).unwrap();
+    assert_eq!(x.forgotten, 2);
+    rig.send("x", "y", 7, ["a", "b", "c"].map(problem).to_vec());
+    for host in ["a", "b", "c"] {
+        assert_eq!(rig.alarm(&key(host)).unwrap().status, AlarmStatus::Open);
+    }
 }
