@@ -3,7 +3,7 @@
 //! [`super`] for the invariants.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use weir_common::Severity;
 
+use super::matcher::Matcher;
+use super::reorder::Reorder;
 use super::rules::{CopySel, Fields, Rule, RuleSet};
 use super::throttle::{AggSnapshot, Notification, NotifyDecision, Throttler};
 use super::{ClearDecision, Decision, EventIn, IncidentDecision, StatefulKey, TriggerHandling};
@@ -100,9 +102,13 @@ struct Group {
     last: i64,
 }
 
+/// Group tables hash with foldhash: keys are short, built per event, and come from event
+/// fields, so the hasher is fast but randomly seeded (SipHash was a tenth of the hot path).
+type Groups = HashMap<String, Group, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct RuleState {
-    groups: HashMap<String, Group>,
+    groups: Groups,
 }
 
 #[derive(Debug)]
@@ -143,12 +149,10 @@ pub struct Engine {
     config: EngineConfig,
     lateness: i64,
     rules: RuleSet,
-    /// Rules with an `events` list, by event name (indices into `rules.rules`).
-    by_name: HashMap<String, Vec<u32>>,
-    /// Rules without one: tested against every event.
-    generic: Vec<u32>,
+    /// Which rules an event matches (index, severity floors, literal scans).
+    matcher: Matcher,
     states: Vec<RuleState>,
-    pending: BinaryHeap<Reverse<Pending>>,
+    pending: Reorder<Pending>,
     /// (until, seq, rule) → event id.
     held: BTreeMap<(i64, u64, Arc<str>), String>,
     stateful: HashMap<StatefulKey, OpenState>,
@@ -158,6 +162,8 @@ pub struct Engine {
     watermark: i64,
     seq: u64,
     last_sweep: i64,
+    /// Reused for each event's group key, so a group that exists costs no allocation.
+    key_buf: String,
     throttle: Throttler,
     stats: Stats,
 }
@@ -200,16 +206,16 @@ impl Engine {
             config,
             lateness,
             rules: RuleSet::default(),
-            by_name: HashMap::new(),
-            generic: Vec::new(),
+            matcher: Matcher::default(),
             states: Vec::new(),
-            pending: BinaryHeap::new(),
+            pending: Reorder::default(),
             held: BTreeMap::new(),
             stateful: HashMap::new(),
             sites: HashMap::new(),
             watermark: i64::MIN / 2,
             seq: 0,
             last_sweep: i64::MIN / 2,
+            key_buf: String::new(),
             stats: Stats::default(),
         };
         e.install(rules);
@@ -217,21 +223,7 @@ impl Engine {
     }
 
     fn install(&mut self, rules: RuleSet) {
-        self.by_name.clear();
-        self.generic.clear();
-        for (i, r) in rules.rules.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            if r.events.is_empty() {
-                self.generic.push(i);
-            } else {
-                for n in &r.events {
-                    let v = self.by_name.entry(n.clone()).or_default();
-                    if !v.contains(&i) {
-                        v.push(i);
-                    }
-                }
-            }
-        }
+        self.matcher = Matcher::new(&rules);
         self.states = rules.rules.iter().map(|_| RuleState::default()).collect();
         self.throttle.install(&rules.aggregates);
         self.rules = rules;
@@ -267,41 +259,19 @@ impl Engine {
                 n += k.capacity() + g.triggers.capacity() * size_of::<Trigger>();
             }
         }
-        n += self.pending.capacity() * size_of::<Reverse<Pending>>();
+        n += self.pending.capacity() * size_of::<Pending>();
         n += self
             .pending
             .iter()
-            .map(|p| p.0.matched.capacity() * size_of::<u32>())
+            .map(|p| p.matched.capacity() * size_of::<u32>())
             .sum::<usize>();
         n += self.held.len() * (size_of::<(i64, u64, Arc<str>)>() + size_of::<String>() + 48);
         n
     }
 
     /// Indices of the rules `ev` matches, in priority order.
-    fn matching(&self, ev: &EventIn) -> Vec<u32> {
-        let named: &[u32] = ev
-            .name()
-            .and_then(|n| self.by_name.get(n))
-            .map_or(&[], Vec::as_slice);
-        let (mut a, mut b) = (named.iter().peekable(), self.generic.iter().peekable());
-        let mut out = Vec::new();
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x <= y => a.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            let Some(&i) = next else { break };
-            let rule = &self.rules.rules[i as usize];
-            if rule.min_severity.is_some_and(|m| ev.event.severity < m) {
-                continue;
-            }
-            if rule.cond.eval(ev) {
-                out.push(i);
-            }
-        }
-        out
+    fn matching(&mut self, ev: &EventIn) -> Vec<u32> {
+        self.matcher.matching(ev)
     }
 
     fn set_clock(&mut self, now: i64) {
@@ -359,16 +329,16 @@ impl Engine {
                 self.stats.late += 1;
                 self.correlate(ct, seq, &ev, &matched, true, now, &mut out);
             } else {
-                self.pending.push(Reverse(Pending {
+                self.pending.push(Pending {
                     ct,
                     seq,
                     ev,
                     matched,
-                }));
+                });
                 while self.pending.len() > self.config.max_pending {
                     self.stats.reorder_overflow += 1;
                     dropped("reorder_overflow", 1);
-                    if let Some(Reverse(p)) = self.pending.pop() {
+                    if let Some(p) = self.pending.pop() {
                         self.watermark = self.watermark.max(p.ct);
                         self.correlate(p.ct, p.seq, &p.ev, &p.matched, false, now, &mut out);
                     }
@@ -398,12 +368,8 @@ impl Engine {
     }
 
     fn release(&mut self, now: i64, out: &mut Vec<Decision>) {
-        while self
-            .pending
-            .peek()
-            .is_some_and(|p| p.0.ct <= self.watermark)
-        {
-            let Some(Reverse(p)) = self.pending.pop() else {
+        while self.pending.peek().is_some_and(|p| p.ct <= self.watermark) {
+            let Some(p) = self.pending.pop() else {
                 break;
             };
             self.correlate(p.ct, p.seq, &p.ev, &p.matched, false, now, out);
@@ -468,21 +434,44 @@ impl Engine {
         now: i64,
         out: &mut Vec<Decision>,
     ) {
+        let mut key = std::mem::take(&mut self.key_buf);
+        group_key_into(&self.rules.rules[ri], ev, &mut key);
+        self.correlate_group(ri, &key, ct, seq, ev, late, now, out);
+        self.key_buf = key;
+    }
+
+    /// [`Engine::correlate_rule`] for the group `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn correlate_group(
+        &mut self,
+        ri: usize,
+        key: &str,
+        ct: i64,
+        seq: u64,
+        ev: &Arc<EventIn>,
+        late: bool,
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
         let rule = self.rules.rules[ri].clone();
-        let key = group_key(&rule, ev);
         let st = &mut self.states[ri];
-        if !st.groups.contains_key(&key) && st.groups.len() >= self.config.max_groups_per_rule {
-            let n = evict(&mut st.groups);
-            self.stats.groups_evicted += n;
-            dropped("group_evicted", n);
+        if !st.groups.contains_key(key) {
+            if st.groups.len() >= self.config.max_groups_per_rule {
+                let n = evict(&mut st.groups);
+                self.stats.groups_evicted += n;
+                dropped("group_evicted", n);
+            }
+            st.groups.insert(key.to_string(), Group::default());
         }
-        let g = st.groups.entry(key).or_default();
+        let Some(g) = st.groups.get_mut(key) else {
+            return;
+        };
         g.last = g.last.max(ct);
         let hold = rule.delayed_action.map(|d| ct.saturating_add(d));
         if let Some((from, until)) = g.inhibit {
             if ct >= from && ct < until {
                 let (event_id, rule_name) = (ev.id.clone(), rule.name.to_string());
-                let group_key = group_key(&rule, ev);
+                let group_key = key.to_string();
                 if rule.auto_acknowledge {
                     if let Some(h) = hold {
                         self.held.remove(&(h, seq, rule.name.clone()));
@@ -557,7 +546,7 @@ impl Engine {
         if rule.inhibit > 0 {
             g.inhibit = Some((fired_at, fired_at.saturating_add(rule.inhibit)));
         }
-        let group_key = group_key(&rule, ev);
+        let group_key = key.to_string();
         let group_values = group_values(&rule, ev);
         for t in &consumed {
             if let Some(h) = t.hold {
@@ -940,11 +929,10 @@ impl Engine {
         });
         self.install(rules);
         self.states = states;
-        let pending = std::mem::take(&mut self.pending).into_vec();
-        for Reverse(mut p) in pending {
+        for mut p in self.pending.take() {
             p.matched = self.matching(&p.ev);
             if !p.matched.is_empty() {
-                self.pending.push(Reverse(p));
+                self.pending.push(p);
             }
         }
         (report, out)
@@ -987,7 +975,7 @@ impl Engine {
             pending: self
                 .pending
                 .iter()
-                .map(|Reverse(p)| PendingSnap {
+                .map(|p| PendingSnap {
                     ct: p.ct,
                     seq: p.seq,
                     event: (*p.ev).clone(),
@@ -1067,12 +1055,12 @@ impl Engine {
             let ev = Arc::new(p.event);
             let matched = e.matching(&ev);
             if !matched.is_empty() {
-                e.pending.push(Reverse(Pending {
+                e.pending.push(Pending {
                     ct: p.ct,
                     seq: p.seq,
                     ev,
                     matched,
-                }));
+                });
             }
         }
         for (k, rule, state, since) in snap.stateful {
@@ -1148,9 +1136,9 @@ fn group_values(rule: &Rule, ev: &EventIn) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `name=value,name=value`; empty for a rule without `group_by`.
-fn group_key(rule: &Rule, ev: &EventIn) -> String {
-    let mut key = String::new();
+/// `name=value,name=value` into `key`; empty for a rule without `group_by`.
+fn group_key_into(rule: &Rule, ev: &EventIn, key: &mut String) {
+    key.clear();
     for (i, (f, n)) in rule.group_by.iter().zip(&rule.group_names).enumerate() {
         if i > 0 {
             key.push(',');
@@ -1159,11 +1147,10 @@ fn group_key(rule: &Rule, ev: &EventIn) -> String {
         key.push('=');
         key.push_str(ev.get(f).unwrap_or(""));
     }
-    key
 }
 
 /// Evicts the least recently active tenth of the groups (at least one); returns how many.
-fn evict(groups: &mut HashMap<String, Group>) -> u64 {
+fn evict(groups: &mut Groups) -> u64 {
     let n = (groups.len() / 10).max(1);
     let mut by_age: Vec<(i64, String)> = groups.iter().map(|(k, g)| (g.last, k.clone())).collect();
     by_age.select_nth_unstable(n - 1);

@@ -23,6 +23,8 @@
 
 mod config;
 mod engine;
+mod matcher;
+mod reorder;
 pub mod replay;
 pub mod rules;
 mod throttle;

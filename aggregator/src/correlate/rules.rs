@@ -445,9 +445,17 @@ pub enum Op {
     /// Glob, ASCII case-insensitive.
     Matches(Glob),
     Regex(Regex),
-    /// `contains`, `contains_any`: one case-insensitive literal alternation.
-    ContainsAny(Regex),
-    ContainsAll(Vec<Regex>),
+    /// `contains`, `contains_any`: one case-insensitive literal alternation. The literals
+    /// are kept for the engine's one-pass scan (`super::matcher`).
+    ContainsAny {
+        regex: Regex,
+        literals: Vec<String>,
+    },
+    /// `contains_all`: one case-insensitive literal regex per item.
+    ContainsAll {
+        regexes: Vec<Regex>,
+        literals: Vec<String>,
+    },
     In(Vec<String>),
     Exists(bool),
     Cmp(CmpOp, CmpValue),
@@ -534,7 +542,7 @@ impl Cond {
                 Op::Exists(_) | Op::SeverityEq(..) | Op::Cmp(..) => 1,
                 Op::Equals(_) | Op::NotEquals(_) | Op::In(_) => 2,
                 Op::Matches(_) => 4,
-                Op::ContainsAny(_) | Op::ContainsAll(_) | Op::Regex(_) => 6,
+                Op::ContainsAny { .. } | Op::ContainsAll { .. } | Op::Regex(_) => 6,
             },
         }
     }
@@ -563,7 +571,8 @@ fn join(c: &[Cond], sep: &str) -> String {
 }
 
 impl Filter {
-    fn eval<F: Fields + ?Sized>(&self, x: &F) -> bool {
+    /// Whether `x` satisfies the filter.
+    pub fn eval<F: Fields + ?Sized>(&self, x: &F) -> bool {
         match &self.op {
             Op::Exists(want) => x.get(&self.field).is_some_and(|v| !v.is_empty()) == *want,
             Op::NotEquals(s) => x.get(&self.field) != Some(s.as_str()),
@@ -578,8 +587,8 @@ impl Filter {
                 match &self.op {
                     Op::Equals(s) => v == s,
                     Op::Matches(g) => g.is_match(v),
-                    Op::Regex(r) | Op::ContainsAny(r) => r.is_match(v),
-                    Op::ContainsAll(rs) => rs.iter().all(|r| r.is_match(v)),
+                    Op::Regex(r) | Op::ContainsAny { regex: r, .. } => r.is_match(v),
+                    Op::ContainsAll { regexes, .. } => regexes.iter().all(|r| r.is_match(v)),
                     Op::In(list) => list.iter().any(|s| s == v),
                     Op::Cmp(op, want) => compare(v, *op, want),
                     // Handled above, before the value is required.
@@ -726,15 +735,28 @@ fn compile_op(
             let v = one()?;
             Op::Regex(Regex::new(&v).map_err(|e| ("value", format!("bad regex {v:?}: {e}")))?)
         }
-        "contains" => Op::ContainsAny(literal_alternation(&[one()?]).map_err(|m| ("value", m))?),
-        "contains_any" => Op::ContainsAny(literal_alternation(&list()?).map_err(|m| ("value", m))?),
-        "contains_all" => Op::ContainsAll(
-            list()?
-                .iter()
-                .map(|s| literal_alternation(std::slice::from_ref(s)))
-                .collect::<Result<_, _>>()
-                .map_err(|m| ("value", m))?,
-        ),
+        "contains" | "contains_any" => {
+            let literals = if op == "contains" {
+                vec![one()?]
+            } else {
+                list()?
+            };
+            Op::ContainsAny {
+                regex: literal_alternation(&literals).map_err(|m| ("value", m))?,
+                literals,
+            }
+        }
+        "contains_all" => {
+            let literals = list()?;
+            Op::ContainsAll {
+                regexes: literals
+                    .iter()
+                    .map(|s| literal_alternation(std::slice::from_ref(s)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|m| ("value", m))?,
+                literals,
+            }
+        }
         "in" => {
             let items = list()?;
             if *field == Field::Severity {
