@@ -215,8 +215,8 @@ fn stats(name: &'static str, mut d: Vec<Duration>, totals: u64) -> Latency {
 
 /// Runs each of the two queries `runs` times over random sites, hours and days of the
 /// store's span (read from its oldest and newest event times).
-pub fn bench(db: &Path, runs: usize, sites: u32) -> anyhow::Result<Vec<Latency>> {
-    let store = Store::open(db)?;
+pub fn bench(db: &Path, runs: usize, sites: u32, cache_bytes: u64) -> anyhow::Result<Vec<Latency>> {
+    let store = Store::open_with_cache(db, cache_bytes)?;
     let (first, last) = store
         .time_span()?
         .context("the store is empty: run store-fill first")?;

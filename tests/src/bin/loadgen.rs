@@ -184,6 +184,9 @@ enum Cmd {
         /// Sites the fill used (site-00 … ).
         #[arg(long, default_value_t = 20)]
         sites: u32,
+        /// The store's page cache in MiB (aggregator.toml `store_cache`; default 2 GiB).
+        #[arg(long, default_value_t = 2048)]
+        cache_mib: u64,
     },
     /// Count unique `seq=N` tokens (and duplicates) in a file, waiting until it stops growing.
     CountSeq {
@@ -304,8 +307,13 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::StoreBench { db, runs, sites } => {
-            for l in weir_tests::store_bench::bench(&db, runs, sites)? {
+        Cmd::StoreBench {
+            db,
+            runs,
+            sites,
+            cache_mib,
+        } => {
+            for l in weir_tests::store_bench::bench(&db, runs, sites, cache_mib << 20)? {
                 println!(
                     "store-bench: {:<48} runs {:>4}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (mean total {:.0})",
                     l.name,
