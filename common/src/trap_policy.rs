@@ -161,7 +161,10 @@ mod tests {
         ]);
         let c = CompiledPolicy::compile(&p).unwrap();
         assert!(c.discards("SNMP_WARM_START"));
-        assert!(!c.discards("SNMP_COLD_START"), "exact keep beats the pattern");
+        assert!(
+            !c.discards("SNMP_COLD_START"),
+            "exact keep beats the pattern"
+        );
         assert!(c.discards("X_START"));
         assert!(!c.discards("VENDOR_A_START"), "earlier pattern keeps");
         assert!(!c.discards("_START"), "* matches at least one character");
@@ -181,8 +184,16 @@ mod tests {
 
     #[test]
     fn oversized_or_malformed_policies_are_refused() {
-        let many = TrapPolicy::new((0..=MAX_RULES).map(|i| rule(&i.to_string(), true)).collect());
-        assert!(CompiledPolicy::compile(&many).unwrap_err().contains("rules"));
+        let many = TrapPolicy::new(
+            (0..=MAX_RULES)
+                .map(|i| rule(&i.to_string(), true))
+                .collect(),
+        );
+        assert!(
+            CompiledPolicy::compile(&many)
+                .unwrap_err()
+                .contains("rules")
+        );
         let long = TrapPolicy::new(vec![rule(&"A".repeat(MAX_PATTERN_LEN + 1), true)]);
         assert!(CompiledPolicy::compile(&long).is_err());
         assert!(CompiledPolicy::compile(&TrapPolicy::new(vec![rule("", true)])).is_err());
@@ -196,6 +207,9 @@ mod tests {
         assert!(pattern_matches("*_DOWN", "PING_DOWN"));
         assert!(!pattern_matches("*_DOWN", "_DOWN"));
         assert!(pattern_matches("SNMP_*", "SNMP_X"));
-        assert!(!pattern_matches("AB*BA", "ABA"), "prefix and suffix must not overlap");
+        assert!(
+            !pattern_matches("AB*BA", "ABA"),
+            "prefix and suffix must not overlap"
+        );
     }
 }
