@@ -28,6 +28,7 @@ use weir_common::wire::{self, AgentFrame, AgentStatus, AggregatorFrame, Batch, H
 use crate::config::{AggregatorLink, split_host_port};
 use crate::pipeline::InputDrops;
 use crate::queue::Queue;
+use crate::trap_policy::TrapPolicyState;
 
 /// How long a shutting-down agent waits for in-flight batches to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -47,6 +48,8 @@ pub struct Forwarder {
     pub committed: watch::Receiver<u64>,
     pub input_drops: Arc<InputDrops>,
     pub state: Arc<LinkState>,
+    /// Where trap drop policies from the aggregator go (protocol v2).
+    pub trap_policy: Arc<TrapPolicyState>,
     /// Client endpoints by address family, created on first use and reused across sessions.
     endpoints: [Option<quinn::Endpoint>; 2],
 }
@@ -58,6 +61,7 @@ impl Forwarder {
         committed: watch::Receiver<u64>,
         input_drops: Arc<InputDrops>,
         state: Arc<LinkState>,
+        trap_policy: Arc<TrapPolicyState>,
     ) -> Forwarder {
         Forwarder {
             link,
@@ -65,6 +69,7 @@ impl Forwarder {
             committed,
             input_drops,
             state,
+            trap_policy,
             endpoints: [None, None],
         }
     }
@@ -232,12 +237,27 @@ impl Forwarder {
         // records from the queue, coalescing acks (at most one delete transaction per
         // ACK_APPLY_INTERVAL), so deletes do not crowd out the appends for redb's write lock.
         let (acked_tx, mut acked_rx) = watch::channel(committed_seq);
+        let trap_policy = self.trap_policy.clone();
         let mut reader = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             loop {
                 match read_frame::<_, AggregatorFrame>(&mut recv, &mut buf).await {
                     Ok(Some(AggregatorFrame::Ack(a))) => {
                         acked_tx.send_replace(a.committed_seq);
+                    }
+                    Ok(Some(AggregatorFrame::TrapPolicy(p))) => {
+                        let state = trap_policy.clone();
+                        // A refused or unwritable policy does not end the session: the
+                        // aggregator still discards those traps itself.
+                        match tokio::task::spawn_blocking(move || state.install(&p)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => weir_common::warn_limited!(
+                                "trap_policy",
+                                error = format!("{e:#}"),
+                                "trap drop policy not fully applied; the aggregator still discards those traps itself"
+                            ),
+                            Err(e) => bail!("trap policy task failed: {e}"),
+                        }
                     }
                     Ok(Some(AggregatorFrame::Refused(r))) => {
                         bail!("the aggregator ended the session: {}", r.reason)

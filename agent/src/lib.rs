@@ -14,6 +14,7 @@ pub mod script;
 pub mod service;
 pub mod snmp;
 pub mod syslog;
+pub mod trap_policy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,7 +107,13 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     );
     let traps = snmp::Listeners::bind(&config.snmp, &config.data_dir).await?;
     let trap_addrs = traps.addrs();
-    traps.spawn(sink.clone(), &tracker, inputs_shutdown.clone());
+    let trap_policy = trap_policy::TrapPolicyState::load(&config.data_dir);
+    traps.spawn(
+        sink.clone(),
+        trap_policy.clone(),
+        &tracker,
+        inputs_shutdown.clone(),
+    );
 
     let link = Arc::new(LinkState::default());
     let mut http_addr = None;
@@ -159,6 +166,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
         committed_rx,
         input_drops,
         link.clone(),
+        trap_policy,
     );
     tracker.spawn(forwarder.run(shutdown.child_token()));
     let reloader = reload::reloader(&config);

@@ -260,7 +260,14 @@ async fn session(
         identity: format!("{site}/{name}"),
     };
     write_frame(&mut send, &AggregatorFrame::HelloAck(ack), &mut out).await?;
-    tracing::info!(software = %hello.software, committed_seq, "agent connected");
+    tracing::info!(software = %hello.software, version, committed_seq, "agent connected");
+    // Agents speaking v2 get the trap drop policy now and after every rule reload.
+    let mut trap_policy =
+        (version >= wire::TRAP_POLICY_VERSION).then(|| ingest.alarms.trap_policy());
+    if let Some(rx) = &mut trap_policy {
+        let policy = AggregatorFrame::TrapPolicy((**rx.borrow_and_update()).clone());
+        write_frame(&mut send, &policy, &mut out).await?;
+    }
 
     // Acks go back from their own task so reading batches never waits on writing acks.
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Result<u64, ()>>();
@@ -268,7 +275,23 @@ async fn session(
     let acker_conn = conn.clone();
     let mut acker = tokio::spawn(async move {
         let mut out = Vec::with_capacity(64);
-        while let Some(first) = reply_rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                r = reply_rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                Ok(()) = changed(&mut trap_policy) => {
+                    let Some(rx) = &mut trap_policy else { continue };
+                    let policy = (**rx.borrow_and_update()).clone();
+                    tracing::debug!(version = format_args!("{:016x}", policy.version), "sending the agent its new trap drop policy");
+                    let frame = AggregatorFrame::TrapPolicy(policy);
+                    if write_frame(&mut send, &frame, &mut out).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
             // Coalesce: only the highest committed sequence matters.
             let mut best = first;
             while let Ok(next) = reply_rx.try_recv() {
@@ -355,6 +378,19 @@ async fn session(
     };
     acker.abort();
     result
+}
+
+/// Waits for a change of the trap policy; never, for a v1 session (or once the engine is gone).
+async fn changed(
+    rx: &mut Option<tokio::sync::watch::Receiver<Arc<weir_common::trap_policy::TrapPolicy>>>,
+) -> Result<(), ()> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Ok(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// The single store writer: drains the channel, commits groups, replies. Runs on its own

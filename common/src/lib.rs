@@ -7,6 +7,7 @@ pub mod config;
 pub mod event;
 pub mod ingest;
 pub mod severity;
+pub mod trap_policy;
 pub mod wire;
 
 pub use event::{Event, InputKind, Record, event_id, parse_event_id};

@@ -16,19 +16,27 @@
 //!    the batch is durable. An ack is the only success signal: the agent deletes records from its
 //!    queue only on an ack, so a record is lost only if it was never committed by the agent.
 //!
+//! 5. From version 2: right after the `HelloAck`, and again whenever its event definitions are
+//!    reloaded, the aggregator sends [`AggregatorFrame::TrapPolicy`]: the SNMP trap tags the
+//!    agent drops before queueing them (seed 001 `discardtraps`, see [`crate::trap_policy`]).
+//!
 //! The aggregator ignores records at or below its committed sequence, so a redelivered batch is
 //! acknowledged without storing anything twice.
 //!
 //! Compatibility: `Hello` and `HelloAck`/`Refused` are the first variants and keep their shape in
 //! every protocol version, so that versions can always be negotiated; everything else may change
-//! with [`PROTOCOL_VERSION`].
+//! with [`PROTOCOL_VERSION`]. postcard encodes an enum variant by its index, so new frames are
+//! appended at the end of their enum and are only sent to a peer that negotiated the version
+//! that introduced them: version 1 frames decode unchanged in version 2.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks (2 added [`AggregatorFrame::TrapPolicy`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first protocol version with [`AggregatorFrame::TrapPolicy`].
+pub const TRAP_POLICY_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// ALPN protocol id used on the QUIC connection.
@@ -98,6 +106,9 @@ pub enum AggregatorFrame {
     HelloAck(HelloAck),
     Refused(Refused),
     Ack(Ack),
+    /// Version 2 and later: which SNMP traps the agent drops before queueing them. Replaces
+    /// any earlier policy; an empty one drops nothing.
+    TrapPolicy(crate::trap_policy::TrapPolicy),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,9 +270,65 @@ mod tests {
         assert!(decode_frame::<AgentFrame>(&header).is_err());
     }
 
+    /// The frames exactly as a version 1 build declared them.
+    mod v1 {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub enum AggregatorFrame {
+            HelloAck(super::HelloAck),
+            Refused(super::Refused),
+            Ack(super::Ack),
+        }
+    }
+
+    fn v1_frame(kind: u8, seq: u64, text: String) -> (v1::AggregatorFrame, AggregatorFrame) {
+        match kind % 3 {
+            0 => {
+                let h = HelloAck {
+                    version: 1,
+                    committed_seq: seq,
+                    identity: text,
+                };
+                (
+                    v1::AggregatorFrame::HelloAck(h.clone()),
+                    AggregatorFrame::HelloAck(h),
+                )
+            }
+            1 => {
+                let r = Refused { reason: text };
+                (
+                    v1::AggregatorFrame::Refused(r.clone()),
+                    AggregatorFrame::Refused(r),
+                )
+            }
+            _ => {
+                let a = Ack { committed_seq: seq };
+                (v1::AggregatorFrame::Ack(a), AggregatorFrame::Ack(a))
+            }
+        }
+    }
+
+    #[test]
+    fn trap_policy_round_trips_and_a_v1_decoder_refuses_it_cleanly() {
+        use crate::trap_policy::{TagRule, TrapPolicy};
+        let p = AggregatorFrame::TrapPolicy(TrapPolicy::new(vec![TagRule {
+            pattern: "SNMP_WARM_START".into(),
+            discard: true,
+        }]));
+        let mut buf = Vec::new();
+        encode_frame(&p, &mut buf).unwrap();
+        let (got, used) = decode_frame::<AggregatorFrame>(&buf).unwrap().unwrap();
+        assert_eq!((got, used), (p, buf.len()));
+        // Never sent to a v1 agent; if it were, the agent sees a malformed frame, not a panic.
+        assert!(decode_frame::<v1::AggregatorFrame>(&buf).is_err());
+    }
+
     #[test]
     fn negotiation() {
         assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 2), Some(2));
+        assert_eq!(negotiate(2, 2), Some(2));
         assert_eq!(negotiate(1, 7), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
         assert_eq!(negotiate(3, 2), None);
@@ -283,6 +350,30 @@ mod tests {
             buf[i] = val;
             if let Ok(Some((AgentFrame::Batch(b), _))) = decode_frame::<AgentFrame>(&buf) {
                 for r in b.records { let _ = Record::from_bytes(&r.payload); }
+            }
+        }
+
+        #[test]
+        fn v1_encoded_frames_decode_unchanged(kind in any::<u8>(), seq in any::<u64>(), text in ".{0,40}") {
+            let (old, new) = v1_frame(kind, seq, text);
+            let mut buf = Vec::new();
+            encode_frame(&old, &mut buf).unwrap();
+            let (f, used) = decode_frame::<AggregatorFrame>(&buf).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(f, new.clone());
+            // And what a v2 aggregator sends a v1 agent decodes there.
+            let mut buf = Vec::new();
+            encode_frame(&new, &mut buf).unwrap();
+            prop_assert!(decode_frame::<v1::AggregatorFrame>(&buf).unwrap().is_some());
+        }
+
+        #[test]
+        fn trap_policies_from_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            // Variant index 3 (TrapPolicy) followed by arbitrary bytes.
+            let mut body = vec![3u8];
+            body.extend(bytes);
+            if let Ok(AggregatorFrame::TrapPolicy(p)) = decode_body::<AggregatorFrame>(&body) {
+                let _ = crate::trap_policy::CompiledPolicy::compile(&p).map(|c| c.discards("X"));
             }
         }
 

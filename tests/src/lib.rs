@@ -1026,6 +1026,8 @@ pub async fn raw_session(
                     });
                 }
                 Some(AggregatorFrame::Ack(_)) => continue,
+                // Version 2 aggregators send their trap drop policy after the hello.
+                Some(AggregatorFrame::TrapPolicy(_)) => continue,
                 other => bail!("expected an ack, got {other:?}"),
             }
         }

@@ -16,6 +16,12 @@
 //! PDUs that are not notifications) are counted in `weir_agent_snmp_dropped_total{reason}` and
 //! in the agent's input drops as `snmp_<reason>`, and logged at most once per 10 s per reason.
 //!
+//! Traps and informs whose tag the aggregator's trap drop policy discards (seed 001
+//! `discardtraps`, [`crate::trap_policy`]) are dropped after decoding, before the sink: counted
+//! in `weir_agent_dropped_total{reason="discardtraps"}`, logged at debug at most once per 10 s.
+//! These are intended drops; an Inform is still answered (at once, or after the commit of the
+//! batch it came with) so its sender does not retry.
+//!
 //! Engine state: this receiver's SNMPv3 engine ID and boot counter are kept in
 //! `data_dir/snmp-engine.json`; boots is incremented and written (fsync) on every start, before
 //! any Report or Response uses it (RFC 3414 2.2).
@@ -27,6 +33,7 @@ pub mod map;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,8 +47,10 @@ use weir_common::Record;
 
 pub use config::SnmpConfig;
 use lib_adapter::{LocalEngine, Outcome, Processor};
+use weir_common::trap_policy::CompiledPolicy;
 
 use crate::pipeline::Sink;
+use crate::trap_policy::TrapPolicyState;
 
 /// Most datagrams handled per hand-over to the sink.
 const BATCH: usize = 256;
@@ -374,7 +383,13 @@ impl Listeners {
     }
 
     /// Spawns one task per socket on `tracker`; they stop when `shutdown` is cancelled.
-    pub fn spawn(self, sink: Sink, tracker: &TaskTracker, shutdown: CancellationToken) {
+    pub fn spawn(
+        self,
+        sink: Sink,
+        policy: Arc<TrapPolicyState>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
         if let Some(e) = &self.engine {
             tracing::info!(
                 engine_id = %lib_adapter::hex(&e.engine_id), boots = e.boots,
@@ -385,7 +400,16 @@ impl Listeners {
             let local = sock.local_addr().ok();
             tracing::info!(addr = ?local, "receiving SNMP traps on UDP");
             let span = tracing::info_span!("snmp_udp", local = ?local);
-            tracker.spawn(run(sock, processor, sink.clone(), shutdown.clone()).instrument(span));
+            tracker.spawn(
+                run(
+                    sock,
+                    processor,
+                    sink.clone(),
+                    policy.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            );
         }
     }
 }
@@ -410,8 +434,10 @@ fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
 
 /// Handles one datagram: drop (counted), Report (sent now), or an event for the batch with
 /// the Inform Response to send once it is durable.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     processor: &mut Processor,
+    policy: &CompiledPolicy,
     sock: &UdpSocket,
     sink: &Sink,
     data: &[u8],
@@ -424,17 +450,37 @@ fn handle(
             notification,
             reply,
         } => {
-            let ev = map::to_event(&notification, peer, data, Timestamp::now());
-            records.push(Record::Event(ev));
             if let Some(r) = reply {
                 replies.push((r, peer));
             }
+            let ev = map::to_event(&notification, peer, data, Timestamp::now());
+            if let Some(tag) = ev.tag.as_deref()
+                && !policy.is_empty()
+                && policy.discards(tag)
+            {
+                count_discard(sink, tag, peer, policy.version);
+                return;
+            }
+            records.push(Record::Event(ev));
         }
         Outcome::Report { reply, kind } => {
             metrics::counter!("weir_agent_snmp_reports_total", "kind" => kind).increment(1);
             send_reply(sock, &reply, peer);
         }
         Outcome::Drop { reason, detail } => count_drop(sink, reason, peer, &detail),
+    }
+}
+
+/// Counts and (at debug, rate-limited) logs a trap dropped by the aggregator's policy.
+fn count_discard(sink: &Sink, tag: &str, peer: SocketAddr, version: u64) {
+    static GATE: weir_common::telemetry::LogGate =
+        weir_common::telemetry::LogGate::new(Duration::from_secs(10));
+    sink.drops.count("discardtraps");
+    if let Some(suppressed) = GATE.check("discardtraps", std::time::Instant::now()) {
+        tracing::debug!(
+            %peer, tag, suppressed, policy = format_args!("{version:016x}"),
+            "dropped a trap as the aggregator's event definitions ask (dest = discardtraps); intended, not an error"
+        );
     }
 }
 
@@ -446,7 +492,13 @@ fn send_reply(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
     }
 }
 
-async fn run(sock: UdpSocket, mut processor: Processor, sink: Sink, shutdown: CancellationToken) {
+async fn run(
+    sock: UdpSocket,
+    mut processor: Processor,
+    sink: Sink,
+    policy: Arc<TrapPolicyState>,
+    shutdown: CancellationToken,
+) {
     let mut buf = vec![0u8; DATAGRAM_MAX];
     let mut records = Vec::with_capacity(BATCH);
     let mut replies = Vec::new();
@@ -460,12 +512,14 @@ async fn run(sock: UdpSocket, mut processor: Processor, sink: Sink, shutdown: Ca
             },
         }
         let mut received = 0u64;
+        let current = policy.current();
         while received < BATCH as u64 {
             match sock.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
                     received += 1;
                     handle(
                         &mut processor,
+                        &current,
                         &sock,
                         &sink,
                         &buf[..n],
@@ -485,6 +539,10 @@ async fn run(sock: UdpSocket, mut processor: Processor, sink: Sink, shutdown: Ca
             metrics::counter!("weir_agent_received_total", "input" => "snmp").increment(received);
         }
         if records.is_empty() {
+            // Only dropped traps: their Informs are answered now (nothing to make durable).
+            for (r, peer) in replies.drain(..) {
+                send_reply(&sock, &r, peer);
+            }
             continue;
         }
         let batch = std::mem::replace(&mut records, Vec::with_capacity(BATCH));

@@ -227,6 +227,16 @@ impl Definitions {
         })
     }
 
+    /// The definitions with an exact tag (in no particular order).
+    pub fn exact(&self) -> impl Iterator<Item = &Definition> {
+        self.exact.values()
+    }
+
+    /// The definitions with a pattern tag, in lookup (file) order.
+    pub fn patterns(&self) -> impl Iterator<Item = &Definition> {
+        self.patterns.iter().map(|(_, _, d)| d)
+    }
+
     pub fn len(&self) -> usize {
         self.exact.len() + self.patterns.len()
     }

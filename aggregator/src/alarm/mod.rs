@@ -22,6 +22,7 @@ pub mod persist;
 pub mod state;
 pub mod template;
 pub mod transform;
+pub mod trap_policy;
 
 use std::path::{Path, PathBuf};
 

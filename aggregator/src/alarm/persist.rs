@@ -696,6 +696,9 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub config: ProcessingConfig,
     processor: RwLock<Arc<Processor>>,
+    /// The trap drop policy agents get (protocol v2), from the current definitions and
+    /// transforms; every open session watches it and sends each new one.
+    trap_policy: tokio::sync::watch::Sender<Arc<weir_common::trap_policy::TrapPolicy>>,
 }
 
 impl Engine {
@@ -708,10 +711,13 @@ impl Engine {
             definitions = processor.definitions.len(),
             "event processing rules loaded"
         );
+        let policy =
+            super::trap_policy::compute_and_log(&processor.definitions, &processor.transforms);
         Ok(Engine {
             store,
             config,
             processor: RwLock::new(Arc::new(processor)),
+            trap_policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
         })
     }
 
@@ -723,13 +729,29 @@ impl Engine {
             .clone()
     }
 
+    /// The trap drop policy for agents, and its later changes.
+    pub fn trap_policy(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Arc<weir_common::trap_policy::TrapPolicy>> {
+        self.trap_policy.subscribe()
+    }
+
     /// Re-reads the transforms and definitions files. Alarm state is untouched; a file that
     /// fails validation changes nothing (the error says which file, line, rule and field).
     pub fn reload(&self) -> Result<(usize, usize), ConfigError> {
         match Processor::load(&self.config) {
             Ok(p) => {
                 let counts = (p.transforms.rules.len(), p.definitions.len());
+                let policy = super::trap_policy::compute_and_log(&p.definitions, &p.transforms);
                 *self.processor.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                // Sessions send only a changed policy.
+                self.trap_policy.send_if_modified(|old| {
+                    let changed = old.version != policy.version;
+                    if changed {
+                        *old = Arc::new(policy);
+                    }
+                    changed
+                });
                 metrics::counter!("weir_aggregator_rule_reloads_total", "result" => "ok")
                     .increment(1);
                 tracing::info!(

@@ -257,6 +257,29 @@ impl Transforms {
 }
 
 impl Rule {
+    /// Whether the rule can change what happens to an event beyond its severity and fields
+    /// (its tag, alarms it clears): such a rule must see the event, so an agent must not drop
+    /// it early ([`super::trap_policy`]).
+    pub fn retags_or_closes(&self) -> bool {
+        self.set_tag.is_some() || self.close_existing.is_some()
+    }
+
+    /// Whether the rule's tag condition could hold for some tag matching the definition-style
+    /// `spec` (exact, or a pattern with one `*`). Conservative: `true` when unsure.
+    pub fn may_match_tag(&self, spec: &str) -> bool {
+        let Some(g) = &self.tag else {
+            return true;
+        };
+        if !spec.contains('*') {
+            return g.is_match(spec);
+        }
+        let glob = g.glob().glob();
+        if glob.contains(['*', '?', '[', '{', '\\']) {
+            return true;
+        }
+        weir_common::trap_policy::pattern_matches(spec, glob)
+    }
+
     fn matches(&self, site: &str, e: &Event) -> bool {
         if let Some(s) = self.severity
             && e.severity != s
