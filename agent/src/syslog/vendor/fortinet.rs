@@ -66,12 +66,14 @@ fn starts(s: &str) -> bool {
 /// The pairs in `text`: at its start or after up to six words of a header no syslog parser
 /// took (`Dec 23 11:13:03 date=...`).
 fn after_words(text: &str) -> Option<&str> {
+    // Every line meets this parser: without a `=` no pair can start (one SIMD scan).
+    memchr::memchr(b'=', text.as_bytes())?;
     let mut at = text;
     for _ in 0..7 {
         if starts(at) {
             return Some(at);
         }
-        at = at[at.find(' ')? + 1..].trim_start_matches(' ');
+        at = at[memchr::memchr(b' ', at.as_bytes())? + 1..].trim_start_matches(' ');
     }
     None
 }
