@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
 
 use jiff::Timestamp;
@@ -239,7 +240,35 @@ fn field<'a>(ev: &'a Event, f: &KeyField) -> Option<&'a [u8]> {
 pub struct DedupRules {
     /// Indexed by [`InputKind`] position; `None` = no dedup.
     rules: [Option<Compiled>; 5],
+    /// Random per process: key hashes are unpredictable to senders, so nobody can craft lines
+    /// whose keys collide (merging a distinct event into another, or degrading the key map).
+    /// Keys live only in memory, so a new seed at each start loses nothing.
+    seed: u64,
 }
+
+/// The key map's hasher: keys are already seeded xxh3 hashes, so SipHash over them again only
+/// cost time (~500 instructions per line). Passes the `u64` through.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; fold anything else so the hasher stays correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type KeyMap = HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>;
 
 fn kind_index(kind: InputKind) -> usize {
     match kind {
@@ -270,13 +299,14 @@ impl DedupRules {
                 // Weir's own events (drop reports) are never merged.
                 None,
             ],
+            seed: rand::random(),
         }
     }
 
     /// The event's dedup tag, or `None` when its input kind is not deduplicated.
     pub fn tag(&self, ev: &Event) -> Option<DedupTag> {
         let rule = self.rules[kind_index(ev.input)].as_ref()?;
-        let mut h = Xxh3::new();
+        let mut h = Xxh3::with_seed(self.seed);
         h.update(&[kind_index(ev.input) as u8]);
         let mut missing = false;
         // Length-prefix every part (absent = u64::MAX) so ("ab","c") and ("a","bc") differ.
@@ -330,7 +360,7 @@ struct Entry {
 /// The writer's dedup state. Not thread-safe by design: one writer owns it.
 #[derive(Debug)]
 pub struct Deduper {
-    map: HashMap<u64, Entry>,
+    map: KeyMap,
     max_keys: usize,
     /// Count updates of entries that were evicted or replaced, to go out with the next commit.
     orphans: Vec<Encoded>,
@@ -366,7 +396,7 @@ fn count_record(seq: u64, e: &Entry) -> Encoded {
 impl Deduper {
     pub fn new(max_keys: usize) -> Deduper {
         Deduper {
-            map: HashMap::new(),
+            map: KeyMap::default(),
             max_keys: max_keys.max(1),
             orphans: Vec::new(),
             dirty: Vec::new(),
@@ -587,6 +617,17 @@ mod tests {
         };
         e.input = InputKind::Internal;
         assert!(r.tag(&e).is_none());
+    }
+
+    #[test]
+    fn keys_are_seeded_so_senders_cannot_predict_them() {
+        let (rec, _) = ev("h", "link down", 0);
+        let Record::Event(e) = rec else {
+            unreachable!()
+        };
+        let (a, b) = (rules(), rules());
+        assert_eq!(a.tag(&e).unwrap().key, a.tag(&e).unwrap().key);
+        assert_ne!(a.tag(&e).unwrap().key, b.tag(&e).unwrap().key);
     }
 
     #[test]

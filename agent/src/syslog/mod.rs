@@ -238,7 +238,9 @@ fn bind_error(proto: &str, addr: SocketAddr, err: io::Error) -> anyhow::Error {
 }
 
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
-fn encode(
+/// This is every listener's per-message step (public for the ingest-cost harness,
+/// `agent/examples/ingest_cost.rs`).
+pub fn encode(
     parser: &Parser,
     sink: &Sink,
     bytes: &[u8],

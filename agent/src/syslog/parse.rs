@@ -143,7 +143,13 @@ impl Parser {
         peer: IpAddr,
         received_at: Timestamp,
     ) -> Event {
-        let text = String::from_utf8_lossy(bytes);
+        // `from_utf8` validates ASCII a word at a time; `from_utf8_lossy` walks byte by byte
+        // (~7 instructions a byte, 5% of the agent's work per line), so it only runs on the
+        // rare line that is not UTF-8.
+        let text = match std::str::from_utf8(bytes) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
         let lossy = matches!(text, Cow::Owned(_));
         let tz = self.zone_for(peer);
         // Trailing NULs (logger, some appliances) and line ends are framing, not message.
@@ -209,7 +215,7 @@ fn from_message(
     let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
     let mut ev = base_event(
         peer,
-        hostname.map_or_else(|| peer.to_string(), str::to_string),
+        hostname.map_or_else(|| ip_string(peer), str::to_string),
         severity.unwrap_or(Severity::Info),
         message.to_string(),
         received_at,
@@ -291,7 +297,7 @@ fn from_unparsed(
     let severity = severity.map(|s| Severity::from_syslog(s as u8));
     let mut ev = base_event(
         peer,
-        peer.to_string(),
+        ip_string(peer),
         severity.unwrap_or(Severity::Info),
         text.to_string(),
         received_at,
@@ -373,8 +379,30 @@ fn base_event(
         message,
         received_at,
     );
-    ev.peer = Some(peer.to_string());
+    ev.peer = Some(ip_string(peer));
     ev
+}
+
+/// `peer.to_string()` without the formatting machinery for IPv4 (every line formats its
+/// sender: `Display` cost ~1,300 instructions, 4% of the agent's work per line).
+fn ip_string(peer: IpAddr) -> String {
+    let IpAddr::V4(v4) = peer else {
+        return peer.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
 }
 
 /// Cisco's `<PRI>123: ...` or `<PRI>: ...`: a sequence number or an empty field, then a colon.

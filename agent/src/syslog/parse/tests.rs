@@ -350,6 +350,13 @@ const SAMPLES: [&str; 9] = [
 
 proptest! {
     #[test]
+    fn ip_string_is_display(v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>()) {
+        for ip in [IpAddr::from(v4), IpAddr::from(v6)] {
+            prop_assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let ev = UTC_PARSER.parse_unguarded(&bytes, peer(), at("2025-06-01T12:00:00Z"));
         prop_assert_eq!(ev.raw_payload.as_deref(), Some(&bytes[..]));
