@@ -4,8 +4,9 @@
 //! `events` list (if any) names the event and `Cond::eval` holds — and a property test holds
 //! this module to it. What it adds is speed, with no change of meaning:
 //!
-//! - **Index.** Rules with an `events` list are found by the event's name in a hash map;
-//!   only the others are tested against every event.
+//! - **Index.** Rules with an `events` list are found by the event's name in a hash map, which
+//!   holds for each name the merged list of its rules and the rules without a list, in
+//!   priority order; only the latter are tested against every event.
 //! - **Severity floor.** A rule whose conditions require `severity >= X` at the top level is
 //!   skipped on one comparison ([`Rule::min_severity`]).
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
@@ -103,8 +104,9 @@ enum Scanned {
 /// Compiled matching state for one rule set. See the module docs.
 #[derive(Debug)]
 pub(super) struct Matcher {
-    /// Rules with an `events` list, by event name (indices into the rule set, ascending).
-    by_name: FastMap<Box<str>, Vec<u32>>,
+    /// Per event name: the rules naming it and the `generic` ones, merged (indices into the
+    /// rule set, ascending).
+    by_name: FastMap<Box<str>, Box<[u32]>>,
     /// Rules without one, ascending: tested against every event.
     generic: Vec<u32>,
     plans: Vec<Plan>,
@@ -303,6 +305,16 @@ impl Matcher {
         if !failed.is_empty() {
             return Err(failed);
         }
+        // Merge each name's rules with the generic ones once, not per event.
+        let by_name = by_name
+            .into_iter()
+            .map(|(name, named)| {
+                let mut all: Vec<u32> = named.into_iter().chain(generic.iter().copied()).collect();
+                all.sort_unstable();
+                all.dedup();
+                (name, all.into_boxed_slice())
+            })
+            .collect();
         // Bit positions are per scan so far: shift each scan to its place in the bitset.
         let bases: Vec<usize> = scans.iter().map(|s| s.base).collect();
         for p in &mut plans {
@@ -322,10 +334,10 @@ impl Matcher {
     /// Indices of the rules `ev` matches, in priority order (ascending index).
     pub(super) fn matching(&mut self, ev: &EventIn) -> Vec<u32> {
         self.scanned.fill(Scanned::NotYet);
-        let named: &[u32] = ev
+        let candidates: &[u32] = ev
             .name()
             .and_then(|n| self.by_name.get(n))
-            .map_or(&[], Vec::as_slice);
+            .map_or(&self.generic, |v| &**v);
         let mut out = Vec::new();
         let mut cx = Cx {
             scans: &self.scans,
@@ -336,15 +348,7 @@ impl Matcher {
             tags_known: 0,
             tags: [None; TAG_SLOTS],
         };
-        let (mut a, mut b) = (named.iter().peekable(), self.generic.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x <= y => a.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            let Some(&i) = next else { break };
+        for &i in candidates {
             let plan = &self.plans[i as usize];
             if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
                 continue;
