@@ -1,21 +1,34 @@
 //! Correlation engine throughput: 100 rules of mixed kinds over realistic syslog-like events,
-//! one core. Also prints the memory per live group.
+//! one core, in two mixes. Also prints the memory per live group.
 //!
 //! Rules: 30 seed 003 tag rules (two event names each, count 3–7 in 60–180 s, grouped by
 //! hostname, customer, site or not at all; a third inhibit, a fifth delayed action with
-//! auto-acknowledge, five stateful with their 5 opposite rules); 40 seed 000 condition rules
-//! (hostname glob, severity floor, message `contains_any`, count 2–5 in 5 min per host, half
-//! suppress individual events); 10 vendor + `(?i)` interface regex rules; 15 tag rules with
-//! `in`, a numeric `>=` and a NOT. Events: see [`events`]. The rule counts are low, so about one
-//! event in five completes an incident: a storm, harsher than a NOC's normal day.
+//! auto-acknowledge, five stateful with their 5 opposite rules of count 1); 40 seed 000
+//! condition rules (hostname glob, severity floor, message `contains_any`, count 2–5 in 5 min
+//! per host, half suppress individual events); 10 vendor + `(?i)` interface regex rules; 15 tag
+//! rules with `in`, a numeric `>=` and a NOT. Events: 10k/s of event time from 20 sites, see
+//! [`events`].
+//!
+//! - `100_rules_normal_day` (the default, [`NORMAL`]): what a NOC sees on an ordinary day.
+//!   400 event names of which the rules name 55, so about one event in six matches a rule;
+//!   60,000 hosts; 15 % link up/down lines, 15 % application error phrases, 70 % routine sshd
+//!   lines; rules grouping by customer, site or nothing need twice the count of per-host
+//!   ones (a wider group needs a higher threshold). About 2 % of events complete a window
+//!   (most of them an opposite rule with nothing to clear) and 0.8 % open an incident: the
+//!   engine's time goes to matching and counting, as in production.
+//! - `100_rules_storm` ([`STORM`], the first round's mix): 60 names all named by rules, 12,000
+//!   hosts, a third each of link, error and sshd lines, the same counts for every group. One
+//!   event in five completes a window and one in eight opens an incident: an outage storm,
+//!   where incident creation dominates.
 //!
 //! `cargo bench -p weir-aggregator --bench correlate -- --measurement-time 5`
 //!
 //! Instruction counts (repeatable on a noisy machine): with `WEIR_CORRELATE_PROFILE=N` the
-//! bench binary skips criterion and pushes N of the same events through one engine; collect
-//! only inside `run` to leave out building the events:
+//! bench binary skips criterion and pushes N events of the normal mix (`WEIR_CORRELATE_MIX=storm`
+//! for the storm) through one engine; collect only inside `run` to leave out building the
+//! events:
 //!
-//! `WEIR_CORRELATE_PROFILE=200000 valgrind --tool=callgrind --toggle-collect='correlate::run' target/release/deps/correlate-HASH`
+//! `WEIR_CORRELATE_PROFILE=200000 valgrind --tool=callgrind --toggle-collect='*correlate::run*' target/release/deps/correlate-HASH`
 
 use std::hint::black_box;
 use std::path::Path;
@@ -24,7 +37,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use jiff::Timestamp;
-use weir_aggregator::correlate::{Engine, EngineConfig, EventIn, RuleSet};
+use weir_aggregator::correlate::{Decision, Engine, EngineConfig, EventIn, RuleSet};
 use weir_common::{Event, InputKind, Severity};
 
 // The allocator the aggregator binary ships with (see src/main.rs).
@@ -61,11 +74,49 @@ impl Rng {
     }
 }
 
+/// What the events and rule thresholds look like. See the module docs.
+#[derive(Clone, Copy)]
+struct Mix {
+    name: &'static str,
+    /// Distinct event names (tags); rules name `EVT_00`..`EVT_59`, the rest are unnamed.
+    names: usize,
+    /// Hostname suffixes per prefix (hosts = 6 × this).
+    hosts: usize,
+    /// Percent of messages that are `%LINK-3-UPDOWN` lines and application error phrases;
+    /// the rest are routine sshd session lines.
+    link_pct: usize,
+    phrase_pct: usize,
+    /// Multiplier on the `count` of rules that group by customer, site or nothing: a
+    /// coarse group needs a coarse threshold.
+    coarse_count: u32,
+}
+
+/// The bench's default: a NOC's normal day (see the module docs).
+const NORMAL: Mix = Mix {
+    name: "100_rules_normal_day",
+    names: 400,
+    hosts: 10_000,
+    link_pct: 15,
+    phrase_pct: 15,
+    coarse_count: 2,
+};
+
+/// The first round's mix: few names and hosts, loose thresholds, one event in five fires.
+/// (The message kinds are drawn per percent now, so the stream differs slightly from round 1.)
+const STORM: Mix = Mix {
+    name: "100_rules_storm",
+    names: 60,
+    hosts: 2_000,
+    link_pct: 34,
+    phrase_pct: 33,
+    coarse_count: 1,
+};
+
 fn tag(i: usize) -> String {
     format!("EVT_{i:02}")
 }
 
-fn rules() -> RuleSet {
+fn rules(mix: Mix) -> RuleSet {
     let mut r = Vec::new();
     let groups = ["\"hostname\"", "\"tags.customer\"", "\"site\"", ""];
     for i in 0..30 {
@@ -92,7 +143,11 @@ fn rules() -> RuleSet {
             tag(i),
             tag(i + 1),
             60 + 30 * (i % 5),
-            3 + i % 5
+            if i % 4 == 0 {
+                3 + i as u32 % 5
+            } else {
+                (3 + i as u32 % 5) * mix.coarse_count
+            }
         ));
     }
     while r.len() < 75 {
@@ -151,23 +206,24 @@ fn rules() -> RuleSet {
 ///   batching) plus up to 20 ms of device clock skew, so sites interleave out of order; one
 ///   site sits behind a slow link 8 s behind, past the 5 s allowed lateness: its events are
 ///   correlated late.
-fn events(n: usize, start: Timestamp) -> Vec<(Arc<EventIn>, Timestamp)> {
+fn events(n: usize, start: Timestamp, mix: Mix) -> Vec<(Arc<EventIn>, Timestamp)> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut evs: Vec<(Arc<EventIn>, Timestamp)> = (0..n)
         .map(|i| {
-            let host = format!("{}-{:04}", PREFIXES[rng.below(6)], rng.below(2000));
+            let host = format!("{}-{:04}", PREFIXES[rng.below(6)], rng.below(mix.hosts));
             let sev = match rng.below(100) {
                 0..50 => Severity::Info,
                 50..75 => Severity::Warning,
                 75..90 => Severity::Error,
                 _ => Severity::Critical,
             };
-            let msg = match rng.below(3) {
-                0 => format!(
+            let kind = rng.below(100);
+            let msg = match kind {
+                k if k < mix.link_pct => format!(
                     "%LINK-3-UPDOWN: Interface Gi0/{} changed state to down",
                     rng.below(48)
                 ),
-                1 => format!(
+                k if k < mix.link_pct + mix.phrase_pct => format!(
                     "{}[{}]: {}: {}",
                     ["postgres", "nginx", "rpd", "kernel"][rng.below(4)],
                     rng.below(65_536),
@@ -184,7 +240,7 @@ fn events(n: usize, start: Timestamp) -> Vec<(Arc<EventIn>, Timestamp)> {
             // 10k events/s of event time.
             let t = Timestamp::from_microsecond(start.as_microsecond() + i as i64 * 100).unwrap();
             let mut e = Event::new(InputKind::Syslog, "syslog", host, sev, msg, t);
-            e.tag = Some(tag(rng.below(60)));
+            e.tag = Some(tag(rng.below(mix.names)));
             e.tags
                 .insert("customer".into(), format!("c{}", rng.below(100)));
             e.tags.insert("vendor".into(), VENDORS[rng.below(3)].into());
@@ -197,7 +253,7 @@ fn events(n: usize, start: Timestamp) -> Vec<(Arc<EventIn>, Timestamp)> {
                 Timestamp::from_microsecond(t.as_microsecond() + delay_ms * 1000 + skew_us)
                     .unwrap();
             let ev = Arc::new(EventIn {
-                id: format!("{site}:agent-1:{i}"),
+                id: format!("{site}:agent-1:{i}").into(),
                 site,
                 agent: "agent-1".into(),
                 event: e,
@@ -251,7 +307,7 @@ fn memory_per_group() {
         );
         ev.tag = Some("EVT_00".into());
         let ev = Arc::new(EventIn {
-            id: format!("site-01:agent-1:{i}"),
+            id: format!("site-01:agent-1:{i}").into(),
             site: "site-01".into(),
             agent: "agent-1".into(),
             event: ev,
@@ -275,57 +331,86 @@ fn memory_per_group() {
 
 fn bench(c: &mut Criterion) {
     memory_per_group();
-    let rules = rules();
-    assert_eq!(
-        rules.rules.len(),
-        100,
-        "100 rules, the 5 opposite (happy) rules included"
-    );
     let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    let evs = events(EVENTS, start);
-    {
-        let mut e = Engine::new(rules.clone(), config());
-        let d = run(&mut e, &evs);
-        let s = e.stats();
-        eprintln!(
-            "mixed run: {} events, {} matched a rule, {} late, {} decisions, {} fired, live groups {}, window state {} KiB",
-            s.events,
-            s.matched,
-            s.late,
-            d,
-            s.fired,
-            e.live().0,
-            e.state_bytes() / 1024
-        );
-    }
     let mut g = c.benchmark_group("correlate");
     g.throughput(Throughput::Elements(EVENTS as u64));
     g.sample_size(10);
-    g.bench_function("100_rules_mixed_events", |b| {
-        b.iter_batched(
-            || Engine::new(rules.clone(), config()),
-            |mut e| {
-                run(&mut e, &evs);
-                e
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    for mix in [NORMAL, STORM] {
+        let rules = rules(mix);
+        assert_eq!(
+            rules.rules.len(),
+            100,
+            "100 rules, the 5 opposite (happy) rules included"
+        );
+        let evs = events(EVENTS, start, mix);
+        report(mix, &rules, &evs);
+        g.bench_function(mix.name, |b| {
+            b.iter_batched(
+                || Engine::new(rules.clone(), config()),
+                |mut e| {
+                    run(&mut e, &evs);
+                    e
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 }
 
-/// `WEIR_CORRELATE_PROFILE=N`: N events through one engine, no criterion, for callgrind.
-fn profile(n: usize) {
-    let rules = rules();
-    let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    let evs = events(n, start);
-    let mut e = Engine::new(rules, config());
-    let d = run(&mut e, &evs);
+/// One untimed run of `evs`, printing what the mix does to the engine: how many events
+/// matched, how many windows completed (`fired`, including clearing rules with nothing to
+/// clear) and how many incidents opened.
+fn report(mix: Mix, rules: &RuleSet, evs: &[(Arc<EventIn>, Timestamp)]) {
+    let mut e = Engine::new(rules.clone(), config());
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for (ev, arrival) in evs {
+        for d in e.push(ev.clone(), *arrival) {
+            let kind = match d {
+                Decision::OpenIncident(_) => "open",
+                Decision::ClearIncident(_) => "clear",
+                Decision::Deduplicated { .. } => "dedup",
+                Decision::SuppressEvent { .. } => "suppress",
+                Decision::HoldEvent { .. } => "hold",
+                Decision::ReleaseEvent { .. } => "release",
+                Decision::AcknowledgeEvent { .. } => "ack",
+                Decision::Inhibited { .. } => "inhibited",
+                Decision::SiteInhibited { .. } => "site_inhibited",
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
     let s = e.stats();
+    let pct = |n: u64| n as f64 * 100.0 / s.events.max(1) as f64;
+    let opened = kinds.get("open").copied().unwrap_or(0) as u64;
     eprintln!(
-        "profile run: {} events, {} matched a rule, {} late, {} decisions, {} fired",
-        s.events, s.matched, s.late, d, s.fired
+        "{}: {} events, {} matched a rule, {} late, {} fired ({:.2} %), {opened} incidents opened ({:.2} %), live groups {}, window state {} KiB; decisions {kinds:?}",
+        mix.name,
+        s.events,
+        s.matched,
+        s.late,
+        s.fired,
+        pct(s.fired),
+        pct(opened),
+        e.live().0,
+        e.state_bytes() / 1024
     );
+}
+
+/// `WEIR_CORRELATE_PROFILE=N`: N events through one engine, no criterion, for callgrind;
+/// `WEIR_CORRELATE_MIX=storm` for the storm mix.
+fn profile(n: usize) {
+    let mix = match std::env::var("WEIR_CORRELATE_MIX").as_deref() {
+        Ok("storm") => STORM,
+        _ => NORMAL,
+    };
+    let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let rules = rules(mix);
+    let evs = events(n, start, mix);
+    let mut e = Engine::new(rules.clone(), config());
+    let d = run(&mut e, &evs);
+    eprintln!("profile run: {} events, {d} decisions", evs.len());
+    report(mix, &rules, &evs);
 }
 
 criterion_group!(benches, bench);

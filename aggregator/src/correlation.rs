@@ -661,7 +661,9 @@ impl Worker {
                     }
                     Decision::SuppressEvent { event_id, rule } => {
                         Store::update_event(&txn, &event_id, |s| {
-                            s.event.tags.insert(SUPPRESSED_TAG.to_string(), rule);
+                            s.event
+                                .tags
+                                .insert(SUPPRESSED_TAG.to_string(), rule.to_string());
                         })?;
                     }
                     Decision::SiteInhibited {
@@ -703,7 +705,7 @@ impl Worker {
                         rule,
                         group_key,
                     } => {
-                        let ids = [event_id];
+                        let (ids, rule) = ([event_id.to_string()], rule.to_string());
                         let prior_incidents = prior(&self.store, &opened, &ids);
                         let last = self.last_incident.get(&(rule.clone(), group_key)).copied();
                         if let Some(n) = last {

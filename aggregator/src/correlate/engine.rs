@@ -154,7 +154,7 @@ pub struct Engine {
     states: Vec<RuleState>,
     pending: Reorder<Pending>,
     /// (until, seq, rule) → event id.
-    held: BTreeMap<(i64, u64, Arc<str>), String>,
+    held: BTreeMap<(i64, u64, Arc<str>), Arc<str>>,
     stateful: HashMap<StatefulKey, OpenState>,
     /// Site → outage intervals (since, until), oldest first.
     sites: HashMap<String, Vec<Outage>>,
@@ -265,7 +265,7 @@ impl Engine {
             .iter()
             .map(|p| p.matched.capacity() * size_of::<u32>())
             .sum::<usize>();
-        n += self.held.len() * (size_of::<(i64, u64, Arc<str>)>() + size_of::<String>() + 48);
+        n += self.held.len() * (size_of::<(i64, u64, Arc<str>)>() + size_of::<Arc<str>>() + 48);
         n
     }
 
@@ -296,7 +296,7 @@ impl Engine {
                 if rule.suppress_individual {
                     out.push(Decision::SuppressEvent {
                         event_id: ev.id.clone(),
-                        rule: rule.name.to_string(),
+                        rule: rule.name.clone(),
                     });
                 }
                 if let Some(d) = rule.delayed_action {
@@ -305,7 +305,7 @@ impl Engine {
                         .insert((until, seq, rule.name.clone()), ev.id.clone());
                     out.push(Decision::HoldEvent {
                         event_id: ev.id.clone(),
-                        rule: rule.name.to_string(),
+                        rule: rule.name.clone(),
                         until: ts(until),
                     });
                 }
@@ -318,10 +318,7 @@ impl Engine {
                 };
                 self.stats.holds_released_early += 1;
                 dropped("hold_overflow", 1);
-                out.push(Decision::ReleaseEvent {
-                    event_id,
-                    rule: rule.to_string(),
-                });
+                out.push(Decision::ReleaseEvent { event_id, rule });
             }
             if ct < before {
                 // Late: everything up to `before` has been correlated already; join the
@@ -379,10 +376,7 @@ impl Engine {
                 break;
             }
             let ((_, _, rule), event_id) = entry.remove_entry();
-            out.push(Decision::ReleaseEvent {
-                event_id,
-                rule: rule.to_string(),
-            });
+            out.push(Decision::ReleaseEvent { event_id, rule });
         }
         if self.watermark - self.last_sweep >= SWEEP_EVERY {
             self.last_sweep = self.watermark;
@@ -470,7 +464,7 @@ impl Engine {
         let hold = rule.delayed_action.map(|d| ct.saturating_add(d));
         if let Some((from, until)) = g.inhibit {
             if ct >= from && ct < until {
-                let (event_id, rule_name) = (ev.id.clone(), rule.name.to_string());
+                let (event_id, rule_name) = (ev.id.clone(), rule.name.clone());
                 let group_key = key.to_string();
                 if rule.auto_acknowledge {
                     if let Some(h) = hold {
@@ -505,7 +499,7 @@ impl Engine {
         }
         let pos = g
             .triggers
-            .partition_point(|t| (t.time, t.ev.id.as_str()) <= (ct, ev.id.as_str()));
+            .partition_point(|t| (t.time, &*t.ev.id) <= (ct, &*ev.id));
         g.triggers.insert(
             pos,
             Trigger {
@@ -568,33 +562,39 @@ impl Engine {
         now: i64,
         out: &mut Vec<Decision>,
     ) {
-        let event_ids: Vec<String> = triggers.iter().map(|t| t.ev.id.clone()).collect();
+        let event_ids =
+            || -> Vec<String> { triggers.iter().map(|t| t.ev.id.to_string()).collect() };
         let (first, last) = (
             triggers.first().map_or(now, |t| t.time),
             triggers.last().map_or(now, |t| t.time),
         );
         let late = late || triggers.iter().any(|t| t.late && t.time == last);
         let occurrences: u64 = triggers.iter().map(Trigger::weight).sum();
-        let records = if occurrences == triggers.len() as u64 {
-            format!("{} matching event(s)", triggers.len())
-        } else {
-            format!(
-                "{} matching event(s) ({} deduplicated records)",
-                occurrences,
-                triggers.len()
-            )
-        };
-        let window_text = format!(
-            "{records} between {} and {} (window {} s, count {})",
-            ts(first),
-            ts(last),
-            rule.window / 1_000_000,
-            rule.count
-        );
-        let group_text = if group_key.is_empty() {
-            "across all sites and hosts".to_string()
-        } else {
-            format!("for group {group_key}")
+        // Built only for the decisions that carry them: a clearing rule with nothing open,
+        // or a rule that creates no incident, formats no text.
+        let texts = |group_key: &str| {
+            let records = if occurrences == triggers.len() as u64 {
+                format!("{} matching event(s)", triggers.len())
+            } else {
+                format!(
+                    "{} matching event(s) ({} deduplicated records)",
+                    occurrences,
+                    triggers.len()
+                )
+            };
+            let window_text = format!(
+                "{records} between {} and {} (window {} s, count {})",
+                ts(first),
+                ts(last),
+                rule.window / 1_000_000,
+                rule.count
+            );
+            let group_text = if group_key.is_empty() {
+                "across all sites and hosts".to_string()
+            } else {
+                format!("for group {group_key}")
+            };
+            (group_text, window_text)
         };
         if rule.site_inhibit {
             let down: BTreeSet<&str> = triggers
@@ -607,6 +607,7 @@ impl Engine {
                 .all(|t| self.site_down_at(&t.ev.site, t.time));
             if all_down && !down.is_empty() {
                 self.stats.site_inhibited += 1;
+                let (group_text, window_text) = texts(&group_key);
                 out.push(Decision::SiteInhibited {
                     rule: rule.name.to_string(),
                     explanation: format!(
@@ -616,7 +617,7 @@ impl Engine {
                     ),
                     sites: down.into_iter().map(String::from).collect(),
                     group_key,
-                    event_ids,
+                    event_ids: event_ids(),
                 });
                 return;
             }
@@ -640,6 +641,7 @@ impl Engine {
         if let Some((key, state)) = &stateful {
             if is_clearing(state) {
                 if let Some(open) = self.stateful.remove(key) {
+                    let (group_text, window_text) = texts(&group_key);
                     out.push(Decision::ClearIncident(Box::new(ClearDecision {
                         rule: rule.name.to_string(),
                         rule_version: rule.version.to_string(),
@@ -652,7 +654,7 @@ impl Engine {
                         state: state.clone(),
                         window: (ts(first), ts(last)),
                         decided_at: ts(now),
-                        event_ids,
+                        event_ids: event_ids(),
                         late,
                     })));
                 }
@@ -663,7 +665,7 @@ impl Engine {
                     rule: rule.name.to_string(),
                     key: key.clone(),
                     state: state.clone(),
-                    event_ids,
+                    event_ids: event_ids(),
                 });
                 return;
             }
@@ -713,6 +715,7 @@ impl Engine {
         } else {
             TriggerHandling::Plain
         };
+        let (group_text, window_text) = texts(&group_key);
         let explanation = format!(
             "rule {:?} (priority {}, version {}) fired {group_text}: {window_text} matching {}{}{}",
             rule.name,
@@ -740,7 +743,7 @@ impl Engine {
             contact_list: rule.contact_list.clone(),
             window: (ts(first), ts(last)),
             decided_at: ts(now),
-            event_ids,
+            event_ids: event_ids(),
             hosts,
             sites,
             node,
@@ -792,7 +795,7 @@ impl Engine {
                     CopySel::Regex(r) => {
                         for (k, v) in src.ev.properties() {
                             if r.is_match(&k) {
-                                props.insert(k, v.to_string());
+                                props.insert(k.into_owned(), v.to_string());
                             }
                         }
                     }
@@ -922,7 +925,7 @@ impl Engine {
             if !keep {
                 out.push(Decision::ReleaseEvent {
                     event_id: id.clone(),
-                    rule: rule.to_string(),
+                    rule: rule.clone(),
                 });
             }
             keep
@@ -984,7 +987,7 @@ impl Engine {
             held: self
                 .held
                 .iter()
-                .map(|((until, seq, rule), id)| (*until, *seq, rule.to_string(), id.clone()))
+                .map(|((until, seq, rule), id)| (*until, *seq, rule.to_string(), id.to_string()))
                 .collect(),
             stateful: self
                 .stateful
@@ -1048,7 +1051,7 @@ impl Engine {
                 .iter()
                 .find(|r| *r.name == *rule && kept.contains(&rule))
             {
-                e.held.insert((until, seq, r.name.clone()), id);
+                e.held.insert((until, seq, r.name.clone()), id.into());
             }
         }
         for p in snap.pending {

@@ -4,8 +4,9 @@
 //! `events` list (if any) names the event and `Cond::eval` holds — and a property test holds
 //! this module to it. What it adds is speed, with no change of meaning:
 //!
-//! - **Index.** Rules with an `events` list are found by the event's name in a hash map;
-//!   only the others are tested against every event.
+//! - **Index.** Rules with an `events` list are found by the event's name in a hash map, which
+//!   holds for each name the merged list of its rules and the rules without a list, in
+//!   priority order; only the latter are tested against every event.
 //! - **Severity floor.** A rule whose conditions require `severity >= X` at the top level is
 //!   skipped on one comparison ([`Rule::min_severity`]).
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
@@ -19,6 +20,9 @@
 //! - **One regex pass per field.** Likewise the `regex` filters on one field form one
 //!   `RegexSet` (same syntax, same "matches anywhere" semantics), run at most once per event
 //!   when the first of them is reached.
+//! - **One tag lookup per tag.** Other filters on `tags.X` read the value through a per-event
+//!   cache (up to [`TAG_SLOTS`] distinct tags; the rest look up each time): ten rules testing
+//!   `tags.vendor` search the event's tag map once.
 
 use std::collections::HashMap;
 
@@ -69,8 +73,15 @@ enum Node {
         scan: usize,
         bit: u32,
     },
-    Filter(Filter),
+    /// Any other filter; `slot` is its tag's place in the per-event tag cache.
+    Filter {
+        filter: Filter,
+        slot: Option<u8>,
+    },
 }
+
+/// Distinct `tags.X` names whose values are cached per event.
+const TAG_SLOTS: usize = 16;
 
 #[derive(Debug)]
 struct Plan {
@@ -93,8 +104,9 @@ enum Scanned {
 /// Compiled matching state for one rule set. See the module docs.
 #[derive(Debug)]
 pub(super) struct Matcher {
-    /// Rules with an `events` list, by event name (indices into the rule set, ascending).
-    by_name: FastMap<Box<str>, Vec<u32>>,
+    /// Per event name: the rules naming it and the `generic` ones, merged (indices into the
+    /// rule set, ascending).
+    by_name: FastMap<Box<str>, Box<[u32]>>,
     /// Rules without one, ascending: tested against every event.
     generic: Vec<u32>,
     plans: Vec<Plan>,
@@ -102,6 +114,8 @@ pub(super) struct Matcher {
     /// Per event: what each scan found, and the literals found (one bit each).
     scanned: Vec<Scanned>,
     bits: Vec<u64>,
+    /// Tag names of the per-event tag cache, by slot.
+    tags: Vec<Box<str>>,
 }
 
 impl Default for Matcher {
@@ -117,9 +131,30 @@ struct Lits {
     fields: Vec<(Field, bool, Vec<String>)>,
     /// Scans that failed to build: their filters keep their own regexes.
     disabled: Vec<(Field, bool)>,
+    /// Tags read by plain filters, by cache slot.
+    tags: Vec<Box<str>>,
 }
 
 impl Lits {
+    /// A plain filter, with its tag's cache slot when there is room.
+    fn plain(&mut self, f: &Filter) -> Node {
+        let slot = match &f.field {
+            Field::Tags(t) => match self.tags.iter().position(|x| x == t) {
+                Some(i) => u8::try_from(i).ok(),
+                None if self.tags.len() < TAG_SLOTS => {
+                    self.tags.push(t.clone());
+                    u8::try_from(self.tags.len() - 1).ok()
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        Node::Filter {
+            filter: f.clone(),
+            slot,
+        }
+    }
+
     fn scan_of(&mut self, field: &Field, regex: bool) -> Option<usize> {
         if self.disabled.iter().any(|(f, r)| f == field && *r == regex) {
             return None;
@@ -164,15 +199,15 @@ fn bind(cond: &Cond, lits: &mut Lits) -> Node {
                 Op::Regex(r) => {
                     return match lits.add(&f.field, true, &[r.as_str().to_string()]) {
                         Some((scan, bits)) => Node::Regex { scan, bit: bits[0] },
-                        None => Node::Filter(f.clone()),
+                        None => lits.plain(f),
                     };
                 }
-                _ => return Node::Filter(f.clone()),
+                _ => return lits.plain(f),
             };
             // ASCII-case-insensitive scanning equals the regex only for non-empty ASCII
             // literals (see the module docs).
             if items.iter().any(|s| s.is_empty() || !s.is_ascii()) {
-                return Node::Filter(f.clone());
+                return lits.plain(f);
             }
             let lower: Vec<String> = items.iter().map(|s| s.to_ascii_lowercase()).collect();
             match lits.add(&f.field, false, &lower) {
@@ -182,7 +217,7 @@ fn bind(cond: &Cond, lits: &mut Lits) -> Node {
                     all: is_all,
                     filter: f.clone(),
                 },
-                None => Node::Filter(f.clone()),
+                None => lits.plain(f),
             }
         }
     }
@@ -197,7 +232,7 @@ fn rebase(node: &mut Node, bases: &[usize]) {
             bits.iter_mut().for_each(|x| *x = x.saturating_add(b));
         }
         Node::Regex { scan, bit } => *bit = bit.saturating_add(base(*scan)),
-        Node::True | Node::Filter(_) => {}
+        Node::True | Node::Filter { .. } => {}
     }
 }
 
@@ -221,6 +256,7 @@ impl Matcher {
         let mut lits = Lits {
             fields: Vec::new(),
             disabled,
+            tags: Vec::new(),
         };
         let mut plans = Vec::with_capacity(rules.rules.len());
         for (i, r) in rules.rules.iter().enumerate() {
@@ -243,6 +279,7 @@ impl Matcher {
         let mut scans = Vec::with_capacity(lits.fields.len());
         let mut failed = Vec::new();
         let mut base = 0;
+        let tags = lits.tags;
         for (field, regex, pats) in lits.fields {
             let kind = if regex {
                 RegexSet::new(&pats).map(ScanKind::Regexes).ok()
@@ -268,6 +305,16 @@ impl Matcher {
         if !failed.is_empty() {
             return Err(failed);
         }
+        // Merge each name's rules with the generic ones once, not per event.
+        let by_name = by_name
+            .into_iter()
+            .map(|(name, named)| {
+                let mut all: Vec<u32> = named.into_iter().chain(generic.iter().copied()).collect();
+                all.sort_unstable();
+                all.dedup();
+                (name, all.into_boxed_slice())
+            })
+            .collect();
         // Bit positions are per scan so far: shift each scan to its place in the bitset.
         let bases: Vec<usize> = scans.iter().map(|s| s.base).collect();
         for p in &mut plans {
@@ -280,32 +327,28 @@ impl Matcher {
             scanned: vec![Scanned::NotYet; scans.len()],
             bits: vec![0; base.div_ceil(64)],
             scans,
+            tags,
         })
     }
 
     /// Indices of the rules `ev` matches, in priority order (ascending index).
     pub(super) fn matching(&mut self, ev: &EventIn) -> Vec<u32> {
         self.scanned.fill(Scanned::NotYet);
-        let named: &[u32] = ev
+        let candidates: &[u32] = ev
             .name()
             .and_then(|n| self.by_name.get(n))
-            .map_or(&[], Vec::as_slice);
+            .map_or(&self.generic, |v| &**v);
         let mut out = Vec::new();
         let mut cx = Cx {
             scans: &self.scans,
             scanned: &mut self.scanned,
             bits: &mut self.bits,
             ev,
+            tag_names: &self.tags,
+            tags_known: 0,
+            tags: [None; TAG_SLOTS],
         };
-        let (mut a, mut b) = (named.iter().peekable(), self.generic.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x <= y => a.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            let Some(&i) = next else { break };
+        for &i in candidates {
             let plan = &self.plans[i as usize];
             if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
                 continue;
@@ -324,16 +367,30 @@ struct Cx<'a> {
     scanned: &'a mut [Scanned],
     bits: &'a mut [u64],
     ev: &'a EventIn,
+    tag_names: &'a [Box<str>],
+    /// Which slots of `tags` hold this event's value (bit per slot).
+    tags_known: u16,
+    tags: [Option<&'a str>; TAG_SLOTS],
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
     fn eval(&mut self, node: &Node) -> bool {
         match node {
             Node::True => true,
             Node::All(c) => c.iter().all(|n| self.eval(n)),
             Node::Any(c) => c.iter().any(|n| self.eval(n)),
             Node::None(c) => !c.iter().any(|n| self.eval(n)),
-            Node::Filter(f) => f.eval(self.ev),
+            Node::Filter { filter, slot } => {
+                let Some(slot) = slot else {
+                    return filter.eval(self.ev);
+                };
+                let v = self.tag(usize::from(*slot));
+                if filter.on_severity() {
+                    filter.eval_severity(v.and_then(|v| v.parse().ok()))
+                } else {
+                    filter.eval_value(v)
+                }
+            }
             Node::Regex { scan, bit } => {
                 self.scan(*scan) == Scanned::Bits
                     && self.bits[*bit as usize / 64] & (1 << (bit % 64)) != 0
@@ -356,6 +413,20 @@ impl Cx<'_> {
                 }
             },
         }
+    }
+
+    /// The event's value of cached tag `slot`, looked up once per event.
+    fn tag(&mut self, slot: usize) -> Option<&'a str> {
+        if self.tags_known & (1 << slot) == 0 {
+            self.tags_known |= 1 << slot;
+            self.tags[slot] = self
+                .ev
+                .event
+                .tags
+                .get(&*self.tag_names[slot])
+                .map(String::as_str);
+        }
+        self.tags[slot]
     }
 
     /// Runs scan `i` over its field, once per event.
@@ -579,7 +650,7 @@ mod tests {
         assert_eq!(m.scans.len(), 1, "one scan for the message field");
         assert_eq!(m.scans[0].len, 5, "shared literals counted once");
         assert!(
-            matches!(m.plans[3].node, Node::Filter(_)),
+            matches!(m.plans[3].node, Node::Filter { .. }),
             "non-ASCII literal"
         );
         let ev = |msg: &str| EventIn {

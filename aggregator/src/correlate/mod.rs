@@ -32,7 +32,9 @@ mod throttle;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -49,8 +51,9 @@ use rules::{Field, Fields};
 /// An event as the engine sees it: the stored event and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventIn {
-    /// The fleet-wide event id (`StoredEvent::id()`).
-    pub id: String,
+    /// The fleet-wide event id (`StoredEvent::id()`), shared with the decisions about it.
+    #[serde(with = "arc_str")]
+    pub id: Arc<str>,
     pub site: String,
     pub agent: String,
     pub event: Event,
@@ -61,7 +64,7 @@ impl EventIn {
     /// and windows and snapshots would otherwise carry up to 64 KiB per trigger. Moves the
     /// event (the live path); [`EventIn::from_stored`] copies it.
     pub fn from_owned(s: StoredEvent) -> EventIn {
-        let id = s.id();
+        let id = s.id().into();
         let mut event = s.event;
         event.raw_payload = None;
         EventIn {
@@ -77,7 +80,7 @@ impl EventIn {
         let mut event = s.event.clone();
         event.raw_payload = None;
         EventIn {
-            id: s.id(),
+            id: s.id().into(),
             site: s.site.clone(),
             agent: s.agent.clone(),
             event,
@@ -92,8 +95,9 @@ impl EventIn {
             .or(self.event.event_type.as_deref())
     }
 
-    /// Every property a `/regex/` copy directive can take, by canonical name.
-    fn properties(&self) -> impl Iterator<Item = (String, &str)> {
+    /// Every property a `/regex/` copy directive can take, by canonical name. Names are
+    /// allocated only for tags: the caller tests a name before it copies it.
+    fn properties(&self) -> impl Iterator<Item = (Cow<'static, str>, &str)> {
         const PLAIN: [Field; 11] = [
             Field::Source,
             Field::Hostname,
@@ -109,17 +113,20 @@ impl EventIn {
         ];
         PLAIN
             .iter()
-            .filter_map(|f| self.get(f).map(|v| (f.name(), v)))
+            .filter_map(|f| {
+                let name = f.plain_name()?;
+                self.get(f).map(|v| (Cow::Borrowed(name), v))
+            })
             .chain(std::iter::once((
-                "node".to_string(),
+                Cow::Borrowed("node"),
                 self.event.hostname.as_str(),
             )))
-            .chain(
-                self.event
-                    .tags
-                    .iter()
-                    .map(|(k, v)| (format!("tags.{k}"), v.as_str())),
-            )
+            .chain(self.event.tags.iter().map(|(k, v)| {
+                let mut name = String::with_capacity(5 + k.len());
+                name.push_str("tags.");
+                name.push_str(k);
+                (Cow::Owned(name), v.as_str())
+            }))
     }
 
     /// One property by canonical name (see [`rules::canonical_property`]).
@@ -235,7 +242,8 @@ pub struct ClearDecision {
     pub explanation: String,
 }
 
-/// What the engine tells its caller to do.
+/// What the engine tells its caller to do. The per-event verdicts share the event's id and the
+/// rule's name (`Arc<str>`): a matched event costs no string copies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
@@ -251,32 +259,42 @@ pub enum Decision {
     },
     /// Seed 000 `suppress_individual`: the event raises no alarm or notification of its own.
     SuppressEvent {
-        event_id: String,
-        rule: String,
+        #[serde(with = "arc_str")]
+        event_id: Arc<str>,
+        #[serde(with = "arc_str")]
+        rule: Arc<str>,
     },
     /// Seed 003 `delayed_action`: hold the event's actions until `until` (event time); a
     /// `ReleaseEvent` or a firing that supersedes it follows.
     HoldEvent {
-        event_id: String,
-        rule: String,
+        #[serde(with = "arc_str")]
+        event_id: Arc<str>,
+        #[serde(with = "arc_str")]
+        rule: Arc<str>,
         until: Timestamp,
     },
     /// The hold ended without a combination: run the event's actions now.
     ReleaseEvent {
-        event_id: String,
-        rule: String,
+        #[serde(with = "arc_str")]
+        event_id: Arc<str>,
+        #[serde(with = "arc_str")]
+        rule: Arc<str>,
     },
     /// Seed 003 (2.2.1): a trigger arriving while an `auto_acknowledge` rule is inhibited is
     /// acknowledged and closed.
     AcknowledgeEvent {
-        event_id: String,
-        rule: String,
+        #[serde(with = "arc_str")]
+        event_id: Arc<str>,
+        #[serde(with = "arc_str")]
+        rule: Arc<str>,
         group_key: String,
     },
     /// The rule is inhibited for this group: the event was not counted.
     Inhibited {
-        event_id: String,
-        rule: String,
+        #[serde(with = "arc_str")]
+        event_id: Arc<str>,
+        #[serde(with = "arc_str")]
+        rule: Arc<str>,
         group_key: String,
         until: Timestamp,
     },
@@ -289,6 +307,22 @@ pub enum Decision {
         event_ids: Vec<String>,
         explanation: String,
     },
+}
+
+/// Serde for `Arc<str>` as a plain string (serde's own impl needs its `rc` feature, which
+/// would rebuild every crate that uses serde).
+mod arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
 }
 
 /// Replays `events` (each with the clock value at which it arrived, e.g. `stored_at`) through
@@ -304,7 +338,7 @@ pub fn dry_run<'a>(
     let mut last = Timestamp::UNIX_EPOCH;
     for (ev, now) in events {
         last = last.max(now);
-        out.extend(engine.push(std::sync::Arc::new(ev.clone()), now));
+        out.extend(engine.push(Arc::new(ev.clone()), now));
     }
     out.extend(engine.finish(last));
     out

@@ -97,7 +97,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<(EventIn, Timestamp)>, String> {
         event.count = r.count.unwrap_or(1).max(1);
         out.push((
             EventIn {
-                id: r.id.unwrap_or_else(|| format!("line-{}", n + 1)),
+                id: r.id.unwrap_or_else(|| format!("line-{}", n + 1)).into(),
                 site: r.site.unwrap_or_else(|| "replay".into()),
                 agent: r.agent.unwrap_or_else(|| "replay".into()),
                 event,
@@ -161,7 +161,7 @@ mod tests {
 "#;
         let evs = parse_jsonl(text).unwrap();
         assert_eq!(evs.len(), 2);
-        assert_eq!(evs[0].0.id, "line-3");
+        assert_eq!(&*evs[0].0.id, "line-3");
         assert_eq!(
             evs[0].1,
             "2026-02-24T14:37:00Z".parse::<Timestamp>().unwrap()

@@ -377,6 +377,14 @@ impl Field {
         }
     }
 
+    /// The canonical name of a plain (non-tag) field, without allocating.
+    pub fn plain_name(&self) -> Option<&'static str> {
+        match self {
+            Field::Tags(_) => None,
+            other => Some(FIELD_NAMES[other.index()]),
+        }
+    }
+
     fn index(&self) -> usize {
         match self {
             Field::Source => 0,
@@ -573,15 +581,38 @@ fn join(c: &[Cond], sep: &str) -> String {
 impl Filter {
     /// Whether `x` satisfies the filter.
     pub fn eval<F: Fields + ?Sized>(&self, x: &F) -> bool {
+        if self.on_severity() {
+            self.eval_severity(x.severity(&self.field))
+        } else {
+            self.eval_value(x.get(&self.field))
+        }
+    }
+
+    /// Whether the filter compares severities (then [`Filter::eval_severity`] answers it),
+    /// else [`Filter::eval_value`] does.
+    pub fn on_severity(&self) -> bool {
+        matches!(
+            self.op,
+            Op::SeverityEq(..) | Op::Cmp(_, CmpValue::Severity(_))
+        )
+    }
+
+    /// A severity filter on the field's value as a severity.
+    pub fn eval_severity(&self, v: Option<Severity>) -> bool {
         match &self.op {
-            Op::Exists(want) => x.get(&self.field).is_some_and(|v| !v.is_empty()) == *want,
-            Op::NotEquals(s) => x.get(&self.field) != Some(s.as_str()),
-            Op::SeverityEq(s, eq) => x.severity(&self.field).is_some_and(|v| (v == *s) == *eq),
-            Op::Cmp(op, CmpValue::Severity(s)) => x
-                .severity(&self.field)
-                .is_some_and(|v| cmp_holds(*op, v.cmp(s))),
+            Op::SeverityEq(s, eq) => v.is_some_and(|v| (v == *s) == *eq),
+            Op::Cmp(op, CmpValue::Severity(s)) => v.is_some_and(|v| cmp_holds(*op, v.cmp(s))),
+            _ => false,
+        }
+    }
+
+    /// Any other filter on the field's value (`None`: the field is missing).
+    pub fn eval_value(&self, v: Option<&str>) -> bool {
+        match &self.op {
+            Op::Exists(want) => v.is_some_and(|v| !v.is_empty()) == *want,
+            Op::NotEquals(s) => v != Some(s.as_str()),
             _ => {
-                let Some(v) = x.get(&self.field) else {
+                let Some(v) = v else {
                     return false;
                 };
                 match &self.op {
@@ -591,7 +622,7 @@ impl Filter {
                     Op::ContainsAll { regexes, .. } => regexes.iter().all(|r| r.is_match(v)),
                     Op::In(list) => list.iter().any(|s| s == v),
                     Op::Cmp(op, want) => compare(v, *op, want),
-                    // Handled above, before the value is required.
+                    // Handled above, before the value is required, or by `eval_severity`.
                     Op::Exists(_) | Op::NotEquals(_) | Op::SeverityEq(..) => false,
                 }
             }

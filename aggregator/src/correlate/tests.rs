@@ -46,7 +46,7 @@ fn ev(e: Ev<'_>) -> Arc<EventIn> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     Arc::new(EventIn {
-        id: e.id.to_string(),
+        id: e.id.into(),
         site: e.site.to_string(),
         agent: "agent-1".into(),
         event,
@@ -198,7 +198,7 @@ fn seed_000_database_connectivity_failure() {
     let suppressed: Vec<&str> = out
         .iter()
         .filter_map(|d| match d {
-            Decision::SuppressEvent { event_id, .. } => Some(event_id.as_str()),
+            Decision::SuppressEvent { event_id, .. } => Some(&**event_id),
             _ => None,
         })
         .collect();
@@ -493,8 +493,9 @@ fn seed_003_autoacknowledge_with_delayedaction_combines_triggers() {
     // A trigger during the inhibit period is acknowledged too (seed 003, 2.2.1).
     let d = e.push(tagged("t3", "Link Down", "sw1", 25.0, &[]), at(25.0));
     assert!(
-        d.iter()
-            .any(|d| matches!(d, Decision::AcknowledgeEvent { event_id, .. } if event_id == "t3")),
+        d.iter().any(
+            |d| matches!(d, Decision::AcknowledgeEvent { event_id, .. } if &**event_id == "t3")
+        ),
         "{d:#?}"
     );
     // A lone trigger after the inhibit: held, then released when nothing combined it.
@@ -1062,7 +1063,7 @@ fn rules_run_in_priority_order_and_disabled_rules_never() {
     let order: Vec<&str> = out
         .iter()
         .filter_map(|d| match d {
-            Decision::SuppressEvent { rule, .. } => Some(rule.as_str()),
+            Decision::SuppressEvent { rule, .. } => Some(&**rule),
             Decision::OpenIncident(i) => Some(i.rule.as_str()),
             _ => None,
         })
@@ -1203,7 +1204,7 @@ fn from_stored_uses_the_store_id_and_drops_the_raw_payload() {
         event,
     };
     let e = EventIn::from_stored(&stored);
-    assert_eq!(e.id, stored.id());
+    assert_eq!(*e.id, *stored.id());
     assert_eq!((e.site.as_str(), e.agent.as_str()), ("paris", "a1"));
     assert_eq!(e.event.raw_payload, None);
 }
@@ -1377,7 +1378,7 @@ fn delayed_action_holds_are_bounded_and_released_early_when_full() {
         let s = f64::from(i);
         for d in e.push(tagged(&format!("h{i}"), "Link Down", "sw1", s, &[]), at(s)) {
             if let Decision::ReleaseEvent { event_id, .. } = d {
-                released.push(event_id);
+                released.push(event_id.to_string());
             }
         }
     }
@@ -1389,7 +1390,7 @@ fn delayed_action_holds_are_bounded_and_released_early_when_full() {
         .finish(at(1000.0))
         .into_iter()
         .filter_map(|d| match d {
-            Decision::ReleaseEvent { event_id, .. } => Some(event_id),
+            Decision::ReleaseEvent { event_id, .. } => Some(event_id.to_string()),
             _ => None,
         })
         .collect();
