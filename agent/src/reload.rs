@@ -9,7 +9,6 @@
 //! (listeners, queue, dedup, scripts, SNMP) needs a restart; later subsystems add their own
 //! hooks with [`Reloader::register`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::service::Reloader;
@@ -32,28 +31,13 @@ pub fn reloader(config: &AgentConfig) -> Arc<Reloader> {
             &[weir_common::wire::ALPN],
         )
         .context("the current connection keeps its certificate, and reconnects will fail until the files are fixed")?;
-        let certs = weir_certs::tls::load_certs(&link.cert)?;
-        let serial = weir_certs::cert_serial_hex(&certs[0])?;
-        let left = crate::service::check_cert_expiry(
-            "weir_agent_certificate_expiry_seconds",
+        crate::service::describe_reloaded_cert(
             &link.cert,
-            &cert_not_after,
-            jiff::Timestamp::now(),
-        );
-        Ok(format!(
-            "{}: serial {serial}, {} days left; used from the next connection",
-            link.cert.display(),
-            left.unwrap_or(0) / 86_400
-        ))
+            Some("weir_agent_certificate_expiry_seconds"),
+            "used from the next connection",
+        )
     });
     r
 }
 
-/// End of validity of the first certificate in a PEM file.
-pub fn cert_not_after(path: &Path) -> anyhow::Result<jiff::Timestamp> {
-    let certs = weir_certs::tls::load_certs(path)?;
-    let first = certs
-        .first()
-        .with_context(|| format!("{} holds no certificate", path.display()))?;
-    Ok(weir_certs::cert_not_after(first)?)
-}
+pub use crate::service::cert_not_after;

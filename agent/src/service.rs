@@ -205,6 +205,41 @@ pub async fn watch_cert_expiry(
     }
 }
 
+/// End of validity of the first certificate in a PEM file.
+pub fn cert_not_after(path: &std::path::Path) -> anyhow::Result<jiff::Timestamp> {
+    let certs = weir_certs::tls::load_certs(path)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", path.display()))?;
+    Ok(weir_certs::cert_not_after(first)?)
+}
+
+/// What a reload hook says about the certificate it loaded: "PATH: serial S, N days left;
+/// `when`". With `metric`, the expiry gauge is refreshed (and a near expiry warned about).
+pub fn describe_reloaded_cert(
+    path: &std::path::Path,
+    metric: Option<&'static str>,
+    when: &str,
+) -> anyhow::Result<String> {
+    let certs = weir_certs::tls::load_certs(path)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", path.display()))?;
+    let serial = weir_certs::cert_serial_hex(first)?;
+    let now = jiff::Timestamp::now();
+    let left = match metric {
+        Some(m) => check_cert_expiry(m, path, &cert_not_after, now),
+        None => weir_certs::cert_not_after(first)
+            .ok()
+            .map(|end| end.as_second() - now.as_second()),
+    };
+    Ok(format!(
+        "{}: serial {serial}, {} days left; {when}",
+        path.display(),
+        left.unwrap_or(0) / 86_400
+    ))
+}
+
 /// One expiry check (see [`watch_cert_expiry`]); returns the seconds left, if readable.
 pub fn check_cert_expiry(
     metric: &'static str,

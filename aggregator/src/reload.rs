@@ -6,7 +6,6 @@
 //! connected agents keep their sessions). Everything else needs a restart; later subsystems
 //! (rules, definitions) add their own hooks with [`Reloader::register`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -25,31 +24,16 @@ pub fn reloader(endpoint: quinn::Endpoint, quic: QuicConfig) -> Arc<Reloader> {
         let sc = crate::ingest::server_config(&quic)
             .context("agents keep being served with the previous certificate")?;
         endpoint.set_server_config(Some(sc));
-        let certs = weir_certs::tls::load_certs(&quic.cert)?;
-        let serial = weir_certs::cert_serial_hex(&certs[0])?;
-        let left = weir_agent::service::check_cert_expiry(
-            "weir_aggregator_certificate_expiry_seconds",
+        weir_agent::service::describe_reloaded_cert(
             &quic.cert,
-            &cert_not_after,
-            jiff::Timestamp::now(),
-        );
-        Ok(format!(
-            "{}: serial {serial}, {} days left; used for new connections",
-            quic.cert.display(),
-            left.unwrap_or(0) / 86_400
-        ))
+            Some("weir_aggregator_certificate_expiry_seconds"),
+            "used for new connections",
+        )
     });
     r
 }
 
-/// End of validity of the first certificate in a PEM file.
-pub fn cert_not_after(path: &Path) -> anyhow::Result<jiff::Timestamp> {
-    let certs = weir_certs::tls::load_certs(path)?;
-    let first = certs
-        .first()
-        .with_context(|| format!("{} holds no certificate", path.display()))?;
-    Ok(weir_certs::cert_not_after(first)?)
-}
+pub use weir_agent::service::cert_not_after;
 
 #[cfg(test)]
 mod tests {

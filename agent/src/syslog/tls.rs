@@ -102,19 +102,10 @@ impl ConfigSlot {
     ) -> anyhow::Result<String> {
         let config = server_config(cert, key, client_ca)
             .context("the TLS listeners keep serving the previous certificate")?;
-        let chain = weir_certs::tls::load_certs(cert)?;
-        let first = chain
-            .first()
-            .with_context(|| format!("{} holds no certificate", cert.display()))?;
-        let serial = weir_certs::cert_serial_hex(first)?;
-        let days = weir_certs::cert_not_after(first)
-            .map(|t| (t.as_second() - jiff::Timestamp::now().as_second()) / 86_400)
-            .unwrap_or(0);
+        let what =
+            crate::service::describe_reloaded_cert(cert, None, "used from the next connection")?;
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
-        Ok(format!(
-            "{}: serial {serial}, {days} days left; used from the next connection",
-            cert.display()
-        ))
+        Ok(what)
     }
 }
 
