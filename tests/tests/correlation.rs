@@ -13,29 +13,7 @@ use weir_tests::{
     eventually_async, free_tcp_port, http_client, post_events, wait_healthy, without_dedup,
 };
 
-/// Seed 000's "Database Connectivity Failure" rule, as the seed writes it.
-const SEED_000_RULE: &str = r#"{
-  "name": "Database Connectivity Failure",
-  "priority": 10,
-  "enabled": true,
-  "conditions": {
-    "operator": "AND",
-    "filters": [
-      { "field": "hostname", "op": "matches", "value": "db-*" },
-      { "field": "severity", "op": ">=", "value": "critical" },
-      { "field": "message", "op": "contains_any",
-        "value": ["connection refused", "max_connections", "too many connections"] }
-    ]
-  },
-  "window_minutes": 5,
-  "min_event_count": 2,
-  "action": {
-    "create_incident": true,
-    "incident_severity": "CRITICAL",
-    "contact_list": "DBA On-Call",
-    "suppress_individual": true
-  }
-}"#;
+use weir_aggregator::correlate::SEED_000_RULE;
 
 async fn get(url: String) -> Value {
     let resp = http_client()

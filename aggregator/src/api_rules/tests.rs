@@ -9,7 +9,7 @@ use super::*;
 use crate::api::router;
 use crate::api::tests::test_state;
 use crate::correlation::Correlator;
-use crate::correlation::tests::SEED_000_RULE;
+use crate::correlate::SEED_000_RULE;
 use crate::keys::{create_key, keys_path, parse_scopes};
 use crate::store::Store;
 

@@ -343,3 +343,29 @@ pub fn dry_run<'a>(
     out.extend(engine.finish(last));
     out
 }
+
+/// Seed 000's example rule, "Database Connectivity Failure", exactly as the seed writes it:
+/// the rule format's reference example, shared by the unit and end-to-end tests.
+#[doc(hidden)]
+pub const SEED_000_RULE: &str = r#"{
+  "name": "Database Connectivity Failure",
+  "priority": 10,
+  "enabled": true,
+  "conditions": {
+    "operator": "AND",
+    "filters": [
+      { "field": "hostname", "op": "matches", "value": "db-*" },
+      { "field": "severity", "op": ">=", "value": "critical" },
+      { "field": "message", "op": "contains_any",
+        "value": ["connection refused", "max_connections", "too many connections"] }
+    ]
+  },
+  "window_minutes": 5,
+  "min_event_count": 2,
+  "action": {
+    "create_incident": true,
+    "incident_severity": "CRITICAL",
+    "contact_list": "DBA On-Call",
+    "suppress_individual": true
+  }
+}"#;

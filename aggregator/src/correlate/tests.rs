@@ -99,28 +99,7 @@ fn incidents(d: &[Decision]) -> Vec<&IncidentDecision> {
         .collect()
 }
 
-const SEED_000_RULE: &str = r#"{
-"name": "Database Connectivity Failure",
-"priority": 10,
-"enabled": true,
-"conditions": {
-"operator": "AND",
-"filters": [
-{ "field": "hostname", "op": "matches", "value": "db-*" },
-{ "field": "severity", "op": ">=", "value": "critical" },
-{ "field": "message", "op": "contains_any",
-"value": ["connection refused", "max_connections", "too many connections"] }
-]
-},
-"window_minutes": 5,
-"min_event_count": 2,
-"action": {
-"create_incident": true,
-"incident_severity": "CRITICAL",
-"contact_list": "DBA On-Call",
-"suppress_individual": true
-}
-}"#;
+use crate::correlate::SEED_000_RULE;
 
 fn db_event(id: &str, host: &str, sev: Severity, msg: &str, secs: f64) -> Arc<EventIn> {
     ev(Ev {

@@ -5,28 +5,7 @@ use weir_common::{Event, InputKind};
 use super::*;
 use crate::store::{AgentBatch, Prepared};
 
-pub(crate) const SEED_000_RULE: &str = r#"{
-"name": "Database Connectivity Failure",
-"priority": 10,
-"enabled": true,
-"conditions": {
-"operator": "AND",
-"filters": [
-{ "field": "hostname", "op": "matches", "value": "db-*" },
-{ "field": "severity", "op": ">=", "value": "critical" },
-{ "field": "message", "op": "contains_any",
-"value": ["connection refused", "max_connections", "too many connections"] }
-]
-},
-"window_minutes": 5,
-"min_event_count": 2,
-"action": {
-"create_incident": true,
-"incident_severity": "CRITICAL",
-"contact_list": "DBA On-Call",
-"suppress_individual": true
-}
-}"#;
+use crate::correlate::SEED_000_RULE;
 
 fn config(dir: &Path) -> CorrelationConfig {
     let rules = dir.join("rules.json");
