@@ -1134,3 +1134,64 @@ impl Sender {
         self.task.await.expect("sender task")
     }
 }
+
+/// Sum of the samples of `name_and_labels` on the agent's `/metrics` (an in-process aggregator
+/// shares the process's recorder, so its metrics are there too).
+pub async fn agent_metric(agent: &Agent, name_and_labels: &str) -> f64 {
+    let text = http_client()
+        .get(format!("http://{}/metrics", agent.http_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// net-snmp's `snmptrap` and `snmpinform`, as the trap tests drive them.
+pub mod netsnmp {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Whether both tools are installed; skips with a printed reason, or panics under
+    /// `CI=true` (CI must never pass by skipping).
+    pub fn tools_present() -> bool {
+        let ok = ["snmptrap", "snmpinform"].iter().all(|t| {
+            Command::new(t)
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
+        });
+        if !ok {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("snmptrap/snmpinform missing and CI=true: apt-get install snmp");
+            }
+            eprintln!(
+                "skipping: net-snmp snmptrap/snmpinform not installed (apt-get install snmp)"
+            );
+        }
+        ok
+    }
+
+    /// Runs a net-snmp command with its own persistent dir and no MIBs; returns success.
+    pub fn run(tool: &str, args: &[String], persist: &Path) -> bool {
+        let out = Command::new(tool)
+            .args(["-m", "", "-M", "/dev/null"])
+            .args(args)
+            .env("SNMP_PERSISTENT_DIR", persist)
+            .env("SNMPCONFPATH", persist)
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        if !out.status.success() {
+            eprintln!(
+                "{tool} {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.status.success()
+    }
+}

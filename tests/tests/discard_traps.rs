@@ -8,10 +8,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use weir_tests::{API_KEY, Agent, Aggregator, Env, eventually, eventually_async, http_client};
+use weir_tests::netsnmp::{run, tools_present};
+use weir_tests::{
+    API_KEY, Agent, Aggregator, Env, agent_metric, eventually, eventually_async, http_client,
+};
 
 /// Varbind carrying each trap's case name.
 const CASE_OID: &str = "1.3.6.1.2.1.1.5.0";
@@ -32,40 +34,6 @@ tag = "SNMP_WARM_START"
 [[definition]]
 tag = "SNMP_COLD_START"
 "#;
-
-fn tools_present() -> bool {
-    let ok = ["snmptrap", "snmpinform"].iter().all(|t| {
-        Command::new(t)
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
-    });
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("snmptrap/snmpinform missing and CI=true: apt-get install snmp");
-        }
-        eprintln!("skipping: net-snmp snmptrap/snmpinform not installed (apt-get install snmp)");
-    }
-    ok
-}
-
-/// Runs a net-snmp command with its own persistent dir and no MIBs; returns success.
-fn run(tool: &str, args: &[String], persist: &Path) -> bool {
-    let out = Command::new(tool)
-        .args(["-m", "", "-M", "/dev/null"])
-        .args(args)
-        .env("SNMP_PERSISTENT_DIR", persist)
-        .env("SNMPCONFPATH", persist)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-    if !out.status.success() {
-        eprintln!(
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.success()
-}
 
 /// A v1 generic trap (0 cold start, 1 warm start) named `case`.
 fn v1_trap(target: SocketAddr, generic: u8, case: &str, persist: &Path) -> bool {
@@ -110,23 +78,6 @@ fn v2c_warm_inform(target: SocketAddr, case: &str, persist: &Path) -> bool {
     .map(String::from)
     .to_vec();
     run("snmpinform", &args, persist)
-}
-
-/// Sum of the samples of `name_and_labels` on the agent's `/metrics` (the in-process aggregator
-/// shares the process's recorder, so its metrics are there too).
-async fn metric(agent: &Agent, name_and_labels: &str) -> f64 {
-    let text = http_client()
-        .get(format!("http://{}/metrics", agent.http_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn stored_cases(agg: &Aggregator) -> Vec<String> {
@@ -179,7 +130,7 @@ async fn discardtraps_are_dropped_at_the_agent_until_the_definition_is_reloaded_
     .await;
     let dropped = "weir_agent_dropped_total{reason=\"discardtraps\"}";
     let at_aggregator = "weir_aggregator_dropped_total{reason=\"discardtraps\"}";
-    assert_eq!(metric(&agent, dropped).await, 0.0);
+    assert_eq!(agent_metric(&agent, dropped).await, 0.0);
 
     assert!(v1_trap(target, 1, "warm-1", p));
     assert!(v1_trap(target, 0, "cold-1", p));
@@ -194,7 +145,7 @@ async fn discardtraps_are_dropped_at_the_agent_until_the_definition_is_reloaded_
     eventually_async(
         Duration::from_secs(10),
         "both warm starts counted as dropped at the agent",
-        || async { metric(&agent, dropped).await == 2.0 },
+        || async { agent_metric(&agent, dropped).await == 2.0 },
     )
     .await;
     // Sent after the warm start from the same sender: once it is stored, the warm start
@@ -214,7 +165,7 @@ async fn discardtraps_are_dropped_at_the_agent_until_the_definition_is_reloaded_
         "a dropped trap entered the agent queue"
     );
     assert_eq!(
-        metric(&agent, at_aggregator).await,
+        agent_metric(&agent, at_aggregator).await,
         0.0,
         "nothing left for the aggregator to discard"
     );
@@ -240,7 +191,7 @@ async fn discardtraps_are_dropped_at_the_agent_until_the_definition_is_reloaded_
         cases.contains(&"warm-2".to_string()) && cases.contains(&"warm-inform-2".to_string())
     })
     .await;
-    assert_eq!(metric(&agent, dropped).await, 2.0);
+    assert_eq!(agent_metric(&agent, dropped).await, 2.0);
 
     agent.stop().await;
     agg.stop().await;

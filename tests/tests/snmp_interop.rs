@@ -8,34 +8,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use weir_aggregator::store::StoredEvent;
 use weir_common::Severity;
-use weir_tests::{Agent, Aggregator, Env, http_client};
+use weir_tests::netsnmp::{run, tools_present};
+use weir_tests::{Agent, Aggregator, Env, agent_metric};
 
 /// The sender engine ID used by the v3 traps (hex).
 const SENDER_ENGINE: &str = "0x80001f8804776569722d74657374";
 /// Varbind carrying each case's name, so each stored event can be matched to its command.
 const CASE_OID: &str = "1.3.6.1.2.1.1.5.0";
-
-fn tools_present() -> bool {
-    let ok = ["snmptrap", "snmpinform"].iter().all(|t| {
-        Command::new(t)
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success() || !o.stderr.is_empty())
-    });
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("snmptrap/snmpinform missing and CI=true: apt-get install snmp");
-        }
-        eprintln!("skipping: net-snmp snmptrap/snmpinform not installed (apt-get install snmp)");
-    }
-    ok
-}
 
 /// (user name, auth, priv) for net-snmp flags and the agent config.
 const V3_USERS: &[(&str, &str, &str)] = &[
@@ -79,24 +63,6 @@ fn users_toml() -> String {
         }
     }
     s
-}
-
-/// Runs a net-snmp command with its own persistent dir and no MIBs; returns success.
-fn run(tool: &str, args: &[String], persist: &Path) -> bool {
-    let out = Command::new(tool)
-        .args(["-m", "", "-M", "/dev/null"])
-        .args(args)
-        .env("SNMP_PERSISTENT_DIR", persist)
-        .env("SNMPCONFPATH", persist)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-    if !out.status.success() {
-        eprintln!(
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.success()
 }
 
 fn v3_args(user: &str, auth: &str, privacy: &str, engine: Option<&str>) -> Vec<String> {
@@ -147,21 +113,6 @@ fn by_case(events: &[StoredEvent]) -> HashMap<String, StoredEvent> {
             Some((v.strip_prefix("string:")?.to_string(), e.clone()))
         })
         .collect()
-}
-
-async fn metric(agent: &Agent, name_and_labels: &str) -> f64 {
-    let text = http_client()
-        .get(format!("http://{}/metrics", agent.http_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,13 +191,14 @@ async fn net_snmp_traps_and_informs_reach_the_aggregator() {
     }
 
     // Refused: wrong community, wrong auth password, wrong privacy password, unknown user.
-    let before_community = metric(
+    let before_community = agent_metric(
         &agent,
         "weir_agent_snmp_dropped_total{reason=\"community_not_allowed\"}",
     )
     .await;
-    let before_auth = metric(&agent, "weir_agent_snmp_dropped_total{reason=\"bad_auth\"}").await;
-    let before_priv = metric(
+    let before_auth =
+        agent_metric(&agent, "weir_agent_snmp_dropped_total{reason=\"bad_auth\"}").await;
+    let before_priv = agent_metric(
         &agent,
         "weir_agent_snmp_dropped_total{reason=\"decrypt_failed\"}",
     )
@@ -280,15 +232,15 @@ async fn net_snmp_traps_and_informs_reach_the_aggregator() {
     .await;
     let mut dropped = false;
     for _ in 0..50 {
-        dropped = metric(
+        dropped = agent_metric(
             &agent,
             "weir_agent_snmp_dropped_total{reason=\"community_not_allowed\"}",
         )
         .await
             > before_community
-            && metric(&agent, "weir_agent_snmp_dropped_total{reason=\"bad_auth\"}").await
+            && agent_metric(&agent, "weir_agent_snmp_dropped_total{reason=\"bad_auth\"}").await
                 > before_auth
-            && metric(
+            && agent_metric(
                 &agent,
                 "weir_agent_snmp_dropped_total{reason=\"decrypt_failed\"}",
             )

@@ -8,8 +8,8 @@ use tower::ServiceExt;
 use super::*;
 use crate::api::router;
 use crate::api::tests::test_state;
-use crate::correlation::Correlator;
 use crate::correlate::SEED_000_RULE;
+use crate::correlation::Correlator;
 use crate::keys::{create_key, keys_path, parse_scopes};
 use crate::store::Store;
 
