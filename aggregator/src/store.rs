@@ -606,7 +606,14 @@ impl Store {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<SearchPage, StoreError> {
-        self.search_in_slices(filter, limit, cursor, scan_threads())
+        // Each slice keeps up to `limit` events of its own, so only API-sized pages go parallel:
+        // a dry-run's 200k-event page would be held once per slice.
+        let slices = if limit <= MAX_PARALLEL_LIMIT {
+            scan_threads()
+        } else {
+            1
+        };
+        self.search_in_slices(filter, limit, cursor, slices)
     }
 
     /// [`Store::search`] with the scan cut into at most `slices` time slices.
@@ -957,6 +964,9 @@ struct SliceScan {
     on_page: u64,
     events: Vec<(Cursor, StoredEvent)>,
 }
+
+/// Largest page a search scans in parallel slices (the API's maximum `limit`).
+const MAX_PARALLEL_LIMIT: usize = 1000;
 
 /// Threads a search spreads its scan over: one per core, at most 4.
 fn scan_threads() -> usize {
