@@ -4,6 +4,9 @@
 #
 #   packaging/build.sh                  # version from Cargo.toml, revision 1
 #   WEIR_DEB_REVISION=2 packaging/build.sh --no-build   # repackage the same binaries
+#   WEIR_PROFILE=dev packaging/build.sh --no-build       # package the debug binaries that
+#                                                        # `cargo build --workspace --bins` made
+#                                                        # (CI's package tests: no second build)
 #
 # Other architectures: install the target (rustup target add aarch64-unknown-linux-gnu and a
 # cross linker) and set WEIR_TARGET=aarch64-unknown-linux-gnu; the docs are then generated
@@ -16,25 +19,34 @@ out="$target_dir/packages"
 revision=${WEIR_DEB_REVISION:-1}
 build=1
 [ "${1:-}" = "--no-build" ] && build=0
+# Cargo profile whose binaries go into the packages; its output directory under target/.
+profile=${WEIR_PROFILE:-release}
+case "$profile" in
+    dev) profile_dir=debug ;;
+    *) profile_dir=$profile ;;
+esac
 
+# The packagers, at the versions these scripts were written against (cargo-deb warns that dev
+# profiles will become an error; CI packages the dev build, so a newer one could break it).
 need() {
     command -v "$1" >/dev/null 2>&1 && return
-    echo "installing $2 (cargo install --locked)"
-    cargo install --locked "$2"
+    echo "installing $2 $3 (cargo install --locked)"
+    cargo install --locked "$2" --version "$3"
 }
-need cargo-deb cargo-deb
-need cargo-generate-rpm cargo-generate-rpm
+need cargo-deb cargo-deb 3.8.0
+need cargo-generate-rpm cargo-generate-rpm 0.21.1
 
 start=$(date +%s)
 if [ "$build" = 1 ]; then
-    cargo build --release --locked -p weir-agent -p weir-aggregator -p weir-certs --bins
+    cargo build --profile "$profile" --locked -p weir-agent -p weir-aggregator -p weir-certs --bins
 fi
 
 # Man pages and completions, from the binaries' own clap definitions.
-docs="$target_dir/release/weir-docs"
+docs="$target_dir/$profile_dir/weir-docs"
 rm -rf "$docs"
 for bin in weir-agent weir-aggregator weir-certs; do
-    "$target_dir/release/$bin" generate-docs "$docs/$bin"
+    [ -x "$target_dir/$profile_dir/$bin" ] || { echo "no $target_dir/$profile_dir/$bin: build it first"; exit 1; }
+    "$target_dir/$profile_dir/$bin" generate-docs "$docs/$bin"
 done
 
 # Maintainer scripts with packaging/common.sh inlined (self-contained once installed).
@@ -61,10 +73,10 @@ done
 
 mkdir -p "$out"
 for pkg in weir-agent weir-aggregator; do
-    cargo deb --no-build -p "$pkg" --deb-revision "$revision" -o "$out/"
+    cargo deb --no-build --profile "$profile" -p "$pkg" --deb-revision "$revision" -o "$out/"
     # cargo-generate-rpm takes the crate directory.
-    cargo generate-rpm -p "${pkg#weir-}" -o "$out/" \
+    cargo generate-rpm -p "${pkg#weir-}" --profile "$profile" -o "$out/" \
         --payload-compress gzip --set-metadata "release = \"$revision\""
 done
 ls -l "$out"
-echo "packages built in $(( $(date +%s) - start ))s (including the release build: $build)"
+echo "packages built from the $profile profile in $(( $(date +%s) - start ))s (including the build: $build)"
