@@ -15,7 +15,8 @@ weir_dirs() {
     install -d -m 0750 -o root -g weir /etc/weir/tls
     if [ ! -d "$1" ]; then install -d -m 0750 -o weir -g weir "$1"; fi
     # Configs may hold paths to secrets; readable by the service, not by everyone.
-    for f in /etc/weir/agent.toml /etc/weir/aggregator.toml; do
+    for f in /etc/weir/agent.toml /etc/weir/aggregator.toml /etc/weir/rules.toml \
+        /etc/weir/definitions.toml /etc/weir/transforms.toml; do
         if [ -f "$f" ]; then chgrp weir "$f" && chmod 0640 "$f"; fi
     done
     # An API key for the HTTP ingest / REST API, generated once, never replaced.

@@ -62,7 +62,9 @@ c=$(dpkg-deb -c "$deb1_agg")
 for want in ./usr/bin/weir-aggregator ./usr/bin/weir-certs ./etc/weir/aggregator.toml \
     ./lib/systemd/system/weir-aggregator.service ./usr/share/man/man1/weir-certs-renew.1; do
     has "$c" "$want" "weir-aggregator.deb contents"; done
-has "$(dpkg-deb -I "$deb1_agg" conffiles)" "/etc/weir/aggregator.toml" "weir-aggregator conffiles"
+for f in aggregator rules definitions transforms; do
+    has "$(dpkg-deb -I "$deb1_agg" conffiles)" "/etc/weir/$f.toml" "weir-aggregator conffiles"
+done
 for p in weir-agent weir-aggregator; do
     r=$(ls "$pkgs"/$p-"$version"-1.*.rpm)
     l=$(rpm -qpl "$r"); i=$(rpm -qpi "$r"); cf=$(rpm -qpc "$r"); s=$(rpm -qp --scripts "$r")
@@ -131,6 +133,14 @@ weir-certs issue aggregator --ca /etc/weir/ca --dns localhost --ip 127.0.0.1 --o
 install -m 0644 /etc/weir/ca/crl.pem /etc/weir/tls/crl.pem
 chown weir:weir /etc/weir/tls/aggregator.key
 weir-aggregator check-config /etc/weir/aggregator.toml
+# The installed rule, definition and transformation examples work once their keys are set.
+sed -e 's/^# rules = "rules.toml"/rules = "rules.toml"/' \
+    -e 's/^# definitions = /definitions = /' -e 's/^# transforms = /transforms = /' \
+    /etc/weir/aggregator.toml > /etc/weir/aggregator-examples.toml
+grep -q '^rules = "rules.toml"' /etc/weir/aggregator-examples.toml || fail "no rules key to uncomment"
+out=$(weir-aggregator check-config /etc/weir/aggregator-examples.toml 2>&1) || fail "examples: $out"
+echo "$out"; has "$out" "3 correlation rules, 1 aggregates" "check-config with the example rules"
+rm /etc/weir/aggregator-examples.toml
 
 step "enrolment (README: Install on a site gateway)"
 weir-certs issue agent --ca /etc/weir/ca --site paris --name gw-01 --out /etc/weir/ca/agents/paris-gw-01 \

@@ -205,8 +205,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: [quic] TLS files", file.display()))?;
             // Transformation rules and event definitions: errors name file, line, rule, field.
             let p = weir_aggregator::alarm::Processor::load(&c.processing)?;
+            let rules = match &c.correlation.rules {
+                Some(path) => {
+                    let set = weir_aggregator::correlate::RuleSet::load(path)?;
+                    let raw = set.raw();
+                    format!(
+                        "{} correlation rules, {} aggregates",
+                        raw.rules.len(),
+                        raw.aggregates.len()
+                    )
+                }
+                None => "correlation off".to_string(),
+            };
             println!(
-                "{}: OK ({} transformation rules, {} event definitions)",
+                "{}: OK ({} transformation rules, {} event definitions, {rules})",
                 file.display(),
                 p.transforms.rules.len(),
                 p.definitions.len()

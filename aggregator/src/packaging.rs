@@ -21,6 +21,15 @@ pub fn packaged_config() -> String {
             "# REST API address. Loopback only as installed: set 0.0.0.0:8083 (or put a TLS\n# reverse proxy in front) for the NOC's tools to reach it.",
         ),
         (
+            "commented example conf/transforms.toml.",
+            "commented example installed as /etc/weir/transforms.toml.",
+        ),
+        ("(conf/definitions.toml: ", "(/etc/weir/definitions.toml: "),
+        (
+            "# rules = \"rules.json\"",
+            "# The installed /etc/weir/rules.toml holds commented examples of every kind of rule.\n# rules = \"rules.toml\"",
+        ),
+        (
             "# weir-aggregator configuration. Relative paths are relative to this file.\n",
             "# weir-aggregator configuration, installed by the weir-aggregator package (your changes\n# are kept on upgrade). See README \"Install the aggregator\" for the certificates it needs.\n# Relative paths are relative to this file.\n",
         ),
@@ -62,5 +71,44 @@ mod tests {
         assert_eq!(c.quic.listen.to_string(), "0.0.0.0:4433");
         assert_eq!(c.api.api_key_file, dir.path().join("api-key"));
         assert_eq!(c.data_dir.to_str(), Some("/var/lib/weir-aggregator"));
+    }
+
+    /// The examples the packages install beside aggregator.toml (`/etc/weir/rules.toml`,
+    /// `definitions.toml`, `transforms.toml`) load, so uncommenting their key in
+    /// aggregator.toml never starts an operator off with an error.
+    #[test]
+    fn installed_examples_load() {
+        let conf = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf"));
+        let rules = crate::correlate::RuleSet::load(&conf.join("rules.toml")).unwrap();
+        let raw = rules.raw();
+        let names: Vec<&str> = raw.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Database Connectivity Failure",
+                "Multiple interfaces down",
+                "Authentication failure storm"
+            ]
+        );
+        assert_eq!(raw.aggregates.len(), 1);
+        let defs = crate::alarm::definition::Definitions::load(&conf.join("definitions.toml"));
+        defs.unwrap();
+        crate::alarm::transform::Transforms::load(&conf.join("transforms.toml")).unwrap();
+        // Every rule's event name is one the definitions know, so the examples work together.
+        let text = std::fs::read_to_string(conf.join("definitions.toml")).unwrap();
+        for rule in &raw.rules {
+            for event in &rule.events {
+                assert!(
+                    text.contains(&format!("tag = \"{event}\"")),
+                    "rules.toml: {}: no definition for {event}",
+                    rule.name
+                );
+            }
+        }
+        // The packaged aggregator.toml points at them by their installed names.
+        let packaged = packaged_config();
+        for file in ["rules.toml", "definitions.toml", "transforms.toml"] {
+            assert!(packaged.contains(&format!("/etc/weir/{file}")), "{file}");
+        }
     }
 }
