@@ -10,7 +10,7 @@
 #
 # systemd is not PID 1 in a container, so the services are started the way their units start
 # them: same binary, config and working paths, as the weir user with only
-# CAP_NET_BIND_SERVICE (setpriv --ambient-caps), MALLOC_ARENA_MAX=2. The units themselves are
+# CAP_NET_BIND_SERVICE (setpriv --ambient-caps), MALLOC_ARENA_MAX=1. The units themselves are
 # checked with `systemd-analyze verify` and scored with `systemd-analyze security`.
 # Tools: dpkg-deb, rpm (Debian's rpm package), systemd (systemd-analyze), curl, logger, setpriv.
 set -euo pipefail
@@ -159,7 +159,7 @@ weir-agent check-config /etc/weir/agent.toml
 as_unit() { # name, args...: started like the unit, as weir with CAP_NET_BIND_SERVICE only
     local name=$1; shift
     # exec: the recorded pid is the service's own (signals go to it, as with MAINPID).
-    (cd / && MALLOC_ARENA_MAX=2 exec setpriv --reuid weir --regid weir --init-groups \
+    (cd / && MALLOC_ARENA_MAX=1 exec setpriv --reuid weir --regid weir --init-groups \
         --inh-caps +net_bind_service --ambient-caps +net_bind_service --no-new-privs \
         "$@") >"/tmp/$name.log" 2>&1 &
     echo $! >"/tmp/$name.pid"

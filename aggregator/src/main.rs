@@ -180,7 +180,7 @@ enum RulesCommand {
 // The aggregator allocates and frees many small buffers per event across threads; with glibc's
 // allocator a profile showed ~12% of its time in malloc/free, which mimalloc handles with less
 // overhead. (The agent keeps glibc: on a small gateway its RSS was lower with glibc and
-// MALLOC_ARENA_MAX=2 than with mimalloc, at the same CPU.)
+// MALLOC_ARENA_MAX=1 than with mimalloc, at the same CPU.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

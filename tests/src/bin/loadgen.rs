@@ -544,10 +544,10 @@ impl Fleet {
     fn spawn(&self, bin: &str, config: &str) -> anyhow::Result<Child> {
         let log = std::fs::File::create(self.dir.path().join(format!("{bin}.log")))?;
         let mut cmd = Command::new(bin_dir()?.join(bin));
-        // The agent runs as packaged: its systemd unit sets MALLOC_ARENA_MAX=2 (glibc's
+        // The agent runs as packaged: its systemd unit sets MALLOC_ARENA_MAX=1 (glibc's
         // per-thread arenas otherwise add ~10 MB of RSS on a small gateway).
         if bin == "weir-agent" {
-            cmd.env("MALLOC_ARENA_MAX", "2");
+            cmd.env("MALLOC_ARENA_MAX", "1");
         }
         cmd.arg("--config")
             .arg(self.dir.path().join(config))
