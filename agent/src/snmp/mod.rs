@@ -50,6 +50,7 @@ use lib_adapter::{LocalEngine, Outcome, Processor};
 use weir_common::trap_policy::CompiledPolicy;
 
 use crate::pipeline::Sink;
+use crate::queue::Encoded;
 use crate::trap_policy::TrapPolicyState;
 
 /// Most datagrams handled per hand-over to the sink.
@@ -432,42 +433,56 @@ fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
     ))
 }
 
-/// Handles one datagram: drop (counted), Report (sent now), or an event for the batch with
-/// the Inform Response to send once it is durable.
-#[allow(clippy::too_many_arguments)]
-fn handle(
+/// What one wakeup's datagrams produced: encoded events for one hand-over to the sink, and the
+/// Inform Responses to send once those events are durable.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Encoded>,
+    pub replies: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+/// Handles one datagram (the listener's per-datagram step; public for the cost harness,
+/// `agent/examples/trap_cost.rs`): drop (counted), or an event encoded into `batch` with the
+/// Inform Response owed once it is durable. Returns a Report to send at once (engine
+/// discovery, time synchronisation).
+pub fn take_datagram(
     processor: &mut Processor,
     policy: &CompiledPolicy,
-    sock: &UdpSocket,
     sink: &Sink,
     data: &[u8],
     peer: SocketAddr,
-    records: &mut Vec<Record>,
-    replies: &mut Vec<(Vec<u8>, SocketAddr)>,
-) {
+    received_at: Timestamp,
+    batch: &mut Batch,
+) -> Option<Vec<u8>> {
     match processor.process(data) {
         Outcome::Notification {
             notification,
             reply,
         } => {
             if let Some(r) = reply {
-                replies.push((r, peer));
+                batch.replies.push((r, peer));
             }
-            let ev = map::to_event(&notification, peer, data, Timestamp::now());
+            let ev = map::to_event(&notification, peer, data, received_at);
             if let Some(tag) = ev.tag.as_deref()
                 && !policy.is_empty()
                 && policy.discards(tag)
             {
                 count_discard(sink, tag, peer, policy.version);
-                return;
+                return None;
             }
-            records.push(Record::Event(ev));
+            batch
+                .records
+                .push(sink.encode(&Record::Event(ev), received_at.as_microsecond()));
+            None
         }
         Outcome::Report { reply, kind } => {
             metrics::counter!("weir_agent_snmp_reports_total", "kind" => kind).increment(1);
-            send_reply(sock, &reply, peer);
+            Some(reply)
         }
-        Outcome::Drop { reason, detail } => count_drop(sink, reason, peer, &detail),
+        Outcome::Drop { reason, detail } => {
+            count_drop(sink, reason, peer, &detail);
+            None
+        }
     }
 }
 
@@ -500,8 +515,10 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; DATAGRAM_MAX];
-    let mut records = Vec::with_capacity(BATCH);
-    let mut replies = Vec::new();
+    let mut batch = Batch {
+        records: Vec::with_capacity(BATCH),
+        replies: Vec::new(),
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -513,20 +530,22 @@ async fn run(
         }
         let mut received = 0u64;
         let current = policy.current();
+        let received_at = Timestamp::now();
         while received < BATCH as u64 {
             match sock.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
                     received += 1;
-                    handle(
+                    if let Some(report) = take_datagram(
                         &mut processor,
                         &current,
-                        &sock,
                         &sink,
                         &buf[..n],
                         peer,
-                        &mut records,
-                        &mut replies,
-                    );
+                        received_at,
+                        &mut batch,
+                    ) {
+                        send_reply(&sock, &report, peer);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -538,35 +557,34 @@ async fn run(
         if received > 0 {
             metrics::counter!("weir_agent_received_total", "input" => "snmp").increment(received);
         }
-        if records.is_empty() {
+        if batch.records.is_empty() {
             // Only dropped traps: their Informs are answered now (nothing to make durable).
-            for (r, peer) in replies.drain(..) {
+            for (r, peer) in batch.replies.drain(..) {
                 send_reply(&sock, &r, peer);
             }
             continue;
         }
-        let batch = std::mem::replace(&mut records, Vec::with_capacity(BATCH));
-        let n = batch.len();
-        let now = Timestamp::now();
-        let ok = if replies.is_empty() {
+        let records = std::mem::replace(&mut batch.records, Vec::with_capacity(BATCH));
+        let n = records.len();
+        let ok = if batch.replies.is_empty() {
             tokio::select! {
                 biased;
-                r = sink.send(batch, now) => r.is_ok(),
+                r = sink.send_encoded(records) => r.is_ok(),
                 _ = shutdown.cancelled() => false,
             }
         } else {
             // Acknowledge Informs only once durable.
             let ok = tokio::select! {
                 biased;
-                r = sink.send_committed(batch, now) => r.is_ok(),
+                r = sink.send_encoded_committed(records) => r.is_ok(),
                 _ = shutdown.cancelled() => false,
             };
             if ok {
-                for (r, peer) in replies.drain(..) {
+                for (r, peer) in batch.replies.drain(..) {
                     send_reply(&sock, &r, peer);
                 }
             }
-            replies.clear();
+            batch.replies.clear();
             ok
         };
         if !ok {
