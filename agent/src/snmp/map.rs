@@ -160,9 +160,8 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+    // ASCII digits: always valid UTF-8, and one append instead of one per digit.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 fn push_i64(out: &mut String, n: i64) {
