@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_snmp::ber::Decoder;
@@ -110,7 +111,10 @@ pub struct Processor {
     communities: Vec<Vec<u8>>,
     users: HashMap<Vec<u8>, User>,
     /// Localized keys by sender engine ID, then user name (looked up without allocating).
-    localized: HashMap<Vec<u8>, HashMap<Vec<u8>, Localized>>,
+    localized: HashMap<Vec<u8>, HashMap<Vec<u8>, Arc<Localized>>>,
+    /// The last (engine ID, user) looked up and its keys: a trap flood comes from few senders,
+    /// so most messages skip the two map lookups.
+    last_localized: Option<(Vec<u8>, Vec<u8>, Arc<Localized>)>,
     /// How many keys `localized` holds.
     localized_count: usize,
     remote: HashMap<Vec<u8>, RemoteClock>,
@@ -217,6 +221,7 @@ impl Processor {
             users: map,
             localized: HashMap::new(),
             localized_count: 0,
+            last_localized: None,
             remote: HashMap::new(),
             engine,
             start: Instant::now(),
@@ -602,39 +607,44 @@ impl Processor {
         }
     }
 
-    fn localize(&mut self, user: &[u8], engine_id: &[u8]) -> Result<&Localized, String> {
-        let cached = self
-            .localized
-            .get(engine_id)
-            .is_some_and(|users| users.contains_key(user));
-        if !cached {
-            let u = self.users.get(user).ok_or("unknown user")?;
-            let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
-            let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
-            let privacy = match (&u.priv_master, u.priv_protocol) {
-                (Some(m), Some(p)) => {
-                    Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
-                }
-                _ => None,
-            };
-            if self.localized_count >= MAX_LOCALIZED {
-                self.localized.clear();
-                self.localized_count = 0;
-            }
-            self.localized
-                .entry(engine_id.to_vec())
-                .or_default()
-                .insert(user.to_vec(), Localized { auth, privacy });
-            self.localized_count += 1;
+    fn localize(&mut self, user: &[u8], engine_id: &[u8]) -> Result<Arc<Localized>, String> {
+        if let Some((e, u, keys)) = &self.last_localized
+            && e == engine_id
+            && u == user
+        {
+            return Ok(keys.clone());
         }
-        self.localized
-            .get(engine_id)
-            .and_then(|users| users.get(user))
-            .ok_or_else(|| "localized key missing".to_string())
+        let keys = match self.localized(user, engine_id) {
+            Some(k) => k.clone(),
+            None => {
+                let u = self.users.get(user).ok_or("unknown user")?;
+                let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
+                let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
+                let privacy = match (&u.priv_master, u.priv_protocol) {
+                    (Some(m), Some(p)) => {
+                        Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
+                    }
+                    _ => None,
+                };
+                if self.localized_count >= MAX_LOCALIZED {
+                    self.localized.clear();
+                    self.localized_count = 0;
+                }
+                let keys = Arc::new(Localized { auth, privacy });
+                self.localized
+                    .entry(engine_id.to_vec())
+                    .or_default()
+                    .insert(user.to_vec(), keys.clone());
+                self.localized_count += 1;
+                keys
+            }
+        };
+        self.last_localized = Some((engine_id.to_vec(), user.to_vec(), keys.clone()));
+        Ok(keys)
     }
 
     /// The cached keys of `user` for `engine_id`, if localized.
-    fn localized(&self, user: &[u8], engine_id: &[u8]) -> Option<&Localized> {
+    fn localized(&self, user: &[u8], engine_id: &[u8]) -> Option<&Arc<Localized>> {
         self.localized.get(engine_id)?.get(user)
     }
 
