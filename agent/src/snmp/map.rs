@@ -149,7 +149,17 @@ fn push_typed(out: &mut String, v: &Typed) {
 
 /// Appends `n` in decimal, without the formatting machinery (which costs several hundred
 /// instructions a number: OIDs and varbind values are the bulk of a trap's text).
-pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+#[inline]
+pub(crate) fn push_u64(out: &mut String, n: u64) {
+    // Most OID arcs are one digit.
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+    } else {
+        push_digits(out, n);
+    }
+}
+
+fn push_digits(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -160,8 +170,10 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // ASCII digits: always valid UTF-8, and one append instead of one per digit.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    // One char at a time: cheaper than validating the slice for one `push_str`.
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 fn push_i64(out: &mut String, n: i64) {
