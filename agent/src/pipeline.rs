@@ -133,6 +133,18 @@ impl Sink {
         self.submit(records, None).await
     }
 
+    /// Submits already-encoded records and waits until they are durably in the queue.
+    pub async fn send_encoded_committed(
+        &self,
+        records: Vec<Encoded>,
+    ) -> Result<AppendOutcome, String> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(records, Some(tx))
+            .await
+            .map_err(|e| e.to_string())?;
+        rx.await.map_err(|_| Closed.to_string())?
+    }
+
     /// Submits records and waits until they are durably in the queue.
     pub async fn send_committed(
         &self,

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_snmp::ber::Decoder;
@@ -36,6 +37,7 @@ use async_snmp::{
 };
 use bytes::Bytes;
 
+use super::map::oid_string;
 use super::{Auth, DropReason, Notification, Priv, SnmpVersion, Typed, UserSpec, V1Fields};
 
 /// RFC 3414 time window, seconds.
@@ -108,7 +110,13 @@ pub struct LocalEngine {
 pub struct Processor {
     communities: Vec<Vec<u8>>,
     users: HashMap<Vec<u8>, User>,
-    localized: HashMap<(Vec<u8>, Vec<u8>), Localized>,
+    /// Localized keys by sender engine ID, then user name (looked up without allocating).
+    localized: HashMap<Vec<u8>, HashMap<Vec<u8>, Arc<Localized>>>,
+    /// The last (engine ID, user) looked up and its keys: a trap flood comes from few senders,
+    /// so most messages skip the two map lookups.
+    last_localized: Option<(Vec<u8>, Vec<u8>, Arc<Localized>)>,
+    /// How many keys `localized` holds.
+    localized_count: usize,
     remote: HashMap<Vec<u8>, RemoteClock>,
     engine: LocalEngine,
     start: Instant,
@@ -212,6 +220,8 @@ impl Processor {
             communities: communities.iter().map(|c| c.as_bytes().to_vec()).collect(),
             users: map,
             localized: HashMap::new(),
+            localized_count: 0,
+            last_localized: None,
             remote: HashMap::new(),
             engine,
             start: Instant::now(),
@@ -299,7 +309,7 @@ impl Processor {
                     GenericTrap::Unknown(n) => n,
                 };
                 let trap_oid = match trap.v2_trap_oid() {
-                    Ok(o) => o.to_string(),
+                    Ok(o) => oid_string(o.arcs()),
                     Err(e) => return drop(DropReason::Malformed, format!("v1 trap: {e}")),
                 };
                 Outcome::Notification {
@@ -312,7 +322,7 @@ impl Processor {
                         uptime: Some(trap.time_stamp()),
                         trap_oid,
                         v1: Some(V1Fields {
-                            enterprise: trap.enterprise().to_string(),
+                            enterprise: oid_string(trap.enterprise().arcs()),
                             agent_addr: Ipv4Addr::from(trap.agent_addr()),
                             generic,
                             specific: trap.specific_trap(),
@@ -334,15 +344,18 @@ impl Processor {
                         );
                     }
                 };
-                let (notification, request_id, varbinds) =
-                    match notification_fields(version, pdu.clone(), None, None) {
-                        Ok(x) => x,
-                        Err(o) => return *o,
-                    };
+                let notification = match notification_fields(version, pdu, None, None) {
+                    Ok(x) => x,
+                    Err(o) => return *o,
+                };
                 let reply = if inform {
-                    match ResponsePdu::success(Version::V2c, request_id, varbinds)
-                        .and_then(|r| CommunityMessage::v2c(msg.community().clone(), r))
-                        .and_then(|m| m.encode())
+                    match ResponsePdu::success(
+                        Version::V2c,
+                        pdu.request_id(),
+                        pdu.varbinds().to_vec(),
+                    )
+                    .and_then(|r| CommunityMessage::v2c(msg.community().clone(), r))
+                    .and_then(|m| m.encode())
                     {
                         Ok(b) => Some(b.to_vec()),
                         Err(e) => {
@@ -373,8 +386,8 @@ impl Processor {
                 Ok(u) => u.value,
                 Err(e) => return drop(DropReason::Malformed, format!("USM parameters: {e}")),
             };
-        let engine_id = usm.engine_id().to_vec();
-        let username = usm.username().to_vec();
+        let engine_id: &[u8] = usm.engine_id();
+        let username: &[u8] = usm.username();
 
         // Engine discovery (RFC 3414 4): a reportable message for an unknown engine ID gets
         // our engine ID, boots and time in a noAuthNoPriv Report.
@@ -386,7 +399,7 @@ impl Processor {
             self.unknown_engine_reports = self.unknown_engine_reports.wrapping_add(1);
             return match self.report(
                 &global,
-                &username,
+                username,
                 request_id,
                 &USM_STATS_UNKNOWN_ENGINE_IDS,
                 self.unknown_engine_reports,
@@ -401,12 +414,12 @@ impl Processor {
             };
         }
 
-        let Some(user) = self.users.get(&username) else {
+        let Some(user) = self.users.get(username) else {
             return drop(
                 DropReason::UnknownUser,
                 format!(
                     "user {:?} is not in [[snmp.users]]",
-                    String::from_utf8_lossy(&username)
+                    String::from_utf8_lossy(username)
                 ),
             );
         };
@@ -415,18 +428,18 @@ impl Processor {
                 DropReason::WrongSecurityLevel,
                 format!(
                     "user {:?} sent {level:?}, configured for {:?}",
-                    String::from_utf8_lossy(&username),
+                    String::from_utf8_lossy(username),
                     user.spec_level
                 ),
             );
         }
-        if !user.engine_ids.is_empty() && !user.engine_ids.contains(&engine_id) {
+        if !user.engine_ids.is_empty() && !user.engine_ids.iter().any(|e| e == engine_id) {
             return drop(
                 DropReason::EngineNotAllowed,
                 format!(
                     "user {:?} is not configured for engine ID {}",
-                    String::from_utf8_lossy(&username),
-                    hex(&engine_id)
+                    String::from_utf8_lossy(username),
+                    hex(engine_id)
                 ),
             );
         }
@@ -441,7 +454,7 @@ impl Processor {
             }
         } else {
             // Authenticate the whole message with the key localized to the authoritative engine.
-            let keys = match self.localize(&username, &engine_id) {
+            let keys = match self.localize(username, engine_id) {
                 Ok(k) => k,
                 Err(e) => return drop(DropReason::BadAuth, e),
             };
@@ -461,7 +474,7 @@ impl Processor {
                         DropReason::BadAuth,
                         format!(
                             "wrong digest for user {:?} (auth password or protocol differs)",
-                            String::from_utf8_lossy(&username)
+                            String::from_utf8_lossy(username)
                         ),
                     );
                 }
@@ -472,12 +485,12 @@ impl Processor {
                 if usm.engine_boots() != boots || usm.engine_time().abs_diff(now) > TIME_WINDOW {
                     self.time_reports = self.time_reports.wrapping_add(1);
                     let auth = self
-                        .localize(&username, &engine_id)
+                        .localize(username, engine_id)
                         .ok()
                         .map(|k| k.auth.clone());
                     return match self.report(
                         &global,
-                        &username,
+                        username,
                         0,
                         &USM_STATS_NOT_IN_TIME_WINDOWS,
                         self.time_reports,
@@ -491,12 +504,12 @@ impl Processor {
                         Err(e) => drop(DropReason::NotInTimeWindow, e),
                     };
                 }
-            } else if !self.remote_in_window(&engine_id, usm.engine_boots(), usm.engine_time()) {
+            } else if !self.remote_in_window(engine_id, usm.engine_boots(), usm.engine_time()) {
                 return drop(
                     DropReason::NotInTimeWindow,
                     format!(
                         "engine {} boots/time {}/{} is older than seen before (replay?)",
-                        hex(&engine_id),
+                        hex(engine_id),
                         usm.engine_boots(),
                         usm.engine_time()
                     ),
@@ -505,7 +518,7 @@ impl Processor {
             match msg.data() {
                 V3MessageData::Plaintext(s) if level == SecurityLevel::AuthNoPriv => s.clone(),
                 V3MessageData::Encrypted(ct) if level == SecurityLevel::AuthPriv => {
-                    let keys = match self.localize(&username, &engine_id) {
+                    let keys = match self.localize(username, engine_id) {
                         Ok(k) => k,
                         Err(e) => return drop(DropReason::DecryptFailed, e),
                     };
@@ -564,10 +577,10 @@ impl Processor {
             SecurityLevel::AuthNoPriv => "authNoPriv",
             SecurityLevel::AuthPriv => "authPriv",
         };
-        let (notification, request_id, varbinds) = match notification_fields(
+        let notification = match notification_fields(
             SnmpVersion::V3,
-            plaintext_scoped.pdu.clone(),
-            Some(String::from_utf8_lossy(&username).into_owned()),
+            &plaintext_scoped.pdu,
+            Some(String::from_utf8_lossy(username).into_owned()),
             Some(level_name),
         ) {
             Ok(x) => x,
@@ -576,10 +589,10 @@ impl Processor {
         let reply = if inform {
             match self.v3_response(
                 &global,
-                &username,
+                username,
                 level,
-                request_id,
-                varbinds,
+                plaintext_scoped.pdu.request_id(),
+                plaintext_scoped.pdu.varbinds().to_vec(),
                 &plaintext_scoped,
             ) {
                 Ok(b) => Some(b),
@@ -594,25 +607,45 @@ impl Processor {
         }
     }
 
-    fn localize(&mut self, user: &[u8], engine_id: &[u8]) -> Result<&Localized, String> {
-        let key = (user.to_vec(), engine_id.to_vec());
-        if !self.localized.contains_key(&key) {
-            let u = self.users.get(user).ok_or("unknown user")?;
-            let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
-            let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
-            let privacy = match (&u.priv_master, u.priv_protocol) {
-                (Some(m), Some(p)) => {
-                    Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
-                }
-                _ => None,
-            };
-            if self.localized.len() >= MAX_LOCALIZED {
-                self.localized.clear();
-            }
-            self.localized
-                .insert(key.clone(), Localized { auth, privacy });
+    fn localize(&mut self, user: &[u8], engine_id: &[u8]) -> Result<Arc<Localized>, String> {
+        if let Some((e, u, keys)) = &self.last_localized
+            && e == engine_id
+            && u == user
+        {
+            return Ok(keys.clone());
         }
-        Ok(&self.localized[&key])
+        let keys = match self.localized(user, engine_id) {
+            Some(k) => k.clone(),
+            None => {
+                let u = self.users.get(user).ok_or("unknown user")?;
+                let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
+                let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
+                let privacy = match (&u.priv_master, u.priv_protocol) {
+                    (Some(m), Some(p)) => {
+                        Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
+                    }
+                    _ => None,
+                };
+                if self.localized_count >= MAX_LOCALIZED {
+                    self.localized.clear();
+                    self.localized_count = 0;
+                }
+                let keys = Arc::new(Localized { auth, privacy });
+                self.localized
+                    .entry(engine_id.to_vec())
+                    .or_default()
+                    .insert(user.to_vec(), keys.clone());
+                self.localized_count += 1;
+                keys
+            }
+        };
+        self.last_localized = Some((engine_id.to_vec(), user.to_vec(), keys.clone()));
+        Ok(keys)
+    }
+
+    /// The cached keys of `user` for `engine_id`, if localized.
+    fn localized(&self, user: &[u8], engine_id: &[u8]) -> Option<&Arc<Localized>> {
+        self.localized.get(engine_id)?.get(user)
     }
 
     /// RFC 3414 3.2 step 7b for a remote authoritative engine: refuse messages older than
@@ -717,8 +750,7 @@ impl Processor {
         let keys = if level == SecurityLevel::NoAuthNoPriv {
             None
         } else {
-            self.localized
-                .get(&(username.to_vec(), self.engine.engine_id.clone()))
+            self.localized(username, &self.engine.engine_id)
         };
         let privacy = match keys.and_then(|k| k.privacy.as_ref()) {
             Some(pk) if level == SecurityLevel::AuthPriv => Some(Encrypt {
@@ -823,21 +855,21 @@ fn sign(key: &LocalizedKey, mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// The notification fields of a TrapV2/Inform PDU: (notification, request id, all varbinds).
+/// The notification fields of a TrapV2/Inform PDU.
 fn notification_fields(
     version: SnmpVersion,
-    pdu: async_snmp::Pdu,
+    pdu: &async_snmp::Pdu,
     user: Option<String>,
     security_level: Option<&'static str>,
-) -> Result<(Notification, i32, Vec<VarBind>), Box<Outcome>> {
+) -> Result<Notification, Box<Outcome>> {
     let inform = pdu.pdu_type() == PduType::InformRequest;
-    let (request_id, _, varbinds) = pdu.into_raw_parts();
+    let (request_id, varbinds) = (pdu.request_id(), pdu.varbinds());
     // RFC 3416 4.2.6: sysUpTime.0 then snmpTrapOID.0. Tolerate other names, as net-snmp does,
     // but the second must be an OID: it is what the event is about.
-    let (uptime, trap_oid) = match varbinds.as_slice() {
+    let (uptime, trap_oid) = match varbinds {
         [a, b, ..] => match (&a.value, &b.value) {
-            (Value::TimeTicks(t), Value::ObjectIdentifier(o)) => (Some(*t), o.to_string()),
-            (_, Value::ObjectIdentifier(o)) => (None, o.to_string()),
+            (Value::TimeTicks(t), Value::ObjectIdentifier(o)) => (Some(*t), oid_string(o.arcs())),
+            (_, Value::ObjectIdentifier(o)) => (None, oid_string(o.arcs())),
             _ => {
                 return Err(Box::new(drop(
                     DropReason::Malformed,
@@ -864,7 +896,7 @@ fn notification_fields(
         varbinds: convert_varbinds(&varbinds[2..]),
         trailing_bytes: 0,
     };
-    Ok((n, request_id, varbinds))
+    Ok(n)
 }
 
 fn convert_varbinds(vbs: &[VarBind]) -> Vec<(String, Typed)> {
@@ -874,7 +906,7 @@ fn convert_varbinds(vbs: &[VarBind]) -> Vec<(String, Typed)> {
                 Value::Integer(i) => Typed::Integer(i64::from(*i)),
                 Value::OctetString(b) => Typed::Octets(b.to_vec()),
                 Value::Null => Typed::Null,
-                Value::ObjectIdentifier(o) => Typed::Oid(o.to_string()),
+                Value::ObjectIdentifier(o) => Typed::Oid(oid_string(o.arcs())),
                 Value::IpAddress(a) => Typed::Ip(Ipv4Addr::from(*a)),
                 Value::Counter32(n) => Typed::Counter32(*n),
                 Value::Gauge32(n) => Typed::Gauge32(*n),
@@ -887,7 +919,7 @@ fn convert_varbinds(vbs: &[VarBind]) -> Vec<(String, Typed)> {
                 Value::EndOfMibView => Typed::Exception("endOfMibView"),
                 other => Typed::Other(format!("{other:?}")),
             };
-            (vb.oid.to_string(), v)
+            (oid_string(vb.oid.arcs()), v)
         })
         .collect()
 }

@@ -29,7 +29,7 @@
 //! if present; for v1, the agent-addr field (RFC 3584 maps it to snmpTrapAddress) unless it is
 //! 0.0.0.0 or loopback; otherwise the UDP source address.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use jiff::Timestamp;
@@ -57,14 +57,17 @@ fn generic_mapping(generic: i32) -> Option<(&'static str, Severity, &'static str
 }
 
 /// Tag, severity and a readable name for a notification.
-pub fn classify(n: &Notification) -> (String, Severity, String) {
+pub fn classify(n: &Notification) -> (String, Severity, Cow<'_, str>) {
     if let Some(v1) = &n.v1
         && let Some((tag, sev, name)) = generic_mapping(v1.generic)
     {
         let name = if v1.generic == 6 {
-            format!("enterpriseSpecific {} ({})", v1.specific, n.trap_oid)
+            Cow::Owned(format!(
+                "enterpriseSpecific {} ({})",
+                v1.specific, n.trap_oid
+            ))
         } else {
-            name.to_string()
+            Cow::Borrowed(name)
         };
         return (tag.to_string(), sev, name);
     }
@@ -72,53 +75,186 @@ pub fn classify(n: &Notification) -> (String, Severity, String) {
         && let Ok(k @ 1..=6) = last.parse::<i32>()
         && let Some((tag, sev, name)) = generic_mapping(k - 1)
     {
-        return (tag.to_string(), sev, name.to_string());
+        return (tag.to_string(), sev, Cow::Borrowed(name));
     }
-    (
-        format!("SNMP_TRAP_{}", n.trap_oid),
-        Severity::Warning,
-        n.trap_oid.clone(),
-    )
+    let mut tag = String::with_capacity(10 + n.trap_oid.len());
+    tag.push_str("SNMP_TRAP_");
+    tag.push_str(&n.trap_oid);
+    (tag, Severity::Warning, Cow::Borrowed(&n.trap_oid))
 }
 
 /// `<type>:<value>` for a varbind value (see the module doc).
 pub fn typed_value(v: &Typed) -> String {
+    let mut s = String::new();
+    push_typed(&mut s, v);
+    s
+}
+
+/// Appends `<type>:<value>` for a varbind value.
+fn push_typed(out: &mut String, v: &Typed) {
     match v {
-        Typed::Integer(i) => format!("integer:{i}"),
+        Typed::Integer(i) => {
+            out.push_str("integer:");
+            push_i64(out, *i);
+        }
         Typed::Octets(b) => match std::str::from_utf8(b) {
-            Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => format!("string:{s}"),
-            _ => format!("hex:{}", super::lib_adapter::hex(b)),
+            Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => {
+                out.push_str("string:");
+                out.push_str(s);
+            }
+            _ => {
+                out.push_str("hex:");
+                push_hex(out, b);
+            }
         },
-        Typed::Null => "null:".into(),
-        Typed::Oid(o) => format!("oid:{o}"),
-        Typed::Ip(a) => format!("ip:{a}"),
-        Typed::Counter32(n) => format!("counter32:{n}"),
-        Typed::Gauge32(n) => format!("gauge32:{n}"),
-        Typed::TimeTicks(n) => format!("timeticks:{n}"),
-        Typed::Counter64(n) => format!("counter64:{n}"),
-        Typed::Opaque(b) => format!("opaque:{}", super::lib_adapter::hex(b)),
-        Typed::Exception(e) => format!("{e}:"),
-        Typed::Other(s) => format!("other:{s}"),
+        Typed::Null => out.push_str("null:"),
+        Typed::Oid(o) => {
+            out.push_str("oid:");
+            out.push_str(o);
+        }
+        Typed::Ip(a) => {
+            out.push_str("ip:");
+            push_ipv4(out, *a);
+        }
+        Typed::Counter32(n) => {
+            out.push_str("counter32:");
+            push_u64(out, u64::from(*n));
+        }
+        Typed::Gauge32(n) => {
+            out.push_str("gauge32:");
+            push_u64(out, u64::from(*n));
+        }
+        Typed::TimeTicks(n) => {
+            out.push_str("timeticks:");
+            push_u64(out, u64::from(*n));
+        }
+        Typed::Counter64(n) => {
+            out.push_str("counter64:");
+            push_u64(out, *n);
+        }
+        Typed::Opaque(b) => {
+            out.push_str("opaque:");
+            push_hex(out, b);
+        }
+        Typed::Exception(e) => {
+            out.push_str(e);
+            out.push(':');
+        }
+        Typed::Other(x) => {
+            out.push_str("other:");
+            out.push_str(x);
+        }
     }
 }
 
-/// The device address: snmpTrapAddress.0, else a usable v1 agent-addr, else the UDP source.
-fn device(n: &Notification, source: IpAddr) -> String {
+/// Appends `n` in decimal, without the formatting machinery (which costs several hundred
+/// instructions a number: OIDs and varbind values are the bulk of a trap's text).
+#[inline]
+pub(crate) fn push_u64(out: &mut String, n: u64) {
+    // Most OID arcs are one digit.
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+    } else {
+        push_digits(out, n);
+    }
+}
+
+fn push_digits(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // One char at a time: cheaper than validating the slice for one `push_str`.
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// Appends an OID's arcs, dotted (`Oid`'s `Display` without the formatting machinery).
+pub(crate) fn push_oid(out: &mut String, arcs: &[u32]) {
+    for (i, &arc) in arcs.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u64(out, u64::from(arc));
+    }
+}
+
+/// An OID's dotted text.
+pub(crate) fn oid_string(arcs: &[u32]) -> String {
+    // Most arcs are one to three digits.
+    let mut s = String::with_capacity(arcs.len() * 3);
+    push_oid(&mut s, arcs);
+    s
+}
+
+/// Appends an IPv4 address, dotted (`Display` without the formatting machinery).
+fn push_ipv4(out: &mut String, a: std::net::Ipv4Addr) {
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u64(out, u64::from(octet));
+    }
+}
+
+/// An IP address's text; IPv4-mapped IPv6 addresses as IPv4.
+fn ip_string(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let mut s = String::with_capacity(15);
+            push_ipv4(&mut s, a);
+            s
+        }
+        v6 => v6.to_string(),
+    }
+}
+
+/// Appends lowercase hex.
+fn push_hex(out: &mut String, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(b.len() * 2);
+    for &x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
+}
+
+/// The device address: snmpTrapAddress.0, else a usable v1 agent-addr, else the UDP source
+/// (`source_text` is its text, formatted once by the caller).
+fn device(n: &Notification, source_text: &str) -> String {
     for (oid, v) in &n.varbinds {
         if oid == SNMP_TRAP_ADDRESS
             && let Typed::Ip(a) = v
         {
-            return a.to_string();
+            return ip_string(IpAddr::V4(*a));
         }
     }
     if let Some(v1) = &n.v1 {
         let a = v1.agent_addr;
         if !a.is_unspecified() && !a.is_loopback() {
-            return a.to_string();
+            return ip_string(IpAddr::V4(a));
         }
     }
-    source.to_canonical().to_string()
+    source_text.to_string()
 }
+
+/// Below this many varbinds, repeated OIDs are found by comparing with the earlier ones;
+/// above it, counted in a map (a PDU repeating one OID thousands of times stays linear).
+const LINEAR_REPEATS: usize = 16;
 
 /// Builds the event. `raw` is the whole datagram.
 pub fn to_event(
@@ -128,39 +264,59 @@ pub fn to_event(
     at: Timestamp,
 ) -> Event {
     let (tag, severity, name) = classify(n);
-    let host = device(n, source.ip());
+    let source_text = ip_string(source.ip());
+    let host = device(n, &source_text);
     let version = match n.version {
         SnmpVersion::V1 => "v1",
         SnmpVersion::V2c => "v2c",
         SnmpVersion::V3 => "v3",
     };
     let pdu = if n.inform { "inform" } else { "trap" };
-    let mut msg = format!("SNMP {version} {pdu} {name} from {host}");
+    let mut msg = String::with_capacity(64 + name.len() + raw.len().min(MAX_SUMMARY));
+    for part in ["SNMP ", version, " ", pdu, " ", &name, " from ", &host] {
+        msg.push_str(part);
+    }
     if !n.varbinds.is_empty() {
         msg.push(':');
     }
-    let mut ev = Event::new(InputKind::SnmpTrap, "snmp", host, severity, "", at);
-    let t = &mut ev.tags;
-    // Repeated OIDs get `#2`, `#3`, ...: counted per OID, so a PDU repeating one OID thousands
-    // of times costs one probe each, not a rescan of every earlier suffix.
+    let mut t = std::collections::BTreeMap::new();
+    // Repeated OIDs get `#2`, `#3`, ...
     let mut repeats: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    for (oid, v) in &n.varbinds {
-        let value = typed_value(v);
+    for (i, (oid, v)) in n.varbinds.iter().enumerate() {
+        let mut value = String::with_capacity(16);
+        push_typed(&mut value, v);
         if msg.len() < MAX_SUMMARY {
-            let _ = write!(msg, " {oid}={value}");
+            msg.push(' ');
+            msg.push_str(oid);
+            msg.push('=');
+            msg.push_str(&value);
         }
-        let seen = repeats.entry(oid.as_str()).or_insert(0);
-        *seen += 1;
-        let mut key = if *seen == 1 {
-            format!("vb.{oid}")
+        let mut seen = if n.varbinds.len() <= LINEAR_REPEATS {
+            1 + n.varbinds[..i].iter().filter(|(o, _)| o == oid).count() as u32
         } else {
-            format!("vb.{oid}#{seen}")
+            let seen = repeats.entry(oid.as_str()).or_insert(0);
+            *seen += 1;
+            *seen
         };
+        let vb_key = |seen: u32| {
+            let mut key = String::with_capacity(oid.len() + 8);
+            key.push_str("vb.");
+            key.push_str(oid);
+            if seen > 1 {
+                key.push('#');
+                push_u64(&mut key, u64::from(seen));
+            }
+            key
+        };
+        let mut key = vb_key(seen);
         // A literal `#n` suffix in a sender's OID text cannot collide: OIDs are dotted numbers,
         // but stay safe if a decoder ever yields otherwise.
         while t.contains_key(&key) {
-            *seen += 1;
-            key = format!("vb.{oid}#{seen}");
+            seen += 1;
+            key = vb_key(seen);
+        }
+        if let Some(s) = repeats.get_mut(oid.as_str()) {
+            *s = seen;
         }
         t.insert(key, value);
     }
@@ -173,16 +329,22 @@ pub fn to_event(
         msg.push('…');
     }
     // One line: varbind text may hold newlines or tabs.
-    ev.message = msg.replace(['\n', '\r', '\t'], " ");
+    if memchr::memchr3(b'\n', b'\r', b'\t', msg.as_bytes()).is_some() {
+        msg = msg.replace(['\n', '\r', '\t'], " ");
+    }
     t.insert("snmp_version".into(), version.into());
     t.insert("snmp_pdu".into(), pdu.into());
     t.insert("snmp_trap_oid".into(), n.trap_oid.clone());
-    t.insert("snmp_source".into(), source.ip().to_canonical().to_string());
+    t.insert("snmp_source".into(), source_text.clone());
     if let Some(r) = n.request_id {
-        t.insert("snmp_request_id".into(), r.to_string());
+        let mut s = String::with_capacity(11);
+        push_i64(&mut s, i64::from(r));
+        t.insert("snmp_request_id".into(), s);
     }
     if let Some(u) = n.uptime {
-        t.insert("snmp_uptime".into(), u.to_string());
+        let mut s = String::with_capacity(10);
+        push_u64(&mut s, u64::from(u));
+        t.insert("snmp_uptime".into(), s);
     }
     if let Some(u) = &n.user {
         t.insert("snmp_user".into(), u.clone());
@@ -199,12 +361,14 @@ pub fn to_event(
     if n.trailing_bytes > 0 {
         t.insert("snmp_trailing_bytes".into(), n.trailing_bytes.to_string());
     }
+    let mut ev = Event::new(InputKind::SnmpTrap, "snmp", host, severity, msg, at);
+    ev.tags = t;
     ev.tag = Some(tag.clone());
     ev.event_type = Some(tag);
     ev.raw_payload = Some(raw.to_vec());
     // The sender's address without its (ephemeral) port, as syslog records it: a port would
     // make every trap a distinct dedup key.
-    ev.peer = Some(source.ip().to_canonical().to_string());
+    ev.peer = Some(source_text);
     ev
 }
 
@@ -337,5 +501,40 @@ mod tests {
             to_event(&n, src, b"", Timestamp::UNIX_EPOCH).hostname,
             "10.1.30.1"
         );
+    }
+
+    proptest::proptest! {
+        /// The hand-written number, OID and address text equals what `Display` writes.
+        #[test]
+        fn formatting_matches_display(
+            arcs in proptest::collection::vec(proptest::num::u32::ANY, 0..12),
+            i in proptest::num::i64::ANY,
+            c in proptest::num::u64::ANY,
+            ip in proptest::num::u32::ANY,
+            mapped in proptest::bool::ANY,
+        ) {
+            let dotted = arcs.iter().map(u32::to_string).collect::<Vec<_>>().join(".");
+            proptest::prop_assert_eq!(oid_string(&arcs), dotted);
+            proptest::prop_assert_eq!(typed_value(&Typed::Integer(i)), format!("integer:{i}"));
+            proptest::prop_assert_eq!(typed_value(&Typed::Counter64(c)), format!("counter64:{c}"));
+            let a = Ipv4Addr::from(ip);
+            proptest::prop_assert_eq!(typed_value(&Typed::Ip(a)), format!("ip:{a}"));
+            let addr = if mapped { IpAddr::V6(a.to_ipv6_mapped()) } else { IpAddr::V4(a) };
+            proptest::prop_assert_eq!(ip_string(addr), a.to_string());
+        }
+    }
+
+    #[test]
+    fn hex_and_extremes() {
+        assert_eq!(
+            typed_value(&Typed::Integer(i64::MIN)),
+            "integer:-9223372036854775808"
+        );
+        assert_eq!(
+            typed_value(&Typed::Octets(vec![0, 0xab, 0x7f])),
+            "hex:00ab7f"
+        );
+        assert_eq!(typed_value(&Typed::Opaque(vec![])), "opaque:");
+        assert_eq!(ip_string("2001:db8::1".parse().unwrap()), "2001:db8::1");
     }
 }

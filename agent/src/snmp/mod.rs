@@ -2,11 +2,14 @@
 //! Informs (USM), each turned into an event (see [`map`]) and handed to the [`Sink`].
 //!
 //! Hot path, per socket task: wait until readable, then take up to [`BATCH`] datagrams without
-//! waiting, decode and authenticate each ([`lib_adapter::Processor`], synchronous), map it,
-//! encode the record, and submit the whole batch with one `Sink` hand-over. Backpressure as for
-//! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`).
-//! Traps lost to a full kernel buffer show host-wide in `weir_agent_kernel_udp_rcvbuf_errors`
-//! (unlike syslog UDP there is no per-socket `SO_RXQ_OVFL` count for trap sockets yet).
+//! waiting ([`RECV_BATCH`] per `recvmmsg(2)` call), decode and authenticate each
+//! ([`lib_adapter::Processor`], synchronous), map it, encode the record ([`take_datagram`]),
+//! and submit the whole batch with one `Sink` hand-over. Backpressure as for syslog UDP: while
+//! the sink waits, datagrams queue in the kernel buffer (`receive_buffer`). Traps lost to a full
+//! kernel buffer are counted per socket through `SO_RXQ_OVFL`
+//! (`weir_agent_snmp_udp_socket_drops_total{listener}` and
+//! `weir_agent_dropped_total{reason="snmp_udp_receive_buffer"}`, reported when the next
+//! datagram arrives) and host-wide in `weir_agent_kernel_udp_rcvbuf_errors`.
 //!
 //! Informs are acknowledged only once their event is durable: a batch holding Informs is
 //! submitted with `send_committed`, and the Responses go out after the commit. A sender whose
@@ -31,14 +34,18 @@ pub mod lib_adapter;
 pub mod map;
 
 use std::io;
+use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sockopt};
 use serde::{Deserialize, Serialize};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,10 +57,13 @@ use lib_adapter::{LocalEngine, Outcome, Processor};
 use weir_common::trap_policy::CompiledPolicy;
 
 use crate::pipeline::Sink;
+use crate::queue::Encoded;
 use crate::trap_policy::TrapPolicyState;
 
 /// Most datagrams handled per hand-over to the sink.
 const BATCH: usize = 256;
+/// Most datagrams taken per `recvmmsg` call.
+const RECV_BATCH: usize = 64;
 /// Largest UDP payload, rounded up.
 const DATAGRAM_MAX: usize = 64 << 10;
 
@@ -350,8 +360,12 @@ impl Listeners {
                 cfg.receive_buffer.0 as usize,
                 true,
                 "SNMP",
-                "weir_agent_kernel_udp_rcvbuf_errors",
+                "weir_agent_snmp_udp_socket_drops_total",
             );
+            // Per-socket drop counts ride along with received datagrams.
+            if let Err(e) = nix::sys::socket::setsockopt(&sock, sockopt::RxqOvfl, &1) {
+                tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; only the host-wide UDP drop count is exported");
+            }
             let users = users.clone();
             let communities = cfg.communities.clone();
             let engine = engine.clone();
@@ -432,42 +446,56 @@ fn bind_error(addr: SocketAddr, err: io::Error) -> anyhow::Error {
     ))
 }
 
-/// Handles one datagram: drop (counted), Report (sent now), or an event for the batch with
-/// the Inform Response to send once it is durable.
-#[allow(clippy::too_many_arguments)]
-fn handle(
+/// What one wakeup's datagrams produced: encoded events for one hand-over to the sink, and the
+/// Inform Responses to send once those events are durable.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Encoded>,
+    pub replies: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+/// Handles one datagram (the listener's per-datagram step; public for the cost harness,
+/// `agent/examples/trap_cost.rs`): drop (counted), or an event encoded into `batch` with the
+/// Inform Response owed once it is durable. Returns a Report to send at once (engine
+/// discovery, time synchronisation).
+pub fn take_datagram(
     processor: &mut Processor,
     policy: &CompiledPolicy,
-    sock: &UdpSocket,
     sink: &Sink,
     data: &[u8],
     peer: SocketAddr,
-    records: &mut Vec<Record>,
-    replies: &mut Vec<(Vec<u8>, SocketAddr)>,
-) {
+    received_at: Timestamp,
+    batch: &mut Batch,
+) -> Option<Vec<u8>> {
     match processor.process(data) {
         Outcome::Notification {
             notification,
             reply,
         } => {
             if let Some(r) = reply {
-                replies.push((r, peer));
+                batch.replies.push((r, peer));
             }
-            let ev = map::to_event(&notification, peer, data, Timestamp::now());
+            let ev = map::to_event(&notification, peer, data, received_at);
             if let Some(tag) = ev.tag.as_deref()
                 && !policy.is_empty()
                 && policy.discards(tag)
             {
                 count_discard(sink, tag, peer, policy.version);
-                return;
+                return None;
             }
-            records.push(Record::Event(ev));
+            batch
+                .records
+                .push(sink.encode(&Record::Event(ev), received_at.as_microsecond()));
+            None
         }
         Outcome::Report { reply, kind } => {
             metrics::counter!("weir_agent_snmp_reports_total", "kind" => kind).increment(1);
-            send_reply(sock, &reply, peer);
+            Some(reply)
         }
-        Outcome::Drop { reason, detail } => count_drop(sink, reason, peer, &detail),
+        Outcome::Drop { reason, detail } => {
+            count_drop(sink, reason, peer, &detail);
+            None
+        }
     }
 }
 
@@ -492,6 +520,61 @@ fn send_reply(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
     }
 }
 
+/// What `recvmmsg` said about one datagram.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    len: usize,
+    peer: SocketAddr,
+}
+
+/// Receives up to [`RECV_BATCH`] datagrams into `bufs` (one [`DATAGRAM_MAX`] slot each) with
+/// one `recvmmsg` call, filling `metas`; returns the socket's kernel drop count when the kernel
+/// reported one (`SO_RXQ_OVFL`).
+fn recv_batch(sock: &UdpSocket, bufs: &mut [u8], metas: &mut Vec<Meta>) -> io::Result<Option<u32>> {
+    metas.clear();
+    let fd = sock.as_raw_fd();
+    sock.try_io(Interest::READABLE, || {
+        // Built per call (a few allocations per batch, not per datagram): nix's headers hold
+        // raw pointers, so they cannot live across an await in a Send task.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(u32)));
+        let mut chunks = bufs.chunks_exact_mut(DATAGRAM_MAX);
+        let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("RECV_BATCH slots"))]);
+        let results = nix::sys::socket::recvmmsg(
+            fd,
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let mut drops = None;
+        for r in results {
+            if let Ok(cmsgs) = r.cmsgs() {
+                for c in cmsgs {
+                    if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
+                        drops = Some(drops.unwrap_or(0).max(n));
+                    }
+                }
+            }
+            let peer = r.address.as_ref().and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|a| SocketAddr::from((a.ip(), a.port())))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|a| SocketAddr::from((a.ip(), a.port())))
+                    })
+            });
+            metas.push(Meta {
+                len: r.bytes.min(DATAGRAM_MAX),
+                peer: peer.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+            });
+        }
+        Ok(drops)
+    })
+}
+
 async fn run(
     sock: UdpSocket,
     mut processor: Processor,
@@ -499,9 +582,18 @@ async fn run(
     policy: Arc<TrapPolicyState>,
     shutdown: CancellationToken,
 ) {
-    let mut buf = vec![0u8; DATAGRAM_MAX];
-    let mut records = Vec::with_capacity(BATCH);
-    let mut replies = Vec::new();
+    let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let socket_drops =
+        metrics::counter!("weir_agent_snmp_udp_socket_drops_total", "listener" => local.clone());
+    let received_total = metrics::counter!("weir_agent_received_total", "input" => "snmp");
+    // Pages of the slots are only touched as far as datagrams fill them.
+    let mut bufs = vec![0u8; DATAGRAM_MAX * RECV_BATCH];
+    let mut metas = Vec::with_capacity(RECV_BATCH);
+    let mut kernel_drops: u32 = 0;
+    let mut batch = Batch {
+        records: Vec::with_capacity(BATCH),
+        replies: Vec::new(),
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -511,62 +603,83 @@ async fn run(
                 continue;
             },
         }
-        let mut received = 0u64;
+        let mut received = 0usize;
         let current = policy.current();
-        while received < BATCH as u64 {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    received += 1;
-                    handle(
-                        &mut processor,
-                        &current,
-                        &sock,
-                        &sink,
-                        &buf[..n],
-                        peer,
-                        &mut records,
-                        &mut replies,
-                    );
+        let received_at = Timestamp::now();
+        // Several recvmmsg calls per wakeup, one hand-over to the sink for all of them.
+        while received < BATCH {
+            match recv_batch(&sock, &mut bufs, &mut metas) {
+                Ok(drops) => {
+                    if let Some(n) = drops
+                        && n > kernel_drops
+                    {
+                        let lost = n - kernel_drops;
+                        kernel_drops = n;
+                        socket_drops.increment(u64::from(lost));
+                        sink.drops
+                            .count_n("snmp_udp_receive_buffer", u64::from(lost));
+                        weir_common::warn_limited!(
+                            "snmp_udp_overflow", %local, lost,
+                            "the kernel dropped SNMP datagrams because this socket's receive \
+                             buffer was full: raise net.core.rmem_max and [snmp] receive_buffer"
+                        );
+                    }
+                    received += metas.len();
+                    for (m, data) in metas.iter().zip(bufs.chunks_exact(DATAGRAM_MAX)) {
+                        if let Some(report) = take_datagram(
+                            &mut processor,
+                            &current,
+                            &sink,
+                            &data[..m.len],
+                            m.peer,
+                            received_at,
+                            &mut batch,
+                        ) {
+                            send_reply(&sock, &report, m.peer);
+                        }
+                    }
+                    if metas.len() < RECV_BATCH {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    weir_common::warn_limited!("snmp_udp_recv", error = %e, "receiving an SNMP datagram failed");
+                    weir_common::warn_limited!("snmp_udp_recv", error = %e, "receiving SNMP datagrams failed");
                     break;
                 }
             }
         }
         if received > 0 {
-            metrics::counter!("weir_agent_received_total", "input" => "snmp").increment(received);
+            received_total.increment(received as u64);
         }
-        if records.is_empty() {
+        if batch.records.is_empty() {
             // Only dropped traps: their Informs are answered now (nothing to make durable).
-            for (r, peer) in replies.drain(..) {
+            for (r, peer) in batch.replies.drain(..) {
                 send_reply(&sock, &r, peer);
             }
             continue;
         }
-        let batch = std::mem::replace(&mut records, Vec::with_capacity(BATCH));
-        let n = batch.len();
-        let now = Timestamp::now();
-        let ok = if replies.is_empty() {
+        let records = std::mem::replace(&mut batch.records, Vec::with_capacity(BATCH));
+        let n = records.len();
+        let ok = if batch.replies.is_empty() {
             tokio::select! {
                 biased;
-                r = sink.send(batch, now) => r.is_ok(),
+                r = sink.send_encoded(records) => r.is_ok(),
                 _ = shutdown.cancelled() => false,
             }
         } else {
             // Acknowledge Informs only once durable.
             let ok = tokio::select! {
                 biased;
-                r = sink.send_committed(batch, now) => r.is_ok(),
+                r = sink.send_encoded_committed(records) => r.is_ok(),
                 _ = shutdown.cancelled() => false,
             };
             if ok {
-                for (r, peer) in replies.drain(..) {
+                for (r, peer) in batch.replies.drain(..) {
                     send_reply(&sock, &r, peer);
                 }
             }
-            replies.clear();
+            batch.replies.clear();
             ok
         };
         if !ok {
