@@ -369,6 +369,36 @@ fn malformed(path: &Path, block: u64, m: block::Malformed) -> QueueError {
 /// it, before it is written back.
 type Owned = Vec<(u64, Vec<u8>)>;
 
+/// Blocks an append's evictions changed, by key, not yet written back.
+#[derive(Default)]
+struct Dirty {
+    blocks: BTreeMap<u64, Owned>,
+    /// Bytes of records loaded into `blocks`: bounds the memory one append's evictions take.
+    bytes: usize,
+}
+
+impl Dirty {
+    /// Writes every changed block back and forgets them. A block is written under its first
+    /// record's sequence, which is at or above its old key and below the next block's, so the
+    /// order of blocks is unchanged; an emptied block is deleted.
+    fn write_back(
+        &mut self,
+        blocks: &mut redb::Table<u64, &[u8]>,
+        index: &mut redb::Table<u64, &[u8]>,
+        limits: BlockLimits,
+    ) -> Result<(), redb::StorageError> {
+        for (key, recs) in std::mem::take(&mut self.blocks) {
+            blocks.remove(key)?;
+            index.remove(key)?;
+            if !recs.is_empty() {
+                put_chunked(blocks, index, &recs, limits)?;
+            }
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 /// The live records (above `acked`) of the block stored at `key`.
 fn load_block(
     path: &Path,
@@ -555,8 +585,8 @@ impl Queue {
             let mut index = txn.open_table(INDEX).map_err(|e| db_err(path, e))?;
             // The records kept so far, becoming this commit's block(s) at the end.
             let mut new: VecDeque<(u64, &[u8])> = VecDeque::with_capacity(records.len());
-            // Blocks changed by evictions, written back once at the end.
-            let mut dirty: BTreeMap<u64, Owned> = BTreeMap::new();
+            // Blocks changed by evictions, written back at the end (or sooner if they grow).
+            let mut dirty = Dirty::default();
             for rec in records {
                 let size = rec.len() as u64;
                 if size > self.limits.max_bytes {
@@ -570,7 +600,14 @@ impl Queue {
                         || st.bytes + size > self.limits.max_bytes)
                 {
                     match self.evict_for(&blocks, &index, &mut dirty, &mut new, st, rec.rank())? {
-                        Some(reason) => bump(&mut out.drops, reason),
+                        Some(reason) => {
+                            bump(&mut out.drops, reason);
+                            if dirty.bytes > self.blocks.max_dirty_bytes {
+                                dirty
+                                    .write_back(&mut blocks, &mut index, self.blocks)
+                                    .map_err(|e| db_err(path, e))?;
+                            }
+                        }
                         None => {
                             keep = false;
                             bump(&mut out.drops, full_reason(rec.rank()));
@@ -594,18 +631,9 @@ impl Queue {
                 out.last_seq = seq;
                 out.kept += 1;
             }
-            for (key, recs) in &dirty {
-                blocks.remove(*key).map_err(|e| db_err(path, e))?;
-                index.remove(*key).map_err(|e| db_err(path, e))?;
-                // Written back under its first record's sequence, which is at or above the old
-                // key and below the next block's: the order of blocks is unchanged.
-                if !recs.is_empty() {
-                    let recs: Vec<(u64, &[u8])> =
-                        recs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-                    put_chunked(&mut blocks, &mut index, &recs, self.blocks)
-                        .map_err(|e| db_err(path, e))?;
-                }
-            }
+            dirty
+                .write_back(&mut blocks, &mut index, self.blocks)
+                .map_err(|e| db_err(path, e))?;
             if !new.is_empty() {
                 put_chunked(&mut blocks, &mut index, new.make_contiguous(), self.blocks)
                     .map_err(|e| db_err(path, e))?;
@@ -652,7 +680,7 @@ impl Queue {
         &self,
         blocks: &redb::Table<u64, &[u8]>,
         index: &redb::Table<u64, &[u8]>,
-        dirty: &mut BTreeMap<u64, Owned>,
+        dirty: &mut Dirty,
         new: &mut VecDeque<(u64, &[u8])>,
         st: &mut State,
         incoming: u8,
@@ -669,7 +697,7 @@ impl Queue {
             {
                 let (k, v) = item.map_err(|e| db_err(path, e))?;
                 let key = k.value();
-                let recs = match dirty.entry(key) {
+                let recs = match dirty.blocks.entry(key) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => {
                         // A summary that cannot be read is checked against its block.
@@ -677,7 +705,9 @@ impl Queue {
                             st.cursor[rank] = key + 1;
                             continue;
                         }
-                        e.insert(load_block(path, blocks, key, st.acked)?)
+                        let recs = load_block(path, blocks, key, st.acked)?;
+                        dirty.bytes += recs.iter().map(|(_, r)| r.len()).sum::<usize>();
+                        e.insert(recs)
                     }
                 };
                 if let Some(i) = recs.iter().position(|(_, r)| block::rank_of(r) == rank) {
@@ -1356,6 +1386,8 @@ mod tests {
         BlockLimits {
             max_records: 4,
             max_bytes: 4 << 10,
+            // Written back after a block or two, so one append's evictions cross write-backs.
+            max_dirty_bytes: 300,
         }
     }
 

@@ -25,6 +25,9 @@ const SUMMARY_LEN: usize = 16 + 4 * RANKS;
 pub(crate) struct BlockLimits {
     pub max_records: usize,
     pub max_bytes: usize,
+    /// Most bytes of blocks an append's evictions hold in memory before writing them back
+    /// (each changed block is otherwise rewritten once, at the end of the transaction).
+    pub max_dirty_bytes: usize,
 }
 
 impl Default for BlockLimits {
@@ -32,6 +35,7 @@ impl Default for BlockLimits {
         BlockLimits {
             max_records: 1024,
             max_bytes: 256 << 10,
+            max_dirty_bytes: 4 << 20,
         }
     }
 }
