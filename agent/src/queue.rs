@@ -17,9 +17,24 @@
 //!   recognises them by sequence.
 //!
 //! # On-disk format (redb tables)
-//! - `records`: `u64` sequence → `[rank: u8][received_at µs: i64 LE][postcard Record]`.
-//! - `meta`: `&str` → `u64`: `next_seq`, `bytes`, `count.<rank>` (records per severity rank).
+//! Records are stored in blocks, one redb entry per group commit (a larger commit is cut into
+//! blocks of at most 1,024 records or 256 KiB), so the B-tree is touched once per commit, not
+//! once per record, and an ack deletes whole blocks in one range delete.
+//! - `blocks`: `u64` key → a block: `[1]` then per record
+//!   `[seq: u64 LE][len: u32 LE][rank: u8][received_at µs: i64 LE][postcard Record]`
+//!   (see `block.rs`). Sequences increase within a block and from one block to the next; a
+//!   block's key is at or below its first record's sequence and above the previous block's
+//!   records.
+//! - `block_index`: the same key → `[last seq][live bytes][live records per rank]`, the block's
+//!   summary, so acks and evictions find what they need without reading blocks.
+//! - `meta`: `&str` → `u64`: `next_seq`, `bytes`, `count.<rank>` (records per severity rank),
+//!   `acked` (every sequence at or below it is acknowledged). An ack that ends inside a block
+//!   leaves the block in place and only raises `acked`; reads skip what it covers, and the
+//!   summary no longer counts it.
 //! - `drops`: `&str` reason → `u64` cumulative drops since the queue was created.
+//! - `records`: the format before blocks (`u64` sequence → one record). A queue file written by
+//!   an older agent is migrated into blocks when it is opened, oldest first, in durable chunks,
+//!   keeping every sequence; the emptied table is then deleted (see `legacy.rs`).
 //!
 //! # The tail in memory
 //! The records appended last (up to [`TAIL_BYTES`]) are also kept in memory until acknowledged,
@@ -33,7 +48,12 @@
 //! The limit is on records and on logical bytes (header + payload; the file itself is larger by
 //! redb's page overhead). A new record that does not fit evicts the oldest record of the lowest
 //! severity present, if that severity is not above the new record's; otherwise the new record is
-//! the one dropped. Drops are counted as `queue_full_<severity>`.
+//! the one dropped. Drops are counted as `queue_full_<severity>`. The block summaries say which
+//! blocks hold a severity, so the search reads only the block it evicts from; blocks changed by
+//! an append's evictions are rewritten once, at the end of its transaction.
+
+mod block;
+mod legacy;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -43,7 +63,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use weir_common::wire::WireRecord;
 use weir_common::{Record, Severity};
 
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+use self::block::{BlockLimits, Summary};
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("block_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DROPS: TableDefinition<&str, u64> = TableDefinition::new("drops");
 
@@ -234,16 +257,29 @@ pub enum QueueError {
         "queue {path} is in use by another process (is another weir-agent running with the same data_dir?)"
     )]
     InUse { path: PathBuf },
+    /// Only a bug or an edited file makes one (redb checksums its pages); reads stop there
+    /// rather than skip records silently.
+    #[error(
+        "queue {path}: block {block} is malformed at byte {offset}. Stop weir-agent, move {path} aside (keep it for analysis) and start it again with a fresh queue"
+    )]
+    Malformed {
+        path: PathBuf,
+        block: u64,
+        offset: usize,
+    },
 }
 
 /// In-memory mirror of the counters in `meta`, plus eviction cursors.
 #[derive(Debug, Clone)]
 struct State {
     next_seq: u64,
+    /// Every sequence at or below this is acknowledged (`meta` key `acked`).
+    acked: u64,
     bytes: u64,
     counts: [u64; RANKS],
-    /// For each rank r: no record of rank r has a sequence below `cursor[r]`. Appends only add
-    /// higher sequences, so the eviction scan for a rank never needs to look below its cursor.
+    /// For each rank r: no block with a key below `cursor[r]` holds a live record of rank r.
+    /// Appends only add blocks with higher keys, so the eviction scan for a rank never needs to
+    /// look below its cursor.
     cursor: [u64; RANKS],
     drops: BTreeMap<String, u64>,
     /// When a transaction was last made durable. Ack deletes are cheap non-durable commits, but
@@ -263,6 +299,7 @@ pub struct Queue {
     db: Database,
     path: PathBuf,
     limits: Limits,
+    blocks: BlockLimits,
     state: Mutex<State>,
     /// Taken after `state` when both are held.
     tail: Mutex<Tail>,
@@ -320,13 +357,139 @@ fn db_err(path: &Path, e: impl Into<redb::Error>) -> QueueError {
     }
 }
 
+fn malformed(path: &Path, block: u64, m: block::Malformed) -> QueueError {
+    QueueError::Malformed {
+        path: path.to_path_buf(),
+        block,
+        offset: m.at,
+    }
+}
+
+/// A block's live records, owned: the form a block takes while an append's evictions change
+/// it, before it is written back.
+type Owned = Vec<(u64, Vec<u8>)>;
+
+/// Blocks an append's evictions changed, by key, not yet written back.
+#[derive(Default)]
+struct Dirty {
+    blocks: BTreeMap<u64, Owned>,
+    /// Bytes of records loaded into `blocks`: bounds the memory one append's evictions take.
+    bytes: usize,
+}
+
+impl Dirty {
+    /// Writes every changed block back and forgets them. A block is written under its first
+    /// record's sequence, which is at or above its old key and below the next block's, so the
+    /// order of blocks is unchanged; an emptied block is deleted.
+    fn write_back(
+        &mut self,
+        blocks: &mut redb::Table<u64, &[u8]>,
+        index: &mut redb::Table<u64, &[u8]>,
+        limits: BlockLimits,
+    ) -> Result<(), redb::StorageError> {
+        for (key, recs) in std::mem::take(&mut self.blocks) {
+            blocks.remove(key)?;
+            index.remove(key)?;
+            if !recs.is_empty() {
+                put_chunked(blocks, index, &recs, limits)?;
+            }
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// The live records (above `acked`) of the block stored at `key`.
+fn load_block(
+    path: &Path,
+    blocks: &impl ReadableTable<u64, &'static [u8]>,
+    key: u64,
+    acked: u64,
+) -> Result<Owned, QueueError> {
+    let Some(v) = blocks.get(key).map_err(|e| db_err(path, e))? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in block::records(v.value()) {
+        let (seq, rec) = item.map_err(|m| malformed(path, key, m))?;
+        if seq > acked {
+            out.push((seq, rec.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `records` as blocks of at most `limits`, each with its summary.
+fn put_chunked<B: AsRef<[u8]>>(
+    blocks: &mut redb::Table<u64, &[u8]>,
+    index: &mut redb::Table<u64, &[u8]>,
+    records: &[(u64, B)],
+    limits: BlockLimits,
+) -> Result<(), redb::StorageError> {
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, rec)) in records.iter().enumerate() {
+        let len = rec.as_ref().len();
+        if i > start && (i - start >= limits.max_records || bytes + len > limits.max_bytes) {
+            block::put(blocks, index, &records[start..i])?;
+            start = i;
+            bytes = 0;
+        }
+        bytes += len;
+    }
+    block::put(blocks, index, &records[start..])
+}
+
+/// Reads the `u64` counters of `meta` into a fresh [`State`], creating `next_seq` for a new
+/// queue.
+fn load_state(path: &Path, txn: &redb::WriteTransaction) -> Result<State, QueueError> {
+    let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+    let drops_table = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
+    let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, QueueError> {
+        Ok(meta.get(k).map_err(|e| db_err(path, e))?.map(|v| v.value()))
+    };
+    let next_seq = match get(&meta, "next_seq")? {
+        Some(n) => n,
+        None => {
+            // A fresh queue: start above anything an earlier queue could have used.
+            let start = jiff::Timestamp::now().as_microsecond().max(1) as u64;
+            meta.insert("next_seq", start)
+                .map_err(|e| db_err(path, e))?;
+            start
+        }
+    };
+    let mut counts = [0; RANKS];
+    for (r, key) in RANK_KEYS.iter().enumerate() {
+        counts[r] = get(&meta, key)?.unwrap_or(0);
+    }
+    let mut drops = BTreeMap::new();
+    for item in drops_table.iter().map_err(|e| db_err(path, e))? {
+        let (k, v) = item.map_err(|e| db_err(path, e))?;
+        drops.insert(k.value().to_string(), v.value());
+    }
+    Ok(State {
+        next_seq,
+        acked: get(&meta, "acked")?.unwrap_or(0),
+        bytes: get(&meta, "bytes")?.unwrap_or(0),
+        counts,
+        cursor: [0; RANKS],
+        drops,
+        last_durable: std::time::Instant::now(),
+    })
+}
+
 impl Queue {
     /// Opens the queue at `path`, creating it if absent. A file that cannot be opened as a queue
     /// (corrupt, truncated, not a redb file, unreadable contents) is renamed to
     /// `<path>.corrupt-<unix time>` with an error log and a fresh queue is started, so the agent
     /// keeps receiving instead of crash-looping. A file locked by another process is an error.
+    /// A file in the format before blocks is migrated first (see the module docs).
     pub fn open(path: &Path, limits: Limits) -> Result<Queue, QueueError> {
-        match Self::try_open(path, limits) {
+        Self::open_with(path, limits, BlockLimits::default())
+    }
+
+    fn open_with(path: &Path, limits: Limits, blocks: BlockLimits) -> Result<Queue, QueueError> {
+        match Self::try_open(path, limits, blocks) {
             Ok(q) => Ok(q),
             Err(QueueError::InUse { path }) => Err(QueueError::InUse { path }),
             Err(err) if path.exists() => {
@@ -341,13 +504,13 @@ impl Queue {
                 );
                 std::fs::rename(path, &aside).map_err(|e| db_err(path, e))?;
                 metrics::counter!("weir_agent_queue_reset_total").increment(1);
-                Self::try_open(path, limits)
+                Self::try_open(path, limits, blocks)
             }
             Err(err) => Err(err),
         }
     }
 
-    fn try_open(path: &Path, limits: Limits) -> Result<Queue, QueueError> {
+    fn try_open(path: &Path, limits: Limits, blocks: BlockLimits) -> Result<Queue, QueueError> {
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -358,46 +521,16 @@ impl Queue {
             Err(e) => return Err(db_err(path, e)),
         };
         let txn = db.begin_write().map_err(|e| db_err(path, e))?;
-        let state = {
-            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-            txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-            let drops_table = txn.open_table(DROPS).map_err(|e| db_err(path, e))?;
-            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, QueueError> {
-                Ok(meta.get(k).map_err(|e| db_err(path, e))?.map(|v| v.value()))
-            };
-            let next_seq = match get(&meta, "next_seq")? {
-                Some(n) => n,
-                None => {
-                    // A fresh queue: start above anything an earlier queue could have used.
-                    let start = jiff::Timestamp::now().as_microsecond().max(1) as u64;
-                    meta.insert("next_seq", start)
-                        .map_err(|e| db_err(path, e))?;
-                    start
-                }
-            };
-            let mut counts = [0; RANKS];
-            for (r, key) in RANK_KEYS.iter().enumerate() {
-                counts[r] = get(&meta, key)?.unwrap_or(0);
-            }
-            let mut drops = BTreeMap::new();
-            for item in drops_table.iter().map_err(|e| db_err(path, e))? {
-                let (k, v) = item.map_err(|e| db_err(path, e))?;
-                drops.insert(k.value().to_string(), v.value());
-            }
-            State {
-                next_seq,
-                bytes: get(&meta, "bytes")?.unwrap_or(0),
-                counts,
-                cursor: [0; RANKS],
-                drops,
-                last_durable: std::time::Instant::now(),
-            }
-        };
+        txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+        txn.open_table(INDEX).map_err(|e| db_err(path, e))?;
+        let state = load_state(path, &txn)?;
         txn.commit().map_err(|e| db_err(path, e))?;
+        legacy::migrate(&db, path, blocks)?;
         Ok(Queue {
             db,
             path: path.to_path_buf(),
             limits,
+            blocks,
             tail: Mutex::new(Tail {
                 start: state.next_seq,
                 ..Tail::default()
@@ -448,7 +581,12 @@ impl Queue {
         let mut out = AppendOutcome::default();
         let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
         {
-            let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+            let mut blocks = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+            let mut index = txn.open_table(INDEX).map_err(|e| db_err(path, e))?;
+            // The records kept so far, becoming this commit's block(s) at the end.
+            let mut new: VecDeque<(u64, &[u8])> = VecDeque::with_capacity(records.len());
+            // Blocks changed by evictions, written back at the end (or sooner if they grow).
+            let mut dirty = Dirty::default();
             for rec in records {
                 let size = rec.len() as u64;
                 if size > self.limits.max_bytes {
@@ -461,8 +599,15 @@ impl Queue {
                     && (st.records() + 1 > self.limits.max_records
                         || st.bytes + size > self.limits.max_bytes)
                 {
-                    match self.evict_for(&mut table, st, rec.rank())? {
-                        Some(reason) => bump(&mut out.drops, reason),
+                    match self.evict_for(&blocks, &index, &mut dirty, &mut new, st, rec.rank())? {
+                        Some(reason) => {
+                            bump(&mut out.drops, reason);
+                            if dirty.bytes > self.blocks.max_dirty_bytes {
+                                dirty
+                                    .write_back(&mut blocks, &mut index, self.blocks)
+                                    .map_err(|e| db_err(path, e))?;
+                            }
+                        }
                         None => {
                             keep = false;
                             bump(&mut out.drops, full_reason(rec.rank()));
@@ -476,9 +621,7 @@ impl Queue {
                 }
                 let seq = st.next_seq;
                 out.seqs.push(seq);
-                table
-                    .insert(seq, rec.bytes.as_slice())
-                    .map_err(|e| db_err(path, e))?;
+                new.push_back((seq, rec.bytes.as_slice()));
                 st.next_seq += 1;
                 st.bytes += size;
                 st.counts[rec.rank() as usize] += 1;
@@ -487,6 +630,13 @@ impl Queue {
                 }
                 out.last_seq = seq;
                 out.kept += 1;
+            }
+            dirty
+                .write_back(&mut blocks, &mut index, self.blocks)
+                .map_err(|e| db_err(path, e))?;
+            if !new.is_empty() {
+                put_chunked(&mut blocks, &mut index, new.make_contiguous(), self.blocks)
+                    .map_err(|e| db_err(path, e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
             write_counters(&mut meta, st).map_err(|e| db_err(path, e))?;
@@ -522,9 +672,16 @@ impl Queue {
 
     /// Evicts the oldest record of the lowest severity rank `<= incoming`, returning the drop
     /// reason, or `None` when every queued record is more severe than the incoming one.
+    ///
+    /// Looks in the stored blocks first (through their summaries, from the rank's cursor; a
+    /// block evicted from is loaded into `dirty` and changed there), then in `new`, the records
+    /// this append has kept so far, which are newer than any stored one.
     fn evict_for(
         &self,
-        table: &mut redb::Table<u64, &[u8]>,
+        blocks: &redb::Table<u64, &[u8]>,
+        index: &redb::Table<u64, &[u8]>,
+        dirty: &mut Dirty,
+        new: &mut VecDeque<(u64, &[u8])>,
         st: &mut State,
         incoming: u8,
     ) -> Result<Option<String>, QueueError> {
@@ -533,23 +690,46 @@ impl Queue {
             if st.counts[rank] == 0 {
                 continue;
             }
-            let mut victim = None;
-            for item in table
+            let mut found = None;
+            for item in index
                 .range(st.cursor[rank]..)
                 .map_err(|e| db_err(path, e))?
             {
                 let (k, v) = item.map_err(|e| db_err(path, e))?;
-                if v.value().first() == Some(&(rank as u8)) {
-                    victim = Some((k.value(), v.value().len() as u64));
+                let key = k.value();
+                let recs = match dirty.blocks.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        // A summary that cannot be read is checked against its block.
+                        if Summary::decode(v.value()).is_some_and(|s| s.counts[rank] == 0) {
+                            st.cursor[rank] = key + 1;
+                            continue;
+                        }
+                        let recs = load_block(path, blocks, key, st.acked)?;
+                        dirty.bytes += recs.iter().map(|(_, r)| r.len()).sum::<usize>();
+                        e.insert(recs)
+                    }
+                };
+                if let Some(i) = recs.iter().position(|(_, r)| block::rank_of(r) == rank) {
+                    found = Some(recs.remove(i));
+                    // Older records of this rank may remain in this block.
+                    st.cursor[rank] = key;
                     break;
                 }
+                st.cursor[rank] = key + 1;
             }
-            match victim {
-                Some((seq, size)) => {
-                    table.remove(seq).map_err(|e| db_err(path, e))?;
-                    st.cursor[rank] = seq + 1;
+            let victim_len = match found {
+                Some((_, rec)) => Some(rec.len()),
+                None => new
+                    .iter()
+                    .position(|(_, r)| block::rank_of(r) == rank)
+                    .and_then(|i| new.remove(i))
+                    .map(|(_, r)| r.len()),
+            };
+            match victim_len {
+                Some(len) => {
                     st.counts[rank] -= 1;
-                    st.bytes = st.bytes.saturating_sub(size);
+                    st.bytes = st.bytes.saturating_sub(len as u64);
                     return Ok(Some(full_reason(rank as u8)));
                 }
                 None => {
@@ -562,8 +742,9 @@ impl Queue {
         Ok(None)
     }
 
-    /// Removes every record with a sequence `<= up_to` (the aggregator has stored them).
-    /// Returns how many were removed.
+    /// Removes every record with a sequence `<= up_to` (the aggregator has stored them): whole
+    /// blocks in one range delete, and the acknowledged start of a block that goes on past
+    /// `up_to` by raising `acked`. Returns how many records were removed.
     pub fn ack(&self, up_to: u64) -> Result<u64, QueueError> {
         let mut st = self.state.lock().expect("queue state lock");
         let saved = st.clone();
@@ -576,6 +757,12 @@ impl Queue {
 
     fn ack_locked(&self, st: &mut State, up_to: u64) -> Result<u64, QueueError> {
         let path = &self.path;
+        // Never above what was issued: `acked` also hides records from reads.
+        let up_to = up_to.min(st.next_seq.saturating_sub(1));
+        if up_to <= st.acked {
+            self.tail.lock().expect("queue tail lock").ack(up_to);
+            return Ok(0);
+        }
         let mut txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
         let durable = st.last_durable.elapsed() >= ACK_DURABLE_EVERY;
         txn.set_durability(if durable {
@@ -586,22 +773,64 @@ impl Queue {
         .map_err(|e| db_err(path, redb::Error::from(e)))?;
         let mut removed = 0;
         {
-            let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-            let extracted = table
-                .extract_from_if(..=up_to, |_, _| true)
-                .map_err(|e| db_err(path, e))?;
-            for item in extracted {
-                let (_, v) = item.map_err(|e| db_err(path, e))?;
-                let v = v.value();
-                let rank = v.first().copied().unwrap_or(0) as usize % RANKS;
-                st.counts[rank] = st.counts[rank].saturating_sub(1);
-                st.bytes = st.bytes.saturating_sub(v.len() as u64);
-                removed += 1;
+            let mut blocks = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+            let mut index = txn.open_table(INDEX).map_err(|e| db_err(path, e))?;
+            let mut whole_up_to = None;
+            // Blocks that go on past `up_to` (only the last one can), or whose summary cannot
+            // be read: counted from the blocks themselves.
+            let mut partial = Vec::new();
+            for item in index.range(..=up_to).map_err(|e| db_err(path, e))? {
+                let (k, v) = item.map_err(|e| db_err(path, e))?;
+                let key = k.value();
+                match Summary::decode(v.value()) {
+                    Some(s) if s.last <= up_to => {
+                        for (r, c) in s.counts.iter().enumerate() {
+                            st.counts[r] = st.counts[r].saturating_sub(u64::from(*c));
+                        }
+                        st.bytes = st.bytes.saturating_sub(s.bytes);
+                        removed += s.records();
+                        whole_up_to = Some(key);
+                    }
+                    s => partial.push((key, s.is_some())),
+                }
             }
-            if removed > 0 {
-                let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-                write_counters(&mut meta, st).map_err(|e| db_err(path, e))?;
+            for &(key, summary_ok) in &partial {
+                let recs = load_block(path, &blocks, key, st.acked)?;
+                let mut gone = Summary::default();
+                let mut left = Summary::default();
+                for (seq, rec) in &recs {
+                    if *seq <= up_to {
+                        gone.add(*seq, rec);
+                    } else {
+                        left.add(*seq, rec);
+                    }
+                }
+                for (r, c) in gone.counts.iter().enumerate() {
+                    st.counts[r] = st.counts[r].saturating_sub(u64::from(*c));
+                }
+                st.bytes = st.bytes.saturating_sub(gone.bytes);
+                removed += gone.records();
+                if left.records() == 0 {
+                    blocks.remove(key).map_err(|e| db_err(path, e))?;
+                    index.remove(key).map_err(|e| db_err(path, e))?;
+                } else if !summary_ok || gone.records() > 0 {
+                    index
+                        .insert(key, left.encode().as_slice())
+                        .map_err(|e| db_err(path, e))?;
+                }
             }
+            if let Some(last) = whole_up_to {
+                let keep = |k: u64| partial.iter().any(|&(p, _)| p == k);
+                blocks
+                    .retain_in(..=last, |k, _| keep(k))
+                    .map_err(|e| db_err(path, e))?;
+                index
+                    .retain_in(..=last, |k, _| keep(k))
+                    .map_err(|e| db_err(path, e))?;
+            }
+            st.acked = up_to;
+            let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+            write_counters(&mut meta, st).map_err(|e| db_err(path, e))?;
         }
         txn.commit().map_err(|e| db_err(path, e))?;
         if durable {
@@ -654,39 +883,71 @@ impl Queue {
     ) -> Result<Vec<WireRecord>, QueueError> {
         let path = &self.path;
         let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
-        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
+        // From the same snapshot as the blocks, so a concurrent ack cannot skew it.
+        let from = from.max(read_acked(path, &txn)?.saturating_add(1));
+        let table = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+        // The block holding `from` starts at or below it.
+        let start = match table
+            .range(..=from)
+            .map_err(|e| db_err(path, e))?
+            .next_back()
+        {
+            Some(item) => item.map_err(|e| db_err(path, e))?.0.value(),
+            None => from,
+        };
         let mut out = Vec::with_capacity(max_records.min(4096));
         let mut bytes = 0;
-        for item in table.range(from..).map_err(|e| db_err(path, e))? {
+        'blocks: for item in table.range(start..).map_err(|e| db_err(path, e))? {
             let (k, v) = item.map_err(|e| db_err(path, e))?;
-            let v = v.value();
-            let payload = v.get(HEADER_LEN..).unwrap_or_default();
-            // Stop before a record would take the batch past max_bytes (a batch always holds
-            // at least one record), so batches stay under the wire's frame limit.
-            if !out.is_empty() && bytes + payload.len() > max_bytes {
-                break;
-            }
-            bytes += payload.len();
-            out.push(WireRecord {
-                seq: k.value(),
-                payload: payload.to_vec(),
-            });
-            if out.len() >= max_records || bytes >= max_bytes {
-                break;
+            for entry in block::records(v.value()) {
+                let (seq, rec) = entry.map_err(|m| malformed(path, k.value(), m))?;
+                if seq < from {
+                    continue;
+                }
+                let payload = rec.get(HEADER_LEN..).unwrap_or_default();
+                // Stop before a record would take the batch past max_bytes (a batch always
+                // holds at least one record), so batches stay under the wire's frame limit.
+                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    break 'blocks;
+                }
+                bytes += payload.len();
+                out.push(WireRecord {
+                    seq,
+                    payload: payload.to_vec(),
+                });
+                if out.len() >= max_records || bytes >= max_bytes {
+                    break 'blocks;
+                }
             }
         }
         Ok(out)
     }
 
-    /// The first queued sequence, if any.
-    pub fn first_seq(&self) -> Result<Option<u64>, QueueError> {
+    /// The oldest queued record's sequence and receive time (µs), if any.
+    fn first_live(&self) -> Result<Option<(u64, i64)>, QueueError> {
         let path = &self.path;
         let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
-        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-        Ok(table
-            .first()
-            .map_err(|e| db_err(path, e))?
-            .map(|(k, _)| k.value()))
+        let acked = read_acked(path, &txn)?;
+        let table = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+        for item in table.iter().map_err(|e| db_err(path, e))? {
+            let (k, v) = item.map_err(|e| db_err(path, e))?;
+            for entry in block::records(v.value()) {
+                let (seq, rec) = entry.map_err(|m| malformed(path, k.value(), m))?;
+                if seq > acked {
+                    let received = rec
+                        .get(1..HEADER_LEN)
+                        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                        .unwrap_or(0);
+                    return Ok(Some((seq, received)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first queued sequence, if any.
+    pub fn first_seq(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self.first_live()?.map(|(seq, _)| seq))
     }
 
     /// The sequence the next appended record will get.
@@ -716,22 +977,34 @@ impl Queue {
             let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
             let mut moved = 0;
             {
-                let mut table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-                let old: Vec<Vec<u8>> = table
-                    .extract_from_if(0u64.., |_, _| true)
-                    .map_err(|e| db_err(path, e))?
-                    .map(|item| item.map(|(_, v)| v.value().to_vec()))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| db_err(path, e))?;
+                let mut blocks = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+                let mut index = txn.open_table(INDEX).map_err(|e| db_err(path, e))?;
                 let mut seq = committed + 1;
-                for v in old {
-                    table
-                        .insert(seq, v.as_slice())
-                        .map_err(|e| db_err(path, e))?;
-                    seq += 1;
-                    moved += 1;
+                // Block by block, so memory stays at one block: every old key is below
+                // `next_seq <= committed`, every new one above.
+                loop {
+                    let key = match blocks.first().map_err(|e| db_err(path, e))? {
+                        Some((k, _)) if k.value() <= committed => k.value(),
+                        _ => break,
+                    };
+                    let recs = load_block(path, &blocks, key, st.acked)?;
+                    blocks.remove(key).map_err(|e| db_err(path, e))?;
+                    index.remove(key).map_err(|e| db_err(path, e))?;
+                    let renumbered: Vec<(u64, &[u8])> = recs
+                        .iter()
+                        .map(|(_, rec)| {
+                            seq += 1;
+                            (seq - 1, rec.as_slice())
+                        })
+                        .collect();
+                    moved += renumbered.len() as u64;
+                    if !renumbered.is_empty() {
+                        put_chunked(&mut blocks, &mut index, &renumbered, self.blocks)
+                            .map_err(|e| db_err(path, e))?;
+                    }
                 }
                 st.next_seq = seq;
+                st.acked = committed;
                 st.cursor = [0; RANKS];
                 let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
                 write_counters(&mut meta, &st).map_err(|e| db_err(path, e))?;
@@ -753,21 +1026,11 @@ impl Queue {
     }
 
     pub fn stats(&self) -> Result<Stats, QueueError> {
-        let path = &self.path;
         let (records, bytes, next_seq, drops) = {
             let st = self.state.lock().expect("queue state lock");
             (st.records(), st.bytes, st.next_seq, st.drops.clone())
         };
-        let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
-        let table = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
-        let oldest_us = match table.first().map_err(|e| db_err(path, e))? {
-            Some((_, v)) => v
-                .value()
-                .get(1..HEADER_LEN)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .unwrap_or(0),
-            None => 0,
-        };
+        let oldest_us = self.first_live()?.map_or(0, |(_, t)| t);
         Ok(Stats {
             records,
             bytes,
@@ -778,8 +1041,17 @@ impl Queue {
     }
 }
 
+fn read_acked(path: &Path, txn: &redb::ReadTransaction) -> Result<u64, QueueError> {
+    let meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+    Ok(meta
+        .get("acked")
+        .map_err(|e| db_err(path, e))?
+        .map_or(0, |v| v.value()))
+}
+
 fn write_counters(meta: &mut redb::Table<&str, u64>, st: &State) -> Result<(), redb::StorageError> {
     meta.insert("next_seq", st.next_seq)?;
+    meta.insert("acked", st.acked)?;
     meta.insert("bytes", st.bytes)?;
     for (r, key) in RANK_KEYS.iter().enumerate() {
         meta.insert(*key, st.counts[r])?;
@@ -1107,5 +1379,448 @@ mod tests {
         let q = Queue::open(&path, big()).unwrap();
         assert_eq!(q.next_seq(), committed + 4);
         assert_eq!(messages(&q), vec!["b", "c", "d"]);
+    }
+
+    /// Blocks of 4 records, so small tests cross block boundaries.
+    fn small_blocks() -> BlockLimits {
+        BlockLimits {
+            max_records: 4,
+            max_bytes: 4 << 10,
+            // Written back after a block or two, so one append's evictions cross write-backs.
+            max_dirty_bytes: 300,
+        }
+    }
+
+    /// Every block's summary describes exactly its live records, no block is empty, blocks
+    /// are in sequence order, and the counters in memory add up to the summaries.
+    fn check_blocks(q: &Queue) {
+        let st = q.state.lock().unwrap().clone();
+        let txn = q.db.begin_read().unwrap();
+        let blocks = txn.open_table(BLOCKS).unwrap();
+        let index = txn.open_table(INDEX).unwrap();
+        assert_eq!(read_acked(&q.path, &txn).unwrap(), st.acked);
+        let mut total = Summary::default();
+        let mut prev = 0;
+        let mut keys = Vec::new();
+        for item in blocks.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let key = k.value();
+            keys.push(key);
+            let recs: Vec<(u64, Vec<u8>)> = block::records(v.value())
+                .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
+                .collect();
+            assert!(
+                recs.first().unwrap().0 >= key,
+                "block {key} starts below its key"
+            );
+            assert!(key > prev || prev == 0, "blocks out of order");
+            assert!(recs.windows(2).all(|w| w[0].0 < w[1].0));
+            prev = recs.last().unwrap().0;
+            let live: Vec<_> = recs.into_iter().filter(|(s, _)| *s > st.acked).collect();
+            assert!(!live.is_empty(), "block {key} has no live record");
+            let want = Summary::of(&live);
+            let have = Summary::decode(index.get(key).unwrap().unwrap().value()).unwrap();
+            assert_eq!(have, want, "summary of block {key}");
+            for (r, c) in want.counts.iter().enumerate() {
+                total.counts[r] += c;
+            }
+            total.bytes += want.bytes;
+        }
+        let indexed: Vec<u64> = index
+            .iter()
+            .unwrap()
+            .map(|i| i.unwrap().0.value())
+            .collect();
+        assert_eq!(indexed, keys, "index and blocks hold the same keys");
+        assert_eq!(total.counts.map(u64::from), st.counts);
+        assert_eq!(total.bytes, st.bytes);
+    }
+
+    #[test]
+    fn partial_ack_across_a_block_then_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let first;
+        {
+            let q = Queue::open_with(&path, big(), small_blocks()).unwrap();
+            let msgs: Vec<_> = (0..10)
+                .map(|i| rec(Severity::Info, &format!("m{i}")))
+                .collect();
+            // 10 records: blocks of 4, 4 and 2.
+            first = q.append(&msgs).unwrap().first_seq;
+            check_blocks(&q);
+            // Into the middle of the second block: the first goes, the second stays.
+            assert_eq!(q.ack(first + 5).unwrap(), 6);
+            check_blocks(&q);
+            assert_eq!(q.first_seq().unwrap(), Some(first + 6));
+            assert_eq!(messages(&q), ["m6", "m7", "m8", "m9"]);
+            let st = q.stats().unwrap();
+            assert_eq!(st.records, 4);
+            assert_eq!(st.bytes, 4 * msgs[6].len() as u64);
+            // The same ack again removes nothing.
+            assert_eq!(q.ack(first + 5).unwrap(), 0);
+            // Reads from the file skip the acknowledged start of the block, even from below it.
+            let from_file = q.read_from_file(first, 100, usize::MAX).unwrap();
+            assert_eq!(from_file.first().unwrap().seq, first + 6);
+        }
+        // After a restart the acknowledged part of the block is still skipped: nothing that
+        // was acknowledged is sent again.
+        let q = Queue::open_with(&path, big(), small_blocks()).unwrap();
+        check_blocks(&q);
+        assert_eq!(q.first_seq().unwrap(), Some(first + 6));
+        assert_eq!(messages(&q), ["m6", "m7", "m8", "m9"]);
+        assert_eq!(q.stats().unwrap().records, 4);
+        // Further partial acks in the same block, then the rest.
+        assert_eq!(q.ack(first + 6).unwrap(), 1);
+        check_blocks(&q);
+        assert_eq!(q.ack(first + 8).unwrap(), 2);
+        check_blocks(&q);
+        assert_eq!(messages(&q), ["m9"]);
+        // An ack beyond what was issued does not hide records appended later.
+        assert_eq!(q.ack(u64::MAX).unwrap(), 1);
+        let out = q.append(&[rec(Severity::Info, "later")]).unwrap();
+        assert_eq!(messages(&q), ["later"]);
+        assert_eq!(q.first_seq().unwrap(), Some(out.first_seq));
+        check_blocks(&q);
+    }
+
+    #[test]
+    fn eviction_inside_a_block_then_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        let limits = Limits {
+            max_records: 6,
+            max_bytes: 1 << 30,
+        };
+        let q = Queue::open_with(&path, limits, small_blocks()).unwrap();
+        // One block of 4 (e1 d1 i1 d2) and one of 2 (e2 d3).
+        let out = q
+            .append(&[
+                rec(Severity::Error, "e1"),
+                rec(Severity::Debug, "d1"),
+                rec(Severity::Info, "i1"),
+                rec(Severity::Debug, "d2"),
+                rec(Severity::Error, "e2"),
+                rec(Severity::Debug, "d3"),
+            ])
+            .unwrap();
+        let first = out.first_seq;
+        // Acknowledge e1 only: the block stays, partly acknowledged.
+        q.ack(first).unwrap();
+        q.append(&[rec(Severity::Warning, "w1")]).unwrap();
+        check_blocks(&q);
+        // Full: two warnings evict d1 and d2 from inside the first block, in one rewrite.
+        let out = q
+            .append(&[rec(Severity::Warning, "w2"), rec(Severity::Warning, "w3")])
+            .unwrap();
+        assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 2)]));
+        check_blocks(&q);
+        assert_eq!(messages(&q), ["i1", "e2", "d3", "w1", "w2", "w3"]);
+        let seqs: Vec<u64> = q
+            .read_from(0, 100, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|w| w.seq)
+            .collect();
+        assert_eq!(seqs[0], first + 2, "i1 keeps its sequence");
+        // Reading from inside the rewritten block, and from an evicted sequence.
+        let from = q.read_from_file(first + 1, 2, usize::MAX).unwrap();
+        assert_eq!(
+            from.iter().map(|w| w.seq).collect::<Vec<_>>(),
+            [first + 2, first + 4]
+        );
+        // Then i1 (the whole first block's last live record), then d3 from the second.
+        q.append(&[rec(Severity::Error, "e3"), rec(Severity::Error, "e4")])
+            .unwrap();
+        check_blocks(&q);
+        assert_eq!(messages(&q), ["e2", "w1", "w2", "w3", "e3", "e4"]);
+        drop(q);
+        let q = Queue::open_with(&path, limits, small_blocks()).unwrap();
+        check_blocks(&q);
+        assert_eq!(messages(&q), ["e2", "w1", "w2", "w3", "e3", "e4"]);
+        let drops = q.stats().unwrap().drops;
+        assert_eq!(drops["queue_full_debug"], 3);
+        assert_eq!(drops["queue_full_info"], 1);
+    }
+
+    /// Writes a queue file as the agent did before blocks: one `records` entry per record and
+    /// the counters in `meta`.
+    fn write_old_format(path: &Path, first_seq: u64, recs: &[Encoded]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(legacy::RECORDS).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            txn.open_table(DROPS).unwrap();
+            let mut counts = [0u64; RANKS];
+            let mut bytes = 0;
+            for (i, r) in recs.iter().enumerate() {
+                table
+                    .insert(first_seq + i as u64, r.bytes.as_slice())
+                    .unwrap();
+                counts[r.rank() as usize] += 1;
+                bytes += r.len() as u64;
+            }
+            meta.insert("next_seq", first_seq + recs.len() as u64)
+                .unwrap();
+            meta.insert("bytes", bytes).unwrap();
+            for (r, key) in RANK_KEYS.iter().enumerate() {
+                meta.insert(*key, counts[r]).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    /// A site gateway upgraded with a non-empty queue delivers every record once, with the
+    /// sequence it had, and the file is in the new format afterwards.
+    #[test]
+    fn migration_from_the_old_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        let first = 1_700_000_000_000_000;
+        let sevs = [Severity::Info, Severity::Debug, Severity::Critical];
+        let old: Vec<Encoded> = (0..2500)
+            .map(|i| rec(sevs[i % 3], &format!("old{i}")))
+            .collect();
+        write_old_format(&path, first, &old);
+        {
+            let q = Queue::open(&path, big()).unwrap();
+            check_blocks(&q);
+            let st = q.stats().unwrap();
+            assert_eq!(st.records, 2500);
+            assert_eq!(st.next_seq, first + 2500);
+            assert_eq!(st.oldest_us, 1_700_000_000_000_000);
+            assert_eq!(q.first_seq().unwrap(), Some(first));
+            let all = q.read_from(0, usize::MAX, usize::MAX).unwrap();
+            assert_eq!(all.len(), 2500);
+            for (i, w) in all.iter().enumerate() {
+                assert_eq!(w.seq, first + i as u64);
+                assert_eq!(w.payload, old[i].bytes[HEADER_LEN..]);
+            }
+            // The old table is gone; the new records follow the old ones.
+            let txn = q.db.begin_read().unwrap();
+            assert!(txn.open_table(legacy::RECORDS).is_err());
+            drop(txn);
+            let out = q.append(&[rec(Severity::Info, "new")]).unwrap();
+            assert_eq!(out.first_seq, first + 2500);
+            assert_eq!(q.ack(first + 999).unwrap(), 1000);
+        }
+        let q = Queue::open(&path, big()).unwrap();
+        check_blocks(&q);
+        let msgs = messages(&q);
+        assert_eq!(msgs.len(), 1501);
+        assert_eq!(msgs[0], "old1000");
+        assert_eq!(msgs[1500], "new");
+    }
+
+    /// A migration cut short (some records already in blocks, the rest still in `records`)
+    /// carries on at the next open without losing or repeating any.
+    #[test]
+    fn interrupted_migration_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        let first = 5_000;
+        let old: Vec<Encoded> = (0..10)
+            .map(|i| rec(Severity::Info, &format!("old{i}")))
+            .collect();
+        write_old_format(&path, first, &old);
+        {
+            // What one migration transaction leaves: the oldest 4 moved.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(legacy::RECORDS).unwrap();
+                let moved: Vec<(u64, Vec<u8>)> = (0..4)
+                    .map(|i| {
+                        (
+                            first + i,
+                            table.remove(first + i).unwrap().unwrap().value().to_vec(),
+                        )
+                    })
+                    .collect();
+                let mut blocks = txn.open_table(BLOCKS).unwrap();
+                let mut index = txn.open_table(INDEX).unwrap();
+                put_chunked(&mut blocks, &mut index, &moved, small_blocks()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let q = Queue::open_with(&path, big(), small_blocks()).unwrap();
+        check_blocks(&q);
+        let want: Vec<String> = (0..10).map(|i| format!("old{i}")).collect();
+        assert_eq!(messages(&q), want);
+        assert_eq!(q.first_seq().unwrap(), Some(first));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Records as (severity rank, message length).
+        Append(Vec<(u8, usize)>),
+        AppendInternal(Vec<(u8, usize)>),
+        /// Acknowledge up to a point in the queued range, given as a fraction of 255.
+        Ack(u8),
+        Reopen,
+        /// The aggregator reports a sequence this queue never issued.
+        Renumber,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let recs = || proptest::collection::vec((0u8..5, 0usize..120), 0..12);
+        prop_oneof![
+            4 => recs().prop_map(Op::Append),
+            1 => recs().prop_map(Op::AppendInternal),
+            3 => any::<u8>().prop_map(Op::Ack),
+            1 => Just(Op::Reopen),
+            1 => Just(Op::Renumber),
+        ]
+    }
+
+    /// The queue as a plain ordered map, with the documented drop policy written out directly.
+    #[derive(Debug, Default)]
+    struct Model {
+        recs: BTreeMap<u64, Vec<u8>>,
+        next: u64,
+        drops: BTreeMap<String, u64>,
+    }
+
+    impl Model {
+        fn bytes(&self) -> u64 {
+            self.recs.values().map(|r| r.len() as u64).sum()
+        }
+
+        fn append(&mut self, recs: &[Encoded], limits: Limits, enforce: bool) -> Vec<u64> {
+            let mut seqs = Vec::new();
+            for r in recs {
+                let size = r.len() as u64;
+                if size > limits.max_bytes {
+                    bump(&mut self.drops, "oversize_record".into());
+                    seqs.push(0);
+                    continue;
+                }
+                let mut keep = true;
+                while enforce
+                    && (self.recs.len() as u64 + 1 > limits.max_records
+                        || self.bytes() + size > limits.max_bytes)
+                {
+                    let victim = (0..=r.rank()).find_map(|rank| {
+                        self.recs
+                            .iter()
+                            .find(|(_, b)| b[0] == rank)
+                            .map(|(s, _)| (*s, rank))
+                    });
+                    match victim {
+                        Some((seq, rank)) => {
+                            self.recs.remove(&seq);
+                            bump(&mut self.drops, full_reason(rank));
+                        }
+                        None => {
+                            bump(&mut self.drops, full_reason(r.rank()));
+                            keep = false;
+                            break;
+                        }
+                    }
+                }
+                if keep {
+                    self.recs.insert(self.next, r.bytes.clone());
+                    seqs.push(self.next);
+                    self.next += 1;
+                } else {
+                    seqs.push(0);
+                }
+            }
+            seqs
+        }
+    }
+
+    fn check_against(q: &Queue, m: &Model) {
+        check_blocks(q);
+        let want: Vec<(u64, &[u8])> = m.recs.iter().map(|(s, b)| (*s, &b[HEADER_LEN..])).collect();
+        let have = q.read_from(0, usize::MAX, usize::MAX).unwrap();
+        let have: Vec<(u64, &[u8])> = have.iter().map(|w| (w.seq, &w.payload[..])).collect();
+        assert_eq!(have, want);
+        let file = q.read_from_file(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(file.len(), want.len());
+        // Reads that start inside the queue, in small batches, as the forwarder reads.
+        if let Some(&mid) = m.recs.keys().nth(m.recs.len() / 2) {
+            let batch = q.read_from(mid, 3, usize::MAX).unwrap();
+            let expect: Vec<u64> = m.recs.range(mid..).take(3).map(|(s, _)| *s).collect();
+            assert_eq!(batch.iter().map(|w| w.seq).collect::<Vec<_>>(), expect);
+        }
+        let st = q.stats().unwrap();
+        assert_eq!(st.records, m.recs.len() as u64);
+        assert_eq!(st.bytes, m.bytes());
+        assert_eq!(st.next_seq, m.next);
+        assert_eq!(st.drops, m.drops);
+        assert_eq!(q.first_seq().unwrap(), m.recs.keys().next().copied());
+        let mut counts = [0u64; RANKS];
+        for r in m.recs.values() {
+            counts[r[0] as usize] += 1;
+        }
+        assert_eq!(q.state.lock().unwrap().counts, counts);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Random appends, evictions, acks, renumberings and reopens give what the model gives.
+        #[test]
+        fn behaves_like_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("q.redb");
+            let limits = Limits { max_records: 20, max_bytes: 2_000 };
+            let mut q = Queue::open_with(&path, limits, small_blocks()).unwrap();
+            let mut m = Model { next: q.next_seq(), ..Model::default() };
+            let mut n = 0;
+            let mut make = |spec: &[(u8, usize)]| -> Vec<Encoded> {
+                spec.iter()
+                    .map(|&(rank, len)| {
+                        n += 1;
+                        let msg = format!("{n}{}", "x".repeat(len));
+                        rec(Severity::from_rank(rank).unwrap(), &msg)
+                    })
+                    .collect()
+            };
+            for op in ops {
+                match op {
+                    Op::Append(spec) => {
+                        let recs = make(&spec);
+                        let out = q.append(&recs).unwrap();
+                        let seqs = m.append(&recs, limits, true);
+                        proptest::prop_assert_eq!(out.seqs, seqs);
+                    }
+                    Op::AppendInternal(spec) => {
+                        let recs = make(&spec);
+                        let out = q.append_internal(&recs).unwrap();
+                        let seqs = m.append(&recs, limits, false);
+                        proptest::prop_assert_eq!(out.seqs, seqs);
+                    }
+                    Op::Ack(f) => {
+                        let lo = m.recs.keys().next().copied().unwrap_or(m.next).saturating_sub(1);
+                        let up_to = lo + (m.next - lo) * u64::from(f) / 255;
+                        let gone: Vec<u64> = m.recs.range(..=up_to).map(|(s, _)| *s).collect();
+                        for s in &gone {
+                            m.recs.remove(s);
+                        }
+                        proptest::prop_assert_eq!(q.ack(up_to).unwrap(), gone.len() as u64);
+                    }
+                    Op::Reopen => {
+                        drop(q);
+                        q = Queue::open_with(&path, limits, small_blocks()).unwrap();
+                    }
+                    Op::Renumber => {
+                        let committed = m.next + 100;
+                        let moved = q.reconcile(committed).unwrap();
+                        proptest::prop_assert_eq!(moved, m.recs.len() as u64);
+                        let old = std::mem::take(&mut m.recs);
+                        m.next = committed + 1;
+                        for (_, r) in old {
+                            m.recs.insert(m.next, r);
+                            m.next += 1;
+                        }
+                    }
+                }
+                check_against(&q, &m);
+            }
+        }
     }
 }
