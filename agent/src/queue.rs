@@ -257,8 +257,9 @@ pub enum QueueError {
         "queue {path} is in use by another process (is another weir-agent running with the same data_dir?)"
     )]
     InUse { path: PathBuf },
-    /// Only a bug or an edited file makes one (redb checksums its pages); reads stop there
-    /// rather than skip records silently.
+    /// Only a bug or an edited file makes one (redb checksums its pages). Found at open, the
+    /// file is moved aside like any unreadable queue; found later, reads stop there rather than
+    /// skip records silently, and the next start moves the file aside.
     #[error(
         "queue {path}: block {block} is malformed at byte {offset}. Stop weir-agent, move {path} aside (keep it for analysis) and start it again with a fresh queue"
     )]
@@ -399,6 +400,22 @@ impl Dirty {
     }
 }
 
+/// Parses every stored block once at open, so a malformed one (a bug or an edited file: redb
+/// checksums its pages) makes the file unreadable as a whole and [`Queue::open`] moves it aside,
+/// instead of the forwarder stopping at that block later. Reads one block at a time: the cost is
+/// one pass over the queue file at start.
+fn check_blocks_parse(db: &Database, path: &Path) -> Result<(), QueueError> {
+    let txn = db.begin_read().map_err(|e| db_err(path, e))?;
+    let table = txn.open_table(BLOCKS).map_err(|e| db_err(path, e))?;
+    for item in table.iter().map_err(|e| db_err(path, e))? {
+        let (k, v) = item.map_err(|e| db_err(path, e))?;
+        for entry in block::records(v.value()) {
+            entry.map_err(|m| malformed(path, k.value(), m))?;
+        }
+    }
+    Ok(())
+}
+
 /// The live records (above `acked`) of the block stored at `key`.
 fn load_block(
     path: &Path,
@@ -526,6 +543,7 @@ impl Queue {
         let state = load_state(path, &txn)?;
         txn.commit().map_err(|e| db_err(path, e))?;
         legacy::migrate(&db, path, blocks)?;
+        check_blocks_parse(&db, path)?;
         Ok(Queue {
             db,
             path: path.to_path_buf(),
@@ -1344,6 +1362,43 @@ mod tests {
             .filter(|n| n.starts_with("queue.redb.corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1, "{aside:?}");
+    }
+
+    #[test]
+    fn malformed_block_found_at_open_moves_the_file_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        {
+            let q = Queue::open(&path, big()).unwrap();
+            q.append(&[rec(Severity::Info, "one"), rec(Severity::Info, "two")])
+                .unwrap();
+        }
+        {
+            // Cut the stored block inside its second record, as an edit or a bug could.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(BLOCKS).unwrap();
+                let (k, v) = {
+                    let (k, v) = t.first().unwrap().unwrap();
+                    (k.value(), v.value().to_vec())
+                };
+                t.insert(k, &v[..v.len() - 3]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let q = Queue::open(&path, big()).unwrap();
+        assert!(messages(&q).is_empty(), "a fresh queue");
+        q.append(&[rec(Severity::Info, "fresh")]).unwrap();
+        assert_eq!(messages(&q), ["fresh"]);
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("queue.redb.corrupt-")
+            })
+            .count();
+        assert_eq!(aside, 1);
     }
 
     #[test]
