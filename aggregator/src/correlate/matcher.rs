@@ -59,6 +59,9 @@ struct Scan {
     field: Field,
     /// Lowercase literals, run over the ASCII value lowercased.
     ac: AhoCorasick,
+    /// The same literals, leftmost-first: only asked whether any occurs. Unlike the standard
+    /// (overlapping) automaton, it gets aho-corasick's packed SIMD prefilter.
+    any: AhoCorasick,
     /// Offset of this scan's literals in the bitset, in bits.
     base: usize,
     len: usize,
@@ -480,14 +483,18 @@ impl Matcher {
             let ac = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
                 .build(&pats);
-            match ac {
-                Ok(ac) => scans.push(Scan {
+            let any = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(&pats);
+            match (ac, any) {
+                (Ok(ac), Ok(any)) => scans.push(Scan {
                     field,
                     ac,
+                    any,
                     base,
                     len: pats.len(),
                 }),
-                Err(_) => failed.push(field),
+                _ => failed.push(field),
             }
             base += pats.len();
         }
@@ -698,7 +705,7 @@ impl<'a> Cx<'a> {
                 }
                 self.lower.clear();
                 self.lower.extend(v.bytes().map(|b| b.to_ascii_lowercase()));
-                if s.ac.is_match(&self.lower[..]) {
+                if s.any.is_match(&self.lower[..]) {
                     for m in s.ac.find_overlapping_iter(&self.lower[..]) {
                         let b = s.base + m.pattern().as_usize();
                         self.bits[b / 64] |= 1 << (b % 64);
