@@ -793,8 +793,11 @@ impl Engine {
                         explicit.insert(n.clone());
                     }
                     CopySel::Regex(r) => {
+                        // The empty pattern (seed 003's default `copy_last`) matches every
+                        // name: no need to ask the regex for each.
+                        let all = r.as_str().is_empty();
                         for (k, v) in src.ev.properties() {
-                            if r.is_match(&k) {
+                            if all || r.is_match(&k) {
                                 props.insert(k.into_owned(), v.to_string());
                             }
                         }

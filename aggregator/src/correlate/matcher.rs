@@ -5,29 +5,47 @@
 //! this module to it. What it adds is speed, with no change of meaning:
 //!
 //! - **Index.** Rules with an `events` list are found by the event's name in a hash map, which
-//!   holds for each name the merged list of its rules and the rules without a list, in
-//!   priority order; only the latter are tested against every event.
+//!   holds for each name the merged list of its rules and the rules without a list; only the
+//!   latter are tested against every event. Each list is split into buckets by a *gate*: a
+//!   top-level AND filter of the rule (an `equals`, `in`, `matches`, `contains*` or `regex`
+//!   one, in that order of preference), which must hold for the rule to match. A bucket whose
+//!   gate fails is skipped whole: forty rules on six hostname globs cost six glob tests and
+//!   the programs of the rules whose glob matched.
 //! - **Severity floor.** A rule whose conditions require `severity >= X` at the top level is
-//!   skipped on one comparison ([`Rule::min_severity`]).
+//!   skipped on one comparison ([`Rule::min_severity`](super::rules::Rule::min_severity)).
+//! - **Each distinct filter once per event.** Filters are pure, so equal filters (same field,
+//!   op and value) in different rules are one *predicate*, evaluated at most once per event
+//!   and remembered: forty rules testing `hostname matches "db-*"` cost one glob test. The
+//!   memo is stamped with an event counter, so starting the next event clears nothing.
+//! - **Flat programs.** Each rule's condition tree is compiled into a branch program: a list
+//!   of `(predicate, next if true, next if false)` tests ending in accept or reject, evaluated
+//!   in a loop with the tree's short-circuit order, no recursion and no allocation. Jumps
+//!   only go to tests emitted earlier, so a program always ends.
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
-//!   `contains_all` filter on the same field go into one ASCII-case-insensitive Aho-Corasick
-//!   automaton. The first such filter an event reaches scans the field once and records which
-//!   literals occur in a bitset; every later literal filter on that field is a bit test instead
-//!   of a regex search. The filters' regexes are `(?i)` alternations of escaped literals, and
-//!   on ASCII text Unicode case folding of an ASCII literal is exactly ASCII case folding, so
-//!   the scan answers the same; a value with non-ASCII bytes, and a literal that is empty or
-//!   not ASCII, still goes through the filter's regex.
-//! - **One regex pass per field.** Likewise the `regex` filters on one field form one
-//!   `RegexSet` (same syntax, same "matches anywhere" semantics), run at most once per event
-//!   when the first of them is reached.
-//! - **One tag lookup per tag.** Other filters on `tags.X` read the value through a per-event
-//!   cache (up to [`TAG_SLOTS`] distinct tags; the rest look up each time): ten rules testing
-//!   `tags.vendor` search the event's tag map once.
+//!   `contains_all` filter on the same field go into one Aho-Corasick automaton of lowercase
+//!   literals, run over the value ASCII-lowercased: ASCII-case-insensitive matching. The first
+//!   such filter an event reaches scans the field once — a fast non-overlapping `is_match`
+//!   first, as most values contain none of the literals, then the overlapping search that
+//!   finds them all — and records which literals occur in a bitset; every literal filter on
+//!   that field is then a bit test. The
+//!   filters' regexes are `(?i)` alternations of escaped literals, and on ASCII text Unicode
+//!   case folding of an ASCII literal is exactly ASCII case folding, so the scan answers the
+//!   same; a value with non-ASCII bytes, and a literal that is empty or not ASCII, still goes
+//!   through the filter's regex.
+//! - **Regexes gated by required literals.** The runs of characters that every match of a
+//!   `regex` filter must contain (see [`required_literals`]) join its field's scan; on an
+//!   ASCII value that lacks one of them, the regex is not run: it cannot match. The regex
+//!   crate's own prefilters look at prefixes only, while `(?i)interface \S+/5 changed state`
+//!   is best told apart by its inner literal.
+//! - **One tag lookup per tag.** Filters on `tags.X` read the value through a per-event
+//!   cache (up to [`TAG_SLOTS`] distinct tags; the rest look up each time).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex::RegexSet;
+use regex::Regex;
+use regex_syntax::hir::{Class, Hir, HirKind};
 use weir_common::Severity;
 
 use super::EventIn;
@@ -35,65 +53,101 @@ use super::rules::{Cond, Field, Fields, Filter, Op, RuleSet};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// One field's literal scan or regex pass.
+/// One field's literal scan.
 #[derive(Debug)]
 struct Scan {
     field: Field,
-    kind: ScanKind,
-    /// Offset of this scan's patterns in the bitset, in bits.
+    /// Lowercase literals, run over the ASCII value lowercased.
+    ac: AhoCorasick,
+    /// The same literals, leftmost-first: only asked whether any occurs. Unlike the standard
+    /// (overlapping) automaton, it gets aho-corasick's packed SIMD prefilter.
+    any: AhoCorasick,
+    /// Offset of this scan's literals in the bitset, in bits.
     base: usize,
     len: usize,
 }
 
+/// A distinct filter of the rule set, evaluated at most once per event.
 #[derive(Debug)]
-enum ScanKind {
-    /// ASCII-case-insensitive literals; ASCII values only.
-    Literals(AhoCorasick),
-    /// The field's `regex` filters.
-    Regexes(RegexSet),
-}
-
-/// A condition tree with the literal filters bound to their scan.
-#[derive(Debug)]
-enum Node {
-    True,
-    All(Vec<Node>),
-    Any(Vec<Node>),
-    None(Vec<Node>),
-    /// A `contains*` filter answered by a scan: `bits` are its literals' positions in the
-    /// bitset; `all` for `contains_all`. `filter` answers when the value is not ASCII.
+enum Pred {
+    /// A `contains*` filter answered by its field's scan: `bits` are its literals' positions
+    /// in the bitset; `all` for `contains_all`. `filter` answers when the value is not ASCII.
     Literals {
         scan: usize,
         bits: Box<[u32]>,
         all: bool,
         filter: Filter,
     },
-    /// A `regex` filter answered by its field's regex pass (bit `bit` of the bitset).
+    /// A `regex` filter; `gate` is the scan and bits of its required literals (all of them
+    /// occur where it matches), if it has any.
     Regex {
-        scan: usize,
-        bit: u32,
+        field: Field,
+        regex: Regex,
+        gate: Option<(usize, Box<[u32]>)>,
     },
     /// Any other filter; `slot` is its tag's place in the per-event tag cache.
-    Filter {
-        filter: Filter,
-        slot: Option<u8>,
-    },
+    Plain { filter: Filter, slot: Option<u8> },
 }
+
+/// One step of a rule's branch program: test `pred`, go on at `on_true` or `on_false`
+/// (an index into the program, or [`ACCEPT`] / [`REJECT`]).
+#[derive(Debug, Clone, Copy)]
+struct Test {
+    pred: u32,
+    on_true: u32,
+    on_false: u32,
+}
+
+const ACCEPT: u32 = u32::MAX;
+const REJECT: u32 = u32::MAX - 1;
 
 /// Distinct `tags.X` names whose values are cached per event.
 const TAG_SLOTS: usize = 16;
 
+/// Shortest required literal worth a place in a scan: shorter ones rule out too little.
+const MIN_GATE: usize = 3;
+/// Required literals per regex at most.
+const MAX_GATES: usize = 4;
+
+/// Rules of one candidate list that share a gate (see the module docs), ascending.
+#[derive(Debug)]
+struct Bucket {
+    gate: Option<u32>,
+    rules: Box<[u32]>,
+}
+
+/// Splits `rules` (ascending) into buckets by their gates.
+fn buckets(rules: &[u32], gates: &[Option<u32>]) -> Box<[Bucket]> {
+    let mut at: FastMap<Option<u32>, usize> = FastMap::default();
+    let mut out: Vec<(Option<u32>, Vec<u32>)> = Vec::new();
+    for &r in rules {
+        let gate = gates[r as usize];
+        let i = *at.entry(gate).or_insert_with(|| {
+            out.push((gate, Vec::new()));
+            out.len() - 1
+        });
+        out[i].1.push(r);
+    }
+    out.into_iter()
+        .map(|(gate, rules)| Bucket {
+            gate,
+            rules: rules.into(),
+        })
+        .collect()
+}
+
 #[derive(Debug)]
 struct Plan {
     min_severity: Option<Severity>,
-    node: Node,
+    /// Where the rule's program starts (or [`ACCEPT`] for a rule without conditions).
+    entry: u32,
 }
 
 /// What a scan found for the current event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scanned {
     NotYet,
-    /// The bitset holds the patterns found.
+    /// The bitset holds the literals found.
     Bits,
     /// The value has non-ASCII bytes: the filters' regexes decide.
     NotAscii,
@@ -105,17 +159,25 @@ enum Scanned {
 #[derive(Debug)]
 pub(super) struct Matcher {
     /// Per event name: the rules naming it and the `generic` ones, merged (indices into the
-    /// rule set, ascending).
-    by_name: FastMap<Box<str>, Box<[u32]>>,
-    /// Rules without one, ascending: tested against every event.
-    generic: Vec<u32>,
+    /// rule set), by gate.
+    by_name: FastMap<Box<str>, Box<[Bucket]>>,
+    /// Rules without one, by gate: tested against every event.
+    generic: Box<[Bucket]>,
     plans: Vec<Plan>,
+    /// Every rule's branch program, one after the other.
+    program: Vec<Test>,
+    preds: Vec<Pred>,
     scans: Vec<Scan>,
-    /// Per event: what each scan found, and the literals found (one bit each).
-    scanned: Vec<Scanned>,
-    bits: Vec<u64>,
     /// Tag names of the per-event tag cache, by slot.
     tags: Vec<Box<str>>,
+    /// Per event: its number, each predicate's answer (`epoch << 1 | answer`, valid when the
+    /// epoch is the current one), what each scan found and the literals found (one bit each).
+    epoch: u64,
+    memo: Vec<u64>,
+    scanned: Vec<Scanned>,
+    bits: Vec<u64>,
+    /// The scanned value, lowercased (reused).
+    lower: Vec<u8>,
 }
 
 impl Default for Matcher {
@@ -124,20 +186,121 @@ impl Default for Matcher {
     }
 }
 
-/// Literals and regexes per field, while building.
+/// Predicates, programs and scan literals, while building.
 #[derive(Default)]
-struct Lits {
-    /// (field, regex pass?, patterns).
-    fields: Vec<(Field, bool, Vec<String>)>,
-    /// Scans that failed to build: their filters keep their own regexes.
-    disabled: Vec<(Field, bool)>,
+struct Builder {
+    preds: Vec<Pred>,
+    /// A filter's field and text (`hostname matches "db-*"`) name its predicate: for one
+    /// field, the text after the field name is the op (no spaces) and the value as JSON, and
+    /// the op and value determine the compiled filter.
+    known: FastMap<(Field, Arc<str>), u32>,
+    program: Vec<Test>,
+    /// Literals per scanned field, lowercase.
+    fields: Vec<(Field, Vec<String>)>,
+    /// Fields whose scan failed to build: their filters go without.
+    disabled: Vec<Field>,
     /// Tags read by plain filters, by cache slot.
     tags: Vec<Box<str>>,
 }
 
-impl Lits {
+impl Builder {
+    /// Emits `cond` with continuations `t` and `f`; returns its entry. Children are emitted
+    /// last to first, so every jump goes to an earlier test (or ends).
+    fn emit(&mut self, cond: &Cond, t: u32, f: u32) -> u32 {
+        match cond {
+            Cond::True => t,
+            Cond::All(c) => c.iter().rev().fold(t, |next, c| self.emit(c, next, f)),
+            Cond::Any(c) => c.iter().rev().fold(f, |next, c| self.emit(c, t, next)),
+            Cond::None(c) => c.iter().rev().fold(t, |next, c| self.emit(c, f, next)),
+            Cond::Filter(filter) => {
+                let pred = self.pred(filter);
+                self.program.push(Test {
+                    pred,
+                    on_true: t,
+                    on_false: f,
+                });
+                // Four billion tests do not fit in memory before this saturates.
+                u32::try_from(self.program.len() - 1).unwrap_or(REJECT)
+            }
+        }
+    }
+
+    /// A top-level AND filter of `cond` that must hold for it to match, if it has a selective
+    /// one (see the module docs).
+    fn gate(&mut self, cond: &Cond) -> Option<u32> {
+        let conjuncts = match cond {
+            Cond::All(c) => &c[..],
+            Cond::Filter(_) => std::slice::from_ref(cond),
+            _ => return None,
+        };
+        let rank = |f: &Filter| match f.op {
+            Op::Equals(_) | Op::In(_) => Some(0),
+            Op::Matches(_) => Some(1),
+            Op::ContainsAny { .. } | Op::ContainsAll { .. } => Some(2),
+            Op::Regex(_) => Some(3),
+            _ => None,
+        };
+        let (_, f) = conjuncts
+            .iter()
+            .filter_map(|c| match c {
+                Cond::Filter(f) => rank(f).map(|r| (r, f)),
+                _ => None,
+            })
+            .min_by_key(|(r, _)| *r)?;
+        Some(self.pred(f))
+    }
+
+    /// The predicate of `f`, shared with every equal filter.
+    fn pred(&mut self, f: &Filter) -> u32 {
+        let key = (f.field.clone(), f.text.clone());
+        if let Some(&p) = self.known.get(&key) {
+            return p;
+        }
+        let pred = self.compile(f);
+        self.preds.push(pred);
+        let p = u32::try_from(self.preds.len() - 1).unwrap_or(u32::MAX);
+        self.known.insert(key, p);
+        p
+    }
+
+    fn compile(&mut self, f: &Filter) -> Pred {
+        let (items, all) = match &f.op {
+            Op::ContainsAny { literals, .. } => (literals, false),
+            Op::ContainsAll { literals, .. } => (literals, true),
+            Op::Regex(r) => {
+                let lits = required_literals(r.as_str());
+                let gate = if lits.is_empty() {
+                    None
+                } else {
+                    self.add(&f.field, &lits)
+                };
+                return Pred::Regex {
+                    field: f.field.clone(),
+                    regex: r.clone(),
+                    gate,
+                };
+            }
+            _ => return self.plain(f),
+        };
+        // ASCII-case-insensitive scanning equals the regex only for non-empty ASCII
+        // literals (see the module docs).
+        if items.iter().any(|s| s.is_empty() || !s.is_ascii()) {
+            return self.plain(f);
+        }
+        let lower: Vec<String> = items.iter().map(|s| s.to_ascii_lowercase()).collect();
+        match self.add(&f.field, &lower) {
+            Some((scan, bits)) => Pred::Literals {
+                scan,
+                bits,
+                all,
+                filter: f.clone(),
+            },
+            None => self.plain(f),
+        }
+    }
+
     /// A plain filter, with its tag's cache slot when there is room.
-    fn plain(&mut self, f: &Filter) -> Node {
+    fn plain(&mut self, f: &Filter) -> Pred {
         let slot = match &f.field {
             Field::Tags(t) => match self.tags.iter().position(|x| x == t) {
                 Some(i) => u8::try_from(i).ok(),
@@ -149,30 +312,26 @@ impl Lits {
             },
             _ => None,
         };
-        Node::Filter {
+        Pred::Plain {
             filter: f.clone(),
             slot,
         }
     }
 
-    fn scan_of(&mut self, field: &Field, regex: bool) -> Option<usize> {
-        if self.disabled.iter().any(|(f, r)| f == field && *r == regex) {
+    /// Bit positions (within the field's scan) of `items`, adding new ones; `None` when the
+    /// field's scan is disabled.
+    fn add(&mut self, field: &Field, items: &[String]) -> Option<(usize, Box<[u32]>)> {
+        if self.disabled.contains(field) {
             return None;
         }
-        let i = self
-            .fields
-            .iter()
-            .position(|(f, r, _)| f == field && *r == regex);
-        Some(i.unwrap_or_else(|| {
-            self.fields.push((field.clone(), regex, Vec::new()));
-            self.fields.len() - 1
-        }))
-    }
-
-    /// Bit positions (within the field's scan) of `items`, adding new ones.
-    fn add(&mut self, field: &Field, regex: bool, items: &[String]) -> Option<(usize, Box<[u32]>)> {
-        let scan = self.scan_of(field, regex)?;
-        let pats = &mut self.fields[scan].2;
+        let scan = match self.fields.iter().position(|(f, _)| f == field) {
+            Some(i) => i,
+            None => {
+                self.fields.push((field.clone(), Vec::new()));
+                self.fields.len() - 1
+            }
+        };
+        let pats = &mut self.fields[scan].1;
         let mut bits = Vec::with_capacity(items.len());
         for item in items {
             let id = pats.iter().position(|p| p == item).unwrap_or_else(|| {
@@ -185,54 +344,94 @@ impl Lits {
     }
 }
 
-fn bind(cond: &Cond, lits: &mut Lits) -> Node {
-    let all = |c: &[Cond], lits: &mut Lits| c.iter().map(|c| bind(c, lits)).collect();
-    match cond {
-        Cond::True => Node::True,
-        Cond::All(c) => Node::All(all(c, lits)),
-        Cond::Any(c) => Node::Any(all(c, lits)),
-        Cond::None(c) => Node::None(all(c, lits)),
-        Cond::Filter(f) => {
-            let (items, is_all) = match &f.op {
-                Op::ContainsAny { literals, .. } => (literals, false),
-                Op::ContainsAll { literals, .. } => (literals, true),
-                Op::Regex(r) => {
-                    return match lits.add(&f.field, true, &[r.as_str().to_string()]) {
-                        Some((scan, bits)) => Node::Regex { scan, bit: bits[0] },
-                        None => lits.plain(f),
-                    };
+/// Runs of characters that every match of `pattern` contains, ASCII-lowercased, the longest
+/// [`MAX_GATES`] of at least [`MIN_GATE`] characters: on ASCII text a regex cannot match
+/// where one of them does not occur (ASCII-case-insensitively). A run is a sequence of
+/// adjacent literal bytes and of classes whose ASCII members are one character or one letter
+/// in both cases (what `(?i)` makes of a letter; its non-ASCII members such as the Kelvin
+/// sign cannot occur in ASCII text). Anything else — repetitions, alternations, anchors,
+/// wider classes — ends a run; that only makes it shorter, never wrong.
+/// (`regex-syntax`'s own literal extraction gives prefixes and suffixes only.)
+pub(super) fn required_literals(pattern: &str) -> Vec<String> {
+    // The regex crate parses with these defaults, so this is the HIR it compiled.
+    let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
+        return Vec::new();
+    };
+    let (mut run, mut runs) = (String::new(), Vec::new());
+    walk(&hir, &mut run, &mut runs);
+    flush(&mut run, &mut runs);
+    runs.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    runs.dedup();
+    runs.truncate(MAX_GATES);
+    runs
+}
+
+/// Ends the current run, keeping it if it is long enough.
+fn flush(run: &mut String, runs: &mut Vec<String>) {
+    if run.len() >= MIN_GATE {
+        runs.push(std::mem::take(run));
+    }
+    run.clear();
+}
+
+fn walk(h: &Hir, run: &mut String, best: &mut Vec<String>) {
+    match h.kind() {
+        HirKind::Empty => {}
+        HirKind::Literal(lit) => {
+            for &b in lit.0.iter() {
+                if b.is_ascii() {
+                    run.push(char::from(b.to_ascii_lowercase()));
+                } else {
+                    flush(run, best);
                 }
-                _ => return lits.plain(f),
-            };
-            // ASCII-case-insensitive scanning equals the regex only for non-empty ASCII
-            // literals (see the module docs).
-            if items.iter().any(|s| s.is_empty() || !s.is_ascii()) {
-                return lits.plain(f);
-            }
-            let lower: Vec<String> = items.iter().map(|s| s.to_ascii_lowercase()).collect();
-            match lits.add(&f.field, false, &lower) {
-                Some((scan, bits)) => Node::Literals {
-                    scan,
-                    bits,
-                    all: is_all,
-                    filter: f.clone(),
-                },
-                None => lits.plain(f),
             }
         }
+        HirKind::Class(c) => match one_ascii_char(c) {
+            Some(ch) => run.push(ch),
+            None => flush(run, best),
+        },
+        HirKind::Capture(c) => walk(&c.sub, run, best),
+        HirKind::Concat(hs) => hs.iter().for_each(|h| walk(h, run, best)),
+        HirKind::Repetition(r) => {
+            flush(run, best);
+            // Matched at least once: its own runs are required, not adjacent to anything.
+            if r.min >= 1 {
+                walk(&r.sub, run, best);
+                flush(run, best);
+            }
+        }
+        HirKind::Look(_) | HirKind::Alternation(_) => flush(run, best),
     }
 }
 
-fn rebase(node: &mut Node, bases: &[usize]) {
-    let base = |scan: usize| u32::try_from(bases[scan]).unwrap_or(u32::MAX);
-    match node {
-        Node::All(c) | Node::Any(c) | Node::None(c) => c.iter_mut().for_each(|n| rebase(n, bases)),
-        Node::Literals { scan, bits, .. } => {
-            let b = base(*scan);
-            bits.iter_mut().for_each(|x| *x = x.saturating_add(b));
+/// The one ASCII character (lowercase) a class can match in ASCII text, counting a letter's
+/// two cases as one.
+fn one_ascii_char(c: &Class) -> Option<char> {
+    let ranges: Vec<(u32, u32)> = match c {
+        Class::Unicode(u) => u
+            .ranges()
+            .iter()
+            .map(|r| (u32::from(r.start()), u32::from(r.end())))
+            .collect(),
+        Class::Bytes(b) => b
+            .ranges()
+            .iter()
+            .map(|r| (u32::from(r.start()), u32::from(r.end())))
+            .collect(),
+    };
+    let mut members = Vec::new();
+    for (start, end) in ranges {
+        for c in start..=end.min(0x7F) {
+            members.push(u8::try_from(c).ok()?);
+            if members.len() > 2 {
+                return None;
+            }
         }
-        Node::Regex { scan, bit } => *bit = bit.saturating_add(base(*scan)),
-        Node::True | Node::Filter { .. } => {}
+    }
+    match members[..] {
+        [a] => Some(char::from(a.to_ascii_lowercase())),
+        [a, b] if a != b && a.eq_ignore_ascii_case(&b) => Some(char::from(a.to_ascii_lowercase())),
+        _ => None,
     }
 }
 
@@ -248,17 +447,17 @@ impl Matcher {
         }
     }
 
-    /// Compiles the plans and scans; the scans that fail to build (only past the automata's
-    /// size limits) are returned, to be disabled.
-    fn build(rules: &RuleSet, disabled: Vec<(Field, bool)>) -> Result<Matcher, Vec<(Field, bool)>> {
+    /// Compiles the programs, predicates and scans; the fields whose scans fail to build
+    /// (only past the automata's size limits) are returned, to be disabled.
+    fn build(rules: &RuleSet, disabled: Vec<Field>) -> Result<Matcher, Vec<Field>> {
         let mut by_name: FastMap<Box<str>, Vec<u32>> = FastMap::default();
         let mut generic = Vec::new();
-        let mut lits = Lits {
-            fields: Vec::new(),
+        let mut b = Builder {
             disabled,
-            tags: Vec::new(),
+            ..Builder::default()
         };
         let mut plans = Vec::with_capacity(rules.rules.len());
+        let mut gates = Vec::with_capacity(rules.rules.len());
         for (i, r) in rules.rules.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             if r.events.is_empty() {
@@ -273,32 +472,29 @@ impl Matcher {
             }
             plans.push(Plan {
                 min_severity: r.min_severity,
-                node: bind(&r.cond, &mut lits),
+                entry: b.emit(&r.cond, ACCEPT, REJECT),
             });
+            gates.push(b.gate(&r.cond));
         }
-        let mut scans = Vec::with_capacity(lits.fields.len());
+        let mut scans = Vec::with_capacity(b.fields.len());
         let mut failed = Vec::new();
         let mut base = 0;
-        let tags = lits.tags;
-        for (field, regex, pats) in lits.fields {
-            let kind = if regex {
-                RegexSet::new(&pats).map(ScanKind::Regexes).ok()
-            } else {
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(&pats)
-                    .map(ScanKind::Literals)
-                    .ok()
-            };
-            match kind {
-                Some(kind) => scans.push(Scan {
+        for (field, pats) in b.fields {
+            let ac = AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&pats);
+            let any = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(&pats);
+            match (ac, any) {
+                (Ok(ac), Ok(any)) => scans.push(Scan {
                     field,
-                    kind,
+                    ac,
+                    any,
                     base,
                     len: pats.len(),
                 }),
-                None => failed.push((field, regex)),
+                _ => failed.push(field),
             }
             base += pats.len();
         }
@@ -312,58 +508,92 @@ impl Matcher {
                 let mut all: Vec<u32> = named.into_iter().chain(generic.iter().copied()).collect();
                 all.sort_unstable();
                 all.dedup();
-                (name, all.into_boxed_slice())
+                (name, buckets(&all, &gates))
             })
             .collect();
-        // Bit positions are per scan so far: shift each scan to its place in the bitset.
-        let bases: Vec<usize> = scans.iter().map(|s| s.base).collect();
-        for p in &mut plans {
-            rebase(&mut p.node, &bases);
+        let generic = buckets(&generic, &gates);
+        // Bit positions are per scan so far: shift each to its scan's place in the bitset.
+        let mut preds = b.preds;
+        let shift = |scan: usize, bit: &mut u32| {
+            let base = u32::try_from(scans[scan].base).unwrap_or(u32::MAX);
+            *bit = bit.saturating_add(base);
+        };
+        for p in &mut preds {
+            match p {
+                Pred::Literals { scan, bits, .. } => bits.iter_mut().for_each(|b| shift(*scan, b)),
+                Pred::Regex {
+                    gate: Some((scan, bits)),
+                    ..
+                } => bits.iter_mut().for_each(|b| shift(*scan, b)),
+                Pred::Regex { .. } | Pred::Plain { .. } => {}
+            }
         }
         Ok(Matcher {
             by_name,
             generic,
             plans,
+            program: b.program,
+            memo: vec![0; preds.len()],
+            preds,
             scanned: vec![Scanned::NotYet; scans.len()],
             bits: vec![0; base.div_ceil(64)],
             scans,
-            tags,
+            tags: b.tags,
+            epoch: 0,
+            lower: Vec::new(),
         })
     }
 
     /// Indices of the rules `ev` matches, in priority order (ascending index).
     pub(super) fn matching(&mut self, ev: &EventIn) -> Vec<u32> {
+        self.epoch += 1;
         self.scanned.fill(Scanned::NotYet);
-        let candidates: &[u32] = ev
+        let candidates: &[Bucket] = ev
             .name()
             .and_then(|n| self.by_name.get(n))
             .map_or(&self.generic, |v| &**v);
         let mut out = Vec::new();
         let mut cx = Cx {
+            program: &self.program,
+            preds: &self.preds,
             scans: &self.scans,
+            epoch: self.epoch,
+            memo: &mut self.memo,
             scanned: &mut self.scanned,
             bits: &mut self.bits,
             ev,
             tag_names: &self.tags,
             tags_known: 0,
             tags: [None; TAG_SLOTS],
+            lower: &mut self.lower,
         };
-        for &i in candidates {
-            let plan = &self.plans[i as usize];
-            if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
+        for b in candidates {
+            if b.gate.is_some_and(|g| !cx.pred(g)) {
                 continue;
             }
-            if cx.eval(&plan.node) {
-                out.push(i);
+            for &i in &b.rules {
+                let plan = &self.plans[i as usize];
+                if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
+                    continue;
+                }
+                if cx.run(plan.entry) {
+                    out.push(i);
+                }
             }
         }
+        // Buckets interleave: back to priority order.
+        out.sort_unstable();
         out
     }
 }
 
-/// One event's evaluation: the event and what the scans found so far.
+/// One event's evaluation: the event and what is known about it so far.
 struct Cx<'a> {
+    program: &'a [Test],
+    preds: &'a [Pred],
     scans: &'a [Scan],
+    epoch: u64,
+    memo: &'a mut [u64],
     scanned: &'a mut [Scanned],
     bits: &'a mut [u64],
     ev: &'a EventIn,
@@ -371,16 +601,42 @@ struct Cx<'a> {
     /// Which slots of `tags` hold this event's value (bit per slot).
     tags_known: u16,
     tags: [Option<&'a str>; TAG_SLOTS],
+    lower: &'a mut Vec<u8>,
 }
 
 impl<'a> Cx<'a> {
-    fn eval(&mut self, node: &Node) -> bool {
-        match node {
-            Node::True => true,
-            Node::All(c) => c.iter().all(|n| self.eval(n)),
-            Node::Any(c) => c.iter().any(|n| self.eval(n)),
-            Node::None(c) => !c.iter().any(|n| self.eval(n)),
-            Node::Filter { filter, slot } => {
+    /// Runs a rule's program from `entry`.
+    fn run(&mut self, entry: u32) -> bool {
+        let mut pc = entry;
+        while pc < REJECT {
+            let t = self.program[pc as usize];
+            pc = if self.pred(t.pred) {
+                t.on_true
+            } else {
+                t.on_false
+            };
+        }
+        pc == ACCEPT
+    }
+
+    /// Predicate `p`'s answer, computed once per event.
+    fn pred(&mut self, p: u32) -> bool {
+        let m = self.memo[p as usize];
+        if m >> 1 == self.epoch {
+            return m & 1 == 1;
+        }
+        let v = self.eval(&self.preds[p as usize]);
+        self.memo[p as usize] = self.epoch << 1 | u64::from(v);
+        v
+    }
+
+    fn bit(&self, b: u32) -> bool {
+        self.bits[b as usize / 64] & (1 << (b % 64)) != 0
+    }
+
+    fn eval(&mut self, pred: &Pred) -> bool {
+        match pred {
+            Pred::Plain { filter, slot } => {
                 let Some(slot) = slot else {
                     return filter.eval(self.ev);
                 };
@@ -391,11 +647,17 @@ impl<'a> Cx<'a> {
                     filter.eval_value(v)
                 }
             }
-            Node::Regex { scan, bit } => {
-                self.scan(*scan) == Scanned::Bits
-                    && self.bits[*bit as usize / 64] & (1 << (bit % 64)) != 0
+            Pred::Regex { field, regex, gate } => {
+                if let Some((scan, bits)) = gate {
+                    match self.scan(*scan) {
+                        Scanned::Missing => return false,
+                        Scanned::Bits if !bits.iter().all(|&b| self.bit(b)) => return false,
+                        _ => {}
+                    }
+                }
+                self.ev.get(field).is_some_and(|v| regex.is_match(v))
             }
-            Node::Literals {
+            Pred::Literals {
                 scan,
                 bits,
                 all,
@@ -404,11 +666,10 @@ impl<'a> Cx<'a> {
                 Scanned::Missing => false,
                 Scanned::NotAscii => filter.eval(self.ev),
                 _ => {
-                    let set = |b: &u32| self.bits[*b as usize / 64] & (1 << (b % 64)) != 0;
                     if *all {
-                        bits.iter().all(set)
+                        bits.iter().all(|&b| self.bit(b))
                     } else {
-                        bits.iter().any(set)
+                        bits.iter().any(|&b| self.bit(b))
                     }
                 }
             },
@@ -435,22 +696,20 @@ impl<'a> Cx<'a> {
             return self.scanned[i];
         }
         let s = &self.scans[i];
-        let found = match (self.ev.get(&s.field), &s.kind) {
-            (None, _) => Scanned::Missing,
-            (Some(v), ScanKind::Literals(_)) if !v.is_ascii() => Scanned::NotAscii,
-            (Some(v), kind) => {
+        let found = match self.ev.get(&s.field) {
+            None => Scanned::Missing,
+            Some(v) if !v.is_ascii() => Scanned::NotAscii,
+            Some(v) => {
                 for b in s.base..s.base + s.len {
                     self.bits[b / 64] &= !(1 << (b % 64));
                 }
-                let mut set = |i: usize| {
-                    let b = s.base + i;
-                    self.bits[b / 64] |= 1 << (b % 64);
-                };
-                match kind {
-                    ScanKind::Literals(ac) => ac
-                        .find_overlapping_iter(v)
-                        .for_each(|m| set(m.pattern().as_usize())),
-                    ScanKind::Regexes(rs) => rs.matches(v).iter().for_each(set),
+                self.lower.clear();
+                self.lower.extend(v.bytes().map(|b| b.to_ascii_lowercase()));
+                if s.any.is_match(&self.lower[..]) {
+                    for m in s.ac.find_overlapping_iter(&self.lower[..]) {
+                        let b = s.base + m.pattern().as_usize();
+                        self.bits[b / 64] |= 1 << (b % 64);
+                    }
                 }
                 Scanned::Bits
             }
@@ -487,7 +746,7 @@ mod tests {
     // Words for messages and literals: case variants, a word inside another, non-ASCII text
     // (the Kelvin sign and long s fold to ASCII k and s under Unicode rules), and an empty
     // literal.
-    const WORDS: [&str; 14] = [
+    const WORDS: [&str; 16] = [
         "link",
         "LINK",
         "Down",
@@ -502,6 +761,8 @@ mod tests {
         "session",
         "é",
         "",
+        "FAN fail",
+        "link down",
     ];
     const FIELDS: [&str; 5] = [
         "message",
@@ -522,7 +783,20 @@ mod tests {
         "in",
         "regex",
     ];
-    const REGEXES: [&str; 5] = ["(?i)li.k", "^down", "k", "(?i)s\\S+n", "fan|up$"];
+    // With and without a required literal (`down`, `link down`, `fan fail`, `kelvin` with the
+    // Kelvin sign under `(?i)`, `session` inside a repetition, `ink` past a class).
+    const REGEXES: [&str; 10] = [
+        "(?i)li.k",
+        "^down",
+        "k",
+        "(?i)s\\S+n",
+        "fan|up$",
+        "(?i)link down",
+        "FAN fail(ure)?",
+        "(?i)\u{212A}elvin",
+        "(se(ssion))+",
+        "[lL]ink d",
+    ];
 
     fn filter() -> impl Strategy<Value = Value> {
         (
@@ -649,8 +923,9 @@ mod tests {
         let mut m = Matcher::new(&set);
         assert_eq!(m.scans.len(), 1, "one scan for the message field");
         assert_eq!(m.scans[0].len, 5, "shared literals counted once");
+        let first = m.program[m.plans[3].entry as usize].pred;
         assert!(
-            matches!(m.plans[3].node, Node::Filter { .. }),
+            matches!(m.preds[first as usize], Pred::Plain { .. }),
             "non-ASCII literal"
         );
         let ev = |msg: &str| EventIn {
@@ -671,5 +946,91 @@ mod tests {
         // The Kelvin sign folds to k under the regex's Unicode rules: the regex decides.
         assert_eq!(m.matching(&ev("\u{212A}ELVIN")), vec![2]);
         assert_eq!(m.matching(&ev("café link down")), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn required_literals_are_the_runs_every_match_contains() {
+        let lit = |p: &str| required_literals(p);
+        assert_eq!(
+            lit(r"(?i)interface \S+/5 changed state to (down|up)"),
+            ["/5 changed state to ", "interface "]
+        );
+        assert_eq!(lit("FAN fail(ure)?"), ["fan fail"]);
+        assert_eq!(lit("^down$"), ["down"]);
+        // A repetition's body is required on its own; the Kelvin sign's class is `k` in ASCII.
+        assert_eq!(lit("xy(session)+yz"), ["session"]);
+        assert_eq!(lit("(?i)\u{212A}elvin"), ["kelvin"]);
+        assert_eq!(
+            lit("abcd.abc.abcd.abcde.abcdef.xyz"),
+            ["abcdef", "abcde", "abcd", "abc"]
+        );
+        // No required run of three: nothing to gate on.
+        let none: [&str; 0] = [];
+        assert_eq!(lit("fan|up"), none);
+        assert_eq!(lit("(?i)li.k"), none);
+        assert_eq!(lit("[a-z]+"), none);
+        assert_eq!(lit("(abc)?"), none);
+        assert_eq!(lit("é+"), none);
+    }
+
+    fn error_event(host: &str, msg: &str) -> EventIn {
+        EventIn {
+            id: "s:a:1".into(),
+            site: "s".into(),
+            agent: "a".into(),
+            event: Event::new(
+                InputKind::Syslog,
+                "syslog",
+                host,
+                Severity::Error,
+                msg,
+                Timestamp::UNIX_EPOCH,
+            ),
+        }
+    }
+
+    #[test]
+    fn equal_filters_are_one_predicate_and_regexes_are_gated() {
+        let mut rules = Vec::new();
+        for i in 0..20 {
+            rules.push(format!(
+                r#"{{"name": "g{i}", "conditions": {{"operator": "AND", "filters": [
+                    {{"field": "hostname", "op": "matches", "value": "db-*"}},
+                    {{"field": "message", "op": "regex", "value": "(?i)interface \\S+/{} changed"}}]}}}}"#,
+                i % 4
+            ));
+        }
+        let set =
+            RuleSet::parse(&format!("[{}]", rules.join(",")), Path::new("t.json")).expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.preds.len(), 5, "one glob and four regexes");
+        assert_eq!(m.program.len(), 40, "two tests per rule");
+        assert_eq!(
+            m.scans.len(),
+            1,
+            "the regexes' literals share the message scan"
+        );
+        assert_eq!(m.scans[0].len, 5, "`interface ` and four `/N changed`");
+        let hit: Vec<u32> = (1..20).step_by(4).collect();
+        assert_eq!(
+            m.matching(&error_event(
+                "db-1",
+                "Interface Gi0/1 changed state to down"
+            )),
+            hit
+        );
+        assert_eq!(
+            m.matching(&error_event("web-1", "Interface Gi0/1 changed")),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            m.matching(&error_event("db-1", "Interface Gi0/7 changed")),
+            Vec::<u32>::new()
+        );
+        // Non-ASCII: the gate does not apply, the regexes decide.
+        assert_eq!(
+            m.matching(&error_event("db-1", "ünterface: Interface Gi0/3 changed")),
+            (3..20).step_by(4).collect::<Vec<u32>>()
+        );
     }
 }
