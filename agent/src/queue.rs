@@ -70,9 +70,11 @@ const INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("block_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DROPS: TableDefinition<&str, u64> = TableDefinition::new("drops");
 
-/// redb page cache. The queue is written at its end and read from its start, so a small cache
-/// serves it well, and it keeps the agent within its memory budget on a small gateway.
-const CACHE_BYTES: usize = 8 << 20;
+/// redb page cache. The queue is written at its end and read from its start (mostly from the
+/// tail in memory), so a small cache serves it well, and it keeps the agent within its memory
+/// budget on a small gateway: 8 MiB here and a 4 MiB tail cost ~13 MB of peak RSS at 100k
+/// lines/s for no measurable throughput.
+const CACHE_BYTES: usize = 2 << 20;
 
 /// Longest time acknowledgement deletes stay non-durable (see `State::last_durable`).
 const ACK_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -80,7 +82,7 @@ const ACK_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 /// Most bytes of records kept in memory for the forwarder (see "The tail in memory"). With the
 /// link up, acknowledgements trim it to a few milliseconds of input; during an outage it holds
 /// the newest records and the forwarder reads the older ones from the file.
-const TAIL_BYTES: usize = 4 << 20;
+const TAIL_BYTES: usize = 1 << 20;
 
 /// Bytes of the per-record header: severity rank and receive time.
 pub const HEADER_LEN: usize = 9;
