@@ -15,6 +15,7 @@ pub mod service;
 pub mod snmp;
 pub mod syslog;
 pub mod trap_policy;
+mod udp_batch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

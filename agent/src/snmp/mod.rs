@@ -34,18 +34,15 @@ pub mod lib_adapter;
 pub mod map;
 
 use std::io;
-use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sockopt};
+use nix::sys::socket::sockopt;
 use serde::{Deserialize, Serialize};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,11 +56,11 @@ use weir_common::trap_policy::CompiledPolicy;
 use crate::pipeline::Sink;
 use crate::queue::Encoded;
 use crate::trap_policy::TrapPolicyState;
+// Most datagrams taken per `recvmmsg` call: udp_batch::BATCH.
+use crate::udp_batch::{self, BATCH as RECV_BATCH};
 
 /// Most datagrams handled per hand-over to the sink.
 const BATCH: usize = 256;
-/// Most datagrams taken per `recvmmsg` call.
-const RECV_BATCH: usize = 64;
 /// Largest UDP payload, rounded up.
 const DATAGRAM_MAX: usize = 64 << 10;
 
@@ -520,61 +517,6 @@ fn send_reply(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
     }
 }
 
-/// What `recvmmsg` said about one datagram.
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    len: usize,
-    peer: SocketAddr,
-}
-
-/// Receives up to [`RECV_BATCH`] datagrams into `bufs` (one [`DATAGRAM_MAX`] slot each) with
-/// one `recvmmsg` call, filling `metas`; returns the socket's kernel drop count when the kernel
-/// reported one (`SO_RXQ_OVFL`).
-fn recv_batch(sock: &UdpSocket, bufs: &mut [u8], metas: &mut Vec<Meta>) -> io::Result<Option<u32>> {
-    metas.clear();
-    let fd = sock.as_raw_fd();
-    sock.try_io(Interest::READABLE, || {
-        // Built per call (a few allocations per batch, not per datagram): nix's headers hold
-        // raw pointers, so they cannot live across an await in a Send task.
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, Some(nix::cmsg_space!(u32)));
-        let mut chunks = bufs.chunks_exact_mut(DATAGRAM_MAX);
-        let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
-            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("RECV_BATCH slots"))]);
-        let results = nix::sys::socket::recvmmsg(
-            fd,
-            &mut headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(io::Error::from)?;
-        let mut drops = None;
-        for r in results {
-            if let Ok(cmsgs) = r.cmsgs() {
-                for c in cmsgs {
-                    if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
-                        drops = Some(drops.unwrap_or(0).max(n));
-                    }
-                }
-            }
-            let peer = r.address.as_ref().and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|a| SocketAddr::from((a.ip(), a.port())))
-                    .or_else(|| {
-                        a.as_sockaddr_in6()
-                            .map(|a| SocketAddr::from((a.ip(), a.port())))
-                    })
-            });
-            metas.push(Meta {
-                len: r.bytes.min(DATAGRAM_MAX),
-                peer: peer.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
-            });
-        }
-        Ok(drops)
-    })
-}
-
 async fn run(
     sock: UdpSocket,
     mut processor: Processor,
@@ -608,7 +550,7 @@ async fn run(
         let received_at = Timestamp::now();
         // Several recvmmsg calls per wakeup, one hand-over to the sink for all of them.
         while received < BATCH {
-            match recv_batch(&sock, &mut bufs, &mut metas) {
+            match udp_batch::recv_batch(&sock, &mut bufs, DATAGRAM_MAX, &mut metas) {
                 Ok(drops) => {
                     if let Some(n) = drops
                         && n > kernel_drops
@@ -626,16 +568,19 @@ async fn run(
                     }
                     received += metas.len();
                     for (m, data) in metas.iter().zip(bufs.chunks_exact(DATAGRAM_MAX)) {
+                        let peer = m
+                            .peer
+                            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         if let Some(report) = take_datagram(
                             &mut processor,
                             &current,
                             &sink,
                             &data[..m.len],
-                            m.peer,
+                            peer,
                             received_at,
                             &mut batch,
                         ) {
-                            send_reply(&sock, &report, m.peer);
+                            send_reply(&sock, &report, peer);
                         }
                     }
                     if metas.len() < RECV_BATCH {

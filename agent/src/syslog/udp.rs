@@ -14,24 +14,23 @@
 //! longer than `max_message_bytes` is cut by the kernel to the receive slot and flagged
 //! truncated.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sockopt};
+use nix::sys::socket::sockopt;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{encode, submit};
 use crate::pipeline::Sink;
 use crate::queue::Encoded;
+use crate::udp_batch::Datagram;
 
 /// Most datagrams taken per `recvmmsg` call and handed over per submission.
-pub(super) const BATCH: usize = 64;
+pub(super) use crate::udp_batch::BATCH;
 
 /// Binds `count` sockets on `addr` (with `SO_REUSEPORT` when more than one) and asks for a
 /// receive buffer of `rcvbuf` bytes on each, warning when the kernel grants less.
@@ -96,14 +95,6 @@ pub(crate) fn grow_receive_buffer(
     }
 }
 
-/// What `recvmmsg` said about one datagram.
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    len: usize,
-    peer: Option<IpAddr>,
-    truncated: bool,
-}
-
 /// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams.
 pub(super) async fn run(
     sock: UdpSocket,
@@ -120,9 +111,8 @@ pub(super) async fn run(
     // The pages of the slots are only touched as far as datagrams fill them.
     let slot = max_message.clamp(1, 64 << 10);
     let mut bufs = vec![0u8; slot * BATCH];
-    let mut metas: Vec<Meta> = Vec::with_capacity(BATCH);
+    let mut metas = Vec::with_capacity(BATCH);
     let mut kernel_drops: u32 = 0;
-    let fd = sock.as_raw_fd();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -132,42 +122,8 @@ pub(super) async fn run(
                 continue;
             },
         }
-        metas.clear();
-        let mut newest_drops = kernel_drops;
-        let res = sock.try_io(Interest::READABLE, || {
-            // Built per call (three allocations per batch, not per datagram): nix's headers hold
-            // raw pointers, so they cannot live across an await in a Send task.
-            let mut headers =
-                MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
-            let mut chunks = bufs.chunks_exact_mut(slot);
-            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
-                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("BATCH slots"))]);
-            let results = nix::sys::socket::recvmmsg(
-                fd,
-                &mut headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            )
-            .map_err(io::Error::from)?;
-            for r in results {
-                if let Ok(cmsgs) = r.cmsgs() {
-                    for c in cmsgs {
-                        if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
-                            newest_drops = newest_drops.max(n);
-                        }
-                    }
-                }
-                metas.push(Meta {
-                    len: r.bytes,
-                    peer: r.address.as_ref().and_then(peer_ip),
-                    truncated: r.flags.contains(MsgFlags::MSG_TRUNC),
-                });
-            }
-            Ok(())
-        });
-        match res {
-            Ok(()) => {}
+        let newest_drops = match crate::udp_batch::recv_batch(&sock, &mut bufs, slot, &mut metas) {
+            Ok(drops) => drops.unwrap_or(0).max(kernel_drops),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "receiving syslog datagrams failed");
@@ -175,7 +131,7 @@ pub(super) async fn run(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-        }
+        };
         if newest_drops > kernel_drops {
             let lost = newest_drops - kernel_drops;
             socket_drops.increment(u64::from(lost));
@@ -212,18 +168,10 @@ pub(super) async fn run(
     tracing::debug!("syslog UDP listener stopped");
 }
 
-fn peer_ip(addr: &SockaddrStorage) -> Option<IpAddr> {
-    if let Some(a) = addr.as_sockaddr_in() {
-        return Some(IpAddr::V4(a.ip()));
-    }
-    addr.as_sockaddr_in6()
-        .map(|a| IpAddr::V6(a.ip()).to_canonical())
-}
-
 fn take_datagram(
     parser: &super::Parser,
     data: &[u8],
-    meta: &Meta,
+    meta: &Datagram,
     received_at: Timestamp,
     sink: &Sink,
     batch: &mut Vec<Encoded>,
@@ -232,9 +180,12 @@ fn take_datagram(
         sink.drops.count("empty_message");
         return;
     }
+    // IPv4-mapped IPv6 senders (a dual-stack socket) are shown as the IPv4 address they are.
     let peer = meta
         .peer
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+            a.ip().to_canonical()
+        });
     batch.push(encode(
         parser,
         sink,
