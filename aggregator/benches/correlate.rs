@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use jiff::Timestamp;
-use weir_aggregator::correlate::{Decision, Engine, EngineConfig, EventIn, RuleSet};
+use weir_aggregator::correlate::{Engine, EngineConfig, EventIn, RuleSet};
 use weir_common::{Event, InputKind, Severity};
 
 // The allocator the aggregator binary ships with (see src/main.rs).
@@ -366,23 +366,12 @@ fn report(mix: Mix, rules: &RuleSet, evs: &[(Arc<EventIn>, Timestamp)]) {
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     for (ev, arrival) in evs {
         for d in e.push(ev.clone(), *arrival) {
-            let kind = match d {
-                Decision::OpenIncident(_) => "open",
-                Decision::ClearIncident(_) => "clear",
-                Decision::Deduplicated { .. } => "dedup",
-                Decision::SuppressEvent { .. } => "suppress",
-                Decision::HoldEvent { .. } => "hold",
-                Decision::ReleaseEvent { .. } => "release",
-                Decision::AcknowledgeEvent { .. } => "ack",
-                Decision::Inhibited { .. } => "inhibited",
-                Decision::SiteInhibited { .. } => "site_inhibited",
-            };
-            *kinds.entry(kind).or_default() += 1;
+            *kinds.entry(d.kind()).or_default() += 1;
         }
     }
     let s = e.stats();
     let pct = |n: u64| n as f64 * 100.0 / s.events.max(1) as f64;
-    let opened = kinds.get("open").copied().unwrap_or(0) as u64;
+    let opened = kinds.get("open_incident").copied().unwrap_or(0) as u64;
     eprintln!(
         "{}: {} events, {} matched a rule, {} late, {} fired ({:.2} %), {opened} incidents opened ({:.2} %), live groups {}, window state {} KiB; decisions {kinds:?}",
         mix.name,

@@ -420,20 +420,6 @@ fn stateful_key(k: &StatefulKey) -> String {
     format!("stateful:{}\u{1f}{}\u{1f}{}", k.node, k.stateful, k.element)
 }
 
-fn decision_kind(d: &Decision) -> &'static str {
-    match d {
-        Decision::OpenIncident(_) => "open_incident",
-        Decision::ClearIncident(_) => "clear_incident",
-        Decision::Deduplicated { .. } => "deduplicated",
-        Decision::SuppressEvent { .. } => "suppress_event",
-        Decision::HoldEvent { .. } => "hold_event",
-        Decision::ReleaseEvent { .. } => "release_event",
-        Decision::AcknowledgeEvent { .. } => "acknowledge_event",
-        Decision::Inhibited { .. } => "inhibited",
-        Decision::SiteInhibited { .. } => "site_inhibited",
-    }
-}
-
 struct Worker {
     store: Arc<Store>,
     registry: Arc<Registry>,
@@ -584,7 +570,8 @@ impl Worker {
             return;
         }
         for d in &decisions {
-            metrics::counter!("weir_aggregator_correlation_decisions_total", "kind" => decision_kind(d)).increment(1);
+            metrics::counter!("weir_aggregator_correlation_decisions_total", "kind" => d.kind())
+                .increment(1);
         }
         let mut resolve = Vec::new();
         let mut takeovers: Vec<triggers::Takeover> = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use weir_tests::{Agent, Aggregator, Env, eventually, http_client};
+use weir_tests::{Agent, Aggregator, Env, agent_metric, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_output_lines_are_stored_and_bad_lines_counted() {
@@ -51,20 +51,8 @@ echo "this is not json"
         );
     }
     // The agent's metrics count the bad lines.
-    let metrics = http_client()
-        .get(format!("http://{}/metrics", agent.http_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("weir_agent_dropped_total{reason=\"script_invalid_line\"}")),
-        "{metrics}"
-    );
+    let bad = r#"weir_agent_dropped_total{reason="script_invalid_line"}"#;
+    assert!(agent_metric(&agent, bad).await >= 1.0, "{bad} not counted");
     agent.stop().await;
     agg.stop().await;
 }

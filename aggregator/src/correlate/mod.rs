@@ -309,6 +309,23 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// A short name of the decision's kind, for metrics labels and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::OpenIncident(_) => "open_incident",
+            Decision::ClearIncident(_) => "clear_incident",
+            Decision::Deduplicated { .. } => "deduplicated",
+            Decision::SuppressEvent { .. } => "suppress_event",
+            Decision::HoldEvent { .. } => "hold_event",
+            Decision::ReleaseEvent { .. } => "release_event",
+            Decision::AcknowledgeEvent { .. } => "acknowledge_event",
+            Decision::Inhibited { .. } => "inhibited",
+            Decision::SiteInhibited { .. } => "site_inhibited",
+        }
+    }
+}
+
 /// Serde for `Arc<str>` as a plain string (serde's own impl needs its `rc` feature, which
 /// would rebuild every crate that uses serde).
 mod arc_str {
