@@ -24,15 +24,14 @@
 //! SHA/AES from engine `80001f8804776569722d6c6f616467656e`, trap OID
 //! 1.3.6.1.4.1.8072.2.3.0.1 and one varbind `seq=N`. Not included: the receive syscalls.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
-use tokio_util::sync::CancellationToken;
-use weir_agent::dedup::{DedupConfig, DedupRules};
-use weir_agent::pipeline::{self, Sink, WriterOptions};
-use weir_agent::queue::{Limits, Queue};
+use weir_agent::dedup::DedupConfig;
+use weir_agent::pipeline::Sink;
 use weir_agent::snmp::lib_adapter::{LocalEngine, Processor, encode};
 use weir_agent::snmp::{self, Auth, Batch, Priv, UserSpec};
 use weir_common::Record;
@@ -40,8 +39,6 @@ use weir_common::trap_policy::CompiledPolicy;
 
 /// Datagrams per hand-over: about what one listener wakeup takes at 100k traps/s.
 const BATCH: usize = 64;
-/// Most traps submitted but not yet read back (the link keeps up, as in a sustained run).
-const AHEAD: u64 = 4096;
 const TRAP_OID: &str = "1.3.6.1.4.1.8072.2.3.0.1";
 const SEQ_OID: &str = "1.3.6.1.4.1.8072.2.3.2.1";
 const SENDER_ENGINE: &str = "80001f8804776569722d6c6f616467656e";
@@ -138,85 +135,31 @@ async fn run(
     mut processor: Processor,
     dir: &std::path::Path,
 ) -> anyhow::Result<(u64, std::collections::BTreeMap<String, u64>)> {
-    let queue = Arc::new(Queue::open(
-        &dir.join("queue.redb"),
-        Limits {
-            max_records: 20_000_000,
-            max_bytes: 8 << 30,
-        },
-    )?);
     let mut dedup = DedupConfig::default();
     dedup.snmp_trap.window = weir_common::config::HumanDuration::secs(0);
-    let (sink, rx) = pipeline::channel(16_384, DedupRules::new(&dedup));
-    let (committed_tx, mut committed_rx) = tokio::sync::watch::channel(0u64);
-    let (read_tx, mut read_rx) = tokio::sync::watch::channel(0u64);
-    let shutdown = CancellationToken::new();
-    let writer = tokio::spawn(pipeline::run_writer(
-        queue.clone(),
-        rx,
-        committed_tx,
-        WriterOptions {
-            drop_report_interval: Duration::from_secs(3600),
-            dedup_flush_interval: Duration::from_millis(500),
-            dedup_max_keys: 65_536,
-        },
-        shutdown.clone(),
-    ));
-    // The forwarder's side: read as commits land and acknowledge; each record must be the
-    // next trap's event (seq order is kept from datagram to queue).
-    let q = queue.clone();
-    let forwarder = tokio::spawn(async move {
-        let mut cursor = 0u64;
-        let mut read = 0u64;
-        loop {
-            let ended = committed_rx.changed().await.is_err();
-            loop {
-                let q2 = q.clone();
-                let batch =
-                    tokio::task::spawn_blocking(move || q2.read_from(cursor, 2000, 4 << 20))
-                        .await??;
-                let Some(last) = batch.last() else { break };
-                cursor = last.seq + 1;
-                for w in &batch {
-                    let Record::Event(ev) = postcard::from_bytes::<Record>(&w.payload)? else {
-                        anyhow::bail!("record {} is not an event", w.seq);
-                    };
-                    let want = format!("string:seq={read}");
-                    anyhow::ensure!(
-                        ev.tags.get(&format!("vb.{SEQ_OID}")) == Some(&want)
-                            && ev.tag.as_deref() == Some("SNMP_TRAP_1.3.6.1.4.1.8072.2.3.0.1"),
-                        "record {} is not trap {read}: {ev:?}",
-                        w.seq
-                    );
-                    read += 1;
-                }
-                read_tx.send_replace(read);
-                let q2 = q.clone();
-                let upto = cursor - 1;
-                tokio::task::spawn_blocking(move || q2.ack(upto)).await??;
-            }
-            if ended {
-                return anyhow::Ok(read);
-            }
-        }
-    });
+    // Each record must be the next trap's event (seq order is kept from datagram to queue).
+    let mut p = common::start(dir, &dedup, |read, w| {
+        let Record::Event(ev) = postcard::from_bytes::<Record>(&w.payload)? else {
+            anyhow::bail!("record {} is not an event", w.seq);
+        };
+        let want = format!("string:seq={read}");
+        anyhow::ensure!(
+            ev.tags.get(&format!("vb.{SEQ_OID}")) == Some(&want)
+                && ev.tag.as_deref() == Some("SNMP_TRAP_1.3.6.1.4.1.8072.2.3.0.1"),
+            "record {} is not trap {read}: {ev:?}",
+            w.seq
+        );
+        Ok(true)
+    })?;
     let policy = CompiledPolicy::default();
     let peer: SocketAddr = "127.0.0.1:40000".parse()?;
-    let mut sent = 0u64;
     let mut batch = Batch::default();
     for chunk in datagrams.chunks(BATCH) {
-        read_rx
-            .wait_for(|read| sent <= read + AHEAD)
-            .await
-            .map_err(|_| anyhow::anyhow!("the forwarder stopped"))?;
-        sent += chunk.len() as u64;
-        take_batch(&mut processor, &policy, &sink, chunk, peer, &mut batch);
-        sink.send_encoded(std::mem::take(&mut batch.records))
+        p.pace(chunk.len()).await?;
+        take_batch(&mut processor, &policy, &p.sink, chunk, peer, &mut batch);
+        p.sink
+            .send_encoded(std::mem::take(&mut batch.records))
             .await?;
     }
-    let drops = sink.drops.snapshot();
-    drop(sink);
-    shutdown.cancel();
-    writer.await?;
-    Ok((forwarder.await??, drops))
+    p.finish().await
 }
