@@ -272,6 +272,27 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// An error of the machine (disk full, read-only file system, permissions, memory), not of
+    /// the file: moving the file aside would not help and would hide the queued records, so
+    /// [`Queue::open`] returns it instead and the agent refuses to start, saying why.
+    fn is_environment(&self) -> bool {
+        use std::io::ErrorKind as K;
+        matches!(
+            self,
+            QueueError::Db { error: redb::Error::Io(e), .. }
+                if matches!(
+                    e.kind(),
+                    K::StorageFull
+                        | K::QuotaExceeded
+                        | K::ReadOnlyFilesystem
+                        | K::PermissionDenied
+                        | K::OutOfMemory
+                )
+        )
+    }
+}
+
 /// In-memory mirror of the counters in `meta`, plus eviction cursors.
 #[derive(Debug, Clone)]
 struct State {
@@ -511,6 +532,8 @@ impl Queue {
         match Self::try_open(path, limits, blocks) {
             Ok(q) => Ok(q),
             Err(QueueError::InUse { path }) => Err(QueueError::InUse { path }),
+            // A full disk during the migration, say, must not cost the queued records.
+            Err(err) if err.is_environment() => Err(err),
             Err(err) if path.exists() => {
                 let aside = PathBuf::from(format!(
                     "{}.corrupt-{}",
@@ -620,8 +643,16 @@ impl Queue {
                         || st.bytes + size > self.limits.max_bytes)
                 {
                     match self.evict_for(&blocks, &index, &mut dirty, &mut new, st, rec.rank())? {
-                        Some(reason) => {
+                        Some((reason, from_new)) => {
                             bump(&mut out.drops, reason);
+                            if let Some(seq) = from_new {
+                                // A record this append had kept was evicted after all: it is
+                                // not stored, so its caller must not be told it was.
+                                if let Some(slot) = out.seqs.iter_mut().rev().find(|s| **s == seq) {
+                                    *slot = 0;
+                                }
+                                out.kept -= 1;
+                            }
                             if dirty.bytes > self.blocks.max_dirty_bytes {
                                 dirty
                                     .write_back(&mut blocks, &mut index, self.blocks)
@@ -645,11 +676,11 @@ impl Queue {
                 st.next_seq += 1;
                 st.bytes += size;
                 st.counts[rec.rank() as usize] += 1;
-                if out.kept == 0 {
-                    out.first_seq = seq;
-                }
-                out.last_seq = seq;
                 out.kept += 1;
+            }
+            if let (Some(first), Some(last)) = (new.front(), new.back()) {
+                out.first_seq = first.0;
+                out.last_seq = last.0;
             }
             dirty
                 .write_back(&mut blocks, &mut index, self.blocks)
@@ -691,7 +722,8 @@ impl Queue {
     }
 
     /// Evicts the oldest record of the lowest severity rank `<= incoming`, returning the drop
-    /// reason, or `None` when every queued record is more severe than the incoming one.
+    /// reason and, when the victim was one of this append's own records (`new`), its sequence;
+    /// `None` when every queued record is more severe than the incoming one.
     ///
     /// Looks in the stored blocks first (through their summaries, from the rank's cursor; a
     /// block evicted from is loaded into `dirty` and changed there), then in `new`, the records
@@ -704,7 +736,7 @@ impl Queue {
         new: &mut VecDeque<(u64, &[u8])>,
         st: &mut State,
         incoming: u8,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Option<(String, Option<u64>)>, QueueError> {
         let path = &self.path;
         for rank in 0..=incoming as usize {
             if st.counts[rank] == 0 {
@@ -738,19 +770,19 @@ impl Queue {
                 }
                 st.cursor[rank] = key + 1;
             }
-            let victim_len = match found {
-                Some((_, rec)) => Some(rec.len()),
+            let victim = match found {
+                Some((_, rec)) => Some((rec.len(), None)),
                 None => new
                     .iter()
                     .position(|(_, r)| block::rank_of(r) == rank)
                     .and_then(|i| new.remove(i))
-                    .map(|(_, r)| r.len()),
+                    .map(|(seq, r)| (r.len(), Some(seq))),
             };
-            match victim_len {
-                Some(len) => {
+            match victim {
+                Some((len, from_new)) => {
                     st.counts[rank] -= 1;
                     st.bytes = st.bytes.saturating_sub(len as u64);
-                    return Ok(Some(full_reason(rank as u8)));
+                    return Ok(Some((full_reason(rank as u8), from_new)));
                 }
                 None => {
                     // The counter was stale (cannot happen unless the file was edited): repair.
@@ -1367,6 +1399,47 @@ mod tests {
     }
 
     #[test]
+    fn a_record_evicted_by_a_later_one_in_the_same_append_is_not_reported_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_records: 3,
+            max_bytes: 1 << 30,
+        };
+        let q = Queue::open(&dir.path().join("queue.redb"), limits).unwrap();
+        q.append(&[
+            rec(Severity::Debug, "debug"),
+            rec(Severity::Critical, "crit-1"),
+            rec(Severity::Critical, "crit-2"),
+        ])
+        .unwrap();
+        // info-a evicts the debug record; info-b then evicts info-a (the oldest info).
+        let out = q
+            .append(&[rec(Severity::Info, "info-a"), rec(Severity::Info, "info-b")])
+            .unwrap();
+        assert_eq!(out.kept, 1);
+        assert_eq!(out.seqs[0], 0, "info-a was evicted: {:?}", out.seqs);
+        assert_ne!(out.seqs[1], 0);
+        assert_eq!((out.first_seq, out.last_seq), (out.seqs[1], out.seqs[1]));
+        assert_eq!(messages(&q), ["crit-1", "crit-2", "info-b"]);
+    }
+
+    #[test]
+    fn machine_errors_are_not_treated_as_a_corrupt_file() {
+        let db = |kind| QueueError::Db {
+            path: PathBuf::from("q"),
+            error: redb::Error::Io(std::io::Error::from(kind)),
+        };
+        assert!(db(std::io::ErrorKind::StorageFull).is_environment());
+        assert!(db(std::io::ErrorKind::ReadOnlyFilesystem).is_environment());
+        assert!(!db(std::io::ErrorKind::UnexpectedEof).is_environment());
+        let corrupt = QueueError::Db {
+            path: PathBuf::from("q"),
+            error: redb::Error::Corrupted("bad page".into()),
+        };
+        assert!(!corrupt.is_environment());
+    }
+
+    #[test]
     fn malformed_block_found_at_open_moves_the_file_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queue.redb");
@@ -1769,6 +1842,10 @@ mod tests {
                         Some((seq, rank)) => {
                             self.recs.remove(&seq);
                             bump(&mut self.drops, full_reason(rank));
+                            // One of this append's own records: not stored after all.
+                            if let Some(s) = seqs.iter_mut().find(|s| **s == seq) {
+                                *s = 0;
+                            }
                         }
                         None => {
                             bump(&mut self.drops, full_reason(r.rank()));
@@ -1843,6 +1920,11 @@ mod tests {
                         let recs = make(&spec);
                         let out = q.append(&recs).unwrap();
                         let seqs = m.append(&recs, limits, true);
+                        let kept: Vec<u64> = seqs.iter().copied().filter(|s| *s != 0).collect();
+                        proptest::prop_assert_eq!(out.kept as usize, kept.len());
+                        if let (Some(first), Some(last)) = (kept.first(), kept.last()) {
+                            proptest::prop_assert_eq!((out.first_seq, out.last_seq), (*first, *last));
+                        }
                         proptest::prop_assert_eq!(out.seqs, seqs);
                     }
                     Op::AppendInternal(spec) => {

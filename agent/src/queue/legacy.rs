@@ -3,9 +3,10 @@
 //!
 //! That format stored one entry per record in `records` (`u64` sequence → the record bytes, the
 //! same bytes a block holds) and the same `meta` counters. [`migrate`] moves the records into
-//! blocks oldest first, in durable transactions of [`CHUNK_RECORDS`] records, each deleting what
-//! it moved: a crash between two leaves the oldest records in blocks and the rest in `records`,
-//! with every sequence in exactly one place, and the next open carries on. The empty table is
+//! blocks oldest first, in durable transactions of at most [`CHUNK_RECORDS`] records and
+//! [`CHUNK_BYTES`] bytes, each deleting what it moved: a crash between two leaves the oldest
+//! records in blocks and the rest in `records`, with every sequence in exactly one place, and
+//! the next open carries on. The empty table is
 //! deleted at the end, so a migrated file costs nothing at later opens. The counters in `meta`
 //! (`next_seq`, `bytes`, `count.<rank>`) mean the same in both formats and are kept.
 
@@ -19,8 +20,9 @@ use super::{BLOCKS, INDEX, QueueError, db_err, put_chunked};
 /// The old per-record table.
 pub(super) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 
-/// Records moved per transaction: bounds the memory and the size of one commit.
+/// Most records and bytes moved per transaction: bound the memory and the size of one commit.
 const CHUNK_RECORDS: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// Moves every record of the old `records` table into blocks, keeping its sequence. Returns how
 /// many were moved; 0 (and no write) for a file without that table.
@@ -42,8 +44,13 @@ pub(super) fn migrate(db: &Database, path: &Path, limits: BlockLimits) -> Result
         let n = {
             let mut old = txn.open_table(RECORDS).map_err(|e| db_err(path, e))?;
             let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
-            for item in old.iter().map_err(|e| db_err(path, e))?.take(CHUNK_RECORDS) {
+            let mut bytes = 0;
+            for item in old.iter().map_err(|e| db_err(path, e))? {
+                if chunk.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
+                    break;
+                }
                 let (k, v) = item.map_err(|e| db_err(path, e))?;
+                bytes += v.value().len();
                 chunk.push((k.value(), v.value().to_vec()));
             }
             if let Some(&(last, _)) = chunk.last() {
