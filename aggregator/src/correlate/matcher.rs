@@ -197,6 +197,9 @@ struct Builder {
     program: Vec<Test>,
     /// Literals per scanned field, lowercase.
     fields: Vec<(Field, Vec<String>)>,
+    /// Each literal's position in `fields`, per field (so adding one is not a linear search:
+    /// rule files and dry-run requests can carry many).
+    literal_ids: Vec<FastMap<String, u32>>,
     /// Fields whose scan failed to build: their filters go without.
     disabled: Vec<Field>,
     /// Tags read by plain filters, by cache slot.
@@ -328,17 +331,19 @@ impl Builder {
             Some(i) => i,
             None => {
                 self.fields.push((field.clone(), Vec::new()));
+                self.literal_ids.push(FastMap::default());
                 self.fields.len() - 1
             }
         };
         let pats = &mut self.fields[scan].1;
+        let ids = &mut self.literal_ids[scan];
         let mut bits = Vec::with_capacity(items.len());
         for item in items {
-            let id = pats.iter().position(|p| p == item).unwrap_or_else(|| {
+            let id = *ids.entry(item.clone()).or_insert_with(|| {
                 pats.push(item.clone());
-                pats.len() - 1
+                u32::try_from(pats.len() - 1).unwrap_or(u32::MAX)
             });
-            bits.push(u32::try_from(id).unwrap_or(u32::MAX));
+            bits.push(id);
         }
         Some((scan, bits.into()))
     }
@@ -465,7 +470,8 @@ impl Matcher {
             } else {
                 for n in &r.events {
                     let v = by_name.entry(n.as_str().into()).or_default();
-                    if !v.contains(&i) {
+                    // Rules come in order, so a repeat can only be this rule's own.
+                    if v.last() != Some(&i) {
                         v.push(i);
                     }
                 }
@@ -910,6 +916,23 @@ mod tests {
         }
     }
 
+    /// An info syslog event from host `h` with `msg`.
+    fn syslog_event(msg: &str) -> EventIn {
+        EventIn {
+            id: "s:a:1".into(),
+            site: "s".into(),
+            agent: "a".into(),
+            event: Event::new(
+                InputKind::Syslog,
+                "syslog",
+                "h",
+                Severity::Info,
+                msg,
+                Timestamp::UNIX_EPOCH,
+            ),
+        }
+    }
+
     #[test]
     fn literals_share_one_scan_per_field_and_non_ascii_falls_back() {
         let set = RuleSet::parse(
@@ -928,24 +951,25 @@ mod tests {
             matches!(m.preds[first as usize], Pred::Plain { .. }),
             "non-ASCII literal"
         );
-        let ev = |msg: &str| EventIn {
-            id: "s:a:1".into(),
-            site: "s".into(),
-            agent: "a".into(),
-            event: Event::new(
-                InputKind::Syslog,
-                "syslog",
-                "h",
-                Severity::Info,
-                msg,
-                Timestamp::UNIX_EPOCH,
-            ),
-        };
-        assert_eq!(m.matching(&ev("eth0: LINK DOWN")), vec![0, 1]);
-        assert_eq!(m.matching(&ev("down, then link")), vec![1]);
+        assert_eq!(m.matching(&syslog_event("eth0: LINK DOWN")), vec![0, 1]);
+        assert_eq!(m.matching(&syslog_event("down, then link")), vec![1]);
         // The Kelvin sign folds to k under the regex's Unicode rules: the regex decides.
-        assert_eq!(m.matching(&ev("\u{212A}ELVIN")), vec![2]);
-        assert_eq!(m.matching(&ev("café link down")), vec![0, 1, 3]);
+        assert_eq!(m.matching(&syslog_event("\u{212A}ELVIN")), vec![2]);
+        assert_eq!(m.matching(&syslog_event("café link down")), vec![0, 1, 3]);
+    }
+
+    /// A rule file (or dry-run request) with many literals: each distinct one is kept once,
+    /// and the last still matches (the builder looks literals up, not through a list).
+    #[test]
+    fn many_literals_are_deduplicated_and_all_match() {
+        let words: Vec<String> = (0..20_000).map(|i| format!("word{}", i % 10_000)).collect();
+        let rule = serde_json::json!([{"name": "many", "conditions":
+            {"field": "message", "op": "contains_any", "value": words}}]);
+        let set = RuleSet::parse(&rule.to_string(), Path::new("t.json")).expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.scans[0].len, 10_000, "repeated literals counted once");
+        assert_eq!(m.matching(&syslog_event("saw word9999 here")), vec![0]);
+        assert!(m.matching(&syslog_event("saw nothing here")).is_empty());
     }
 
     #[test]
