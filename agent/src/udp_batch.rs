@@ -64,7 +64,8 @@ pub(crate) fn recv_batch(
             if let Ok(cmsgs) = r.cmsgs() {
                 for c in cmsgs {
                     if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
-                        drops = Some(drops.unwrap_or(0).max(n));
+                        // In arrival order: the last is the newest (the counter wraps).
+                        drops = Some(n);
                     }
                 }
             }
@@ -78,10 +79,53 @@ pub(crate) fn recv_batch(
     })
 }
 
+/// The sender, with an IPv6 address's scope id and flow info kept: a reply to a link-local
+/// sender (`fe80::1%eth0`) needs its scope.
 fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = a.as_sockaddr_in() {
-        return Some(SocketAddr::from((a.ip(), a.port())));
+        return Some(SocketAddr::V4((*a).into()));
     }
-    a.as_sockaddr_in6()
-        .map(|a| SocketAddr::from((a.ip(), a.port())))
+    a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+}
+
+/// A socket's cumulative kernel drop counter (`SO_RXQ_OVFL`, a `u32` that wraps), turned into
+/// the drops since the last report.
+#[derive(Debug, Default)]
+pub(crate) struct KernelDrops {
+    last: u32,
+}
+
+impl KernelDrops {
+    /// Datagrams the kernel dropped since the last call, given what [`recv_batch`] returned.
+    pub(crate) fn observe(&mut self, reported: Option<u32>) -> u32 {
+        let Some(n) = reported else { return 0 };
+        let lost = n.wrapping_sub(self.last);
+        self.last = n;
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_drops_count_across_the_counter_wrapping() {
+        let mut k = KernelDrops::default();
+        assert_eq!(k.observe(None), 0);
+        assert_eq!(k.observe(Some(5)), 5);
+        assert_eq!(k.observe(Some(5)), 0);
+        assert_eq!(k.observe(Some(u32::MAX - 1)), u32::MAX - 6);
+        assert_eq!(k.observe(Some(3)), 5, "wrapped: MAX-1 -> 3 is 5 drops");
+    }
+
+    #[test]
+    fn ipv6_senders_keep_their_scope() {
+        let v6: std::net::SocketAddrV6 = "[fe80::1]:162".parse().unwrap();
+        let v6 = std::net::SocketAddrV6::new(*v6.ip(), v6.port(), 0, 7);
+        let storage = SockaddrStorage::from(SocketAddr::V6(v6));
+        assert_eq!(socket_addr(&storage), Some(SocketAddr::V6(v6)));
+        let v4: SocketAddr = "192.0.2.1:514".parse().unwrap();
+        assert_eq!(socket_addr(&SockaddrStorage::from(v4)), Some(v4));
+    }
 }

@@ -531,7 +531,7 @@ async fn run(
     // Pages of the slots are only touched as far as datagrams fill them.
     let mut bufs = vec![0u8; DATAGRAM_MAX * RECV_BATCH];
     let mut metas = Vec::with_capacity(RECV_BATCH);
-    let mut kernel_drops: u32 = 0;
+    let mut kernel_drops = udp_batch::KernelDrops::default();
     let mut batch = Batch {
         records: Vec::with_capacity(BATCH),
         replies: Vec::new(),
@@ -552,11 +552,8 @@ async fn run(
         while received < BATCH {
             match udp_batch::recv_batch(&sock, &mut bufs, DATAGRAM_MAX, &mut metas) {
                 Ok(drops) => {
-                    if let Some(n) = drops
-                        && n > kernel_drops
-                    {
-                        let lost = n - kernel_drops;
-                        kernel_drops = n;
+                    let lost = kernel_drops.observe(drops);
+                    if lost > 0 {
                         socket_drops.increment(u64::from(lost));
                         sink.drops
                             .count_n("snmp_udp_receive_buffer", u64::from(lost));

@@ -112,7 +112,7 @@ pub(super) async fn run(
     let slot = max_message.clamp(1, 64 << 10);
     let mut bufs = vec![0u8; slot * BATCH];
     let mut metas = Vec::with_capacity(BATCH);
-    let mut kernel_drops: u32 = 0;
+    let mut kernel_drops = crate::udp_batch::KernelDrops::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,8 +122,8 @@ pub(super) async fn run(
                 continue;
             },
         }
-        let newest_drops = match crate::udp_batch::recv_batch(&sock, &mut bufs, slot, &mut metas) {
-            Ok(drops) => drops.unwrap_or(0).max(kernel_drops),
+        let lost = match crate::udp_batch::recv_batch(&sock, &mut bufs, slot, &mut metas) {
+            Ok(drops) => kernel_drops.observe(drops),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "receiving syslog datagrams failed");
@@ -132,8 +132,7 @@ pub(super) async fn run(
                 continue;
             }
         };
-        if newest_drops > kernel_drops {
-            let lost = newest_drops - kernel_drops;
+        if lost > 0 {
             socket_drops.increment(u64::from(lost));
             // Also a drop like any other: in weir_agent_dropped_total and the agent's status.
             sink.drops.count_n("udp_receive_buffer", u64::from(lost));
@@ -143,7 +142,6 @@ pub(super) async fn run(
                  full: raise net.core.rmem_max and [syslog] udp_receive_buffer, or add \
                  udp_sockets_per_address"
             );
-            kernel_drops = newest_drops;
         }
         let received_at = Timestamp::now();
         let mut batch = Vec::with_capacity(metas.len());
