@@ -10,11 +10,11 @@
 //!
 //! ```sh
 //! cargo build --release -p weir-agent --example trap_cost
-//! for n in 20000 60000; do   # v2c; add `v3` after N for authPriv SHA/AES
+//! for n in 10000 30000; do   # v2c; add `v3` after N for authPriv SHA/AES
 //!   valgrind --tool=callgrind --callgrind-out-file=cg.$n \
 //!     --toggle-collect='trap_cost::take_batch' ./target/release/examples/trap_cost $n
 //! done
-//! # instructions per trap = (Ir(60000) - Ir(20000)) / 40000 (setup cancels out)
+//! # instructions per trap = (Ir(30000) - Ir(10000)) / 20000 (setup cancels out)
 //! ```
 //!
 //! With `--toggle-collect` only the per-datagram path is counted (everything before the

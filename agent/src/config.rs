@@ -640,7 +640,8 @@ communities = ["public"]
 # This receiver's SNMPv3 engine ID (hex, 5-32 bytes), which v3 Informs are localized to.
 # Default: generated once and kept with the engine boot counter in data_dir/snmp-engine.json.
 # engine_id = "0x80001f8804776569722d6167656e74"
-# Kernel receive buffer per socket (room for trap bursts while the queue commits).
+# Kernel receive buffer per socket (room for trap bursts while the queue commits); traps
+# that overflow it are counted in weir_agent_snmp_udp_socket_drops_total.
 receive_buffer = "8MiB"
 # SNMPv3 users, one [[snmp.users]] table each. auth: none, md5, sha, sha224, sha256, sha384,
 # sha512. privacy: none, des, aes (AES-128), aes192, aes256 (net-snmp's AES192/AES256),

@@ -120,7 +120,7 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
-    /// Most keys remembered at once (about 64 bytes each).
+    /// Most keys remembered at once (about 120 bytes each, with the hash table's spare room).
     #[serde(default = "d_max_keys")]
     pub max_keys: usize,
     /// Longest a count for an event first seen in the same commit waits when no other input

@@ -10,13 +10,13 @@
 //! [`events`].
 //!
 //! - `100_rules_normal_day` (the default, [`NORMAL`]): what a NOC sees on an ordinary day.
-//!   400 event names of which the rules name 55, so about one event in six matches a rule;
+//!   400 event names of which the rules name 51, so about one event in six matches a rule;
 //!   60,000 hosts; 15 % link up/down lines, 15 % application error phrases, 70 % routine sshd
 //!   lines; rules grouping by customer, site or nothing need twice the count of per-host
 //!   ones (a wider group needs a higher threshold). About 2 % of events complete a window
 //!   (most of them an opposite rule with nothing to clear) and 0.8 % open an incident: the
 //!   engine's time goes to matching and counting, as in production.
-//! - `100_rules_storm` ([`STORM`], the first round's mix): 60 names all named by rules, 12,000
+//! - `100_rules_storm` ([`STORM`], the first round's mix): 60 names, 51 of them named by rules, 12,000
 //!   hosts, a third each of link, error and sshd lines, the same counts for every group. One
 //!   event in five completes a window and one in eight opens an incident: an outage storm,
 //!   where incident creation dominates.
@@ -78,7 +78,7 @@ impl Rng {
 #[derive(Clone, Copy)]
 struct Mix {
     name: &'static str,
-    /// Distinct event names (tags); rules name `EVT_00`..`EVT_59`, the rest are unnamed.
+    /// Distinct event names (tags); rules name 51 of `EVT_00`..`EVT_59`, the rest are unnamed.
     names: usize,
     /// Hostname suffixes per prefix (hosts = 6 × this).
     hosts: usize,
@@ -198,10 +198,11 @@ fn rules(mix: Mix) -> RuleSet {
 
 /// `n` events of 20 sites, 10k events/s of event time, in *arrival* order, each with its
 /// arrival clock. Realistic rather than kind to the engine:
-/// - every event carries a tag and 60 % of the tags are named by some rule (a NOC writes rules
-///   for the events it cares about), so most events reach group state, not just the matcher;
+/// - every event carries a tag, and part of the tags are named by some rule (a NOC writes rules
+///   for the events it cares about): most of them in the storm mix, about one in six on a
+///   normal day;
 /// - Cisco/Juniper/Linux-style messages of 40–90 bytes, half of them info;
-/// - 12,000 hosts, 100 customers;
+/// - the mix's hosts (12,000 in the storm, 60,000 on a normal day), 100 customers;
 /// - arrival is event time plus a per-site forwarding delay (20 ms to 1.8 s, WAN links and
 ///   batching) plus up to 20 ms of device clock skew, so sites interleave out of order; one
 ///   site sits behind a slow link 8 s behind, past the 5 s allowed lateness: its events are

@@ -31,6 +31,7 @@ pub struct SnmpConfig {
     #[serde(default)]
     pub engine_id: Option<String>,
     /// Kernel receive buffer asked for on each socket: room for bursts while the queue commits.
+    /// What overflows it is counted in `weir_agent_snmp_udp_socket_drops_total`.
     #[serde(default = "d_rcvbuf")]
     pub receive_buffer: ByteSize,
 }
