@@ -153,11 +153,7 @@ impl Sink {
     ) -> Result<AppendOutcome, String> {
         let us = received_at.as_microsecond();
         let records = records.iter().map(|r| self.encode(r, us)).collect();
-        let (tx, rx) = oneshot::channel();
-        self.submit(records, Some(tx))
-            .await
-            .map_err(|e| e.to_string())?;
-        rx.await.map_err(|_| Closed.to_string())?
+        self.send_encoded_committed(records).await
     }
 }
 
