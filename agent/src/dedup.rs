@@ -241,8 +241,9 @@ fn field<'a>(ev: &'a Event, f: &KeyField) -> Option<&'a [u8]> {
 pub struct DedupRules {
     /// Indexed by [`InputKind`] position; `None` = no dedup.
     rules: [Option<Compiled>; 5],
-    /// Random per process: key hashes are unpredictable to senders, so nobody can craft lines
-    /// whose keys collide (merging a distinct event into another, or degrading the key map).
+    /// Random per process, so key hashes are not predictable from the lines alone: crafting
+    /// lines whose keys collide (merging a distinct event into another, or degrading the key
+    /// map) needs the seed. A seeded xxh3 is not a keyed PRF, so this is a hurdle, not a proof.
     /// Keys live only in memory, so a new seed at each start loses nothing.
     seed: u64,
 }
