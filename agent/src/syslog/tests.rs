@@ -281,19 +281,32 @@ async fn tcp_connection_limit_and_idle_timeout() {
     let cfg = SyslogConfig {
         tcp: loopback(),
         tcp_max_connections: 1,
-        tcp_idle_timeout: weir_common::config::HumanDuration::millis(300),
+        tcp_idle_timeout: weir_common::config::HumanDuration::millis(IDLE_MS),
         ..SyslogConfig::default()
     };
+    const IDLE_MS: u64 = 1000;
     let mut rig = Rig::start(cfg, 1000).await;
     rig.start_writer();
     let mut first = tokio::net::TcpStream::connect(rig.tcp[0]).await.unwrap();
     first.write_all(b"<13>first\n").await.unwrap();
+    // The agent's idle timer for `first` starts no earlier than this.
+    let first_active = std::time::Instant::now();
     rig.wait_for(1, Duration::from_secs(5)).await;
     // The second connection waits in the backlog while the first holds the only permit...
     let mut second = tokio::net::TcpStream::connect(rig.tcp[0]).await.unwrap();
     second.write_all(b"<13>second\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(rig.queue.stats().unwrap().records, 1);
+    let records = rig.queue.stats().unwrap().records;
+    // A loaded machine can stall past the idle timeout before we look; only then may
+    // `second` already have been served, so the check is skipped rather than lying.
+    if first_active.elapsed() < Duration::from_millis(IDLE_MS) {
+        assert_eq!(
+            records, 1,
+            "the second connection was served while the first held the permit"
+        );
+    } else {
+        eprintln!("skipping the permit check: the test stalled past the idle timeout");
+    }
     // ...until the idle timeout closes the first one; then it is served.
     rig.wait_for(2, Duration::from_secs(5)).await;
     let mut buf = [0u8; 1];
