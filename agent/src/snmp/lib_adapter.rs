@@ -13,7 +13,9 @@
 //! real senders need, bytes after the message, is handled here by trimming to the outer
 //! SEQUENCE and reporting how many bytes were cut.
 //!
-//! USM state: keys are localized once per (user, engine ID) and cached (bounded). For traps
+//! USM state: keys are localized per (user, engine ID) and cached (bounded) once a message has
+//! authenticated with them, so forged engine IDs cost a derivation each but cannot flush the
+//! cache. For traps
 //! (the sender is authoritative) the latest boots/time per sender engine is kept (bounded) and
 //! older messages are refused as replays (RFC 3414 3.2 step 7b). For Informs this receiver is
 //! authoritative: its engine ID, boots (persisted by the caller) and time since start are used.
@@ -454,7 +456,7 @@ impl Processor {
             }
         } else {
             // Authenticate the whole message with the key localized to the authoritative engine.
-            let keys = match self.localize(username, engine_id) {
+            let (keys, cached) = match self.localize(username, engine_id) {
                 Ok(k) => k,
                 Err(e) => return drop(DropReason::BadAuth, e),
             };
@@ -479,15 +481,15 @@ impl Processor {
                     );
                 }
             }
+            if !cached {
+                self.remember(username, engine_id, &keys);
+            }
             // Timeliness (RFC 3414 3.2 step 7), after authentication so forgeries cannot move it.
             if authoritative_here {
                 let (boots, now) = self.clock();
                 if usm.engine_boots() != boots || usm.engine_time().abs_diff(now) > TIME_WINDOW {
                     self.time_reports = self.time_reports.wrapping_add(1);
-                    let auth = self
-                        .localize(username, engine_id)
-                        .ok()
-                        .map(|k| k.auth.clone());
+                    let auth = Some(keys.auth.clone());
                     return match self.report(
                         &global,
                         username,
@@ -518,10 +520,6 @@ impl Processor {
             match msg.data() {
                 V3MessageData::Plaintext(s) if level == SecurityLevel::AuthNoPriv => s.clone(),
                 V3MessageData::Encrypted(ct) if level == SecurityLevel::AuthPriv => {
-                    let keys = match self.localize(username, engine_id) {
-                        Ok(k) => k,
-                        Err(e) => return drop(DropReason::DecryptFailed, e),
-                    };
                     let Some(pk) = &keys.privacy else {
                         return drop(DropReason::DecryptFailed, "no privacy key");
                     };
@@ -607,40 +605,52 @@ impl Processor {
         }
     }
 
-    fn localize(&mut self, user: &[u8], engine_id: &[u8]) -> Result<Arc<Localized>, String> {
+    /// The keys of `user` localized to `engine_id`, and whether they came from the cache. Keys
+    /// derived here are not cached: the caller [`remember`](Self::remember)s them once a message
+    /// has authenticated with them, so forged engine IDs cannot flush the cache.
+    fn localize(
+        &mut self,
+        user: &[u8],
+        engine_id: &[u8],
+    ) -> Result<(Arc<Localized>, bool), String> {
         if let Some((e, u, keys)) = &self.last_localized
             && e == engine_id
             && u == user
         {
-            return Ok(keys.clone());
+            return Ok((keys.clone(), true));
         }
-        let keys = match self.localized(user, engine_id) {
-            Some(k) => k.clone(),
-            None => {
-                let u = self.users.get(user).ok_or("unknown user")?;
-                let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
-                let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
-                let privacy = match (&u.priv_master, u.priv_protocol) {
-                    (Some(m), Some(p)) => {
-                        Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
-                    }
-                    _ => None,
-                };
-                if self.localized_count >= MAX_LOCALIZED {
-                    self.localized.clear();
-                    self.localized_count = 0;
-                }
-                let keys = Arc::new(Localized { auth, privacy });
-                self.localized
-                    .entry(engine_id.to_vec())
-                    .or_default()
-                    .insert(user.to_vec(), keys.clone());
-                self.localized_count += 1;
-                keys
+        if let Some(keys) = self.localized(user, engine_id).cloned() {
+            self.last_localized = Some((engine_id.to_vec(), user.to_vec(), keys.clone()));
+            return Ok((keys, true));
+        }
+        let u = self.users.get(user).ok_or("unknown user")?;
+        let auth_master = u.auth_master.as_ref().ok_or("user has no auth key")?;
+        let auth = auth_master.localize(engine_id).map_err(|e| e.to_string())?;
+        let privacy = match (&u.priv_master, u.priv_protocol) {
+            (Some(m), Some(p)) => {
+                Some(PrivKey::from_master_key(m, p, engine_id).map_err(|e| e.to_string())?)
             }
+            _ => None,
         };
+        Ok((Arc::new(Localized { auth, privacy }), false))
+    }
+
+    /// Caches keys that have just authenticated a message (bounded: past [`MAX_LOCALIZED`] the
+    /// cache starts again).
+    fn remember(&mut self, user: &[u8], engine_id: &[u8], keys: &Arc<Localized>) {
+        if self.localized_count >= MAX_LOCALIZED {
+            self.localized.clear();
+            self.localized_count = 0;
+        }
+        let previous = self
+            .localized
+            .entry(engine_id.to_vec())
+            .or_default()
+            .insert(user.to_vec(), keys.clone());
+        if previous.is_none() {
+            self.localized_count += 1;
+        }
         self.last_localized = Some((engine_id.to_vec(), user.to_vec(), keys.clone()));
-        Ok(keys)
     }
 
     /// The cached keys of `user` for `engine_id`, if localized.
@@ -1302,6 +1312,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Keys are cached only once a message has authenticated with them: traps forged under
+    /// many engine IDs (wrong password) leave the cache empty, a genuine sender adds one entry.
+    #[test]
+    fn only_authenticated_keys_are_cached() {
+        let real = user("u1", Auth::Sha, "auth-pass-1", Priv::Aes, "priv-pass-1");
+        let forger = user("u1", Auth::Sha, "guessed-pass", Priv::Aes, "priv-pass-1");
+        let mut p =
+            Processor::new(&[], std::slice::from_ref(&real), engine("8000000001020304")).unwrap();
+        for i in 0..50u32 {
+            let mut id = b"\x80\x00\x1f\x88\x04forged".to_vec();
+            id.extend_from_slice(&i.to_be_bytes());
+            let bytes = encode::V3Sender::new(&id, &forger)
+                .unwrap()
+                .trap(i as i32, 1, 100, "1.3.6.1.6.3.1.1.5.3", &[])
+                .unwrap();
+            assert!(matches!(
+                p.process(&bytes),
+                Outcome::Drop {
+                    reason: DropReason::BadAuth,
+                    ..
+                }
+            ));
+        }
+        assert_eq!(p.localized_count, 0, "forgeries were cached");
+        let tx = encode::V3Sender::new(b"\x80\x00\x1f\x88\x04sender", &real).unwrap();
+        for (i, time) in [(1, 100), (2, 101)] {
+            let bytes = tx.trap(i, 1, time, "1.3.6.1.6.3.1.1.5.3", &[]).unwrap();
+            assert!(matches!(p.process(&bytes), Outcome::Notification { .. }));
+        }
+        assert_eq!(p.localized_count, 1);
     }
 
     #[test]
