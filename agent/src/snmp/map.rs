@@ -263,7 +263,18 @@ pub fn to_event(
     raw: &[u8],
     at: Timestamp,
 ) -> Event {
-    let (tag, severity, name) = classify(n);
+    to_classified_event(n, classify(n), source, raw, at)
+}
+
+/// [`to_event`] for a notification already [`classify`]'d (the receive path classifies first,
+/// so a trap the drop policy discards is never built into an event).
+pub fn to_classified_event(
+    n: &Notification,
+    (tag, severity, name): (String, Severity, Cow<'_, str>),
+    source: std::net::SocketAddr,
+    raw: &[u8],
+    at: Timestamp,
+) -> Event {
     let source_text = ip_string(source.ip());
     let host = device(n, &source_text);
     let version = match n.version {

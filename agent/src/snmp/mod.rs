@@ -472,14 +472,12 @@ pub fn take_datagram(
             if let Some(r) = reply {
                 batch.replies.push((r, peer));
             }
-            let ev = map::to_event(&notification, peer, data, received_at);
-            if let Some(tag) = ev.tag.as_deref()
-                && !policy.is_empty()
-                && policy.discards(tag)
-            {
-                count_discard(sink, tag, peer, policy.version);
+            let classified = map::classify(&notification);
+            if !policy.is_empty() && policy.discards(&classified.0) {
+                count_discard(sink, &classified.0, peer, policy.version);
                 return None;
             }
+            let ev = map::to_classified_event(&notification, classified, peer, data, received_at);
             batch
                 .records
                 .push(sink.encode(&Record::Event(ev), received_at.as_microsecond()));
