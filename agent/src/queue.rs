@@ -137,6 +137,12 @@ impl Encoded {
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
+
+    /// The memory this record holds: its buffer as allocated and the struct itself (what the
+    /// sink's byte bound counts).
+    pub fn footprint(&self) -> usize {
+        self.bytes.capacity() + std::mem::size_of::<Encoded>()
+    }
 }
 
 /// Appends `ev` exactly as `postcard` serialises it (the property test
