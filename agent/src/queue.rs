@@ -475,7 +475,8 @@ fn put_chunked<B: AsRef<[u8]>>(
     let mut start = 0;
     let mut bytes = 0;
     for (i, (_, rec)) in records.iter().enumerate() {
-        let len = rec.as_ref().len();
+        // What the record takes in the stored block, framing included.
+        let len = block::ENTRY_HEADER + rec.as_ref().len();
         if i > start && (i - start >= limits.max_records || bytes + len > limits.max_bytes) {
             block::put(blocks, index, &records[start..i])?;
             start = i;
