@@ -16,6 +16,11 @@
 //! Lines are 200 bytes, RFC 3164, each with a unique `seq=N` (like `weir-loadgen bench-udp`),
 //! so dedup keeps every one. Not included: the `recvmmsg` call itself and the QUIC send.
 //!
+//! With `tcp` after the count (`ingest_cost 60000 tcp`), the lines go newline-framed through an
+//! in-memory pipe into the TCP listener's per-connection reader
+//! ([`weir_agent::syslog::read_stream`]: framing, batching, backpressure), like
+//! `weir-loadgen bench-tcp`; the socket reads themselves are not included.
+//!
 //! Input is paced to the forwarder's reads (see `common`).
 
 mod common;
@@ -44,6 +49,11 @@ fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let tcp = match std::env::args().nth(2).as_deref() {
+        None | Some("udp") => false,
+        Some("tcp") => true,
+        Some(other) => anyhow::bail!("unknown input {other:?}: udp or tcp"),
+    };
     let lines: Vec<Vec<u8>> = (0..n).map(line).collect();
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +61,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let started = Instant::now();
-    let read = rt.block_on(run(&lines, dir.path()))?;
+    let read = if tcp {
+        rt.block_on(run_tcp(lines, dir.path()))?
+    } else {
+        rt.block_on(run(&lines, dir.path()))?
+    };
     let elapsed = started.elapsed();
     anyhow::ensure!(
         read == n,
@@ -92,5 +106,38 @@ async fn run(lines: &[Vec<u8>], dir: &std::path::Path) -> anyhow::Result<u64> {
             .collect();
         p.sink.send_encoded(batch).await?;
     }
+    Ok(p.finish().await?.0)
+}
+
+/// The TCP variant: lines written newline-framed into a pipe (64 at a time, paced like the UDP
+/// variant) whose other end the real per-connection reader reads.
+async fn run_tcp(lines: Vec<Vec<u8>>, dir: &std::path::Path) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut p = common::start(dir, &DedupConfig::default(), |_, w| {
+        Ok(w.payload.first() == Some(&0))
+    })?;
+    let parser = std::sync::Arc::new(Parser::utc());
+    let peer = std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40000);
+    // A socket's worth of buffering between the sender and the reader.
+    let (mut tx, rx) = tokio::io::duplex(256 << 10);
+    let reader = tokio::spawn(syslog::read_stream(
+        rx,
+        peer,
+        parser,
+        p.sink.clone(),
+        64 << 10,
+    ));
+    let mut buf = Vec::with_capacity(BATCH * 201);
+    for chunk in lines.chunks(BATCH) {
+        p.pace(chunk.len()).await?;
+        buf.clear();
+        for l in chunk {
+            buf.extend_from_slice(l);
+            buf.push(b'\n');
+        }
+        tx.write_all(&buf).await?;
+    }
+    drop(tx);
+    reader.await?;
     Ok(p.finish().await?.0)
 }

@@ -95,6 +95,13 @@ pub struct QueueConfig {
     /// datagrams wait in the kernel's receive buffer).
     #[serde(default = "d_channel")]
     pub channel_capacity: usize,
+    /// Memory the records waiting for the queue writer (and the group it is committing) may
+    /// hold. Under sustained load this is where the agent's memory goes, so it bounds the
+    /// agent's peak RSS; when it is full, inputs wait as for `channel_capacity`. Too small and
+    /// UDP bursts spill into the kernel's receive buffer sooner (4 MiB holds ~10,000 200-byte
+    /// lines, 100 ms at 100k/s).
+    #[serde(default = "d_channel_bytes")]
+    pub channel_max_bytes: ByteSize,
     /// How often queue-full drops are reported to the aggregator as an internal event.
     #[serde(default = "d_drop_report")]
     pub drop_report_interval: HumanDuration,
@@ -212,6 +219,9 @@ fn d_max_bytes() -> ByteSize {
 fn d_channel() -> usize {
     16_384
 }
+fn d_channel_bytes() -> ByteSize {
+    ByteSize(crate::pipeline::DEFAULT_CHANNEL_BYTES as u64)
+}
 fn d_drop_report() -> HumanDuration {
     HumanDuration::secs(10)
 }
@@ -243,6 +253,7 @@ impl Default for QueueConfig {
             max_records: d_max_records(),
             max_bytes: d_max_bytes(),
             channel_capacity: d_channel(),
+            channel_max_bytes: d_channel_bytes(),
             drop_report_interval: d_drop_report(),
         }
     }
@@ -394,6 +405,12 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     if c.queue.channel_capacity == 0 {
         return Err(fail("queue.channel_capacity", "must be at least 1".into()));
     }
+    if !(64 << 10..=1 << 30).contains(&c.queue.channel_max_bytes.0) {
+        return Err(fail(
+            "queue.channel_max_bytes",
+            "must be between 64KiB and 1GiB (room for at least one 64 KiB message)".into(),
+        ));
+    }
     if let Err((field, message)) = c.dedup.check() {
         return Err(fail(&field, message));
     }
@@ -542,6 +559,9 @@ max_bytes = "2GiB"
 # Records that may wait in memory before the queue writer commits them: bounds what a power
 # cut can lose and the memory used (about 0.5 KiB a record). When full, inputs wait.
 channel_capacity = 16384
+# Memory those records may hold (with the group being committed); this bounds the agent's
+# peak memory under load. Smaller means UDP bursts wait in the kernel's buffer sooner.
+channel_max_bytes = "4MiB"
 # How often queue-full drops are sent to the aggregator as an internal WEIR_QUEUE_DROPS event.
 drop_report_interval = "10s"
 
@@ -817,6 +837,28 @@ mod tests {
         .unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("syslog.default_timezone"), "{e}");
+    }
+
+    #[test]
+    fn channel_max_bytes_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        let base = example("data", "127.0.0.1:4433", "tls", 5514, 8084);
+        std::fs::write(&p, &base).unwrap();
+        assert_eq!(load(&p).unwrap().queue.channel_max_bytes.0, 4 << 20);
+        let set = |v: &str| {
+            base.replace(
+                "channel_max_bytes = \"4MiB\"",
+                &format!("channel_max_bytes = \"{v}\""),
+            )
+        };
+        std::fs::write(&p, set("16MiB")).unwrap();
+        assert_eq!(load(&p).unwrap().queue.channel_max_bytes.0, 16 << 20);
+        for bad in ["1KiB", "2GiB"] {
+            std::fs::write(&p, set(bad)).unwrap();
+            let e = load(&p).unwrap_err().to_string();
+            assert!(e.contains("queue.channel_max_bytes"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ use crate::trap_policy::TrapPolicyState;
 
 /// How long a shutting-down agent waits for in-flight batches to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest frame buffer kept between batches; a larger one is freed after its batch is sent.
+const SCRATCH_KEEP: usize = 256 << 10;
 /// Limit on connecting plus the hello exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -298,6 +300,11 @@ impl Forwarder {
                 let records = blocking(move || q.read_from(cursor, max_records, max_bytes)).await?;
                 if let (Some(f), Some(l)) = (records.first(), records.last()) {
                     let (first_seq, last_seq, n) = (f.seq, l.seq, records.len() as u64);
+                    // Sized once for the frame (payloads plus a few bytes of framing each):
+                    // grown by doubling, a 1 MB batch took a 2 MB buffer and two copies.
+                    let size: usize = records.iter().map(|r| r.payload.len() + 16).sum();
+                    scratch.clear();
+                    scratch.reserve_exact(size + 64);
                     let frame = AgentFrame::Batch(Batch {
                         first_seq,
                         last_seq,
@@ -307,6 +314,10 @@ impl Forwarder {
                         break Err(anyhow::Error::new(e).context("sending a batch"));
                     }
                     metrics::counter!("weir_agent_sent_total").increment(n);
+                    // Do not keep a backlog batch's buffer for the small frames of a live link.
+                    if scratch.capacity() > SCRATCH_KEEP {
+                        scratch = Vec::new();
+                    }
                     cursor = last_seq + 1;
                     inflight.push_back((last_seq, Instant::now()));
                     continue;

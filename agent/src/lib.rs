@@ -80,8 +80,9 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
     let stats = queue.stats()?;
     tracing::info!(records = stats.records, bytes = stats.bytes, queue = %queue.path().display(), "queue opened");
 
-    let (sink, rx) = pipeline::channel(
+    let (sink, rx) = pipeline::channel_with_bytes(
         config.queue.channel_capacity,
+        usize::try_from(config.queue.channel_max_bytes.0).unwrap_or(usize::MAX),
         dedup::DedupRules::new(&config.dedup),
     );
     let (committed_tx, committed_rx) = tokio::sync::watch::channel(0);

@@ -6,6 +6,13 @@
 //! HTTP inputs stop reading and their senders slow down, and UDP packets wait in the kernel's
 //! receive buffer (whose overflows are counted by the kernel and exported as a metric).
 //!
+//! Capacity is bounded twice, in records (`channel_capacity`) and in bytes of memory
+//! (`channel_max_bytes`): a submission holds its share of both from the moment it is accepted
+//! until its group commit is durable, so the bound covers what waits in the channel *and* the
+//! group being written (whose copy in redb's dirty pages is the same size again). The byte bound
+//! is the one that matters for memory: records vary from 100 bytes to 64 KiB, and under load
+//! the channel stays full, so a record count alone let it hold 8 MB of 200-byte lines.
+//!
 //! Queue-full drops are reported to the aggregator as an internal event every
 //! `drop_report_interval`, besides the drop counters the agent's status carries.
 
@@ -37,8 +44,16 @@ const MAX_GROUP: usize = 16 * 1024;
 pub struct Submission {
     pub records: Vec<Encoded>,
     pub committed: Option<oneshot::Sender<Result<AppendOutcome, String>>>,
-    /// Capacity this submission holds until it is committed (one permit per record).
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Capacity this submission holds until it is committed (see [`Held`]).
+    _permit: Option<Held>,
+}
+
+/// A submission's share of the channel: one record permit per record and one byte permit per
+/// byte of memory its records hold ([`Encoded::footprint`]), returned when it is dropped.
+#[derive(Debug)]
+struct Held {
+    _records: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Counters of records dropped before reaching the queue (malformed input, oversize, ...), by
@@ -75,14 +90,17 @@ impl InputDrops {
 
 /// The handle inputs use to submit records. Cheap to clone.
 ///
-/// Capacity is counted in records, not submissions: a semaphore with one permit per record
-/// that may wait for the writer, so memory and the power-cut window are bounded however the
-/// inputs batch.
+/// Capacity is counted in records and in bytes, not submissions: two semaphores, one permit per
+/// record and one per byte that may wait for the writer, so memory and the power-cut window are
+/// bounded however the inputs batch.
 #[derive(Debug, Clone)]
 pub struct Sink {
     tx: mpsc::UnboundedSender<Submission>,
     capacity: Arc<Semaphore>,
     max_permits: u32,
+    /// Bytes of memory the records between the inputs and the end of their commit may hold.
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
     pub drops: Arc<InputDrops>,
     /// First-stage dedup rules: [`Sink::encode`] tags each event with its key.
     pub dedup: Arc<DedupRules>,
@@ -101,19 +119,40 @@ impl Sink {
         committed: Option<oneshot::Sender<Result<AppendOutcome, String>>>,
     ) -> Result<(), Closed> {
         let n = (records.len() as u32).clamp(1, self.max_permits);
-        let permit = self
+        // A submission larger than the whole budget takes all of it: it then waits for an
+        // empty channel and goes alone, so it still makes progress.
+        let size = records.iter().map(Encoded::footprint).sum::<usize>();
+        let size = u32::try_from(size)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes);
+        let records_permit = self
             .capacity
             .clone()
             .acquire_many_owned(n)
+            .await
+            .map_err(|_| Closed)?;
+        let bytes_permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(size)
             .await
             .map_err(|_| Closed)?;
         self.tx
             .send(Submission {
                 records,
                 committed,
-                _permit: Some(permit),
+                _permit: Some(Held {
+                    _records: records_permit,
+                    _bytes: bytes_permit,
+                }),
             })
             .map_err(|_| Closed)
+    }
+
+    /// Bytes of memory held by records accepted but not yet committed (channel plus the group
+    /// being written), as counted by the byte bound.
+    pub fn held_bytes(&self) -> usize {
+        self.max_bytes as usize - self.bytes.available_permits().min(self.max_bytes as usize)
     }
 
     /// Encodes a record for [`Sink::send_encoded`], tagged for first-stage dedup.
@@ -157,21 +196,43 @@ impl Sink {
     }
 }
 
+/// Default of `[queue] channel_max_bytes`, for [`channel`].
+pub const DEFAULT_CHANNEL_BYTES: usize = 4 << 20;
+
 /// Creates the sink and the receiver [`run_writer`] drains. `capacity` bounds the records that
-/// can sit between inputs and the queue (the power-cut exposure window).
+/// can sit between inputs and the queue (the power-cut exposure window); their memory is bounded
+/// by [`DEFAULT_CHANNEL_BYTES`] (see [`channel_with_bytes`]).
 pub fn channel(capacity: usize, dedup: DedupRules) -> (Sink, SinkReceiver) {
+    channel_with_bytes(capacity, DEFAULT_CHANNEL_BYTES, dedup)
+}
+
+/// [`channel`] with a bound of `max_bytes` on the memory its records hold (at most 4 GiB).
+pub fn channel_with_bytes(
+    capacity: usize,
+    max_bytes: usize,
+    dedup: DedupRules,
+) -> (Sink, SinkReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let max_permits = capacity.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+    let limit = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+    let max_permits = capacity.clamp(1, limit) as u32;
+    let max_bytes = max_bytes.clamp(1, limit) as u32;
     let capacity = Arc::new(Semaphore::new(max_permits as usize));
+    let bytes = Arc::new(Semaphore::new(max_bytes as usize));
     (
         Sink {
             tx,
             capacity: capacity.clone(),
             max_permits,
+            bytes: bytes.clone(),
+            max_bytes,
             drops: Arc::new(InputDrops::default()),
             dedup: Arc::new(dedup),
         },
-        SinkReceiver { rx, capacity },
+        SinkReceiver {
+            rx,
+            capacity,
+            bytes,
+        },
     )
 }
 
@@ -181,6 +242,8 @@ pub struct SinkReceiver {
     rx: mpsc::UnboundedReceiver<Submission>,
     /// Closed when the writer stops accepting, so inputs waiting for capacity learn at once.
     capacity: Arc<Semaphore>,
+    /// The byte budget, closed with `capacity`.
+    bytes: Arc<Semaphore>,
 }
 
 #[cfg(test)]
@@ -213,7 +276,11 @@ pub async fn run_writer(
     shutdown: CancellationToken,
 ) {
     let drop_report_interval = opts.drop_report_interval;
-    let SinkReceiver { mut rx, capacity } = rx;
+    let SinkReceiver {
+        mut rx,
+        capacity,
+        bytes,
+    } = rx;
     let mut dedup = Deduper::new(opts.dedup_max_keys);
     let mut pending_report: BTreeMap<String, u64> = BTreeMap::new();
     let mut report_tick = tokio::time::interval(drop_report_interval);
@@ -249,6 +316,7 @@ pub async fn run_writer(
                 // Stop accepting, then drain what the inputs already handed over.
                 closing = true;
                 capacity.close();
+                bytes.close();
                 rx.close();
                 continue;
             }
@@ -302,6 +370,7 @@ pub async fn run_writer(
         append_group(&queue, vec![sub], &committed, &mut ignore, None).await;
     }
     capacity.close();
+    bytes.close();
     tracing::debug!("queue writer stopped");
 }
 
@@ -437,4 +506,135 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use super::*;
+    use crate::queue::Limits;
+
+    /// An event whose encoding has the same size for every `i` below a million.
+    fn record(i: usize) -> Encoded {
+        let ev = Event::new(
+            InputKind::Syslog,
+            "test",
+            "host",
+            Severity::Info,
+            format!("{i:06} {}", "x".repeat(400)),
+            Timestamp::now(),
+        );
+        Encoded::new(&Record::Event(ev), 0)
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_blocks_the_sender_at_its_limit_and_loses_nothing() {
+        let one = record(0).footprint();
+        // Room for ten records by bytes; the record bound is far away.
+        let (sink, mut rx) = channel_with_bytes(1_000_000, one * 10, DedupRules::default());
+        let mut accepted = 0;
+        loop {
+            let mut send = pin!(sink.send_encoded(vec![record(accepted)]));
+            if futures::poll!(send.as_mut()).is_ready() {
+                accepted += 1;
+                assert!(
+                    accepted <= 10,
+                    "accepted {accepted} records past the byte bound"
+                );
+                continue;
+            }
+            // Blocked at the limit, not before it, with exactly the limit held.
+            assert_eq!(accepted, 10);
+            assert_eq!(sink.held_bytes(), one * 10);
+            // The writer taking one submission (and finishing with it) lets the sender on.
+            assert_eq!(rx.recv_for_test().await, Some(1));
+            send.await.unwrap();
+            accepted += 1;
+            break;
+        }
+        let mut received = 1;
+        while sink.held_bytes() > 0 {
+            received += rx.recv_for_test().await.unwrap();
+        }
+        assert_eq!(
+            received, accepted,
+            "every accepted record reached the writer"
+        );
+        assert!(
+            sink.drops.snapshot().is_empty(),
+            "{:?}",
+            sink.drops.snapshot()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_submission_larger_than_the_byte_bound_goes_alone() {
+        let one = record(0).footprint();
+        let (sink, mut rx) = channel_with_bytes(1_000_000, one * 2, DedupRules::default());
+        sink.send_encoded((0..5).map(record).collect())
+            .await
+            .expect("an oversize submission into an empty channel is accepted");
+        assert_eq!(sink.held_bytes(), one * 2, "it holds the whole budget");
+        let mut next = pin!(sink.send_encoded(vec![record(5)]));
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        assert_eq!(rx.recv_for_test().await, Some(5));
+        next.await.unwrap();
+        assert_eq!(rx.recv_for_test().await, Some(1));
+    }
+
+    /// With the real writer and queue, a bound far below the input (64 KiB against ~1 MB)
+    /// slows the inputs but every record is committed, once.
+    #[tokio::test]
+    async fn a_small_byte_bound_commits_everything_through_the_real_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(
+            Queue::open(
+                &dir.path().join("queue.redb"),
+                Limits {
+                    max_records: 1_000_000,
+                    max_bytes: 1 << 30,
+                },
+            )
+            .unwrap(),
+        );
+        let (sink, rx) = channel_with_bytes(1_000_000, 64 << 10, DedupRules::default());
+        let (committed_tx, _committed_rx) = watch::channel(0);
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(run_writer(
+            queue.clone(),
+            rx,
+            committed_tx,
+            WriterOptions {
+                drop_report_interval: Duration::from_secs(3600),
+                dedup_flush_interval: Duration::from_secs(3600),
+                dedup_max_keys: 1000,
+            },
+            shutdown.clone(),
+        ));
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    for batch in 0..10 {
+                        let first = p * 1000 + batch * 64;
+                        let records = (first..first + 64).map(record).collect();
+                        sink.send_encoded(records).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.unwrap();
+        }
+        let drops = sink.drops.snapshot();
+        drop(sink);
+        writer.await.unwrap();
+        let stats = queue.stats().unwrap();
+        assert_eq!(stats.records, 4 * 10 * 64);
+        assert!(
+            drops.is_empty() && stats.drops.is_empty(),
+            "{drops:?} {stats:?}"
+        );
+    }
 }

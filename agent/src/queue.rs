@@ -137,6 +137,12 @@ impl Encoded {
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
+
+    /// The memory this record holds: its buffer as allocated and the struct itself (what the
+    /// sink's byte bound counts).
+    pub fn footprint(&self) -> usize {
+        self.bytes.capacity() + std::mem::size_of::<Encoded>()
+    }
 }
 
 /// Appends `ev` exactly as `postcard` serialises it (the property test
@@ -469,7 +475,8 @@ fn put_chunked<B: AsRef<[u8]>>(
     let mut start = 0;
     let mut bytes = 0;
     for (i, (_, rec)) in records.iter().enumerate() {
-        let len = rec.as_ref().len();
+        // What the record takes in the stored block, framing included.
+        let len = block::ENTRY_HEADER + rec.as_ref().len();
         if i > start && (i - start >= limits.max_records || bytes + len > limits.max_bytes) {
             block::put(blocks, index, &records[start..i])?;
             start = i;

@@ -14,11 +14,12 @@ use super::RANKS;
 
 const VERSION: u8 = 1;
 /// Bytes before each record in a block: its sequence and its length.
-const ENTRY_HEADER: usize = 12;
+pub(crate) const ENTRY_HEADER: usize = 12;
 const SUMMARY_LEN: usize = 16 + 4 * RANKS;
 
 /// How records are cut into blocks. A group commit becomes one block unless it is larger: then
-/// it is cut into blocks of at most `max_records` and (unless one record is larger) `max_bytes`.
+/// it is cut into blocks of at most `max_records` and (unless one record is larger) `max_bytes`
+/// of stored block (records with their entry headers).
 /// Small enough that a partial ack or an eviction rewrites little, large enough that the
 /// per-entry cost of redb's B-tree is spread over hundreds of records.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +35,10 @@ impl Default for BlockLimits {
     fn default() -> Self {
         BlockLimits {
             max_records: 1024,
-            max_bytes: 256 << 10,
+            // A full block and redb's leaf framing fit one 256 KiB page. At exactly 256 KiB of
+            // records (plus their entry headers) each full block took a 512 KiB page, which
+            // redb zero-fills and writes: ~15% of the agent's instructions per line.
+            max_bytes: (256 << 10) - 1024,
             max_dirty_bytes: 4 << 20,
         }
     }

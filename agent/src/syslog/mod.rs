@@ -257,6 +257,38 @@ pub fn encode(
     sink.encode(&Record::Event(ev), received_at.as_microsecond())
 }
 
+/// Reads syslog frames off any byte stream until it ends, exactly as a TCP connection is read
+/// (framing, batching, backpressure). Public for the ingest-cost harness
+/// (`agent/examples/ingest_cost.rs`), which feeds it from memory.
+pub async fn read_stream<S: tokio::io::AsyncRead + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    parser: Arc<Parser>,
+    sink: Sink,
+    max_message: usize,
+) {
+    let settings = StreamSettings {
+        max_message,
+        idle_timeout: std::time::Duration::from_secs(24 * 3600),
+        max_connections: 1,
+        limit: Arc::new(Semaphore::new(1)),
+        parser,
+    };
+    let Ok(permit) = settings.limit.clone().try_acquire_owned() else {
+        return;
+    };
+    stream::run_connection(
+        stream,
+        peer,
+        "syslog_tcp",
+        settings,
+        sink,
+        CancellationToken::new(),
+        permit,
+    )
+    .await;
+}
+
 /// Hands a batch to the sink, waiting for room. False when the agent is shutting down; the
 /// batch is then counted as dropped (reason `shutdown`), never lost silently.
 async fn submit(sink: &Sink, batch: Vec<Encoded>, shutdown: &CancellationToken) -> bool {

@@ -30,6 +30,11 @@ use crate::pipeline::Sink;
 /// Most frames handed over per submission.
 const BATCH: usize = 256;
 
+/// Most bytes of encoded records a connection gathers before handing them over: with the read
+/// buffer, this is what one connection holds while the sink makes it wait (the sink's own byte
+/// bound only covers what it has accepted).
+const BATCH_BYTES: usize = 128 << 10;
+
 /// What every stream connection task needs.
 #[derive(Debug, Clone)]
 pub(super) struct StreamSettings {
@@ -171,8 +176,8 @@ pub(super) async fn run_connection<S: AsyncRead + Unpin>(
             Ok(Some(Ok(frame))) => frame,
         };
         let received_at = Timestamp::now();
-        let mut batch = Vec::with_capacity(16);
-        batch.push(encode(
+        let mut batch = Vec::with_capacity(BATCH);
+        let first = encode(
             &settings.parser,
             &sink,
             &first.bytes,
@@ -180,20 +185,26 @@ pub(super) async fn run_connection<S: AsyncRead + Unpin>(
             ip,
             input,
             received_at,
-        ));
+        );
+        let mut bytes = first.footprint();
+        batch.push(first);
         // Frames already buffered (or readable without waiting) go into the same submission.
         let mut ended = None;
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match frames.next().now_or_never() {
-                Some(Some(Ok(f))) => batch.push(encode(
-                    &settings.parser,
-                    &sink,
-                    &f.bytes,
-                    f.truncated,
-                    ip,
-                    input,
-                    received_at,
-                )),
+                Some(Some(Ok(f))) => {
+                    let e = encode(
+                        &settings.parser,
+                        &sink,
+                        &f.bytes,
+                        f.truncated,
+                        ip,
+                        input,
+                        received_at,
+                    );
+                    bytes += e.footprint();
+                    batch.push(e);
+                }
                 Some(Some(Err(e))) => {
                     read_failed(&e);
                     ended = Some("read error");
