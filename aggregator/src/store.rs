@@ -10,9 +10,18 @@
 //! - `agent_seq`: `(agent number u32, agent sequence u64)` → store key, to find an event by its
 //!   fleet id and to apply first-stage dedup count updates.
 //! - `agents`: identity `site/name` → postcard [`AgentRecord`] (number, committed sequence, …).
-//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`).
-//! - `idx_*`: secondary indexes, written in the same transaction as the events; see
-//!   [`crate::index`].
+//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`, `indexed_through`).
+//! - `idx_*`: secondary indexes ([`crate::index`]) of the events up to the `indexed_through`
+//!   watermark, written behind ingest by the background indexer ([`crate::indexer`]).
+//!
+//! # Transactions
+//! The ingest commit ([`Store::commit_with`], durable) writes only what exactly-once needs:
+//! events, `agent_seq`, agent records and `next_key`, plus what its caller adds (alarms). It
+//! neither decodes the events nor indexes them. Searches ([`Store::search`],
+//! [`Store::histogram`], [`Store::time_span`]) read the indexes for the events up to the
+//! watermark and decode and filter the events above it (the tail), in one read transaction, so
+//! they see every stored event once. Count updates and incident changes rewrite index entries
+//! only of events at or below the watermark; the indexer indexes the others as it finds them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -847,7 +856,7 @@ impl Store {
         let deadline = Instant::now() + timeout;
         while self.index.indexed_through.load(Ordering::Acquire) < target {
             if self.indexer.is_none() {
-                self.index_pending(usize::MAX)?;
+                self.index_pending(crate::indexer::MAX_CHUNK)?;
                 continue;
             }
             if Instant::now() >= deadline {
