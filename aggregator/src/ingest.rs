@@ -401,7 +401,6 @@ pub fn run_writer(
     correlation: Arc<crate::correlation::Correlator>,
     mut rx: mpsc::Receiver<IngestItem>,
 ) {
-    use std::sync::atomic::Ordering;
     let mut api_seqs = crate::api_ingest::Sequencer::default();
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -411,6 +410,24 @@ pub fn run_writer(
                 Err(_) => break,
             }
         }
+        commit_group(&store, &alarms, &correlation, &mut api_seqs, group);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// What [`run_writer`] does with each group of batches it took from the channel: refuses those
+/// behind a failed commit, numbers API events, commits the rest in one durable transaction with
+/// their alarm updates, replies to each, then feeds correlation. Public so that benchmarks
+/// (`examples/store_cost.rs`) run exactly the writer's path.
+pub fn commit_group(
+    store: &Store,
+    alarms: &Engine,
+    correlation: &crate::correlation::Correlator,
+    api_seqs: &mut crate::api_ingest::Sequencer,
+    mut group: Vec<IngestItem>,
+) {
+    use std::sync::atomic::Ordering;
+    {
         // Batches behind a failed commit on the same connection are refused, not committed.
         group.retain(|item| {
             let poisoned = item.poisoned.load(Ordering::Acquire);
@@ -420,7 +437,7 @@ pub fn run_writer(
             !poisoned
         });
         // API events get their sequences here, in commit order.
-        group.retain_mut(|item| match api_seqs.assign(&store, item) {
+        group.retain_mut(|item| match api_seqs.assign(store, item) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the event store to number API events; they are refused (503)");
@@ -429,7 +446,7 @@ pub fn run_writer(
             }
         });
         if group.is_empty() {
-            continue;
+            return;
         }
         let batches: Vec<AgentBatch<'_>> = group
             .iter()
@@ -530,7 +547,6 @@ pub fn run_writer(
             }
         }
     }
-    tracing::debug!("store writer stopped");
 }
 
 /// Watches the CRL file; when it changes, installs a new server config (new handshakes see the

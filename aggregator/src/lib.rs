@@ -13,6 +13,7 @@ pub mod correlate;
 pub mod correlation;
 pub mod histogram;
 pub mod index;
+pub mod indexer;
 pub mod ingest;
 pub mod keys;
 pub mod keys_api;

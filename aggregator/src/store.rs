@@ -10,12 +10,24 @@
 //! - `agent_seq`: `(agent number u32, agent sequence u64)` → store key, to find an event by its
 //!   fleet id and to apply first-stage dedup count updates.
 //! - `agents`: identity `site/name` → postcard [`AgentRecord`] (number, committed sequence, …).
-//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`).
-//! - `idx_*`: secondary indexes, written in the same transaction as the events; see
-//!   [`crate::index`].
+//! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`, `indexed_through`).
+//! - `idx_*`: secondary indexes ([`crate::index`]) of the events up to the `indexed_through`
+//!   watermark, written behind ingest by the background indexer ([`crate::indexer`]).
+//!
+//! # Transactions
+//! The ingest commit ([`Store::commit_with`], durable) writes only what exactly-once needs:
+//! events, `agent_seq`, agent records and `next_key`, plus what its caller adds (alarms). It
+//! neither decodes the events nor indexes them. Searches ([`Store::search`],
+//! [`Store::histogram`], [`Store::time_span`]) read the indexes for the events up to the
+//! watermark and decode and filter the events above it (the tail), in one read transaction, so
+//! they see every stored event once. Count updates and incident changes rewrite index entries
+//! only of events at or below the watermark; the indexer indexes the others as it finds them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use redb::{
@@ -27,12 +39,13 @@ use weir_common::wire::Batch;
 use weir_common::{Event, Record};
 
 use crate::index::{self, IndexTables};
+use crate::indexer::{INDEXED_THROUGH, IndexState, Indexer};
 use crate::query::{Cursor, EventFilter};
 
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const AGENT_SEQ: TableDefinition<(u32, u64), u64> = TableDefinition::new("agent_seq");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// One page of a search: events in list order with their positions, the number of events
 /// matching in all, and whether there are more after this page.
@@ -243,8 +256,12 @@ pub enum ExpireError {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
+    /// Committed and indexed store keys, shared with the indexer thread.
+    index: Arc<IndexState>,
+    /// The background indexer (`None` in tests that drive it by hand); stopped on drop.
+    indexer: Option<Indexer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -267,6 +284,16 @@ impl Store {
 
     /// [`Store::open`] with `cache_bytes` of page cache (`store_cache` in aggregator.toml).
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let mut store = Store::open_unindexed(path, cache_bytes)?;
+        let indexer = Indexer::spawn(store.db.clone(), store.path.clone(), store.index.clone())
+            .map_err(|e| store.err(redb::StorageError::Io(e)))?;
+        store.indexer = Some(indexer);
+        Ok(store)
+    }
+
+    /// Opens the store without starting its background indexer: events stored through it
+    /// are indexed only by [`Store::index_pending`] (tests that stop indexing part-way).
+    pub(crate) fn open_unindexed(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let err = |e: redb::Error| StoreError {
             path: path.to_path_buf(),
             error: e,
@@ -276,7 +303,7 @@ impl Store {
             .create(path)
             .map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
-        let indexed = {
+        let (indexed, last_key, watermark) = {
             let events = txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
             txn.open_table(AGENT_SEQ).map_err(|e| err(e.into()))?;
             txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
@@ -286,21 +313,41 @@ impl Store {
                 .get("index_version")
                 .map_err(|e| err(e.into()))?
                 .map_or(0, |v| v.value());
-            if version == 0 && events.is_empty().map_err(|e| err(e.into()))? {
+            let last_key = events
+                .last()
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |(k, _)| k.value());
+            if version == 0 && last_key == 0 {
                 meta.insert("index_version", index::INDEX_VERSION)
                     .map_err(|e| err(e.into()))?;
-                true
-            } else {
-                version == index::INDEX_VERSION
+            } else if version == index::SYNC_INDEX_VERSION {
+                // Written by a build that indexed in the ingest transaction: every event is
+                // indexed. From now on the indexer keeps the watermark.
+                meta.insert(INDEXED_THROUGH, last_key)
+                    .map_err(|e| err(e.into()))?;
+                meta.insert("index_version", index::INDEX_VERSION)
+                    .map_err(|e| err(e.into()))?;
             }
+            let version = meta
+                .get("index_version")
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |v| v.value());
+            let watermark = meta
+                .get(INDEXED_THROUGH)
+                .map_err(|e| err(e.into()))?
+                .map_or(0, |v| v.value());
+            (version == index::INDEX_VERSION, last_key, watermark)
         };
         txn.commit().map_err(|e| err(e.into()))?;
-        let store = Store {
-            db,
+        let mut store = Store {
+            db: Arc::new(db),
             path: path.to_path_buf(),
+            index: Arc::new(IndexState::new(last_key, watermark)),
+            indexer: None,
         };
         if !indexed {
             store.rebuild_indexes()?;
+            store.index = Arc::new(IndexState::new(last_key, last_key));
         }
         Ok(store)
     }
@@ -336,6 +383,8 @@ impl Store {
                 if done < REINDEX_CHUNK {
                     let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
                     meta.insert("index_version", index::INDEX_VERSION)
+                        .map_err(|e| self.err(e))?;
+                    meta.insert(INDEXED_THROUGH, next.saturating_sub(1))
                         .map_err(|e| self.err(e))?;
                 }
             }
@@ -388,6 +437,7 @@ impl Store {
         let mut out = CommitOutcome::default();
         // Count updates of events that raised an alarm: applied after `also`.
         let mut raises = Vec::new();
+        let last_key;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
@@ -396,7 +446,10 @@ impl Store {
             let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
             let mut agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-            let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
+            // Index tables are opened only for a count update of an indexed event: new events
+            // are indexed later, in bulk, by the indexer.
+            let mut idx: Option<IndexTables<'_>> = None;
+            let watermark = watermark_in(&meta).map_err(|e| self.err(e))?;
             let mut next_key = meta
                 .get("next_key")
                 .map_err(|e| self.err(e))?
@@ -444,10 +497,6 @@ impl Store {
                             events
                                 .insert(next_key, bytes.as_slice())
                                 .map_err(|e| self.err(e))?;
-                            if let Ok(stored) = postcard::from_bytes::<StoredEvent>(bytes) {
-                                index::index_event(&mut idx, next_key, &stored)
-                                    .map_err(|e| self.err(e))?;
-                            }
                             agent_seq
                                 .insert((rec.number, seq), next_key)
                                 .map_err(|e| self.err(e))?;
@@ -488,9 +537,18 @@ impl Store {
                                 events
                                     .insert(key, bytes.as_slice())
                                     .map_err(|e| self.err(e))?;
-                                // The summaries carry the count (totals, histograms).
-                                index::index_event(&mut idx, key, &stored)
-                                    .map_err(|e| self.err(e))?;
+                                // The summaries carry the count (totals, histograms); an event
+                                // above the watermark gets it when the indexer reaches it.
+                                if key <= watermark {
+                                    if idx.is_none() {
+                                        idx =
+                                            Some(IndexTables::open(&txn).map_err(|e| self.err(e))?);
+                                    }
+                                    if let Some(idx) = &mut idx {
+                                        index::index_event(idx, key, &stored)
+                                            .map_err(|e| self.err(e))?;
+                                    }
+                                }
                                 raises.extend(crate::alarm::persist::CountRaise::of(
                                     old_count, &stored,
                                 ));
@@ -521,6 +579,7 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
             meta.insert("next_key", next_key).map_err(|e| self.err(e))?;
+            last_key = next_key - 1;
             meta.insert("next_agent", next_agent)
                 .map_err(|e| self.err(e))?;
         }
@@ -528,6 +587,9 @@ impl Store {
         out.alarm_counts =
             crate::alarm::persist::apply_counts(&txn, &raises, now).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
+        if out.stored > 0 {
+            self.index.committed(last_key);
+        }
         Ok(out)
     }
 
@@ -635,10 +697,23 @@ impl Store {
                 .map_err(|e| self.err(e))?
                 .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok()))
         };
+        // Events the indexer has not reached yet are matched here, one by one.
+        let tail = self.tail(&txn, |s| filter.matches(s))?;
+        let tail_after: Vec<(Cursor, StoredEvent)> = tail
+            .matches
+            .iter()
+            .filter(|(c, _)| upper.is_none_or(|u| (c.time_us, c.key) < u))
+            .cloned()
+            .collect();
         if filter.is_empty() {
-            // Every event matches: the total is the table's size (less the hidden ones when
-            // they are left out), and only the page is read.
-            page.total = events.len().map_err(|e| self.err(e))?;
+            // Every event matches: the total is the indexed part of the table's size (less
+            // the hidden ones when they are left out) plus the tail's matches, and only the
+            // page is read.
+            let indexed = events
+                .len()
+                .map_err(|e| self.err(e))?
+                .saturating_sub(tail.scanned);
+            page.total = indexed;
             if plan.hidden != crate::query::Hidden::Include {
                 let hidden = txn
                     .open_table(index::HIDDEN)
@@ -647,19 +722,25 @@ impl Store {
                     .map_err(|e| self.err(e))?;
                 page.total = match plan.hidden {
                     crate::query::Hidden::Only => hidden,
-                    _ => page.total.saturating_sub(hidden),
+                    _ => indexed.saturating_sub(hidden),
                 };
             }
+            page.total += tail.matches.len() as u64;
+            let mut indexed_page = Vec::new();
+            let mut more = false;
             for c in index::candidates(&txn, &plan, upper).map_err(|e| self.err(e))? {
                 let c = c.map_err(|e| self.err(e))?;
-                if page.events.len() == limit {
-                    page.more = true;
+                if indexed_page.len() == limit {
+                    more = true;
                     break;
                 }
                 if let Some(s) = read(c.key)? {
-                    page.events.push((cursor_of(&c), s));
+                    indexed_page.push((cursor_of(&c), s));
                 }
             }
+            let (events, left_over) = merge_pages(indexed_page, tail_after, limit);
+            page.events = events;
+            page.more = more || left_over;
             return Ok(page);
         }
         // One pass over the whole match set: every match counts, those after the cursor fill
@@ -723,8 +804,80 @@ impl Store {
             let room = limit - page.events.len();
             page.events.extend(r.events.into_iter().take(room));
         }
+        page.total += tail.matches.len() as u64;
+        on_page += tail_after.len() as u64;
+        page.events = merge_pages(std::mem::take(&mut page.events), tail_after, limit).0;
         page.more = on_page > page.events.len() as u64;
         Ok(page)
+    }
+
+    /// The stored events above the indexer's watermark in `txn` (not in the indexes yet)
+    /// that pass `keep`, in list order, and how many events the tail holds in all.
+    fn tail(
+        &self,
+        txn: &redb::ReadTransaction,
+        keep: impl Fn(&StoredEvent) -> bool,
+    ) -> Result<Tail, StoreError> {
+        let meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let watermark = watermark_in(&meta).map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut tail = Tail::default();
+        for item in events
+            .range(watermark.saturating_add(1)..)
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            tail.scanned += 1;
+            if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value())
+                && keep(&s)
+            {
+                let c = Cursor {
+                    time_us: index::time_us(&s),
+                    key: k.value(),
+                };
+                tail.matches.push((c, s));
+            }
+        }
+        tail.matches
+            .sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
+        Ok(tail)
+    }
+
+    /// Stored events the search indexes do not cover yet (searches scan them one by one).
+    pub fn index_lag(&self) -> u64 {
+        self.index.lag()
+    }
+
+    /// Asks the indexer to index every event stored so far now, and waits until it has (at
+    /// most `timeout`). Searches never need this (they scan what is not indexed); benchmarks
+    /// and tests that look at the indexes themselves do.
+    pub fn wait_indexed(&self, timeout: Duration) -> Result<(), StoreError> {
+        let target = self.index.last_key.load(Ordering::Acquire);
+        let deadline = Instant::now() + timeout;
+        while self.index.indexed_through.load(Ordering::Acquire) < target {
+            if self.indexer.is_none() {
+                self.index_pending(crate::indexer::MAX_CHUNK)?;
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(self.err(redb::StorageError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "search indexes still {} events behind after {timeout:?}",
+                        self.index.lag()
+                    ),
+                ))));
+            }
+            self.index.request_flush();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Indexes up to `max` events above the watermark in one transaction, as the indexer
+    /// does; returns how many.
+    pub(crate) fn index_pending(&self, max: usize) -> Result<usize, StoreError> {
+        crate::indexer::index_pending(&self.db, &self.path, &self.index, max)
     }
 
     /// Counts matching events per severity in `buckets` consecutive time buckets of
@@ -740,6 +893,18 @@ impl Store {
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
         let plan = filter.plan();
         let mut out = vec![[(0u64, 0u64); 5]; buckets];
+        let mut add = |time: i64, rank: u8, count: u64| {
+            let Ok(b) = usize::try_from((time - origin_us).div_euclid(bucket_us)) else {
+                return;
+            };
+            if let Some(slot) = out.get_mut(b).and_then(|b| b.get_mut(rank as usize)) {
+                slot.0 += 1;
+                slot.1 += count;
+            }
+        };
+        for (c, s) in self.tail(&txn, |s| filter.matches(s))?.matches {
+            add(c.time_us, s.event.severity.rank(), s.event.count);
+        }
         for c in index::candidates(&txn, &plan, None).map_err(|e| self.err(e))? {
             let c = c.map_err(|e| self.err(e))?;
             let (rank, count) = if plan.needs_event {
@@ -757,13 +922,7 @@ impl Store {
             } else {
                 (c.summary.rank, c.summary.count)
             };
-            let Ok(b) = usize::try_from((c.time - origin_us).div_euclid(bucket_us)) else {
-                continue;
-            };
-            if let Some(slot) = out.get_mut(b).and_then(|b| b.get_mut(rank as usize)) {
-                slot.0 += 1;
-                slot.1 += count;
-            }
+            add(c.time, rank, count);
         }
         Ok(out)
     }
@@ -778,10 +937,11 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut found = 0;
         {
+            let watermark = watermark(&txn).map_err(|e| self.err(e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
             let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
             for &key in keys {
-                let changed = rewrite_event(&mut events, &mut idx, key, |s| {
+                let changed = rewrite_event(&mut events, &mut idx, watermark, key, |s| {
                     s.correlated_incident = incident.map(str::to_string);
                 })
                 .map_err(|e| self.err(e))?;
@@ -868,6 +1028,15 @@ impl Store {
             .map_err(|e| self.err(e))?
             .map(|(k, _)| k.value().0);
         let last = t.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value().0);
+        let tail = self.tail(&txn, |_| true)?.matches;
+        let first = first
+            .into_iter()
+            .chain(tail.iter().map(|(c, _)| c.time_us))
+            .min();
+        let last = last
+            .into_iter()
+            .chain(tail.iter().map(|(c, _)| c.time_us))
+            .max();
         Ok(match (first, last) {
             (Some(a), Some(b)) => Timestamp::from_microsecond(a)
                 .ok()
@@ -904,6 +1073,7 @@ impl Store {
         event_ids: &[String],
         incident: &str,
     ) -> Result<u64, redb::Error> {
+        let watermark = watermark(txn)?;
         let agents = txn.open_table(AGENTS)?;
         let agent_seq = txn.open_table(AGENT_SEQ)?;
         let mut events = txn.open_table(EVENTS)?;
@@ -913,7 +1083,7 @@ impl Store {
             let Some(key) = key_in(&agents, &agent_seq, id)? else {
                 continue;
             };
-            if rewrite_event(&mut events, &mut idx, key, |s| {
+            if rewrite_event(&mut events, &mut idx, watermark, key, |s| {
                 s.correlated_incident = Some(incident.to_string());
             })? {
                 found += 1;
@@ -937,9 +1107,10 @@ impl Store {
         let Some(key) = key else {
             return Ok(false);
         };
+        let watermark = watermark(txn)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut idx = IndexTables::open(txn)?;
-        rewrite_event(&mut events, &mut idx, key, f)
+        rewrite_event(&mut events, &mut idx, watermark, key, f)
     }
 
     /// Finds an event by its fleet id `site:agent:seq`.
@@ -954,6 +1125,41 @@ impl Store {
             .map_err(|e| self.err(e))?
             .and_then(|v| postcard::from_bytes(v.value()).ok()))
     }
+}
+
+/// The unindexed tail of the events table as one search sees it.
+#[derive(Default)]
+struct Tail {
+    /// Events that passed the filter, in list order.
+    matches: Vec<(Cursor, StoredEvent)>,
+    /// Events in the tail, matching or not.
+    scanned: u64,
+}
+
+/// The first `limit` events of two pages, each in list order, in list order; and whether
+/// any were left over.
+fn merge_pages(
+    a: Vec<(Cursor, StoredEvent)>,
+    b: Vec<(Cursor, StoredEvent)>,
+    limit: usize,
+) -> (Vec<(Cursor, StoredEvent)>, bool) {
+    if b.is_empty() && a.len() <= limit {
+        return (a, false);
+    }
+    let total = a.len() + b.len();
+    let mut out = Vec::with_capacity(total.min(limit));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while out.len() < limit {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0 > y.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+    let left_over = out.len() < total;
+    (out, left_over)
 }
 
 /// What one time slice of a search found: every match, those after the cursor, and the
@@ -999,11 +1205,14 @@ fn key_in(
     Ok(agent_seq.get((agent.number, seq))?.map(|v| v.value()))
 }
 
-/// Changes the stored event at `key` with `f`, its index entries in step (unindexed before,
-/// indexed after, in the caller's transaction). `false`: no such (readable) event.
+/// Changes the stored event at `key` with `f`, in the caller's transaction. An indexed event
+/// (`key <= watermark`) has its index entries kept in step (unindexed before, indexed after);
+/// one above the watermark has none, and the indexer indexes what it finds. `false`: no such
+/// (readable) event.
 fn rewrite_event(
     events: &mut redb::Table<'_, u64, &'static [u8]>,
     idx: &mut IndexTables<'_>,
+    watermark: u64,
     key: u64,
     f: impl FnOnce(&mut StoredEvent),
 ) -> Result<bool, redb::Error> {
@@ -1011,12 +1220,27 @@ fn rewrite_event(
     let Some(Ok(mut stored)) = current.map(|b| postcard::from_bytes::<StoredEvent>(&b)) else {
         return Ok(false);
     };
-    index::unindex_event(idx, key, &stored)?;
+    let indexed = key <= watermark;
+    if indexed {
+        index::unindex_event(idx, key, &stored)?;
+    }
     f(&mut stored);
     let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
     events.insert(key, bytes.as_slice())?;
-    index::index_event(idx, key, &stored)?;
+    if indexed {
+        index::index_event(idx, key, &stored)?;
+    }
     Ok(true)
+}
+
+/// The indexer's watermark as seen by `txn`: events with a key at or below it are indexed.
+fn watermark_in(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(INDEXED_THROUGH)?.map_or(0, |v| v.value()))
+}
+
+/// [`watermark_in`] for a write transaction that does not have `meta` open.
+fn watermark(txn: &redb::WriteTransaction) -> Result<u64, redb::Error> {
+    Ok(watermark_in(&txn.open_table(META)?)?)
 }
 
 #[cfg(test)]

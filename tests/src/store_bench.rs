@@ -217,6 +217,9 @@ fn stats(name: &'static str, mut d: Vec<Duration>, totals: u64) -> Latency {
 /// store's span (read from its oldest and newest event times).
 pub fn bench(db: &Path, runs: usize, sites: u32, cache_bytes: u64) -> anyhow::Result<Vec<Latency>> {
     let store = Store::open_with_cache(db, cache_bytes)?;
+    // Measure the indexed steady state: a fill that just ended leaves up to a few tens of
+    // thousands of events for the background indexer, which searches would scan one by one.
+    store.wait_indexed(Duration::from_secs(3600))?;
     let (first, last) = store
         .time_span()?
         .context("the store is empty: run store-fill first")?;
