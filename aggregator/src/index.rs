@@ -428,6 +428,23 @@ mod tests {
 
     /// 600 events over 3 sites, 2 agents each, 6 hosts, random severities, messages and event
     /// times (many equal, some out of arrival order), with dedup count updates.
+    /// Prepares and commits one agent batch, as the writer does.
+    fn commit(
+        store: &Store,
+        site: &str,
+        agent: &str,
+        batch: &Batch,
+        now: Timestamp,
+    ) -> crate::store::CommitOutcome {
+        let prepared = prepare(site, agent, batch, now);
+        let batches = [AgentBatch {
+            site,
+            name: agent,
+            records: &prepared,
+        }];
+        store.commit(&batches, now).unwrap()
+    }
+
     fn fill(store: &Store) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let words = [
@@ -480,17 +497,7 @@ mod tests {
                     records,
                 };
                 let now = Timestamp::from_second(T0 + 5000).unwrap();
-                let prepared = prepare(site, agent, &batch, now);
-                store
-                    .commit(
-                        &[AgentBatch {
-                            site,
-                            name: agent,
-                            records: &prepared,
-                        }],
-                        now,
-                    )
-                    .unwrap();
+                commit(store, site, agent, &batch, now);
             }
         }
     }
@@ -781,17 +788,7 @@ mod tests {
             }],
         };
         let now = Timestamp::from_second(T0 + 5000).unwrap();
-        let prepared = prepare(site, agent, &batch, now);
-        let out = store
-            .commit(
-                &[AgentBatch {
-                    site,
-                    name: agent,
-                    records: &prepared,
-                }],
-                now,
-            )
-            .unwrap();
+        let out = commit(store, site, agent, &batch, now);
         assert_eq!(out.count_updates, 1);
     }
 
@@ -865,17 +862,7 @@ mod tests {
         count_update(&store, "lyon", "gw-1", 102, 6, 2);
         let b = batch_for(103..=110);
         let now = Timestamp::from_second(T0 + 5000).unwrap();
-        let prepared = prepare("lyon", "gw-1", &b, now);
-        store
-            .commit(
-                &[AgentBatch {
-                    site: "lyon",
-                    name: "gw-1",
-                    records: &prepared,
-                }],
-                now,
-            )
-            .unwrap();
+        commit(&store, "lyon", "gw-1", &b, now);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while store.index_lag() > 0 {
             assert!(std::time::Instant::now() < deadline, "indexer never ran");
