@@ -754,7 +754,11 @@ impl Engine {
         group: &[(String, String)],
         triggers: &[Trigger],
     ) -> (BTreeMap<String, String>, String) {
-        let mut writes: Vec<(String, Option<String>)> = Vec::new();
+        // Room for seed 003's default: every property of the last trigger.
+        let room = rule.copies.present.len()
+            + rule.enrich.len()
+            + triggers.last().map_or(0, |t| 12 + t.ev.event.tags.len());
+        let mut writes: Vec<(String, Option<String>)> = Vec::with_capacity(room);
         // Step 8 only asks whether these three were set explicitly.
         let mut explicit = Explicit::default();
         for name in &rule.copies.present {
@@ -805,20 +809,25 @@ impl Engine {
             writes.push((k.clone(), v.clone()));
             explicit.mark(k);
         }
-        // Stable: each name's writes stay in step order, its last write last.
+        // Stable: each name's writes stay in step order, its last write last. The properties
+        // of a trigger come in name order, so the common case is sorted already.
         writes.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut last: Vec<(String, String)> = Vec::with_capacity(writes.len());
-        let mut writes = writes.into_iter().peekable();
-        while let Some((k, v)) = writes.next() {
-            if writes.peek().is_some_and(|(next, _)| *next == k) {
-                continue;
+        // Keep one entry per name, holding its last write (`dedup_by` keeps the first of a run
+        // and hands it each later one).
+        writes.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
             }
-            if let Some(v) = v {
-                last.push((k, v));
-            }
-        }
-        // Sorted and distinct already: `from_iter` builds the tree without searching it.
-        let mut props: BTreeMap<String, String> = last.into_iter().collect();
+            same
+        });
+        writes.retain(|(_, v)| v.is_some());
+        // Sorted and distinct: `from_iter` sorts in one pass and builds the tree without
+        // searching it (and reuses the list's memory).
+        let mut props: BTreeMap<String, String> = writes
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect();
         // Step 8: stateful only when set explicitly; node from an explicit setting or the
         // default node; element from the groupby values when not set.
         if !explicit.stateful {

@@ -95,32 +95,38 @@ impl EventIn {
             .or(self.event.event_type.as_deref())
     }
 
-    /// Every property a `/regex/` copy directive can take, by canonical name. Names are
-    /// allocated only for tags: the caller tests a name before it copies it.
+    /// Every property a `/regex/` copy directive can take, by canonical name, in name order
+    /// (the engine builds a map of them: sorted input sorts in one pass). Names are allocated
+    /// only for tags: the caller tests a name before it copies it.
     fn properties(&self) -> impl Iterator<Item = (Cow<'static, str>, &str)> {
-        const PLAIN: [Field; 11] = [
-            Field::Source,
-            Field::Hostname,
-            Field::Severity,
-            Field::Message,
-            Field::EventType,
-            Field::Tag,
-            Field::Name,
-            Field::Input,
-            Field::Site,
+        // `node` sorts between `name` and `peer`; `tag` before every `tags.X`.
+        const BEFORE_NODE: [Field; 6] = [
             Field::Agent,
-            Field::Peer,
+            Field::EventType,
+            Field::Hostname,
+            Field::Input,
+            Field::Message,
+            Field::Name,
         ];
-        PLAIN
+        const AFTER_NODE: [Field; 5] = [
+            Field::Peer,
+            Field::Severity,
+            Field::Site,
+            Field::Source,
+            Field::Tag,
+        ];
+        let plain = |f: &Field| {
+            let name = f.plain_name()?;
+            self.get(f).map(|v| (Cow::Borrowed(name), v))
+        };
+        BEFORE_NODE
             .iter()
-            .filter_map(|f| {
-                let name = f.plain_name()?;
-                self.get(f).map(|v| (Cow::Borrowed(name), v))
-            })
+            .filter_map(plain)
             .chain(std::iter::once((
                 Cow::Borrowed("node"),
                 self.event.hostname.as_str(),
             )))
+            .chain(AFTER_NODE.iter().filter_map(plain))
             .chain(self.event.tags.iter().map(|(k, v)| {
                 let mut name = String::with_capacity(5 + k.len());
                 name.push_str("tags.");

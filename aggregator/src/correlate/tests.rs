@@ -1469,3 +1469,25 @@ fn explanation_reads_as_before() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `properties()` comes in name order, which the incident's property map relies on for
+/// speed (a sorted list builds in one pass); the copy itself does not depend on it.
+#[test]
+fn properties_come_in_name_order() {
+    let mut e = (*tagged(
+        "1",
+        "X",
+        "h",
+        0.0,
+        &[("zz", "1"), ("a", "2"), ("node", "3")],
+    ))
+    .clone();
+    e.event.event_type = Some("linkDown".into());
+    e.event.peer = Some("192.0.2.1:514".into());
+    let names: Vec<String> = e.properties().map(|(k, _)| k.into_owned()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted);
+    assert!(names.len() >= 15, "{names:?}");
+}
