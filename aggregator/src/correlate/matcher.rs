@@ -628,12 +628,20 @@ impl<'a> Cx<'a> {
         pc == ACCEPT
     }
 
-    /// Predicate `p`'s answer, computed once per event.
+    /// Predicate `p`'s answer, computed once per event. About half the calls are answered by
+    /// the memo: that check is inlined into the program loop, the evaluation is not (it
+    /// would cost every call its register saves).
+    #[inline(always)]
     fn pred(&mut self, p: u32) -> bool {
         let m = self.memo[p as usize];
         if m >> 1 == self.epoch {
             return m & 1 == 1;
         }
+        self.compute(p)
+    }
+
+    #[inline(never)]
+    fn compute(&mut self, p: u32) -> bool {
         let v = self.eval(&self.preds[p as usize]);
         self.memo[p as usize] = self.epoch << 1 | u64::from(v);
         v
