@@ -599,11 +599,11 @@ impl Worker {
                             opened.entry(id.clone()).or_default().push(n);
                         }
                         self.last_incident
-                            .insert((d.rule.clone(), d.group_key.clone()), n);
+                            .insert((d.rule.to_string(), d.group_key.clone()), n);
                         if combines {
                             triggers::supersede(&txn, &d.event_ids, &d.rule)?;
                             takeovers.push(triggers::Takeover {
-                                rule: d.rule.clone(),
+                                rule: d.rule.to_string(),
                                 incident: Some(n),
                                 event_ids: d.event_ids.clone(),
                                 acknowledge: d.triggers == TriggerHandling::Acknowledged,
@@ -759,12 +759,12 @@ impl Worker {
             .map(|r| vec![r.describe.to_string()])
             .unwrap_or_default();
         let spec = IncidentSpec {
-            title: d.rule.clone(),
+            title: d.rule.to_string(),
             severity: d.severity,
             contact_list: d.contact_list.clone(),
             explanation: Explanation {
-                rule: d.rule.clone(),
-                rule_version: d.rule_version.clone(),
+                rule: d.rule.to_string(),
+                rule_version: d.rule_version.to_string(),
                 conditions,
                 event_ids: d.event_ids.clone(),
                 window_start: Some(d.window.0),

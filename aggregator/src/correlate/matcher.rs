@@ -24,10 +24,12 @@
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
 //!   `contains_all` filter on the same field go into one Aho-Corasick automaton of lowercase
 //!   literals, run over the value ASCII-lowercased: ASCII-case-insensitive matching. The first
-//!   such filter an event reaches scans the field once — a fast non-overlapping `is_match`
-//!   first, as most values contain none of the literals, then the overlapping search that
-//!   finds them all — and records which literals occur in a bitset; every literal filter on
-//!   that field is then a bit test. The
+//!   such filter an event reaches scans the field once — a fast leftmost search for the
+//!   first literal (most values contain none), then, from that literal's start, the
+//!   overlapping search that finds them all — and records which literals occur in a bitset;
+//!   every literal filter on that field is then a bit test. (An ASCII-case-insensitive
+//!   automaton would spare the lowercase copy, but aho-corasick then drops its packed SIMD
+//!   prefilter, which is what makes the common no-literal case cheap.) The
 //!   filters' regexes are `(?i)` alternations of escaped literals, and on ASCII text Unicode
 //!   case folding of an ASCII literal is exactly ASCII case folding, so the scan answers the
 //!   same; a value with non-ASCII bytes, and a literal that is empty or not ASCII, still goes
@@ -43,7 +45,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 use regex::Regex;
 use regex_syntax::hir::{Class, Hir, HirKind};
 use weir_common::Severity;
@@ -62,7 +64,7 @@ struct Scan {
     /// The same literals, leftmost-first: only asked whether any occurs. Unlike the standard
     /// (overlapping) automaton, it gets aho-corasick's packed SIMD prefilter.
     any: AhoCorasick,
-    /// Offset of this scan's literals in the bitset, in bits.
+    /// Offset of this scan's literals in the bitset, in bits: a multiple of 64.
     base: usize,
     len: usize,
 }
@@ -502,7 +504,8 @@ impl Matcher {
                 }),
                 _ => failed.push(field),
             }
-            base += pats.len();
+            // Each scan's bits start a word, so clearing them never touches another's.
+            base += pats.len().next_multiple_of(64);
         }
         if !failed.is_empty() {
             return Err(failed);
@@ -625,12 +628,20 @@ impl<'a> Cx<'a> {
         pc == ACCEPT
     }
 
-    /// Predicate `p`'s answer, computed once per event.
+    /// Predicate `p`'s answer, computed once per event. About half the calls are answered by
+    /// the memo: that check is inlined into the program loop, the evaluation is not (it
+    /// would cost every call its register saves).
+    #[inline(always)]
     fn pred(&mut self, p: u32) -> bool {
         let m = self.memo[p as usize];
         if m >> 1 == self.epoch {
             return m & 1 == 1;
         }
+        self.compute(p)
+    }
+
+    #[inline(never)]
+    fn compute(&mut self, p: u32) -> bool {
         let v = self.eval(&self.preds[p as usize]);
         self.memo[p as usize] = self.epoch << 1 | u64::from(v);
         v
@@ -706,13 +717,15 @@ impl<'a> Cx<'a> {
             None => Scanned::Missing,
             Some(v) if !v.is_ascii() => Scanned::NotAscii,
             Some(v) => {
-                for b in s.base..s.base + s.len {
-                    self.bits[b / 64] &= !(1 << (b % 64));
-                }
+                // Scans start on a word boundary: clear whole words, not bit by bit.
+                self.bits[s.base / 64..(s.base + s.len).div_ceil(64)].fill(0);
                 self.lower.clear();
                 self.lower.extend(v.bytes().map(|b| b.to_ascii_lowercase()));
-                if s.any.is_match(&self.lower[..]) {
-                    for m in s.ac.find_overlapping_iter(&self.lower[..]) {
+                // No literal occurrence starts before the leftmost one: the overlapping
+                // search resumes there instead of rescanning the value from the start.
+                if let Some(first) = s.any.find(&self.lower[..]) {
+                    let rest = Input::new(&self.lower[..]).span(first.start()..self.lower.len());
+                    for m in s.ac.find_overlapping_iter(rest) {
                         let b = s.base + m.pattern().as_usize();
                         self.bits[b / 64] |= 1 << (b % 64);
                     }
@@ -956,6 +969,26 @@ mod tests {
         // The Kelvin sign folds to k under the regex's Unicode rules: the regex decides.
         assert_eq!(m.matching(&syslog_event("\u{212A}ELVIN")), vec![2]);
         assert_eq!(m.matching(&syslog_event("café link down")), vec![0, 1, 3]);
+    }
+
+    /// The overlapping search resumes at the leftmost literal, not after it: literals that
+    /// overlap it or start inside it are still found.
+    #[test]
+    fn literals_inside_the_first_one_are_found() {
+        let set = RuleSet::parse(
+            r#"[{"name": "a", "conditions": {"field": "message", "op": "contains", "value": "linkdown"}},
+                {"name": "b", "conditions": {"field": "message", "op": "contains", "value": "down"}},
+                {"name": "c", "conditions": {"field": "message", "op": "contains", "value": "kdo"}},
+                {"name": "d", "conditions": {"field": "hostname", "op": "contains", "value": "db"}}]"#,
+            Path::new("t.json"),
+        )
+        .expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.scans.len(), 2, "message and hostname scans");
+        assert_eq!(m.matching(&syslog_event("eth0 LinkDown")), vec![0, 1, 2]);
+        assert_eq!(m.matching(&syslog_event("down")), vec![1]);
+        // The next event clears the message scan's bits and leaves none behind.
+        assert!(m.matching(&syslog_event("up")).is_empty());
     }
 
     /// A rule file (or dry-run request) with many literals: each distinct one is kept once,

@@ -163,14 +163,14 @@ fn seed_000_database_connectivity_failure() {
     let inc = incidents(&out);
     assert_eq!(inc.len(), 1, "{out:#?}");
     let i = inc[0];
-    assert_eq!(i.rule, "Database Connectivity Failure");
+    assert_eq!(&*i.rule, "Database Connectivity Failure");
     assert_eq!(i.severity, Severity::Critical);
     assert_eq!(i.contact_list.as_deref(), Some("DBA On-Call"));
     assert_eq!(i.event_ids, ["e1", "e2"]);
     assert!(i.suppress_individual);
     assert_eq!(i.window, (at(0.0), at(240.0)));
     assert!(
-        i.explanation.contains("2 matching event(s)"),
+        i.explanation.to_string().contains("2 matching event(s)"),
         "{}",
         i.explanation
     );
@@ -745,7 +745,7 @@ fn late_event_joins_its_window_and_says_so() {
     assert!(inc[0].late);
     assert_eq!(inc[0].window, (at(0.0), at(20.0)));
     assert_eq!(inc[0].delay_secs, 80);
-    assert!(inc[0].explanation.contains("created late"));
+    assert!(inc[0].explanation.to_string().contains("created late"));
     assert_eq!(e.stats().late, 1);
 }
 
@@ -782,7 +782,7 @@ fn reload_keeps_state_of_unchanged_rules() {
     let out = e.push(tagged("2", "Down", "h", 10.0, &[]), at(10.0));
     let inc = incidents(&out);
     assert_eq!(inc.len(), 1, "{out:#?}");
-    assert_eq!(inc[0].rule, "A");
+    assert_eq!(&*inc[0].rule, "A");
     assert_eq!(inc[0].event_ids, ["1", "2"]);
     // Same definition, written differently (TOML, other key order): same version.
     let toml = RuleSet::parse(
@@ -861,7 +861,7 @@ fn cross_site_counts_across_sites_and_site_outage_inhibits() {
     let out = run(&mut e, &[bgp("1", "paris", 0.0), bgp("2", "tokyo", 1.0)]);
     let inc = incidents(&out);
     assert_eq!(inc.len(), 1, "only the global rule sees two: {out:#?}");
-    assert_eq!(inc[0].rule, "Core");
+    assert_eq!(&*inc[0].rule, "Core");
     assert_eq!(inc[0].sites, ["paris", "tokyo"]);
 
     e.site_down("paris", at(100.0));
@@ -1043,7 +1043,7 @@ fn rules_run_in_priority_order_and_disabled_rules_never() {
         .iter()
         .filter_map(|d| match d {
             Decision::SuppressEvent { rule, .. } => Some(&**rule),
-            Decision::OpenIncident(i) => Some(i.rule.as_str()),
+            Decision::OpenIncident(i) => Some(&*i.rule),
             _ => None,
         })
         .collect();
@@ -1080,7 +1080,7 @@ fn dry_run_matches_live_processing() {
     let strip = |d: &[Decision]| -> Vec<(String, Vec<String>)> {
         incidents(d)
             .iter()
-            .map(|i| (i.rule.clone(), i.event_ids.clone()))
+            .map(|i| (i.rule.to_string(), i.event_ids.clone()))
             .collect()
     };
     assert_eq!(strip(&dry), strip(&out));
@@ -1271,6 +1271,7 @@ fn windows_count_first_stage_dedup_counts_not_records() {
     assert!(
         inc[0]
             .explanation
+            .to_string()
             .contains("5 matching event(s) (1 deduplicated records)"),
         "{}",
         inc[0].explanation
@@ -1374,4 +1375,119 @@ fn delayed_action_holds_are_bounded_and_released_early_when_full() {
         })
         .collect();
     assert_eq!(rest, ["h2", "h3", "h4"]);
+}
+
+/// Group keys join `name=value` pairs with `,`: values holding `,` and `name=` once made two
+/// distinct groups share one key (`tags.a=x,tags.b=y,tags.b=z` both ways below) and count
+/// toward one window. Now they are two groups, and each key reads back one way.
+#[test]
+fn distinct_group_values_never_share_a_group() {
+    let r = rules(
+        r#"[{"name": "pair", "events": ["X"], "count": 2, "window": 60,
+             "group_by": ["tags.a", "tags.b"]}]"#,
+    );
+    let mut e = Engine::new(r, no_lateness());
+    let one = [("a", "x,tags.b=y"), ("b", "z")];
+    let two = [("a", "x"), ("b", "y,tags.b=z")];
+    let mut out = e.push(tagged("1", "X", "h", 0.0, &one), at(0.0));
+    out.extend(e.push(tagged("2", "X", "h", 1.0, &two), at(1.0)));
+    assert!(incidents(&out).is_empty(), "{out:#?}");
+    assert_eq!(e.live().0, 2, "two groups");
+    // A second event of the first group completes that group only, with its own values.
+    let out = e.push(tagged("3", "X", "h", 2.0, &one), at(2.0));
+    let inc = incidents(&out);
+    assert_eq!(inc.len(), 1, "{out:#?}");
+    assert_eq!(inc[0].event_ids, ["1", "3"]);
+    assert_eq!(inc[0].group_key, r"tags.a=x\,tags.b=y,tags.b=z");
+    assert_eq!(
+        inc[0].group,
+        [
+            ("tags.a".to_string(), "x,tags.b=y".to_string()),
+            ("tags.b".to_string(), "z".to_string())
+        ]
+    );
+    // Backslashes are escaped too: `x\` then `,y` is not `x` then `\,y`.
+    let mut e = Engine::new(
+        rules(
+            r#"[{"name": "pair", "events": ["X"], "count": 2, "group_by": ["tags.a", "tags.b"]}]"#,
+        ),
+        no_lateness(),
+    );
+    let out = run(
+        &mut e,
+        &[
+            tagged("1", "X", "h", 0.0, &[("a", r"x\"), ("b", ",y")]),
+            tagged("2", "X", "h", 1.0, &[("a", "x"), ("b", r"\,y")]),
+        ],
+    );
+    assert!(incidents(&out).is_empty(), "{out:#?}");
+    // Plain values read as before.
+    let out = run(
+        &mut e,
+        &[
+            tagged("3", "X", "h", 2.0, &[("a", "p"), ("b", "q")]),
+            tagged("4", "X", "h", 3.0, &[("a", "p"), ("b", "q")]),
+        ],
+    );
+    assert_eq!(incidents(&out)[0].group_key, "tags.a=p,tags.b=q");
+}
+
+/// The explanation is built when read: its text, displayed or serialised, is the one the
+/// engine wrote eagerly before, word for word.
+#[test]
+fn explanation_reads_as_before() {
+    let mut e = Engine::new(rules(SEED_000_RULE), no_lateness());
+    let out = run(
+        &mut e,
+        &[
+            db_event("e1", "db-1", Severity::Critical, "connection refused", 0.0),
+            db_event("e2", "db-1", Severity::Critical, "connection refused", 30.0),
+        ],
+    );
+    let inc = incidents(&out);
+    let want = format!(
+        "rule \"Database Connectivity Failure\" (priority 10, version {}) fired across all sites and hosts: \
+         2 matching event(s) between {} and {} (window 300 s, count 2) matching {}",
+        inc[0].rule_version,
+        at(0.0),
+        at(30.0),
+        e.rules().rules[0].describe
+    );
+    assert_eq!(inc[0].explanation.to_string(), want);
+    let json = serde_json::to_value(&out).expect("decisions serialise");
+    let open = json
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["decision"] == "open_incident"))
+        .expect("an open_incident decision");
+    assert_eq!(open["explanation"], want.as_str());
+    assert_eq!(open["rule"], "Database Connectivity Failure");
+    // Read back (dry-run output, JSON lines), it is the same text.
+    let back: Decision = serde_json::from_value(open.clone()).expect("decision reads back");
+    assert_eq!(back.kind(), "open_incident");
+    match back {
+        Decision::OpenIncident(i) => assert_eq!(i.explanation.to_string(), want),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `properties()` comes in name order, which the incident's property map relies on for
+/// speed (a sorted list builds in one pass); the copy itself does not depend on it.
+#[test]
+fn properties_come_in_name_order() {
+    let mut e = (*tagged(
+        "1",
+        "X",
+        "h",
+        0.0,
+        &[("zz", "1"), ("a", "2"), ("node", "3")],
+    ))
+    .clone();
+    e.event.event_type = Some("linkDown".into());
+    e.event.peer = Some("192.0.2.1:514".into());
+    let names: Vec<String> = e.properties().map(|(k, _)| k.into_owned()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted);
+    assert!(names.len() >= 15, "{names:?}");
 }
