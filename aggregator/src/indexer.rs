@@ -131,9 +131,11 @@ pub(crate) fn index_pending(
         error: e,
     };
     let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-    // Durable like every commit here: on a crash the watermark and entries stay consistent
-    // either way, this only saves redoing the work.
-    txn.set_durability(Durability::Immediate)
+    // Not synced: the ingest writer's next (durable) commit persists these entries and the
+    // watermark together; a crash before it loses both, and the indexer redoes them. Skipping
+    // the fsync shortens how long this transaction holds redb's one write lock, during which
+    // ingest commits (and so agents' acks) wait.
+    txn.set_durability(Durability::None)
         .map_err(|e| err(redb::Error::from(e)))?;
     let mut done = 0;
     let mut through;
