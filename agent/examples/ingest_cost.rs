@@ -71,16 +71,9 @@ fn main() -> anyhow::Result<()> {
         read == n,
         "the forwarder read {read} records for {n} lines: lost or duplicated"
     );
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
     // Includes the pre-generated input (about 250 bytes a line).
-    println!("peak RSS: {}", hwm.trim_start_matches("VmHWM:").trim());
+    let hwm = weir_common::telemetry::proc_status_kb(None, "VmHWM:").unwrap_or(0);
+    println!("peak RSS: {hwm} kB");
     println!(
         "{n} lines in {:.2}s: {:.2} µs wall per line (all {n} read back exactly once)",
         elapsed.as_secs_f64(),

@@ -146,15 +146,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(got == want, "{site}/{name}: committed {got}, sent {want}");
     }
 
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    println!("peak RSS: {}", hwm.trim_start_matches("VmHWM:").trim());
+    let hwm = weir_common::telemetry::proc_status_kb(None, "VmHWM:").unwrap_or(0);
+    println!("peak RSS: {hwm} kB");
     println!(
         "{n} events, {group} batch(es) of {BATCH} per transaction: committed in {:.2}s ({:.2} µs wall per event), indexed after {:.2}s ({:.2} µs per event); all stored and found exactly once",
         committed.as_secs_f64(),

@@ -69,6 +69,23 @@ fn parse_udp_rcvbuf_errors(text: &str) -> Option<u64> {
     values.get(i)?.parse().ok()
 }
 
+/// A memory field of `/proc/PID/status` in kB (`VmRSS:` now, `VmHWM:` peak) of process `pid`,
+/// or of this process for `None`. `None` off Linux or when the field is missing.
+pub fn proc_status_kb(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Allows one log line per key per interval and counts what it held back, so a flood of bad
 /// packets produces one line every few seconds saying how many were suppressed.
 #[derive(Debug)]
@@ -142,6 +159,15 @@ mod tests {
         assert_eq!(gate.check("a", t0 + Duration::from_secs(2)), None);
         assert_eq!(gate.check("b", t0 + Duration::from_secs(2)), Some(0));
         assert_eq!(gate.check("a", t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_this_process_memory_fields() {
+        let rss = proc_status_kb(None, "VmRSS:").expect("VmRSS of this process");
+        let peak = proc_status_kb(Some(std::process::id()), "VmHWM:").expect("VmHWM by pid");
+        assert!(rss > 0 && peak >= rss, "rss {rss} kB, peak {peak} kB");
+        assert_eq!(proc_status_kb(None, "NoSuchField:"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use weir_common::telemetry::proc_status_kb;
 
 #[derive(Debug, Parser)]
 #[command(about = "Weir load generator and benchmark driver")]
@@ -332,7 +333,10 @@ fn main() -> anyhow::Result<()> {
             let mut rss = 0;
             let t = Instant::now();
             wait_settled(expect, || {
-                rss = rss.max(pid.and_then(|p| rss_kb(p, "VmRSS:")).unwrap_or(0));
+                rss = rss.max(
+                    pid.and_then(|p| proc_status_kb(Some(p), "VmRSS:"))
+                        .unwrap_or(0),
+                );
                 seen.scan()
             })?;
             println!(
@@ -342,7 +346,10 @@ fn main() -> anyhow::Result<()> {
                 expect.saturating_sub(seen.unique),
                 t.elapsed().as_secs_f64(),
                 pid.map(cpu_secs_pid).unwrap_or(0.0) - before,
-                pid.and_then(|p| rss_kb(p, "VmHWM:")).unwrap_or(0).max(rss) as f64 / 1024.0
+                pid.and_then(|p| proc_status_kb(Some(p), "VmHWM:"))
+                    .unwrap_or(0)
+                    .max(rss) as f64
+                    / 1024.0
             );
             Ok(())
         }
@@ -648,7 +655,7 @@ impl Fleet {
     }
 
     fn agent_rss_peak_kb(&self) -> Option<u64> {
-        rss_kb(self.agent.as_ref()?.id(), "VmHWM:")
+        proc_status_kb(Some(self.agent.as_ref()?.id()), "VmHWM:")
     }
 
     /// CPU seconds (user + system) used so far by the agent and the aggregator.
@@ -658,7 +665,7 @@ impl Fleet {
     }
 
     fn agent_rss_kb(&self) -> Option<u64> {
-        rss_kb(self.agent.as_ref()?.id(), "VmRSS:")
+        proc_status_kb(Some(self.agent.as_ref()?.id()), "VmRSS:")
     }
 }
 
@@ -673,18 +680,6 @@ fn cpu_secs_pid(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
-}
-
-/// A `/proc/PID/status` memory field in kB (`VmRSS:` now, `VmHWM:` peak).
-fn rss_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 impl Drop for Fleet {
@@ -1086,7 +1081,7 @@ fn peer_udp(
     let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
     let mut rss_max = 0;
     let (stored, lag) = wait_settled(sent.count, || {
-        rss_max = rss_max.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+        rss_max = rss_max.max(proc_status_kb(Some(pid), "VmRSS:").unwrap_or(0));
         counter.scan()
     })?;
     let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
@@ -1099,7 +1094,10 @@ fn peer_udp(
         counter.dups,
         lag.as_secs_f64(),
         cpu * 1e6 / sent.count.max(1) as f64,
-        rss_kb(pid, "VmHWM:").unwrap_or(0).max(rss_max) as f64 / 1024.0
+        proc_status_kb(Some(pid), "VmHWM:")
+            .unwrap_or(0)
+            .max(rss_max) as f64
+            / 1024.0
     );
     Ok(())
 }
@@ -1117,7 +1115,7 @@ fn peer_tcp(
     let sender = std::thread::spawn(move || send_tcp(target, count, conns, size));
     let mut rss_max = 0;
     let (stored, last_growth) = wait_settled(count, || {
-        rss_max = rss_max.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+        rss_max = rss_max.max(proc_status_kb(Some(pid), "VmRSS:").unwrap_or(0));
         counter.scan()
     })?;
     // From the start of sending to the output file's last growth.
@@ -1133,7 +1131,10 @@ fn peer_tcp(
         stored as f64 / secs,
         sent.count.saturating_sub(stored),
         counter.dups,
-        rss_kb(pid, "VmHWM:").unwrap_or(0).max(rss_max) as f64 / 1024.0,
+        proc_status_kb(Some(pid), "VmHWM:")
+            .unwrap_or(0)
+            .max(rss_max) as f64
+            / 1024.0,
         cpu * 1e6 / stored.max(1) as f64
     );
     Ok(())
