@@ -14,7 +14,7 @@ use weir_common::Severity;
 
 use super::matcher::Matcher;
 use super::reorder::Reorder;
-use super::rules::{CopySel, Fields, Rule, RuleSet};
+use super::rules::{CopySel, FIELD_NAMES, Fields, Rule, RuleSet};
 use super::throttle::{AggSnapshot, Notification, NotifyDecision, Throttler};
 use super::{
     ClearDecision, Decision, EventIn, Explanation, IncidentDecision, StatefulKey, TriggerHandling,
@@ -582,12 +582,6 @@ impl Engine {
             window: rule.window,
             count: rule.count,
         };
-        // Built only for the decisions that carry them as text: a clearing rule with nothing
-        // open, or a rule that creates no incident, formats nothing.
-        let texts = |group_key: &str| {
-            let w = window(group_key);
-            (w.group_text().to_string(), w.window_text().to_string())
-        };
         if rule.site_inhibit {
             let down: BTreeSet<&str> = triggers
                 .iter()
@@ -599,12 +593,14 @@ impl Engine {
                 .all(|t| self.site_down_at(&t.ev.site, t.time));
             if all_down && !down.is_empty() {
                 self.stats.site_inhibited += 1;
-                let (group_text, window_text) = texts(&group_key);
+                let w = window(&group_key);
                 out.push(Decision::SiteInhibited {
                     rule: rule.name.to_string(),
                     explanation: format!(
-                        "rule {:?} fired {group_text} on {window_text}, but every trigger came from an unreachable site ({}); the site-unreachable incident covers it",
+                        "rule {:?} fired {} on {}, but every trigger came from an unreachable site ({}); the site-unreachable incident covers it",
                         rule.name,
+                        w.group_text(),
+                        w.window_text(),
                         down.iter().copied().collect::<Vec<_>>().join(", ")
                     ),
                     sites: down.into_iter().map(String::from).collect(),
@@ -633,13 +629,19 @@ impl Engine {
         if let Some((key, state)) = &stateful {
             if is_clearing(state) {
                 if let Some(open) = self.stateful.remove(key) {
-                    let (group_text, window_text) = texts(&group_key);
+                    let w = window(&group_key);
                     out.push(Decision::ClearIncident(Box::new(ClearDecision {
                         rule: rule.name.to_string(),
                         rule_version: rule.version.to_string(),
                         explanation: format!(
-                            "rule {:?} fired {group_text} on {window_text}: state {state:?} clears {:?} (opened by rule {:?}) for node {:?} element {:?}",
-                            rule.name, key.stateful, open.rule, key.node, key.element
+                            "rule {:?} fired {} on {}: state {state:?} clears {:?} (opened by rule {:?}) for node {:?} element {:?}",
+                            rule.name,
+                            w.group_text(),
+                            w.window_text(),
+                            key.stateful,
+                            open.rule,
+                            key.node,
+                            key.element
                         ),
                         opened_by: open.rule,
                         key: key.clone(),
@@ -744,20 +746,22 @@ impl Engine {
     /// copy_groupby, enrich, then the stateful/node/element adjustments.
     ///
     /// The steps write properties in order, a later write of a name replacing an earlier one
-    /// and an `enrich` to null removing it. The writes are collected in a list and the map is
-    /// built from it in one go (a stable sort, then a bulk build keeping each name's last
-    /// write): seed 003's default `copy_last` copies every property of the last trigger, and
-    /// one B-tree insert per property was a tenth of the engine's time in an outage storm.
+    /// and an `enrich` to null removing it. The writes are collected in a list, stably sorted
+    /// and reduced to each name's last write, and the map is bulk-built from that: seed 003's
+    /// default `copy_last` copies every property of the last trigger, and one B-tree insert
+    /// per property was a tenth of the engine's time in an outage storm.
     fn synthesize(
         &self,
         rule: &Rule,
         group: &[(String, String)],
         triggers: &[Trigger],
     ) -> (BTreeMap<String, String>, String) {
-        // Room for seed 003's default: every property of the last trigger.
+        // Room for seed 003's default: every property of the last trigger (its fields and tags).
         let room = rule.copies.present.len()
             + rule.enrich.len()
-            + triggers.last().map_or(0, |t| 12 + t.ev.event.tags.len());
+            + triggers
+                .last()
+                .map_or(0, |t| FIELD_NAMES.len() + t.ev.event.tags.len());
         let mut writes: Vec<(String, Option<String>)> = Vec::with_capacity(room);
         // Step 8 only asks whether these three were set explicitly.
         let mut explicit = Explicit::default();
@@ -821,12 +825,11 @@ impl Engine {
             }
             same
         });
-        writes.retain(|(_, v)| v.is_some());
-        // Sorted and distinct: `from_iter` sorts in one pass and builds the tree without
-        // searching it (and reuses the list's memory).
+        // Sorted and distinct, so `from_iter`'s own sort finds one run and the tree is built
+        // without searching it. An `enrich` to null removes the name.
         let mut props: BTreeMap<String, String> = writes
             .into_iter()
-            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .filter_map(|(k, v)| Some((k, v?)))
             .collect();
         // Step 8: stateful only when set explicitly; node from an explicit setting or the
         // default node; element from the groupby values when not set.
@@ -1035,8 +1038,9 @@ impl Engine {
                 continue;
             };
             kept.insert(r.name.to_string());
+            let mut key = String::new();
             for g in rs.groups {
-                let triggers = g
+                let triggers: VecDeque<Trigger> = g
                     .triggers
                     .into_iter()
                     .map(|t| Trigger {
@@ -1047,8 +1051,17 @@ impl Engine {
                         ev: Arc::new(t.event),
                     })
                     .collect();
+                // Keys are recomputed from a trigger where there is one, so a snapshot taken
+                // before group keys escaped `,` and `\` still finds its groups.
+                let key = match triggers.front() {
+                    Some(t) => {
+                        group_key_into(r, &t.ev, &mut key);
+                        key.clone()
+                    }
+                    None => g.key,
+                };
                 st.groups.insert(
-                    g.key,
+                    key,
                     Group {
                         triggers,
                         inhibit: g.inhibit,

@@ -931,6 +931,11 @@ mod tests {
 
     /// An info syslog event from host `h` with `msg`.
     fn syslog_event(msg: &str) -> EventIn {
+        event_at("h", Severity::Info, msg)
+    }
+
+    /// A syslog event from `host` at `severity`.
+    fn event_at(host: &str, severity: Severity, msg: &str) -> EventIn {
         EventIn {
             id: "s:a:1".into(),
             site: "s".into(),
@@ -938,8 +943,8 @@ mod tests {
             event: Event::new(
                 InputKind::Syslog,
                 "syslog",
-                "h",
-                Severity::Info,
+                host,
+                severity,
                 msg,
                 Timestamp::UNIX_EPOCH,
             ),
@@ -1031,19 +1036,7 @@ mod tests {
     }
 
     fn error_event(host: &str, msg: &str) -> EventIn {
-        EventIn {
-            id: "s:a:1".into(),
-            site: "s".into(),
-            agent: "a".into(),
-            event: Event::new(
-                InputKind::Syslog,
-                "syslog",
-                host,
-                Severity::Error,
-                msg,
-                Timestamp::UNIX_EPOCH,
-            ),
-        }
+        event_at(host, Severity::Error, msg)
     }
 
     #[test]

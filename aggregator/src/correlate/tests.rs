@@ -1406,7 +1406,8 @@ fn distinct_group_values_never_share_a_group() {
             ("tags.b".to_string(), "z".to_string())
         ]
     );
-    // Backslashes are escaped too: `x\` then `,y` is not `x` then `\,y`.
+    // Backslashes are escaped too: with only commas escaped, both of these would read
+    // `tags.a=x\\,tags.b=p\\,tags.b=q`.
     let mut e = Engine::new(
         rules(
             r#"[{"name": "pair", "events": ["X"], "count": 2, "group_by": ["tags.a", "tags.b"]}]"#,
@@ -1416,8 +1417,8 @@ fn distinct_group_values_never_share_a_group() {
     let out = run(
         &mut e,
         &[
-            tagged("1", "X", "h", 0.0, &[("a", r"x\"), ("b", ",y")]),
-            tagged("2", "X", "h", 1.0, &[("a", "x"), ("b", r"\,y")]),
+            tagged("1", "X", "h", 0.0, &[("a", r"x\"), ("b", "p,tags.b=q")]),
+            tagged("2", "X", "h", 1.0, &[("a", r"x,tags.b=p\"), ("b", "q")]),
         ],
     );
     assert!(incidents(&out).is_empty(), "{out:#?}");
@@ -1490,4 +1491,29 @@ fn properties_come_in_name_order() {
     sorted.dedup();
     assert_eq!(names, sorted);
     assert!(names.len() >= 15, "{names:?}");
+}
+
+/// A snapshot from before group keys were escaped holds the group under its old key; restored,
+/// the group is found again by the key its events give now, and completes.
+#[test]
+fn a_snapshot_with_old_group_keys_keeps_its_windows() {
+    let r = || {
+        rules(
+            r#"[{"name": "pair", "events": ["X"], "count": 2, "window": 60,
+                 "group_by": ["tags.a"]}]"#,
+        )
+    };
+    let mut e = Engine::new(r(), no_lateness());
+    let tags = [("a", "x,y")];
+    assert!(incidents(&e.push(tagged("1", "X", "h", 0.0, &tags), at(0.0))).is_empty());
+    let mut json = serde_json::to_value(e.snapshot()).unwrap();
+    let key = &mut json["rules"][0]["groups"][0]["key"];
+    assert_eq!(key, r"tags.a=x\,y");
+    *key = "tags.a=x,y".into();
+    let snap: Snapshot = serde_json::from_value(json).unwrap();
+    let mut restored = Engine::restore(r(), no_lateness(), snap);
+    let out = restored.push(tagged("2", "X", "h", 1.0, &tags), at(1.0));
+    let inc = incidents(&out);
+    assert_eq!(inc.len(), 1, "{out:#?}");
+    assert_eq!(inc[0].event_ids, ["1", "2"]);
 }
