@@ -96,10 +96,11 @@ pub struct QueueConfig {
     #[serde(default = "d_channel")]
     pub channel_capacity: usize,
     /// Memory the records waiting for the queue writer (and the group it is committing) may
-    /// hold. Under sustained load this is where the agent's memory goes, so it bounds the
-    /// agent's peak RSS; when it is full, inputs wait as for `channel_capacity`. Too small and
-    /// UDP bursts spill into the kernel's receive buffer sooner (4 MiB holds ~10,000 200-byte
-    /// lines, 100 ms at 100k/s).
+    /// hold. Under sustained load this is the largest part of the agent's memory (README,
+    /// "Where the agent's memory goes", lists the rest); when it is full, inputs wait as for
+    /// `channel_capacity`. One submission larger than this (a big HTTP bulk body) waits for
+    /// an empty channel and goes alone. Too small and UDP bursts spill into the kernel's
+    /// receive buffer sooner (4 MiB holds ~7,600 200-byte lines, ~76 ms at 100k/s).
     #[serde(default = "d_channel_bytes")]
     pub channel_max_bytes: ByteSize,
     /// How often queue-full drops are reported to the aggregator as an internal event.
@@ -405,10 +406,12 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
     if c.queue.channel_capacity == 0 {
         return Err(fail("queue.channel_capacity", "must be at least 1".into()));
     }
-    if !(64 << 10..=1 << 30).contains(&c.queue.channel_max_bytes.0) {
+    if !(256 << 10..=1 << 30).contains(&c.queue.channel_max_bytes.0) {
         return Err(fail(
             "queue.channel_max_bytes",
-            "must be between 64KiB and 1GiB (room for at least one 64 KiB message)".into(),
+            "must be between 256KiB and 1GiB (room for a TCP connection's 128 KiB hand-over \
+             and more)"
+                .into(),
         ));
     }
     if let Err((field, message)) = c.dedup.check() {
@@ -559,8 +562,8 @@ max_bytes = "2GiB"
 # Records that may wait in memory before the queue writer commits them: bounds what a power
 # cut can lose and the memory used (about 0.5 KiB a record). When full, inputs wait.
 channel_capacity = 16384
-# Memory those records may hold (with the group being committed); this bounds the agent's
-# peak memory under load. Smaller means UDP bursts wait in the kernel's buffer sooner.
+# Memory those records may hold (with the group being committed): the largest part of the
+# agent's memory under load. Smaller means UDP bursts wait in the kernel's buffer sooner.
 channel_max_bytes = "4MiB"
 # How often queue-full drops are sent to the aggregator as an internal WEIR_QUEUE_DROPS event.
 drop_report_interval = "10s"
@@ -854,7 +857,7 @@ mod tests {
         };
         std::fs::write(&p, set("16MiB")).unwrap();
         assert_eq!(load(&p).unwrap().queue.channel_max_bytes.0, 16 << 20);
-        for bad in ["1KiB", "2GiB"] {
+        for bad in ["1KiB", "128KiB", "2GiB"] {
             std::fs::write(&p, set(bad)).unwrap();
             let e = load(&p).unwrap_err().to_string();
             assert!(e.contains("queue.channel_max_bytes"), "{bad}: {e}");

@@ -259,7 +259,8 @@ pub fn encode(
 
 /// Reads syslog frames off any byte stream until it ends, exactly as a TCP connection is read
 /// (framing, batching, backpressure). Public for the ingest-cost harness
-/// (`agent/examples/ingest_cost.rs`), which feeds it from memory.
+/// (`agent/examples/ingest_cost.rs`), which feeds it from memory; not an API.
+#[doc(hidden)]
 pub async fn read_stream<S: tokio::io::AsyncRead + Unpin>(
     stream: S,
     peer: SocketAddr,
@@ -274,9 +275,8 @@ pub async fn read_stream<S: tokio::io::AsyncRead + Unpin>(
         limit: Arc::new(Semaphore::new(1)),
         parser,
     };
-    let Ok(permit) = settings.limit.clone().try_acquire_owned() else {
-        return;
-    };
+    let permit = (settings.limit.clone().try_acquire_owned())
+        .expect("a fresh one-permit semaphore has its permit");
     stream::run_connection(
         stream,
         peer,

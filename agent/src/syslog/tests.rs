@@ -288,9 +288,9 @@ async fn tcp_connection_limit_and_idle_timeout() {
     let mut rig = Rig::start(cfg, 1000).await;
     rig.start_writer();
     let mut first = tokio::net::TcpStream::connect(rig.tcp[0]).await.unwrap();
-    first.write_all(b"<13>first\n").await.unwrap();
     // The agent's idle timer for `first` starts no earlier than this.
     let first_active = std::time::Instant::now();
+    first.write_all(b"<13>first\n").await.unwrap();
     rig.wait_for(1, Duration::from_secs(5)).await;
     // The second connection waits in the backlog while the first holds the only permit...
     let mut second = tokio::net::TcpStream::connect(rig.tcp[0]).await.unwrap();
