@@ -61,8 +61,10 @@ pub(crate) struct IndexState {
     pub last_key: AtomicU64,
     /// The watermark as last committed by the indexer.
     pub indexed_through: AtomicU64,
-    /// Index now, whatever the lag (set by [`crate::store::Store::wait_indexed`]).
-    flush: AtomicBool,
+    /// Index now, whatever the lag, until the watermark reaches this key (set by
+    /// [`crate::store::Store::wait_indexed`]; a target, not a flag, so it cannot stay set
+    /// and turn every later commit into a small index transaction).
+    flush_to: AtomicU64,
     stop: AtomicBool,
     /// Bumped to wake the indexer (new commits, flush, stop).
     wake: Mutex<u64>,
@@ -91,8 +93,9 @@ impl IndexState {
         self.wake();
     }
 
-    pub(crate) fn request_flush(&self) {
-        self.flush.store(true, Ordering::Release);
+    /// Asks for every event up to `target` to be indexed now.
+    pub(crate) fn request_flush(&self, target: u64) {
+        self.flush_to.fetch_max(target, Ordering::AcqRel);
         self.wake();
     }
 
@@ -143,13 +146,13 @@ pub(crate) fn index_pending(
         let events = txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
         let mut idx = IndexTables::open(&txn).map_err(err)?;
-        through = meta
-            .get(INDEXED_THROUGH)
-            .map_err(|e| err(e.into()))?
-            .map_or(0, |v| v.value());
+        through = crate::store::watermark_in(&meta).map_err(|e| err(e.into()))?;
         let start = through.saturating_add(1);
         let mut bulk = index::Bulk::default();
         for item in events.range(start..).map_err(|e| err(e.into()))? {
+            if done == max {
+                break;
+            }
             let (k, v) = item.map_err(|e| err(e.into()))?;
             // Undecodable events (an incompatible build's) are passed over: searches skip
             // them too, so they are neither indexed nor found.
@@ -158,9 +161,6 @@ pub(crate) fn index_pending(
             }
             through = k.value();
             done += 1;
-            if done == max {
-                break;
-            }
         }
         bulk.write(&mut idx).map_err(|e| err(e.into()))?;
         if done > 0 {
@@ -235,13 +235,14 @@ fn run_indexer(db: &Database, path: &Path, state: &IndexState) {
         metrics::gauge!("weir_aggregator_index_lag_events").set(lag as f64);
         if lag == 0 {
             waiting_since = None;
-            state.flush.store(false, Ordering::Release);
             state.sleep(&mut seen, MAX_DELAY);
             continue;
         }
         let since = *waiting_since.get_or_insert_with(Instant::now);
-        let due =
-            lag >= MIN_CHUNK || since.elapsed() >= MAX_DELAY || state.flush.load(Ordering::Acquire);
+        let due = lag >= MIN_CHUNK
+            || since.elapsed() >= MAX_DELAY
+            || state.indexed_through.load(Ordering::Acquire)
+                < state.flush_to.load(Ordering::Acquire);
         if !due {
             state.sleep(&mut seen, MAX_DELAY.saturating_sub(since.elapsed()));
             continue;

@@ -427,123 +427,121 @@ pub fn commit_group(
     mut group: Vec<IngestItem>,
 ) {
     use std::sync::atomic::Ordering;
-    {
-        // Batches behind a failed commit on the same connection are refused, not committed.
-        group.retain(|item| {
-            let poisoned = item.poisoned.load(Ordering::Acquire);
-            if poisoned {
-                let _ = item.reply.send(Err(()));
-            }
-            !poisoned
-        });
-        // API events get their sequences here, in commit order.
-        group.retain_mut(|item| match api_seqs.assign(store, item) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the event store to number API events; they are refused (503)");
-                let _ = item.reply.send(Err(()));
-                false
-            }
-        });
-        if group.is_empty() {
-            return;
+    // Batches behind a failed commit on the same connection are refused, not committed.
+    group.retain(|item| {
+        let poisoned = item.poisoned.load(Ordering::Acquire);
+        if poisoned {
+            let _ = item.reply.send(Err(()));
         }
-        let batches: Vec<AgentBatch<'_>> = group
+        !poisoned
+    });
+    // API events get their sequences here, in commit order.
+    group.retain_mut(|item| match api_seqs.assign(store, item) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the event store to number API events; they are refused (503)");
+            let _ = item.reply.send(Err(()));
+            false
+        }
+    });
+    if group.is_empty() {
+        return;
+    }
+    let batches: Vec<AgentBatch<'_>> = group
+        .iter()
+        .map(|i| AgentBatch {
+            site: &i.site,
+            name: &i.name,
+            records: &i.records,
+        })
+        .collect();
+    let started = Instant::now();
+    let now = Timestamp::now();
+    let mut applied = None;
+    let mut priors = Vec::new();
+    let committed = store.commit_with(&batches, now, |txn, prior| {
+        priors = prior.to_vec();
+        // Only records above the agent's previous committed sequence are new.
+        let fresh = group
             .iter()
-            .map(|i| AgentBatch {
-                site: &i.site,
-                name: &i.name,
-                records: &i.records,
-            })
-            .collect();
-        let started = Instant::now();
-        let now = Timestamp::now();
-        let mut applied = None;
-        let mut priors = Vec::new();
-        let committed = store.commit_with(&batches, now, |txn, prior| {
-            priors = prior.to_vec();
-            // Only records above the agent's previous committed sequence are new.
-            let fresh = group
-                .iter()
-                .zip(prior)
-                .flat_map(|(item, &p)| item.outcomes.iter().filter(move |o| o.seq > p));
-            applied = Some(crate::alarm::persist::apply(
-                txn,
-                fresh,
-                &alarms.config,
-                now,
-            )?);
-            Ok(())
-        });
-        match committed {
-            Ok(out) => {
-                if let Some(a) = applied {
-                    a.record_metrics();
-                }
-                out.alarm_counts.record_metrics();
-                metrics::histogram!("weir_aggregator_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("weir_aggregator_events_stored_total").increment(out.stored);
-                metrics::counter!("weir_aggregator_duplicates_total").increment(out.duplicates);
-                metrics::counter!("weir_aggregator_count_updates_total")
-                    .increment(out.count_updates);
-                if out.orphan_updates > 0 {
-                    metrics::counter!("weir_aggregator_dropped_total", "reason" => "count_update_orphan").increment(out.orphan_updates);
-                }
-                if out.malformed > 0 {
-                    metrics::counter!("weir_aggregator_dropped_total", "reason" => "malformed_record").increment(out.malformed);
-                }
-                for (item, committed) in group.iter().zip(out.committed) {
-                    let _ = item.reply.send(Ok(committed));
-                }
-                // Fresh events (not redeliveries) go to correlation, moved, after the replies;
-                // so do fresh `donotpersist` events (not stored, still correlated).
-                if correlation.enabled() {
-                    let unstored: Vec<Vec<u8>> = group
-                        .iter_mut()
-                        .zip(&priors)
-                        .flat_map(|(item, &p)| {
-                            item.outcomes
-                                .iter_mut()
-                                .filter(move |o| o.seq > p)
-                                .filter_map(|o| o.unstored.take())
-                        })
-                        .collect();
-                    // Which alarm each fresh problem raised, for combination rules.
-                    let alarm_keys: Vec<(String, String)> = group
-                        .iter()
-                        .zip(&priors)
-                        .flat_map(|(item, &p)| {
-                            item.outcomes
-                                .iter()
-                                .filter(move |o| o.seq > p)
-                                .filter_map(|o| o.problem.as_ref())
-                                .map(|pr| (pr.event_id.clone(), pr.key.clone()))
-                        })
-                        .collect();
-                    let fresh: Vec<Vec<u8>> = group
-                        .iter_mut()
-                        .zip(&priors)
-                        .flat_map(|(item, &p)| {
-                            std::mem::take(&mut item.records)
-                                .into_iter()
-                                .filter_map(move |r| match r {
-                                    Prepared::Event { seq, bytes } if seq > p => Some(bytes),
-                                    _ => None,
-                                })
-                        })
-                        .collect();
-                    correlation.feed_with(fresh, unstored, alarm_keys, now);
-                }
+            .zip(prior)
+            .flat_map(|(item, &p)| item.outcomes.iter().filter(move |o| o.seq > p));
+        applied = Some(crate::alarm::persist::apply(
+            txn,
+            fresh,
+            &alarms.config,
+            now,
+        )?);
+        Ok(())
+    });
+    match committed {
+        Ok(out) => {
+            if let Some(a) = applied {
+                a.record_metrics();
             }
-            Err(e) => {
-                metrics::counter!("weir_aggregator_commit_errors_total").increment(1);
-                tracing::error!(error = %e, "cannot write to the event store; agents keep their events and will resend. Check the disk under data_dir");
-                api_seqs.reset();
-                for item in &group {
-                    item.poisoned.store(true, Ordering::Release);
-                    let _ = item.reply.send(Err(()));
-                }
+            out.alarm_counts.record_metrics();
+            metrics::histogram!("weir_aggregator_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("weir_aggregator_events_stored_total").increment(out.stored);
+            metrics::counter!("weir_aggregator_duplicates_total").increment(out.duplicates);
+            metrics::counter!("weir_aggregator_count_updates_total").increment(out.count_updates);
+            if out.orphan_updates > 0 {
+                metrics::counter!("weir_aggregator_dropped_total", "reason" => "count_update_orphan").increment(out.orphan_updates);
+            }
+            if out.malformed > 0 {
+                metrics::counter!("weir_aggregator_dropped_total", "reason" => "malformed_record")
+                    .increment(out.malformed);
+            }
+            for (item, committed) in group.iter().zip(out.committed) {
+                let _ = item.reply.send(Ok(committed));
+            }
+            // Fresh events (not redeliveries) go to correlation, moved, after the replies;
+            // so do fresh `donotpersist` events (not stored, still correlated).
+            if correlation.enabled() {
+                let unstored: Vec<Vec<u8>> = group
+                    .iter_mut()
+                    .zip(&priors)
+                    .flat_map(|(item, &p)| {
+                        item.outcomes
+                            .iter_mut()
+                            .filter(move |o| o.seq > p)
+                            .filter_map(|o| o.unstored.take())
+                    })
+                    .collect();
+                // Which alarm each fresh problem raised, for combination rules.
+                let alarm_keys: Vec<(String, String)> = group
+                    .iter()
+                    .zip(&priors)
+                    .flat_map(|(item, &p)| {
+                        item.outcomes
+                            .iter()
+                            .filter(move |o| o.seq > p)
+                            .filter_map(|o| o.problem.as_ref())
+                            .map(|pr| (pr.event_id.clone(), pr.key.clone()))
+                    })
+                    .collect();
+                let fresh: Vec<Vec<u8>> = group
+                    .iter_mut()
+                    .zip(&priors)
+                    .flat_map(|(item, &p)| {
+                        std::mem::take(&mut item.records)
+                            .into_iter()
+                            .filter_map(move |r| match r {
+                                Prepared::Event { seq, bytes } if seq > p => Some(bytes),
+                                _ => None,
+                            })
+                    })
+                    .collect();
+                correlation.feed_with(fresh, unstored, alarm_keys, now);
+            }
+        }
+        Err(e) => {
+            metrics::counter!("weir_aggregator_commit_errors_total").increment(1);
+            tracing::error!(error = %e, "cannot write to the event store; agents keep their events and will resend. Check the disk under data_dir");
+            api_seqs.reset();
+            for item in &group {
+                item.poisoned.store(true, Ordering::Release);
+                let _ = item.reply.send(Err(()));
             }
         }
     }

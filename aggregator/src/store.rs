@@ -19,11 +19,12 @@
 //! events, `agent_seq`, agent records and `next_key`, plus what its caller adds (alarms). It
 //! neither decodes the events nor indexes them. Searches ([`Store::search`],
 //! [`Store::histogram`], [`Store::time_span`]) read the indexes for the events up to the
-//! watermark and decode and filter the events above it (the tail), in one read transaction, so
-//! they see every stored event once. Count updates and incident changes rewrite index entries
+//! watermark and decode and filter the events above it (the tail, visited one by one and
+//! holding at most a page of it), in one read transaction, so they see every stored event once. Count updates and incident changes rewrite index entries
 //! only of events at or below the watermark; the indexer indexes the others as it finds them.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -59,9 +60,6 @@ pub struct SearchPage {
 /// Per time bucket, per severity rank (debug = 0 … critical = 4): events and occurrences (the
 /// sum of their first-stage dedup counts).
 pub type Histogram = Vec<[(u64, u64); 5]>;
-
-/// Events in the events table per index-rebuild transaction (`Store::open` on an old store).
-const REINDEX_CHUNK: usize = 20_000;
 
 /// The tag a correlation rule with `suppress_individual` sets on the events it absorbed (the
 /// rule's name): they stay stored and counted in the incident, hidden from default views.
@@ -309,7 +307,7 @@ impl Store {
             txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             IndexTables::open(&txn).map_err(err)?;
-            let version = meta
+            let mut version = meta
                 .get("index_version")
                 .map_err(|e| err(e.into()))?
                 .map_or(0, |v| v.value());
@@ -317,25 +315,20 @@ impl Store {
                 .last()
                 .map_err(|e| err(e.into()))?
                 .map_or(0, |(k, _)| k.value());
+            let mut watermark = watermark_in(&meta).map_err(|e| err(e.into()))?;
             if version == 0 && last_key == 0 {
-                meta.insert("index_version", index::INDEX_VERSION)
+                version = index::INDEX_VERSION;
+                meta.insert("index_version", version)
                     .map_err(|e| err(e.into()))?;
             } else if version == index::SYNC_INDEX_VERSION {
                 // Written by a build that indexed in the ingest transaction: every event is
                 // indexed. From now on the indexer keeps the watermark.
-                meta.insert(INDEXED_THROUGH, last_key)
+                (version, watermark) = (index::INDEX_VERSION, last_key);
+                meta.insert(INDEXED_THROUGH, watermark)
                     .map_err(|e| err(e.into()))?;
-                meta.insert("index_version", index::INDEX_VERSION)
+                meta.insert("index_version", version)
                     .map_err(|e| err(e.into()))?;
             }
-            let version = meta
-                .get("index_version")
-                .map_err(|e| err(e.into()))?
-                .map_or(0, |v| v.value());
-            let watermark = meta
-                .get(INDEXED_THROUGH)
-                .map_err(|e| err(e.into()))?
-                .map_or(0, |v| v.value());
             (version == index::INDEX_VERSION, last_key, watermark)
         };
         txn.commit().map_err(|e| err(e.into()))?;
@@ -353,8 +346,10 @@ impl Store {
     }
 
     /// Builds the secondary indexes of a store written by a version without them (or an older
-    /// layout), in chunks. Re-indexing is idempotent, so a crash part-way just starts over at
-    /// the next open; the version is recorded only once every event is indexed.
+    /// layout): drops whatever index tables it has, sets the watermark to 0 and the version to
+    /// the current one in one transaction, then runs the indexer's own chunks to the end. A
+    /// crash part-way leaves a current-version store with a lower watermark, which the
+    /// background indexer finishes (searches scan what it has not reached).
     fn rebuild_indexes(&self) -> Result<(), StoreError> {
         let total = self.len()?;
         tracing::warn!(
@@ -362,37 +357,29 @@ impl Store {
             "building the event store's search indexes (once, after an upgrade); the aggregator starts when done"
         );
         let started = std::time::Instant::now();
-        let mut next = 0u64;
-        loop {
-            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-            let mut done = 0;
-            {
-                let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-                let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
-                for item in events.range(next..).map_err(|e| self.err(e))? {
-                    let (k, v) = item.map_err(|e| self.err(e))?;
-                    next = k.value() + 1;
-                    if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value()) {
-                        index::index_event(&mut idx, k.value(), &s).map_err(|e| self.err(e))?;
-                    }
-                    done += 1;
-                    if done == REINDEX_CHUNK {
-                        break;
-                    }
-                }
-                if done < REINDEX_CHUNK {
-                    let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
-                    meta.insert("index_version", index::INDEX_VERSION)
-                        .map_err(|e| self.err(e))?;
-                    meta.insert(INDEXED_THROUGH, next.saturating_sub(1))
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            txn.commit().map_err(|e| self.err(e))?;
-            if done < REINDEX_CHUNK {
-                break;
-            }
-            tracing::info!(indexed_below_key = next, "still building search indexes");
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.delete_table(index::BY_TIME).map_err(|e| self.err(e))?;
+        txn.delete_table(index::BY_SEVERITY)
+            .map_err(|e| self.err(e))?;
+        txn.delete_table(index::BY_HOST).map_err(|e| self.err(e))?;
+        txn.delete_table(index::BY_SITE).map_err(|e| self.err(e))?;
+        txn.delete_table(index::BY_INCIDENT)
+            .map_err(|e| self.err(e))?;
+        txn.delete_table(index::HIDDEN).map_err(|e| self.err(e))?;
+        IndexTables::open(&txn).map_err(|e| self.err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(INDEXED_THROUGH, 0).map_err(|e| self.err(e))?;
+            meta.insert("index_version", index::INDEX_VERSION)
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        self.index.indexed_through.store(0, Ordering::Release);
+        while self.index_pending(crate::indexer::MAX_CHUNK)? > 0 {
+            tracing::info!(
+                indexed_through = self.index.indexed_through.load(Ordering::Acquire),
+                "still building search indexes"
+            );
         }
         tracing::warn!(
             events = total,
@@ -697,13 +684,31 @@ impl Store {
                 .map_err(|e| self.err(e))?
                 .and_then(|v| postcard::from_bytes::<StoredEvent>(v.value()).ok()))
         };
-        // Events the indexer has not reached yet are matched here, one by one.
-        let tail = self.tail(&txn, |s| filter.matches(s))?;
-        let tail_after: Vec<(Cursor, StoredEvent)> = tail
-            .matches
-            .iter()
-            .filter(|(c, _)| upper.is_none_or(|u| (c.time_us, c.key) < u))
-            .cloned()
+        // Events the indexer has not reached yet are matched here, one by one. Only the
+        // `limit` newest after the cursor are kept (a min-heap), so a long indexer lag costs
+        // time, not memory.
+        let mut tail_matches = 0u64;
+        let mut tail_on_page = 0u64;
+        let mut newest: BinaryHeap<Reverse<TailHit>> = BinaryHeap::new();
+        let tail_scanned = self.scan_tail(&txn, |c, s| {
+            if !filter.matches(&s) {
+                return;
+            }
+            tail_matches += 1;
+            if upper.is_some_and(|u| (c.time_us, c.key) >= u) {
+                return;
+            }
+            tail_on_page += 1;
+            newest.push(Reverse(TailHit(c, s)));
+            if newest.len() > limit {
+                newest.pop();
+            }
+        })?;
+        // Newest first (the heap's ascending order reversed).
+        let tail_after: Vec<(Cursor, StoredEvent)> = newest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(TailHit(c, s))| (c, s))
             .collect();
         if filter.is_empty() {
             // Every event matches: the total is the indexed part of the table's size (less
@@ -712,7 +717,7 @@ impl Store {
             let indexed = events
                 .len()
                 .map_err(|e| self.err(e))?
-                .saturating_sub(tail.scanned);
+                .saturating_sub(tail_scanned);
             page.total = indexed;
             if plan.hidden != crate::query::Hidden::Include {
                 let hidden = txn
@@ -725,7 +730,7 @@ impl Store {
                     _ => indexed.saturating_sub(hidden),
                 };
             }
-            page.total += tail.matches.len() as u64;
+            page.total += tail_matches;
             let mut indexed_page = Vec::new();
             let mut more = false;
             for c in index::candidates(&txn, &plan, upper).map_err(|e| self.err(e))? {
@@ -738,9 +743,11 @@ impl Store {
                     indexed_page.push((cursor_of(&c), s));
                 }
             }
+            // The heap kept at most `limit` of the tail's events after the cursor.
+            let tail_cut = tail_on_page > tail_after.len() as u64;
             let (events, left_over) = merge_pages(indexed_page, tail_after, limit);
             page.events = events;
-            page.more = more || left_over;
+            page.more = more || left_over || tail_cut;
             return Ok(page);
         }
         // One pass over the whole match set: every match counts, those after the cursor fill
@@ -804,43 +811,39 @@ impl Store {
             let room = limit - page.events.len();
             page.events.extend(r.events.into_iter().take(room));
         }
-        page.total += tail.matches.len() as u64;
-        on_page += tail_after.len() as u64;
+        page.total += tail_matches;
+        on_page += tail_on_page;
         page.events = merge_pages(std::mem::take(&mut page.events), tail_after, limit).0;
         page.more = on_page > page.events.len() as u64;
         Ok(page)
     }
 
-    /// The stored events above the indexer's watermark in `txn` (not in the indexes yet)
-    /// that pass `keep`, in list order, and how many events the tail holds in all.
-    fn tail(
+    /// Hands `visit` each stored event above the indexer's watermark in `txn` (not in the
+    /// indexes yet) that decodes, in store order; returns how many events the tail holds.
+    fn scan_tail(
         &self,
         txn: &redb::ReadTransaction,
-        keep: impl Fn(&StoredEvent) -> bool,
-    ) -> Result<Tail, StoreError> {
+        mut visit: impl FnMut(Cursor, StoredEvent),
+    ) -> Result<u64, StoreError> {
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let watermark = watermark_in(&meta).map_err(|e| self.err(e))?;
         let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-        let mut tail = Tail::default();
+        let mut scanned = 0;
         for item in events
             .range(watermark.saturating_add(1)..)
             .map_err(|e| self.err(e))?
         {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            tail.scanned += 1;
-            if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value())
-                && keep(&s)
-            {
+            scanned += 1;
+            if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value()) {
                 let c = Cursor {
                     time_us: index::time_us(&s),
                     key: k.value(),
                 };
-                tail.matches.push((c, s));
+                visit(c, s);
             }
         }
-        tail.matches
-            .sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
-        Ok(tail)
+        Ok(scanned)
     }
 
     /// Stored events the search indexes do not cover yet (searches scan them one by one).
@@ -868,7 +871,7 @@ impl Store {
                     ),
                 ))));
             }
-            self.index.request_flush();
+            self.index.request_flush(target);
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(())
@@ -902,9 +905,11 @@ impl Store {
                 slot.1 += count;
             }
         };
-        for (c, s) in self.tail(&txn, |s| filter.matches(s))?.matches {
-            add(c.time_us, s.event.severity.rank(), s.event.count);
-        }
+        self.scan_tail(&txn, |c, s| {
+            if filter.matches(&s) {
+                add(c.time_us, s.event.severity.rank(), s.event.count);
+            }
+        })?;
         for c in index::candidates(&txn, &plan, None).map_err(|e| self.err(e))? {
             let c = c.map_err(|e| self.err(e))?;
             let (rank, count) = if plan.needs_event {
@@ -970,6 +975,8 @@ impl Store {
             let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
             let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
+            // Events above the watermark have no index entries to remove.
+            let watermark = watermark(&txn).map_err(|e| self.err(e))?;
             let mut aged: Vec<(u64, Option<StoredEvent>)> = Vec::new();
             for item in events.iter().map_err(|e| self.err(e))? {
                 let (k, v) = item.map_err(|e| self.err(e))?;
@@ -996,7 +1003,9 @@ impl Store {
                     out.unreadable += 1;
                     continue;
                 };
-                index::unindex_event(&mut idx, *key, s).map_err(|e| self.err(e))?;
+                if *key <= watermark {
+                    index::unindex_event(&mut idx, *key, s).map_err(|e| self.err(e))?;
+                }
                 let identity = format!("{}/{}", s.site, s.agent);
                 let number = match numbers.get(&identity) {
                     Some(n) => *n,
@@ -1023,20 +1032,15 @@ impl Store {
     pub fn time_span(&self) -> Result<Option<(Timestamp, Timestamp)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = txn.open_table(index::BY_TIME).map_err(|e| self.err(e))?;
-        let first = t
+        let mut first = t
             .first()
             .map_err(|e| self.err(e))?
             .map(|(k, _)| k.value().0);
-        let last = t.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value().0);
-        let tail = self.tail(&txn, |_| true)?.matches;
-        let first = first
-            .into_iter()
-            .chain(tail.iter().map(|(c, _)| c.time_us))
-            .min();
-        let last = last
-            .into_iter()
-            .chain(tail.iter().map(|(c, _)| c.time_us))
-            .max();
+        let mut last = t.last().map_err(|e| self.err(e))?.map(|(k, _)| k.value().0);
+        self.scan_tail(&txn, |c, _| {
+            first = Some(first.map_or(c.time_us, |f| f.min(c.time_us)));
+            last = Some(last.map_or(c.time_us, |l| l.max(c.time_us)));
+        })?;
         Ok(match (first, last) {
             (Some(a), Some(b)) => Timestamp::from_microsecond(a)
                 .ok()
@@ -1127,13 +1131,27 @@ impl Store {
     }
 }
 
-/// The unindexed tail of the events table as one search sees it.
-#[derive(Default)]
-struct Tail {
-    /// Events that passed the filter, in list order.
-    matches: Vec<(Cursor, StoredEvent)>,
-    /// Events in the tail, matching or not.
-    scanned: u64,
+/// A tail event kept for a search page, ordered by its cursor alone.
+struct TailHit(Cursor, StoredEvent);
+
+impl PartialEq for TailHit {
+    fn eq(&self, other: &TailHit) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for TailHit {}
+
+impl PartialOrd for TailHit {
+    fn partial_cmp(&self, other: &TailHit) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TailHit {
+    fn cmp(&self, other: &TailHit) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
 }
 
 /// The first `limit` events of two pages, each in list order, in list order; and whether
@@ -1234,7 +1252,9 @@ fn rewrite_event(
 }
 
 /// The indexer's watermark as seen by `txn`: events with a key at or below it are indexed.
-fn watermark_in(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
+pub(crate) fn watermark_in(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<u64, redb::StorageError> {
     Ok(meta.get(INDEXED_THROUGH)?.map_or(0, |v| v.value()))
 }
 

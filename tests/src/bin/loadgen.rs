@@ -765,7 +765,7 @@ fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
     // The counter says stored; the API must agree (every event exactly once, searchable).
     let api_total = fleet.stored_total()?;
     if api_total != count {
-        bail!("the store counted {count} events stored but the API lists {api_total}");
+        bail!("weir_aggregator_events_stored_total reached {count} but the API lists {api_total}");
     }
     println!(
         "drain: {count} events in {secs:.2}s = {:.0} events/s (includes agent start and QUIC handshake); agent peak RSS {:.1} MB; CPU agent {agent_cpu:.2}s aggregator {agg_cpu:.2}s",
