@@ -164,7 +164,7 @@ pub(crate) async fn healthz() -> &'static str {
         (status = 503, description = "The event store is unreadable", body = crate::openapi::ProblemDocument, content_type = "application/problem+json")
     )
 )]
-pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<String, ApiError> {
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.len())
         .await
@@ -173,7 +173,14 @@ pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<&'static str
             tracing::error!(error = %e, "readiness check: store unreadable");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "event store unreadable")
         })?;
-    Ok("ready\n")
+    // Ready either way (searches are complete), but an operator should know they are slower.
+    let (lag, max) = (state.store.index_lag(), state.store.index_max_lag());
+    if max > 0 && lag > max {
+        return Ok(format!(
+            "ready; search indexing is {lag} events behind (index_max_lag_events = {max}): searches scan those unindexed and are slower until it catches up\n"
+        ));
+    }
+    Ok("ready\n".into())
 }
 
 #[utoipa::path(

@@ -17,6 +17,12 @@ pub struct AggregatorConfig {
     /// no disk; the default, 2 GiB, keeps any day of a 10M-event store fast).
     #[serde(default = "d_store_cache")]
     pub store_cache: ByteSize,
+    /// Stored events the search indexer may leave unindexed while ingest is saturated, so that
+    /// ingest has the CPU and the store's write lock during a burst (a backlog drain); beyond
+    /// it the indexer goes first. Searches stay complete (they scan the unindexed events, about
+    /// 1 µs each): this bounds what a search pays during a burst. 0: never defer.
+    #[serde(default = "d_index_max_lag")]
+    pub index_max_lag_events: u64,
     pub quic: QuicConfig,
     pub api: ApiConfig,
     /// Transformation rules, event definitions and alarm keeping.
@@ -103,6 +109,9 @@ fn d_idle() -> HumanDuration {
 }
 fn d_ingest_queue() -> usize {
     256
+}
+fn d_index_max_lag() -> u64 {
+    crate::indexer::DEFAULT_MAX_LAG
 }
 fn d_store_cache() -> ByteSize {
     ByteSize(crate::store::DEFAULT_CACHE_BYTES)
@@ -209,6 +218,10 @@ data_dir = "{data_dir}"
 # Memory the store may use to cache its pages (filled as pages are read). Searches over
 # cached days read no disk: 2GiB keeps a q= search over any day of a 10M-event store fast.
 store_cache = "2GiB"
+# Events the search indexer may leave unindexed while ingest is saturated (a backlog drain),
+# so that storing goes first; beyond it indexing goes first. Searches stay complete but scan
+# unindexed events one by one (about 1µs each); 0 never defers.
+index_max_lag_events = 250000
 
 [quic]
 # UDP address agents connect to (mutual TLS over QUIC).

@@ -26,6 +26,10 @@
 //! first-stage dedup count (little-endian u64), so severity filters, hidden events, totals and
 //! histograms need no event reads. Count updates rewrite
 //! the summaries ([`index_event`] overwrites).
+//!
+//! The indexer reads what it needs of each new event straight from its stored bytes
+//! ([`Bulk::add_encoded`]: strings borrowed, raw payload and later fields skipped) rather than
+//! decoding a whole [`StoredEvent`].
 
 use memchr::memmem;
 use redb::{ReadTransaction, StorageError, Table, TableDefinition, WriteTransaction};
@@ -89,10 +93,10 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
-    fn of(s: &StoredEvent) -> [u8; 9] {
+    fn encode(rank: u8, hidden: bool, count: u64) -> [u8; 9] {
         let mut b = [0u8; 9];
-        b[0] = s.event.severity.rank() | if s.hidden() { 0x80 } else { 0 };
-        b[1..].copy_from_slice(&s.event.count.to_le_bytes());
+        b[0] = rank | if hidden { 0x80 } else { 0 };
+        b[1..].copy_from_slice(&count.to_le_bytes());
         b
     }
 
@@ -111,18 +115,120 @@ impl Summary {
     }
 }
 
-/// The `idx_time` value: summary, message length (u32 LE), lowercased message, lowercased tag.
-fn time_value(s: &StoredEvent) -> Vec<u8> {
-    let msg = s.event.message.to_lowercase();
-    let tag = s.event.tag.as_deref().map(str::to_lowercase);
-    let mut v = Vec::with_capacity(13 + msg.len() + tag.as_ref().map_or(0, String::len));
-    v.extend_from_slice(&Summary::of(s));
-    v.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-    v.extend_from_slice(msg.as_bytes());
-    if let Some(t) = tag {
-        v.extend_from_slice(t.as_bytes());
+/// What the indexes need of a stored event, decoded from its stored bytes without copying its
+/// strings or its raw payload: the fields of [`StoredEvent`] and [`weir_common::Event`] in
+/// their order, up to `count` (postcard reads fields in order and ignores what follows). A
+/// test checks it reads what the full decode reads.
+#[derive(serde::Deserialize)]
+struct StoredView<'a> {
+    site: &'a str,
+    _agent: &'a str,
+    _seq: u64,
+    _stored_at: i64,
+    #[serde(borrow)]
+    correlated_incident: Option<&'a str>,
+    #[serde(borrow)]
+    event: EventView<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventView<'a> {
+    _source: &'a str,
+    hostname: &'a str,
+    severity: weir_common::Severity,
+    message: &'a str,
+    #[serde(borrow)]
+    _event_type: Option<&'a str>,
+    #[serde(borrow)]
+    tag: Option<&'a str>,
+    _input: weir_common::InputKind,
+    event_time: i64,
+    _received_at: i64,
+    #[serde(borrow)]
+    tags: Vec<(&'a str, &'a str)>,
+    #[serde(borrow)]
+    _raw_payload: Option<&'a [u8]>,
+    #[serde(borrow)]
+    _peer: Option<&'a str>,
+    count: u64,
+}
+
+/// One event's index fields, borrowed from a [`StoredEvent`] or its stored bytes.
+#[derive(Debug, PartialEq)]
+struct Fields<'a> {
+    time: i64,
+    rank: u8,
+    hidden: bool,
+    count: u64,
+    message: &'a str,
+    tag: Option<&'a str>,
+    host: &'a str,
+    site: &'a str,
+    incident: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(s: &'a StoredEvent) -> Fields<'a> {
+        Fields {
+            time: time_us(s),
+            rank: s.event.severity.rank(),
+            hidden: s.hidden(),
+            count: s.event.count,
+            message: &s.event.message,
+            tag: s.event.tag.as_deref(),
+            host: &s.event.hostname,
+            site: &s.site,
+            incident: s.correlated_incident.as_deref(),
+        }
     }
-    v
+
+    /// `None`: the bytes are not a stored event (an incompatible build's).
+    fn decode(bytes: &'a [u8]) -> Option<Fields<'a>> {
+        let v: StoredView<'a> = postcard::from_bytes(bytes).ok()?;
+        // As [`StoredEvent::hidden`] says.
+        let hidden = v.event.tags.iter().any(|&(k, val)| {
+            (k == crate::alarm::DEST_TAG && val == "logonly") || k == crate::store::SUPPRESSED_TAG
+        });
+        Some(Fields {
+            time: v.event.event_time,
+            rank: v.event.severity.rank(),
+            hidden,
+            count: v.event.count,
+            message: v.event.message,
+            tag: v.event.tag,
+            host: v.event.hostname,
+            site: v.site,
+            incident: v.correlated_incident,
+        })
+    }
+
+    fn summary(&self) -> [u8; 9] {
+        Summary::encode(self.rank, self.hidden, self.count)
+    }
+
+    /// The `idx_time` value: summary, message length (u32 LE), lowercased message, lowercased
+    /// tag.
+    fn time_value(&self) -> Vec<u8> {
+        let tag = self.tag.unwrap_or("");
+        let mut v = Vec::with_capacity(13 + self.message.len() + tag.len());
+        v.extend_from_slice(&self.summary());
+        v.extend_from_slice(&[0; 4]);
+        push_lowercase(&mut v, self.message);
+        let len = (v.len() - 13) as u32;
+        v[9..13].copy_from_slice(&len.to_le_bytes());
+        push_lowercase(&mut v, tag);
+        v
+    }
+}
+
+/// Appends `s` lowercased as [`str::to_lowercase`] does, without its allocation when `s` is
+/// ASCII (most messages).
+fn push_lowercase(v: &mut Vec<u8>, s: &str) {
+    if s.is_ascii() {
+        v.extend(s.bytes().map(|b| b.to_ascii_lowercase()));
+    } else {
+        v.extend_from_slice(s.to_lowercase().as_bytes());
+    }
 }
 
 /// Whether `q` (lowercased) is in the message or in the tag of an `idx_time` value, searched
@@ -153,7 +259,7 @@ pub(crate) fn index_event(
         t.hidden.remove((time_us(s), key))?;
     }
     let mut one = Bulk::default();
-    one.add(key, s.clone());
+    one.add(key, s);
     one.write(t)
 }
 
@@ -174,19 +280,34 @@ pub(crate) struct Bulk {
 impl Bulk {
     /// Adds the entries of an event (all but the removal of a stale hidden entry, which only
     /// [`index_event`]'s rewrites need).
-    pub(crate) fn add(&mut self, key: u64, s: StoredEvent) {
-        let ts = time_us(&s);
-        let sum = Summary::of(&s);
-        self.time.push(((ts, key), time_value(&s)));
-        self.severity.push((s.event.severity.rank(), ts, key, sum));
-        if s.hidden() {
+    pub(crate) fn add(&mut self, key: u64, s: &StoredEvent) {
+        self.add_fields(key, &Fields::of(s));
+    }
+
+    /// [`Bulk::add`] from the event's stored bytes, decoding only what the indexes need.
+    /// Returns `false` (and adds nothing) when they do not decode.
+    pub(crate) fn add_encoded(&mut self, key: u64, bytes: &[u8]) -> bool {
+        match Fields::decode(bytes) {
+            Some(f) => {
+                self.add_fields(key, &f);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add_fields(&mut self, key: u64, f: &Fields<'_>) {
+        let (ts, sum) = (f.time, f.summary());
+        self.time.push(((ts, key), f.time_value()));
+        self.severity.push((f.rank, ts, key, sum));
+        if f.hidden {
             self.hidden.push((ts, key, sum));
         }
-        if let Some(inc) = s.correlated_incident {
-            self.incident.push((inc, ts, key, sum));
+        if let Some(inc) = f.incident {
+            self.incident.push((inc.to_owned(), ts, key, sum));
         }
-        self.host.push((s.event.hostname, ts, key, sum));
-        self.site.push((s.site, ts, key, sum));
+        self.host.push((f.host.to_owned(), ts, key, sum));
+        self.site.push((f.site.to_owned(), ts, key, sum));
     }
 
     pub(crate) fn write(mut self, t: &mut IndexTables<'_>) -> Result<(), StorageError> {
@@ -415,7 +536,7 @@ mod tests {
 
     use super::*;
     use crate::query::{Cursor, EventFilter, EventParams};
-    use crate::store::{AgentBatch, Store, prepare};
+    use crate::store::{AgentBatch, SUPPRESSED_TAG, Store, prepare};
 
     const T0: i64 = 1_700_000_000;
 
@@ -600,6 +721,69 @@ mod tests {
             vec![("hidden", "only"), ("severity", ">=error")],
             vec![("hidden", "include"), ("site", "lyon"), ("q", "disk")],
         ]
+    }
+
+    #[test]
+    fn the_borrowed_decode_reads_what_the_full_decode_reads() {
+        let t = Timestamp::from_second(T0).unwrap();
+        let mut variants = Vec::new();
+        for i in 0..6u64 {
+            let mut e = Event::new(
+                InputKind::SnmpTrap,
+                "snmp",
+                format!("Core-{i}"),
+                Severity::ALL[i as usize % 5],
+                if i % 2 == 0 {
+                    format!("Link DOWN on Gi0/{i}")
+                } else {
+                    format!("Ünïcode İ ΣΑΣ {i}")
+                },
+                t,
+            );
+            e.event_time = Timestamp::from_second(T0 - i as i64 * 3600).unwrap();
+            e.count = 1 + i * 1000;
+            e.event_type = (i % 3 == 0).then(|| "link".into());
+            e.tag = (i % 2 == 1).then(|| "LINK_Down".into());
+            e.raw_payload = (i > 2).then(|| vec![0xff; 300]);
+            e.peer = (i % 2 == 0).then(|| "10.0.0.1:514".into());
+            match i {
+                1 => {
+                    e.tags
+                        .insert(crate::alarm::DEST_TAG.into(), "logonly".into());
+                }
+                2 => {
+                    e.tags.insert(crate::alarm::DEST_TAG.into(), "alarm".into());
+                    e.tags.insert("zz".into(), "y".into());
+                }
+                3 => {
+                    e.tags.insert(SUPPRESSED_TAG.into(), "rule".into());
+                }
+                _ => {}
+            }
+            variants.push(StoredEvent {
+                site: format!("site-{i}"),
+                agent: "gw".into(),
+                seq: i,
+                stored_at: t,
+                correlated_incident: (i % 2 == 0).then(|| format!("INC-{i}")),
+                event: e,
+            });
+        }
+        for s in &variants {
+            let bytes = postcard::to_allocvec(s).unwrap();
+            let f = Fields::decode(&bytes).expect("decodes");
+            assert_eq!(f, Fields::of(s));
+            assert_eq!(f.hidden, s.hidden());
+            // The time value holds the message and tag as `to_lowercase` makes them.
+            let v = f.time_value();
+            let msg = s.event.message.to_lowercase();
+            assert_eq!(&v[13..13 + msg.len()], msg.as_bytes());
+            let q = |q: &str| text_matches(&v, &memmem::Finder::new(q.as_bytes()));
+            assert!(q(&msg));
+            assert_eq!(q("link_down"), s.event.tag.is_some());
+        }
+        assert!(variants.iter().filter(|s| s.hidden()).count() == 2);
+        assert_eq!(Fields::decode(b"\x05ab"), None, "garbage is passed over");
     }
 
     #[test]

@@ -26,9 +26,30 @@
 //! # When it runs
 //! The store writer wakes it after every commit. It indexes when at least [`MIN_CHUNK`]
 //! events wait, or when the oldest waiting events have waited [`MAX_DELAY`], or when someone
-//! asks ([`crate::store::Store::wait_indexed`]), at most [`MAX_CHUNK`] per transaction (the
-//! store has one writer at a time: ingest waits while an indexer transaction runs).
-//! `weir_aggregator_index_lag_events` is how many stored events are not indexed yet.
+//! asks ([`crate::store::Store::wait_indexed`]), at most [`MAX_CHUNK`] per transaction.
+//!
+//! redb has one writer at a time, so an indexer transaction makes ingest commits wait, and
+//! the indexer's CPU is CPU ingest does not get. So the indexer gives way to ingest, within a
+//! bound ([`step`]):
+//! - **It yields.** An ingest commit announces itself before asking for the write lock
+//!   ([`IndexState::ingest_commit`]); the indexer writes its chunk in pieces of [`SUB_CHUNK`]
+//!   events and commits after the first piece a commit has been waiting for: ingest waits for
+//!   one piece, not a chunk.
+//! - **It defers.** While ingest is saturated (its commits, waiting for the lock included,
+//!   take at least half the time, or one is waiting now) and fewer than
+//!   `index_max_lag_events` ([`DEFAULT_MAX_LAG`]) events wait, it does not index at all: a
+//!   backlog drain stores without sharing the lock or the CPU with it. It catches up when
+//!   ingest quiets down.
+//! - **Within a bound.** At `index_max_lag_events` waiting events it goes first, saturated or
+//!   not: whole chunks that do not yield, and ingest commits queue behind it (through
+//!   [`IndexState`]'s `turn`, since redb's lock is not fair), so the lag stays within the
+//!   bound plus what is committed while it takes the lock. The bound is what a search pays
+//!   extra during a burst (it scans the lag). 0 turns deferring and yielding off.
+//!
+//! `weir_aggregator_index_lag_events` is how many stored events are not indexed yet;
+//! `weir_aggregator_store_lock_wait_seconds` how long ingest commits waited for the lock. The
+//! log says when the indexer starts deferring, when ingest quiets down, and when the lag
+//! reaches its bound (`/readyz` says so too).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +59,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable};
 
 use crate::index::{self, IndexTables};
-use crate::store::{EVENTS, META, StoreError, StoredEvent};
+use crate::store::{EVENTS, META, StoreError};
 
 /// Fewest waiting events worth a transaction of their own (while they are younger than
 /// [`MAX_DELAY`]): large enough that the index pages copied per transaction are shared by
@@ -48,8 +69,19 @@ pub const MIN_CHUNK: u64 = 16_384;
 pub const MAX_CHUNK: usize = 32_768;
 /// Longest an event waits to be indexed when fewer than [`MIN_CHUNK`] are waiting.
 pub const MAX_DELAY: Duration = Duration::from_millis(200);
-/// Lag at which the indexer warns that searches are slowing down (each scans the tail).
-const LAG_WARNING: u64 = 1_000_000;
+/// Events written per piece of an indexer transaction that yields to ingest
+/// ([`index_pending`]): the longest an ingest commit waits for the indexer is one piece's
+/// writes.
+pub const SUB_CHUNK: usize = 2_048;
+/// Ingest counts as saturated when its commits take this share of the time (asking for the
+/// write lock included): an indexer transaction then delays ingest, so the indexer defers.
+const SATURATED: f64 = 0.5;
+/// The default `index_max_lag_events`: the lag up to which the indexer defers to a
+/// saturated ingest. Each search scans the events not indexed yet, at about 1 µs each
+/// (`examples/store_cost.rs` reports it), so this bounds what a search pays during a burst
+/// to about a quarter of a second; it is also a backlog drain's first 250k events that ingest
+/// stores without sharing the CPU with the indexer.
+pub const DEFAULT_MAX_LAG: u64 = 250_000;
 
 /// The `meta` key of the watermark.
 pub(crate) const INDEXED_THROUGH: &str = "indexed_through";
@@ -65,10 +97,71 @@ pub(crate) struct IndexState {
     /// [`crate::store::Store::wait_indexed`]; a target, not a flag, so it cannot stay set
     /// and turn every later commit into a small index transaction).
     flush_to: AtomicU64,
+    /// The lag below which the indexer defers to a saturated ingest (`index_max_lag_events`).
+    max_lag: AtomicU64,
+    /// Ingest commits that asked for the write lock and do not have it yet: an indexer
+    /// transaction seeing one commits what it has written and lets them in.
+    ingest_waiting: AtomicU64,
+    /// Microseconds ingest commits have spent since the store opened, from asking for the
+    /// write lock to their commit returning (the indexer's measure of how busy ingest is).
+    ingest_busy_us: AtomicU64,
+    /// Ingest commits, and the microseconds they waited for the write lock (total, most).
+    lock_waits: AtomicU64,
+    lock_wait_us: AtomicU64,
+    lock_wait_max_us: AtomicU64,
+    /// Held by an indexer transaction that takes priority (the lag at its bound) until it
+    /// has the write lock; ingest commits pass through it before asking for the lock, so a
+    /// writer committing back to back cannot keep the lock from the indexer (redb's lock is
+    /// not fair).
+    turn: Mutex<()>,
     stop: AtomicBool,
     /// Bumped to wake the indexer (new commits, flush, stop).
     wake: Mutex<u64>,
     cv: Condvar,
+}
+
+/// How long ingest commits waited for the store's write lock (see
+/// [`crate::store::Store::ingest_lock_waits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockWaits {
+    /// Ingest commits since the store opened.
+    pub commits: u64,
+    /// Their waits for the write lock, added up.
+    pub total: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+/// An ingest commit in progress, from asking for the write lock to its end
+/// ([`IndexState::ingest_commit`]).
+pub(crate) struct IngestCommit<'a> {
+    state: &'a IndexState,
+    asked: Instant,
+    waiting: bool,
+}
+
+impl IngestCommit<'_> {
+    /// The commit has the write lock.
+    pub(crate) fn locked(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.state.ingest_waiting.fetch_sub(1, Ordering::AcqRel);
+            let us = self.asked.elapsed().as_micros() as u64;
+            self.state.lock_waits.fetch_add(1, Ordering::Relaxed);
+            self.state.lock_wait_us.fetch_add(us, Ordering::Relaxed);
+            self.state.lock_wait_max_us.fetch_max(us, Ordering::Relaxed);
+            metrics::histogram!("weir_aggregator_store_lock_wait_seconds").record(us as f64 / 1e6);
+        }
+    }
+}
+
+impl Drop for IngestCommit<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.state.ingest_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        let us = self.asked.elapsed().as_micros() as u64;
+        self.state.ingest_busy_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 impl IndexState {
@@ -76,6 +169,7 @@ impl IndexState {
         IndexState {
             last_key: AtomicU64::new(last_key),
             indexed_through: AtomicU64::new(indexed_through),
+            max_lag: AtomicU64::new(DEFAULT_MAX_LAG),
             ..Default::default()
         }
     }
@@ -85,6 +179,35 @@ impl IndexState {
         self.last_key
             .load(Ordering::Acquire)
             .saturating_sub(self.indexed_through.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn max_lag(&self) -> u64 {
+        self.max_lag.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_max_lag(&self, events: u64) {
+        self.max_lag.store(events, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Called by an ingest commit before it asks for the write lock; it calls
+    /// [`IngestCommit::locked`] once it has it and drops the guard when done.
+    pub(crate) fn ingest_commit(&self) -> IngestCommit<'_> {
+        self.ingest_waiting.fetch_add(1, Ordering::AcqRel);
+        drop(self.turn.lock().unwrap_or_else(|p| p.into_inner()));
+        IngestCommit {
+            state: self,
+            asked: Instant::now(),
+            waiting: true,
+        }
+    }
+
+    pub(crate) fn lock_waits(&self) -> LockWaits {
+        LockWaits {
+            commits: self.lock_waits.load(Ordering::Relaxed),
+            total: Duration::from_micros(self.lock_wait_us.load(Ordering::Relaxed)),
+            max: Duration::from_micros(self.lock_wait_max_us.load(Ordering::Relaxed)),
+        }
     }
 
     /// Records a commit that stored events up to `last_key` and wakes the indexer.
@@ -104,6 +227,10 @@ impl IndexState {
         self.wake();
     }
 
+    fn flushing(&self) -> bool {
+        self.indexed_through.load(Ordering::Acquire) < self.flush_to.load(Ordering::Acquire)
+    }
+
     fn wake(&self) {
         let mut g = self.wake.lock().unwrap_or_else(|p| p.into_inner());
         *g = g.wrapping_add(1);
@@ -121,19 +248,58 @@ impl IndexState {
     }
 }
 
+/// How busy ingest has been lately: the share of wall time its commits spent asking for or
+/// holding the write lock, over windows of about [`MAX_DELAY`].
+struct IngestLoad {
+    since: Instant,
+    busy_us: u64,
+    share: f64,
+}
+
+impl IngestLoad {
+    fn new(state: &IndexState) -> IngestLoad {
+        IngestLoad {
+            since: Instant::now(),
+            busy_us: state.ingest_busy_us.load(Ordering::Relaxed),
+            share: 0.0,
+        }
+    }
+
+    /// Ingest is saturated: a commit is waiting for the lock now, or commits took at least
+    /// [`SATURATED`] of the last window's time.
+    fn saturated(&mut self, state: &IndexState) -> bool {
+        let elapsed = self.since.elapsed();
+        if elapsed >= MAX_DELAY {
+            let busy = state.ingest_busy_us.load(Ordering::Relaxed);
+            self.share = busy.saturating_sub(self.busy_us) as f64 / elapsed.as_micros() as f64;
+            (self.since, self.busy_us) = (Instant::now(), busy);
+        }
+        state.ingest_waiting.load(Ordering::Acquire) > 0 || self.share >= SATURATED
+    }
+}
+
 /// Indexes up to `max` events above the watermark in one transaction and moves the
-/// watermark past them. Returns how many events it indexed (0: none were waiting).
+/// watermark past them. Returns how many events it indexed (0: none were waiting). With
+/// `yield_to_ingest`, it writes in pieces of [`SUB_CHUNK`] events and commits after the first
+/// piece an ingest commit has been waiting for: ingest waits for one piece, not a chunk.
 pub(crate) fn index_pending(
     db: &Database,
     path: &Path,
     state: &IndexState,
     max: usize,
+    yield_to_ingest: bool,
 ) -> Result<usize, StoreError> {
     let err = |e: redb::Error| StoreError {
         path: path.to_path_buf(),
         error: e,
     };
-    let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+    let mut txn = if yield_to_ingest {
+        db.begin_write()
+    } else {
+        let _turn = state.turn.lock().unwrap_or_else(|p| p.into_inner());
+        db.begin_write()
+    }
+    .map_err(|e| err(e.into()))?;
     // Synced, like every commit here. `Durability::None` (entries and watermark persisted by
     // the writer's next durable commit) drained 25% faster, but each durable commit then
     // flushed the indexer's pages too: the disk stalls it caused made a co-located agent's
@@ -148,6 +314,7 @@ pub(crate) fn index_pending(
         let mut idx = IndexTables::open(&txn).map_err(err)?;
         through = crate::store::watermark_in(&meta).map_err(|e| err(e.into()))?;
         let start = through.saturating_add(1);
+        let piece = if yield_to_ingest { SUB_CHUNK } else { max };
         let mut bulk = index::Bulk::default();
         for item in events.range(start..).map_err(|e| err(e.into()))? {
             if done == max {
@@ -156,11 +323,17 @@ pub(crate) fn index_pending(
             let (k, v) = item.map_err(|e| err(e.into()))?;
             // Undecodable events (an incompatible build's) are passed over: searches skip
             // them too, so they are neither indexed nor found.
-            if let Ok(s) = postcard::from_bytes::<StoredEvent>(v.value()) {
-                bulk.add(k.value(), s);
-            }
+            bulk.add_encoded(k.value(), v.value());
             through = k.value();
             done += 1;
+            if done % piece == 0 {
+                std::mem::take(&mut bulk)
+                    .write(&mut idx)
+                    .map_err(|e| err(e.into()))?;
+                if state.ingest_waiting.load(Ordering::Acquire) > 0 {
+                    break;
+                }
+            }
         }
         bulk.write(&mut idx).map_err(|e| err(e.into()))?;
         if done > 0 {
@@ -186,6 +359,35 @@ pub(crate) fn index_pending(
     txn.commit().map_err(|e| err(e.into()))?;
     state.indexed_through.fetch_max(through, Ordering::AcqRel);
     Ok(done)
+}
+
+/// What the indexer does next, given the lag (> 0) and how things stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Ingest is saturated and the lag is under the bound: leave it the CPU and the lock.
+    Defer,
+    /// Too few events waited too briefly to be worth a transaction.
+    Wait,
+    /// Index a chunk; `yield_to_ingest` unless the lag is at the bound.
+    Index { yield_to_ingest: bool },
+}
+
+/// The indexer's policy (module docs, "When it runs"). `due`: at least [`MIN_CHUNK`] events
+/// wait, or the oldest has waited [`MAX_DELAY`]. `max_lag` 0: never defer nor yield.
+fn step(lag: u64, max_lag: u64, saturated: bool, flushing: bool, due: bool) -> Step {
+    let under = lag < max_lag;
+    if saturated && under && !flushing {
+        return Step::Defer;
+    }
+    // The bound holds whether or not ingest is saturated (0: no bound).
+    let over = max_lag > 0 && !under;
+    if due || flushing || over {
+        Step::Index {
+            yield_to_ingest: under,
+        }
+    } else {
+        Step::Wait
+    }
 }
 
 /// Handle of the indexer thread; stops and joins it when dropped.
@@ -229,36 +431,64 @@ fn run_indexer(db: &Database, path: &Path, state: &IndexState) {
     let mut seen = 0u64;
     // When the oldest event still waiting was first seen waiting.
     let mut waiting_since: Option<Instant> = None;
-    let mut warned = false;
+    let mut load = IngestLoad::new(state);
+    // What the operator was last told: deferring to ingest, or behind the bound.
+    let mut deferring = false;
+    let mut behind = false;
     while !state.stop.load(Ordering::Acquire) {
         let lag = state.lag();
         metrics::gauge!("weir_aggregator_index_lag_events").set(lag as f64);
+        let max_lag = state.max_lag();
+        if behind && lag <= max_lag / 2 {
+            behind = false;
+            tracing::info!(lag, max_lag, "search indexing is back within its lag bound");
+        }
         if lag == 0 {
             waiting_since = None;
             state.sleep(&mut seen, MAX_DELAY);
             continue;
         }
+        let flushing = state.flushing();
+        let saturated = load.saturated(state);
         let since = *waiting_since.get_or_insert_with(Instant::now);
-        let due = lag >= MIN_CHUNK
-            || since.elapsed() >= MAX_DELAY
-            || state.indexed_through.load(Ordering::Acquire)
-                < state.flush_to.load(Ordering::Acquire);
-        if !due {
-            state.sleep(&mut seen, MAX_DELAY.saturating_sub(since.elapsed()));
-            continue;
+        let due = lag >= MIN_CHUNK || since.elapsed() >= MAX_DELAY;
+        let yield_to_ingest = match step(lag, max_lag, saturated, flushing, due) {
+            Step::Defer => {
+                // Ingest has the CPU and the write lock; the indexer catches up when it
+                // quiets down, or when the lag reaches the bound.
+                if !deferring {
+                    deferring = true;
+                    tracing::info!(
+                        lag,
+                        max_lag,
+                        "ingest is saturated: search indexing waits until it quiets down or {max_lag} events wait (index_max_lag_events); searches stay complete, scanning the events not indexed yet"
+                    );
+                }
+                metrics::counter!("weir_aggregator_index_deferrals_total").increment(1);
+                state.sleep(&mut seen, MAX_DELAY);
+                continue;
+            }
+            Step::Wait => {
+                state.sleep(&mut seen, MAX_DELAY.saturating_sub(since.elapsed()));
+                continue;
+            }
+            Step::Index { yield_to_ingest } => yield_to_ingest,
+        };
+        if deferring && !saturated {
+            deferring = false;
+            tracing::info!(lag, "ingest quieted down: search indexing catches up");
         }
-        if lag >= LAG_WARNING && !warned {
-            warned = true;
+        if !yield_to_ingest && saturated && !behind {
+            // At the bound the indexer takes priority: whole chunks, ingest waits for them.
+            behind = true;
             tracing::warn!(
                 lag,
-                "search indexing is {lag} events behind ingest: searches stay complete but scan those events unindexed, so they slow down until it catches up (the aggregator is storing faster than it indexes; is the machine short of CPU?)"
+                max_lag,
+                "search indexing is {lag} events behind a saturated ingest, at its bound (index_max_lag_events = {max_lag}): it now takes the write lock ahead of ingest, which slows ingest down, so that searches (which scan the events not indexed yet) do not slow down further. If this lasts, the machine is short of CPU or disk for this event rate"
             );
-        } else if lag < MIN_CHUNK && warned {
-            warned = false;
-            tracing::info!(lag, "search indexing caught up");
         }
         let started = Instant::now();
-        match index_pending(db, path, state, MAX_CHUNK) {
+        match index_pending(db, path, state, MAX_CHUNK, yield_to_ingest) {
             Ok(n) => {
                 metrics::counter!("weir_aggregator_events_indexed_total").increment(n as u64);
                 metrics::histogram!("weir_aggregator_index_commit_seconds")
@@ -277,5 +507,164 @@ fn run_indexer(db: &Database, path: &Path, state: &IndexState) {
                 state.sleep(&mut seen, MAX_DELAY);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AgentBatch, Prepared, Store, StoredEvent};
+    use jiff::Timestamp;
+    use weir_common::{Event, InputKind, Severity};
+
+    /// Commits events `seqs` of agent `paris/gw-1`, one second apart.
+    fn commit(store: &Store, seqs: std::ops::Range<u64>) {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let records: Vec<Prepared> = seqs
+            .map(|seq| {
+                let t = Timestamp::from_second(1_700_000_000 + seq as i64).unwrap();
+                Prepared::event(&StoredEvent {
+                    site: "paris".into(),
+                    agent: "gw-1".into(),
+                    seq,
+                    stored_at: now,
+                    correlated_incident: None,
+                    event: Event::new(
+                        InputKind::Syslog,
+                        "syslog",
+                        format!("core-{}", seq % 5),
+                        Severity::ALL[seq as usize % 5],
+                        format!("Link down on port {seq}"),
+                        t,
+                    ),
+                })
+            })
+            .collect();
+        let batch = [AgentBatch {
+            site: "paris",
+            name: "gw-1",
+            records: &records,
+        }];
+        store.commit(&batch, now).unwrap();
+    }
+
+    /// Events a search over everything finds (hidden or not), with the store's lag then.
+    fn found(store: &Store) -> u64 {
+        let params = crate::query::EventParams {
+            hidden: Some("include".into()),
+            q: Some("link down".into()),
+            ..Default::default()
+        };
+        let f = crate::query::EventFilter::parse(&params).unwrap();
+        store.search(&f, 10, None).unwrap().total
+    }
+
+    #[test]
+    fn the_policy_defers_to_a_saturated_ingest_only_under_the_bound() {
+        use Step::*;
+        let index = |y| Index { yield_to_ingest: y };
+        // (lag, max_lag, saturated, flushing, due)
+        for (case, want) in [
+            ((10, 100, true, false, true), Defer),
+            ((10, 100, true, false, false), Defer),
+            // At the bound: whole chunks ahead of ingest, due or not.
+            ((100, 100, true, false, false), index(false)),
+            ((500, 100, true, false, true), index(false)),
+            // Asked to flush (wait_indexed): index now, still yielding under the bound.
+            ((10, 100, true, true, false), index(true)),
+            // Ingest quiet: as before, when due, yielding to a commit that comes in.
+            ((10, 100, false, false, true), index(true)),
+            ((10, 100, false, false, false), Wait),
+            ((500, 100, false, false, true), index(false)),
+            ((500, 100, false, false, false), index(false)),
+            // 0: never defer nor yield.
+            ((10, 0, true, false, false), Wait),
+            ((10, 0, true, false, true), index(false)),
+            ((10, 0, false, false, false), Wait),
+            ((10, 0, false, false, true), index(false)),
+        ] {
+            let (lag, max, sat, flush, due) = case;
+            assert_eq!(step(lag, max, sat, flush, due), want, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn an_indexer_transaction_commits_early_for_a_waiting_ingest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_unindexed(
+            &dir.path().join("e.redb"),
+            crate::store::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
+        commit(&store, 1..10_001);
+        let index = |yield_to_ingest| {
+            index_pending(
+                store.database(),
+                dir.path(),
+                &store.index,
+                MAX_CHUNK,
+                yield_to_ingest,
+            )
+            .unwrap()
+        };
+        {
+            // An ingest commit asks for the lock (it would block on the indexer's).
+            let _waiting = store.index.ingest_commit();
+            assert_eq!(index(true), SUB_CHUNK, "one piece, then the lock is let go");
+            assert_eq!(store.index_lag(), 10_000 - SUB_CHUNK as u64);
+            assert_eq!(found(&store), 10_000, "indexed piece and tail, each once");
+            // Without yielding (at the bound) the whole chunk is written.
+            assert_eq!(index(false), 10_000 - SUB_CHUNK);
+        }
+        commit(&store, 10_001..15_001);
+        assert_eq!(index(true), 5_000, "nobody waiting: one transaction");
+        assert_eq!(store.index_lag(), 0);
+        assert_eq!(found(&store), 15_000);
+        let w = store.ingest_lock_waits();
+        assert_eq!(w.commits, 2, "each commit's wait is measured");
+    }
+
+    #[test]
+    fn a_saturated_ingest_proceeds_while_the_indexer_defers_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("e.redb")).unwrap());
+        const BOUND: u64 = 3_000;
+        const BATCH: u64 = 100;
+        store.set_index_max_lag(BOUND);
+        // Ingest saturated: one commit after another for a while, checking as it goes that
+        // searches find every event committed so far, indexed or not.
+        let mut next = 1;
+        let mut max_seen = 0;
+        let mut deferred = false;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            commit(&store, next..next + BATCH);
+            next += BATCH;
+            let lag = store.index_lag();
+            max_seen = max_seen.max(lag);
+            // Beyond what a quiet ingest lets wait (one commit's events, or what arrives
+            // in MAX_DELAY), yet under the bound: the indexer is deferring.
+            deferred |= lag > 2 * BATCH && lag < BOUND;
+            if next % (10 * BATCH) == 1 {
+                assert_eq!(found(&store), next - 1, "lag {lag}");
+            }
+        }
+        assert!(next > 2 * BOUND, "the test committed too little: {next}");
+        assert!(
+            deferred,
+            "the indexer never deferred (largest lag {max_seen})"
+        );
+        // Past the bound by at most the commits that slip in before the indexer's turn.
+        assert!(
+            max_seen <= BOUND + 2 * BATCH,
+            "lag {max_seen} beyond the bound {BOUND}"
+        );
+        // Ingest quiet: the indexer catches up by itself.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.index_lag() > 0 {
+            assert!(Instant::now() < deadline, "never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found(&store), next - 1);
     }
 }

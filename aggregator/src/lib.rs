@@ -79,6 +79,7 @@ pub async fn start(
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let store_path = config.data_dir.join("events.redb");
     let store = Arc::new(Store::open_with_cache(&store_path, config.store_cache.0)?);
+    store.set_index_max_lag(config.index_max_lag_events);
     // Bootstrap keys must exist (they are checked like before); scoped keys are optional.
     weir_common::ingest::ApiKeys::load(&config.api.api_key_file).map_err(anyhow::Error::msg)?;
     let bootstrap = std::fs::read_to_string(&config.api.api_key_file)

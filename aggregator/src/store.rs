@@ -257,7 +257,7 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     /// Committed and indexed store keys, shared with the indexer thread.
-    index: Arc<IndexState>,
+    pub(crate) index: Arc<IndexState>,
     /// The background indexer (`None` in tests that drive it by hand); stopped on drop.
     indexer: Option<Indexer>,
 }
@@ -425,7 +425,10 @@ impl Store {
         // Count updates of events that raised an alarm: applied after `also`.
         let mut raises = Vec::new();
         let last_key;
+        // Tells the indexer ingest is waiting (it yields) and how busy ingest is (it defers).
+        let mut ingest = self.index.ingest_commit();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        ingest.locked();
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
         {
@@ -851,6 +854,22 @@ impl Store {
         self.index.lag()
     }
 
+    /// The lag up to which the indexer defers to a saturated ingest (`index_max_lag_events`;
+    /// see [`crate::indexer`]). 0: it never defers nor yields.
+    pub fn index_max_lag(&self) -> u64 {
+        self.index.max_lag()
+    }
+
+    /// Sets [`Store::index_max_lag`].
+    pub fn set_index_max_lag(&self, events: u64) {
+        self.index.set_max_lag(events);
+    }
+
+    /// How long ingest commits have waited for the write lock since the store opened.
+    pub fn ingest_lock_waits(&self) -> crate::indexer::LockWaits {
+        self.index.lock_waits()
+    }
+
     /// Asks the indexer to index every event stored so far now, and waits until it has (at
     /// most `timeout`). Searches never need this (they scan what is not indexed); benchmarks
     /// and tests that look at the indexes themselves do.
@@ -880,7 +899,7 @@ impl Store {
     /// Indexes up to `max` events above the watermark in one transaction, as the indexer
     /// does; returns how many.
     pub(crate) fn index_pending(&self, max: usize) -> Result<usize, StoreError> {
-        crate::indexer::index_pending(&self.db, &self.path, &self.index, max)
+        crate::indexer::index_pending(&self.db, &self.path, &self.index, max, false)
     }
 
     /// Counts matching events per severity in `buckets` consecutive time buckets of
