@@ -35,6 +35,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
+use weir_common::event::EventView;
 use weir_common::event::micros;
 use weir_common::wire::Batch;
 use weir_common::{Event, Record};
@@ -157,53 +158,113 @@ impl Prepared {
 
 /// Decodes a batch's records and encodes its events as stored, stamped `stored_at = now`.
 pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Prepared> {
-    prepare_with(site, name, batch, now, |_| true)
+    let records = batch.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+    prepare_with(site, name, records, now, |_| true, |_| true)
 }
 
-/// [`prepare`], with `process` run on each event before it is encoded; it may change the
-/// event and returns whether to store it (`false` gives [`Prepared::Skip`]).
-pub fn prepare_with(
+/// [`prepare`] of a batch's records (sequence and encoded [`Record`]), with processing.
+///
+/// An event for which `as_is` says processing would neither change it nor have any effect
+/// is stored without being decoded into an [`Event`] or encoded again: its stored bytes are
+/// the [`StoredEvent`] header followed by the agent's own encoding of the event (a
+/// `StoredEvent` ends with its event, and postcard encodes a struct as its fields in order, so
+/// this is byte for byte what encoding the decoded event would give). The view `as_is` gets
+/// has checked everything decoding the event would (UTF-8, ranges), so the stored bytes always
+/// decode. Other events are decoded, handed to `process`, which may change them and returns
+/// whether to store them (`false` gives [`Prepared::Skip`]), and encoded.
+pub fn prepare_with<'r>(
     site: &str,
     name: &str,
-    batch: &Batch,
+    records: impl ExactSizeIterator<Item = (u64, &'r [u8])>,
     now: Timestamp,
+    as_is: impl Fn(&EventView<'_>) -> bool,
     mut process: impl FnMut(&mut StoredEvent) -> bool,
 ) -> Vec<Prepared> {
-    batch
-        .records
-        .iter()
-        .map(|wr| match Record::from_bytes(&wr.payload) {
+    let header = StoredHeader::new(site, name, now);
+    let mut out = Vec::with_capacity(records.len());
+    for (seq, payload) in records {
+        if let Some((view, event)) = EventView::from_record(payload)
+            && as_is(&view)
+        {
+            out.push(Prepared::Event {
+                seq,
+                bytes: header.encode(seq, event),
+            });
+            continue;
+        }
+        out.push(match Record::from_bytes(payload) {
             Ok(Record::Event(event)) => {
                 let mut stored = StoredEvent {
                     site: site.to_string(),
                     agent: name.to_string(),
-                    seq: wr.seq,
+                    seq,
                     stored_at: now,
                     correlated_incident: None,
                     event,
                 };
                 if !process(&mut stored) {
-                    return Prepared::Skip { seq: wr.seq };
+                    out.push(Prepared::Skip { seq });
+                    continue;
                 }
                 let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                Prepared::Event { seq: wr.seq, bytes }
+                Prepared::Event { seq, bytes }
             }
             Ok(Record::Count {
                 target_seq,
                 count,
                 last_seen,
             }) => Prepared::Count {
-                seq: wr.seq,
+                seq,
                 target_seq,
                 count,
                 last_seen,
             },
             Err(e) => Prepared::Malformed {
-                seq: wr.seq,
+                seq,
                 error: e.to_string(),
             },
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// The encoded fields of a [`StoredEvent`] before its event, for one batch: site and agent
+/// (the same for every event of the batch), the event's sequence, then `stored_at` and
+/// `correlated_incident` (the same for every event: stamped now, none yet).
+struct StoredHeader {
+    site_agent: Vec<u8>,
+    stamp: Vec<u8>,
+}
+
+impl StoredHeader {
+    fn new(site: &str, agent: &str, stored_at: Timestamp) -> StoredHeader {
+        #[derive(Serialize)]
+        struct Stamp {
+            #[serde(with = "micros")]
+            stored_at: Timestamp,
+            correlated_incident: Option<String>,
+        }
+        let stamp = Stamp {
+            stored_at,
+            correlated_incident: None,
+        };
+        StoredHeader {
+            site_agent: postcard::to_allocvec(&(site, agent)).expect("encode header"),
+            stamp: postcard::to_allocvec(&stamp).expect("encode header"),
+        }
+    }
+
+    /// The [`StoredEvent`] bytes of the event encoded as `event`, agent sequence `seq`.
+    fn encode(&self, seq: u64, event: &[u8]) -> Vec<u8> {
+        // A varint u64 takes at most 10 bytes.
+        let mut out =
+            Vec::with_capacity(self.site_agent.len() + 10 + self.stamp.len() + event.len());
+        out.extend_from_slice(&self.site_agent);
+        let mut out = postcard::to_extend(&seq, out).expect("encode a u64 into a Vec");
+        out.extend_from_slice(&self.stamp);
+        out.extend_from_slice(event);
+        out
+    }
 }
 
 /// What a commit did, per batch (same order as the input) and in total.
@@ -1351,6 +1412,82 @@ mod tests {
         assert_eq!(newest[1].1.id(), "s:a:5");
         let older = store.newest(10, Some(newest[1].0)).unwrap();
         assert_eq!(older.len(), 4);
+    }
+
+    #[test]
+    fn events_left_alone_are_stored_byte_for_byte_as_encoding_them_gives() {
+        let now = Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+        let t = Timestamp::from_second(1_600_000_000).unwrap();
+        let mut b = batch(1..=2);
+        let mut e = Event::new(
+            InputKind::SnmpTrap,
+            "snmp",
+            "sw-1",
+            Severity::Error,
+            "down",
+            t,
+        );
+        e.tag = Some("SNMP_LINK_DOWN".into());
+        e.event_type = Some("link".into());
+        e.tags.insert("ifIndex".into(), "3".into());
+        e.raw_payload = Some(vec![0, 0xff, 7]);
+        e.peer = Some("192.0.2.1:162".into());
+        e.count = 300;
+        // Sequences of every varint length matter: the header is built around them.
+        for seq in [127, 128, 1 << 40, u64::MAX] {
+            b.records.push(WireRecord {
+                seq,
+                payload: Record::Event(e.clone()).to_bytes(),
+            });
+        }
+        let records = || b.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+        let spliced = prepare_with(
+            "eu:paris",
+            "gw-1",
+            records(),
+            now,
+            |_| true,
+            |_| unreachable!("events left alone are not processed"),
+        );
+        let encoded = prepare_with("eu:paris", "gw-1", records(), now, |_| false, |_| true);
+        assert_eq!(spliced, encoded);
+        for (p, wr) in spliced.iter().zip(&b.records) {
+            let Prepared::Event { seq, bytes } = p else {
+                panic!("{p:?}")
+            };
+            let Ok(Record::Event(event)) = Record::from_bytes(&wr.payload) else {
+                unreachable!()
+            };
+            let want = StoredEvent {
+                site: "eu:paris".into(),
+                agent: "gw-1".into(),
+                seq: wr.seq,
+                stored_at: now,
+                correlated_incident: None,
+                event,
+            };
+            assert_eq!(*seq, wr.seq);
+            assert_eq!(*bytes, postcard::to_allocvec(&want).unwrap());
+            assert_eq!(postcard::from_bytes::<StoredEvent>(bytes).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn events_that_do_not_decode_are_malformed_either_way() {
+        let now = Timestamp::now();
+        let mut b = batch(1..=1);
+        let mut bad = b.records[0].payload.clone();
+        let at = bad.iter().position(|&x| x == b'm').unwrap();
+        bad[at] = 0xff; // invalid UTF-8 in the message
+        b.records[0].payload = bad;
+        let records = || b.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+        for as_is in [true, false] {
+            let out = prepare_with("s", "a", records(), now, |_| as_is, |_| true);
+            assert!(
+                matches!(out[..], [Prepared::Malformed { seq: 1, .. }]),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]
