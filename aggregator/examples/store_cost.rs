@@ -163,8 +163,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The aggregator's work, timed and (under callgrind) counted: each group of batches decoded
 /// from its frame and prepared as a connection task does, then committed by the writer's own
-/// function. Returns the time
-/// until the last commit.
+/// function. Returns the time until the last commit.
 #[inline(never)]
 fn measured(
     store: &Store,
