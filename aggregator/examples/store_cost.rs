@@ -1,6 +1,6 @@
 //! Store-cost harness: pushes N syslog events through the aggregator's real ingest path — the
-//! connection task's [`weir_aggregator::alarm::prepare_batch`] (decode, processing, encode as
-//! stored) and the store writer's [`weir_aggregator::ingest::commit_group`] (one durable redb
+//! connection task's frame decode and [`weir_aggregator::alarm::prepare_records`] (decode,
+//! processing, encode as stored) and the store writer's [`weir_aggregator::ingest::commit_group`] (one durable redb
 //! transaction per group, alarm updates, replies) — into a temp redb file, then lets the
 //! search indexes catch up and checks every event is stored and searchable exactly once.
 //!
@@ -27,7 +27,8 @@
 //! transaction, as the writer does when that many are waiting (default 1: one agent draining
 //! while the writer keeps up, the least amortised case). `--max-lag L` sets
 //! `index_max_lag_events` (0: the indexer never defers to ingest nor yields to it, as before
-//! it did). Not included: QUIC, TLS and the frame decode.
+//! it did). Not included: QUIC and TLS (the batch frames are decoded from memory, as the
+//! session decodes them from its read buffer).
 //!
 //! Besides the times it reports how long ingest commits waited for the store's write lock
 //! (held by indexer transactions meanwhile), and what a search pays per event not indexed
@@ -44,7 +45,9 @@ use weir_aggregator::ingest::{IngestItem, commit_group};
 use weir_aggregator::query::{EventFilter, EventParams};
 use weir_aggregator::store::Store;
 use weir_common::Record;
-use weir_common::wire::{Batch, WireRecord};
+use weir_common::wire::{
+    AgentFrame, AgentFrameRef, Batch, HEADER_LEN, WireRecord, decode_body_ref, encode_frame,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -119,14 +122,15 @@ fn main() -> anyhow::Result<()> {
                 .to_bytes(),
             })
             .collect();
-        batches.push((
-            site,
-            Batch {
-                first_seq: first,
-                last_seq: first + count - 1,
-                records,
-            },
-        ));
+        let frame = AgentFrame::Batch(Batch {
+            first_seq: first,
+            last_seq: first + count - 1,
+            records,
+        });
+        let mut body = Vec::new();
+        encode_frame(&frame, &mut body)?;
+        body.drain(..HEADER_LEN);
+        batches.push((site, body));
         next_seq[site as usize] += count;
         made += count;
         site = (site + 1) % SITES;
@@ -201,16 +205,16 @@ fn timed_search(store: &Store) -> anyhow::Result<std::time::Duration> {
     Ok(started.elapsed())
 }
 
-/// The aggregator's work, timed and (under callgrind) counted: each group of batches prepared
-/// as a connection task does, then committed by the writer's own function. Returns the time
-/// until the last commit.
+/// The aggregator's work, timed and (under callgrind) counted: each group of batches decoded
+/// from its frame and prepared as a connection task does, then committed by the writer's own
+/// function. Returns the time until the last commit.
 #[inline(never)]
 fn measured(
     store: &Store,
     alarms: &Engine,
     correlation: &weir_aggregator::correlation::Correlator,
     names: &[(Arc<str>, Arc<str>)],
-    batches: &[(u64, Batch)],
+    batches: &[(u64, Vec<u8>)],
     group: u64,
 ) -> anyhow::Result<std::time::Duration> {
     let started = Instant::now();
@@ -221,16 +225,19 @@ fn measured(
     for chunk in batches.chunks(group as usize) {
         let items = chunk
             .iter()
-            .map(|(site, batch)| {
+            .map(|(site, body)| {
                 let (s, name) = &names[*site as usize];
-                let (records, outcomes) = weir_aggregator::alarm::prepare_batch(
+                let Ok(AgentFrameRef::Batch(batch)) = decode_body_ref(body) else {
+                    anyhow::bail!("a batch frame does not decode");
+                };
+                let (records, outcomes) = weir_aggregator::alarm::prepare_records(
                     &processor,
                     s,
                     name,
-                    batch,
+                    &batch.records,
                     Timestamp::now(),
                 );
-                IngestItem {
+                Ok(IngestItem {
                     site: s.clone(),
                     name: name.clone(),
                     records,
@@ -238,9 +245,9 @@ fn measured(
                     reply: reply.clone(),
                     poisoned: poisoned.clone(),
                     api: None,
-                }
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         commit_group(store, alarms, correlation, &mut api_seqs, items);
         for _ in chunk {
             anyhow::ensure!(

@@ -18,8 +18,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use weir_common::wire::io::{read_frame, write_frame};
-use weir_common::wire::{self, Ack, AgentFrame, AggregatorFrame, HelloAck, Refused};
+use weir_common::wire::io::{FrameIoError, read_frame, read_frame_body, write_frame};
+use weir_common::wire::{self, Ack, AgentFrame, AgentFrameRef, AggregatorFrame, HelloAck, Refused};
 
 use crate::alarm::Outcome;
 use crate::alarm::persist::Engine;
@@ -318,27 +318,35 @@ async fn session(
     });
 
     let result = loop {
-        let frame = tokio::select! {
-            f = read_frame::<_, AgentFrame>(&mut recv, &mut buf) => f,
+        // The body stays in `buf` and a batch's records borrow from it: no copy per record.
+        let read = tokio::select! {
+            r = read_frame_body(&mut recv, &mut buf) => r,
             _ = shutdown.cancelled() => {
                 conn.close(0u32.into(), b"aggregator shutting down");
                 break Ok(());
             }
             _ = &mut acker => break Err(anyhow::anyhow!("could not send acknowledgements")),
         };
+        let frame = match read {
+            Ok(true) => wire::decode_body_ref::<AgentFrameRef<'_>>(&buf)
+                .map(Some)
+                .map_err(FrameIoError::from),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
         match frame {
-            Ok(Some(AgentFrame::Batch(batch))) => {
+            Ok(Some(AgentFrameRef::Batch(batch))) => {
                 metrics::counter!("weir_aggregator_records_received_total")
                     .increment(batch.records.len() as u64);
                 ingest.registry.seen(site, name, None);
                 // Decoding and encoding happen here, on this connection's task, so the single
                 // store writer only inserts (and several agents' batches prepare in parallel).
                 // Transforms and definitions (stateless) run here too.
-                let (records, outcomes) = crate::alarm::prepare_batch(
+                let (records, outcomes) = crate::alarm::prepare_records(
                     &ingest.alarms.processor(),
                     site,
                     name,
-                    &batch,
+                    &batch.records,
                     Timestamp::now(),
                 );
                 drop(batch);
@@ -355,12 +363,12 @@ async fn session(
                     break Ok(()); // store writer stopped: shutting down
                 }
             }
-            Ok(Some(AgentFrame::Status(status))) => {
+            Ok(Some(AgentFrameRef::Status(status))) => {
                 metrics::gauge!("weir_aggregator_agent_backlog_records", "site" => site.to_string(), "agent" => name.to_string())
                     .set(status.backlog_records as f64);
                 ingest.registry.seen(site, name, Some(status));
             }
-            Ok(Some(AgentFrame::Hello(_))) => {
+            Ok(Some(AgentFrameRef::Hello(_))) => {
                 break Err(anyhow::anyhow!("protocol error: second hello"));
             }
             Ok(None) => break Ok(()),

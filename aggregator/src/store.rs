@@ -7,8 +7,15 @@
 //!
 //! # Tables
 //! - `events`: `u64` store key (aggregator-wide, increasing with arrival) → postcard [`StoredEvent`].
-//! - `agent_seq`: `(agent number u32, agent sequence u64)` → store key, to find an event by its
-//!   fleet id and to apply first-stage dedup count updates.
+//! - `agent_runs`: `(agent number u32, first agent sequence u64)` → `(last agent sequence,
+//!   store key of the first)`: one entry per run of an agent's events stored with consecutive
+//!   sequences under consecutive store keys (usually one per batch), so event `seq` of the run
+//!   is at `first key + (seq - first sequence)`. It finds an event by its fleet id and applies
+//!   first-stage dedup count updates. A run outlives the events of it that expired (their keys
+//!   find nothing) until all of them have.
+//! - `agent_seq`: the same per event, `(agent number, agent sequence)` → store key, as builds
+//!   before `agent_runs` wrote it (one B-tree insert per event). Still read for the events they
+//!   stored and emptied by retention; nothing new goes in.
 //! - `agents`: identity `site/name` → postcard [`AgentRecord`] (number, committed sequence, …).
 //! - `meta`: `&str` → `u64` (`next_key`, `next_agent`, `index_version`, `indexed_through`).
 //! - `idx_*`: secondary indexes ([`crate::index`]) of the events up to the `indexed_through`
@@ -16,7 +23,7 @@
 //!
 //! # Transactions
 //! The ingest commit ([`Store::commit_with`], durable) writes only what exactly-once needs:
-//! events, `agent_seq`, agent records and `next_key`, plus what its caller adds (alarms). It
+//! events, `agent_runs`, agent records and `next_key`, plus what its caller adds (alarms). It
 //! neither decodes the events nor indexes them. Searches ([`Store::search`],
 //! [`Store::histogram`], [`Store::time_span`]) read the indexes for the events up to the
 //! watermark and decode and filter the events above it (the tail, visited one by one and
@@ -35,6 +42,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
+use weir_common::event::EventView;
 use weir_common::event::micros;
 use weir_common::wire::Batch;
 use weir_common::{Event, Record};
@@ -45,6 +53,7 @@ use crate::query::{Cursor, EventFilter};
 
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const AGENT_SEQ: TableDefinition<(u32, u64), u64> = TableDefinition::new("agent_seq");
+const AGENT_RUNS: TableDefinition<(u32, u64), (u64, u64)> = TableDefinition::new("agent_runs");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -157,53 +166,113 @@ impl Prepared {
 
 /// Decodes a batch's records and encodes its events as stored, stamped `stored_at = now`.
 pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Prepared> {
-    prepare_with(site, name, batch, now, |_| true)
+    let records = batch.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+    prepare_with(site, name, records, now, |_| true, |_| true)
 }
 
-/// [`prepare`], with `process` run on each event before it is encoded; it may change the
-/// event and returns whether to store it (`false` gives [`Prepared::Skip`]).
-pub fn prepare_with(
+/// [`prepare`] of a batch's records (sequence and encoded [`Record`]), with processing.
+///
+/// An event for which `as_is` says processing would neither change it nor have any effect
+/// is stored without being decoded into an [`Event`] or encoded again: its stored bytes are
+/// the [`StoredEvent`] header followed by the agent's own encoding of the event (a
+/// `StoredEvent` ends with its event, and postcard encodes a struct as its fields in order, so
+/// this is byte for byte what encoding the decoded event would give). The view `as_is` gets
+/// has checked everything decoding the event would (UTF-8, ranges), so the stored bytes always
+/// decode. Other events are decoded, handed to `process`, which may change them and returns
+/// whether to store them (`false` gives [`Prepared::Skip`]), and encoded.
+pub fn prepare_with<'r>(
     site: &str,
     name: &str,
-    batch: &Batch,
+    records: impl ExactSizeIterator<Item = (u64, &'r [u8])>,
     now: Timestamp,
+    as_is: impl Fn(&EventView<'_>) -> bool,
     mut process: impl FnMut(&mut StoredEvent) -> bool,
 ) -> Vec<Prepared> {
-    batch
-        .records
-        .iter()
-        .map(|wr| match Record::from_bytes(&wr.payload) {
+    let header = StoredHeader::new(site, name, now);
+    let mut out = Vec::with_capacity(records.len());
+    for (seq, payload) in records {
+        if let Some((view, event)) = EventView::from_record(payload)
+            && as_is(&view)
+        {
+            out.push(Prepared::Event {
+                seq,
+                bytes: header.encode(seq, event),
+            });
+            continue;
+        }
+        out.push(match Record::from_bytes(payload) {
             Ok(Record::Event(event)) => {
                 let mut stored = StoredEvent {
                     site: site.to_string(),
                     agent: name.to_string(),
-                    seq: wr.seq,
+                    seq,
                     stored_at: now,
                     correlated_incident: None,
                     event,
                 };
                 if !process(&mut stored) {
-                    return Prepared::Skip { seq: wr.seq };
+                    out.push(Prepared::Skip { seq });
+                    continue;
                 }
                 let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                Prepared::Event { seq: wr.seq, bytes }
+                Prepared::Event { seq, bytes }
             }
             Ok(Record::Count {
                 target_seq,
                 count,
                 last_seen,
             }) => Prepared::Count {
-                seq: wr.seq,
+                seq,
                 target_seq,
                 count,
                 last_seen,
             },
             Err(e) => Prepared::Malformed {
-                seq: wr.seq,
+                seq,
                 error: e.to_string(),
             },
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// The encoded fields of a [`StoredEvent`] before its event, for one batch: site and agent
+/// (the same for every event of the batch), the event's sequence, then `stored_at` and
+/// `correlated_incident` (the same for every event: stamped now, none yet).
+struct StoredHeader {
+    site_agent: Vec<u8>,
+    stamp: Vec<u8>,
+}
+
+impl StoredHeader {
+    fn new(site: &str, agent: &str, stored_at: Timestamp) -> StoredHeader {
+        #[derive(Serialize)]
+        struct Stamp {
+            #[serde(with = "micros")]
+            stored_at: Timestamp,
+            correlated_incident: Option<String>,
+        }
+        let stamp = Stamp {
+            stored_at,
+            correlated_incident: None,
+        };
+        StoredHeader {
+            site_agent: postcard::to_allocvec(&(site, agent)).expect("encode header"),
+            stamp: postcard::to_allocvec(&stamp).expect("encode header"),
+        }
+    }
+
+    /// The [`StoredEvent`] bytes of the event encoded as `event`, agent sequence `seq`.
+    fn encode(&self, seq: u64, event: &[u8]) -> Vec<u8> {
+        // A varint u64 takes at most 10 bytes.
+        let mut out =
+            Vec::with_capacity(self.site_agent.len() + 10 + self.stamp.len() + event.len());
+        out.extend_from_slice(&self.site_agent);
+        let mut out = postcard::to_extend(&seq, out).expect("encode a u64 into a Vec");
+        out.extend_from_slice(&self.stamp);
+        out.extend_from_slice(event);
+        out
+    }
 }
 
 /// What a commit did, per batch (same order as the input) and in total.
@@ -304,6 +373,7 @@ impl Store {
         let (indexed, last_key, watermark) = {
             let events = txn.open_table(EVENTS).map_err(|e| err(e.into()))?;
             txn.open_table(AGENT_SEQ).map_err(|e| err(e.into()))?;
+            txn.open_table(AGENT_RUNS).map_err(|e| err(e.into()))?;
             txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
             IndexTables::open(&txn).map_err(err)?;
@@ -433,7 +503,8 @@ impl Store {
             .map_err(|e| self.err(redb::Error::from(e)))?;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
-            let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+            let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+            let mut runs = txn.open_table(AGENT_RUNS).map_err(|e| self.err(e))?;
             let mut agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             // Index tables are opened only for a count update of an indexed event: new events
@@ -475,6 +546,8 @@ impl Store {
                     },
                 };
                 prior.push(rec.committed_seq);
+                // The run of this batch's events being stored, written when it ends.
+                let mut run: Option<Run> = None;
                 for p in ab.records {
                     let seq = p.seq();
                     if seq <= rec.committed_seq {
@@ -487,9 +560,11 @@ impl Store {
                             events
                                 .insert(next_key, bytes.as_slice())
                                 .map_err(|e| self.err(e))?;
-                            agent_seq
-                                .insert((rec.number, seq), next_key)
-                                .map_err(|e| self.err(e))?;
+                            if !run.as_mut().is_some_and(|r| r.extend(seq, next_key))
+                                && let Some(r) = run.replace(Run::start(seq, next_key))
+                            {
+                                r.write(&mut runs, rec.number).map_err(|e| self.err(e))?;
+                            }
                             next_key += 1;
                             out.stored += 1;
                         }
@@ -499,10 +574,12 @@ impl Store {
                             last_seen,
                             ..
                         } => {
-                            let key = agent_seq
-                                .get((rec.number, *target_seq))
-                                .map_err(|e| self.err(e))?
-                                .map(|v| v.value());
+                            // It may update an event stored earlier in this batch.
+                            if let Some(r) = run.take() {
+                                r.write(&mut runs, rec.number).map_err(|e| self.err(e))?;
+                            }
+                            let key = stored_key(&runs, &agent_seq, rec.number, *target_seq)
+                                .map_err(|e| self.err(e))?;
                             let Some(key) = key else {
                                 out.orphan_updates += 1;
                                 continue;
@@ -557,6 +634,9 @@ impl Store {
                             );
                         }
                     }
+                }
+                if let Some(r) = run.take() {
+                    r.write(&mut runs, rec.number).map_err(|e| self.err(e))?;
                 }
                 rec.last_commit = now;
                 out.committed.push(rec.committed_seq);
@@ -992,6 +1072,7 @@ impl Store {
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
             let mut agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
+            let mut runs = txn.open_table(AGENT_RUNS).map_err(|e| self.err(e))?;
             let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
             let mut idx = IndexTables::open(&txn).map_err(|e| self.err(e))?;
             // Events above the watermark have no index entries to remove.
@@ -1015,6 +1096,8 @@ impl Store {
             archive(&keep).map_err(ExpireError::Archive)?;
             out.archived = keep.len() as u64;
             let mut numbers: HashMap<String, Option<u32>> = HashMap::new();
+            // Per agent number, the highest sequence expired here.
+            let mut expired_through: HashMap<u32, u64> = HashMap::new();
             for (key, s) in &aged {
                 events.remove(*key).map_err(|e| self.err(e))?;
                 out.deleted += 1;
@@ -1040,6 +1123,22 @@ impl Store {
                 };
                 if let Some(n) = number {
                     agent_seq.remove((n, s.seq)).map_err(|e| self.err(e))?;
+                    let through = expired_through.entry(n).or_default();
+                    *through = (*through).max(s.seq);
+                }
+            }
+            // Events expire in store-key order, which is each agent's sequence order: a run
+            // that ends at or below the highest sequence expired here has no event left.
+            for (n, through) in expired_through {
+                let mut gone = Vec::new();
+                for item in runs.range((n, 0)..=(n, through)).map_err(|e| self.err(e))? {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    if v.value().0 <= through {
+                        gone.push(k.value());
+                    }
+                }
+                for k in gone {
+                    runs.remove(k).map_err(|e| self.err(e))?;
                 }
             }
         }
@@ -1073,7 +1172,14 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let agents = txn.open_table(AGENTS).map_err(|e| self.err(e))?;
         let agent_seq = txn.open_table(AGENT_SEQ).map_err(|e| self.err(e))?;
-        key_in(&agents, &agent_seq, id).map_err(|e| self.err(e))
+        let runs = txn.open_table(AGENT_RUNS).map_err(|e| self.err(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let Some(key) = key_in(&agents, &runs, &agent_seq, id).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        // Its run may outlive it (expired).
+        let stored = events.get(key).map_err(|e| self.err(e))?.is_some();
+        Ok(stored.then_some(key))
     }
 
     /// Every stored event in store order (tests and exports; not for the API's hot path).
@@ -1099,11 +1205,12 @@ impl Store {
         let watermark = watermark(txn)?;
         let agents = txn.open_table(AGENTS)?;
         let agent_seq = txn.open_table(AGENT_SEQ)?;
+        let runs = txn.open_table(AGENT_RUNS)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut idx = IndexTables::open(txn)?;
         let mut found = 0;
         for id in event_ids {
-            let Some(key) = key_in(&agents, &agent_seq, id)? else {
+            let Some(key) = key_in(&agents, &runs, &agent_seq, id)? else {
                 continue;
             };
             if rewrite_event(&mut events, &mut idx, watermark, key, |s| {
@@ -1125,7 +1232,8 @@ impl Store {
         let key = {
             let agents = txn.open_table(AGENTS)?;
             let agent_seq = txn.open_table(AGENT_SEQ)?;
-            key_in(&agents, &agent_seq, event_id)?
+            let runs = txn.open_table(AGENT_RUNS)?;
+            key_in(&agents, &runs, &agent_seq, event_id)?
         };
         let Some(key) = key else {
             return Ok(false);
@@ -1223,9 +1331,11 @@ fn cursor_of(c: &index::Candidate) -> Cursor {
     }
 }
 
-/// The store key of the event with fleet id `id` (`None`: not a fleet id, or not stored).
+/// The store key the event with fleet id `id` was stored under (`None`: not a fleet id, or
+/// never stored; it may since have expired).
 fn key_in(
     agents: &impl ReadableTable<&'static str, &'static [u8]>,
+    runs: &impl ReadableTable<(u32, u64), (u64, u64)>,
     agent_seq: &impl ReadableTable<(u32, u64), u64>,
     id: &str,
 ) -> Result<Option<u64>, redb::Error> {
@@ -1239,7 +1349,64 @@ fn key_in(
     else {
         return Ok(None);
     };
-    Ok(agent_seq.get((agent.number, seq))?.map(|v| v.value()))
+    Ok(stored_key(runs, agent_seq, agent.number, seq)?)
+}
+
+/// The store key agent `number`'s event `seq` was stored under: from its run in
+/// `agent_runs`, else from a per-event entry an older build wrote in `agent_seq`.
+fn stored_key(
+    runs: &impl ReadableTable<(u32, u64), (u64, u64)>,
+    agent_seq: &impl ReadableTable<(u32, u64), u64>,
+    number: u32,
+    seq: u64,
+) -> Result<Option<u64>, redb::StorageError> {
+    // The run starting at or before `seq`, if it reaches it.
+    if let Some(item) = runs.range((number, 0)..=(number, seq))?.next_back() {
+        let (first, v) = item?;
+        let (first_seq, (last_seq, first_key)) = (first.value().1, v.value());
+        if seq <= last_seq {
+            return Ok(Some(first_key + (seq - first_seq)));
+        }
+    }
+    Ok(agent_seq.get((number, seq))?.map(|v| v.value()))
+}
+
+/// A run of one agent's events stored in one commit with consecutive sequences under
+/// consecutive store keys: one `agent_runs` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first_seq: u64,
+    last_seq: u64,
+    first_key: u64,
+}
+
+impl Run {
+    fn start(seq: u64, key: u64) -> Run {
+        Run {
+            first_seq: seq,
+            last_seq: seq,
+            first_key: key,
+        }
+    }
+
+    /// Adds event `seq` stored at `key` if it continues the run; `false` if it does not.
+    fn extend(&mut self, seq: u64, key: u64) -> bool {
+        let next = self.last_seq.checked_add(1) == Some(seq)
+            && key - self.first_key == seq - self.first_seq;
+        if next {
+            self.last_seq = seq;
+        }
+        next
+    }
+
+    fn write(
+        self,
+        runs: &mut redb::Table<'_, (u32, u64), (u64, u64)>,
+        number: u32,
+    ) -> Result<(), redb::StorageError> {
+        runs.insert((number, self.first_seq), (self.last_seq, self.first_key))?;
+        Ok(())
+    }
 }
 
 /// Changes the stored event at `key` with `f`, in the caller's transaction. An indexed event
@@ -1370,6 +1537,255 @@ mod tests {
         assert_eq!(newest[1].1.id(), "s:a:5");
         let older = store.newest(10, Some(newest[1].0)).unwrap();
         assert_eq!(older.len(), 4);
+    }
+
+    #[test]
+    fn events_left_alone_are_stored_byte_for_byte_as_encoding_them_gives() {
+        let now = Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+        let t = Timestamp::from_second(1_600_000_000).unwrap();
+        let mut b = batch(1..=2);
+        let mut e = Event::new(
+            InputKind::SnmpTrap,
+            "snmp",
+            "sw-1",
+            Severity::Error,
+            "down",
+            t,
+        );
+        e.tag = Some("SNMP_LINK_DOWN".into());
+        e.event_type = Some("link".into());
+        e.tags.insert("ifIndex".into(), "3".into());
+        e.raw_payload = Some(vec![0, 0xff, 7]);
+        e.peer = Some("192.0.2.1:162".into());
+        e.count = 300;
+        // Sequences of every varint length matter: the header is built around them.
+        for seq in [127, 128, 1 << 40, u64::MAX] {
+            b.records.push(WireRecord {
+                seq,
+                payload: Record::Event(e.clone()).to_bytes(),
+            });
+        }
+        let records = || b.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+        let spliced = prepare_with(
+            "eu:paris",
+            "gw-1",
+            records(),
+            now,
+            |_| true,
+            |_| unreachable!("events left alone are not processed"),
+        );
+        let encoded = prepare_with("eu:paris", "gw-1", records(), now, |_| false, |_| true);
+        assert_eq!(spliced, encoded);
+        for (p, wr) in spliced.iter().zip(&b.records) {
+            let Prepared::Event { seq, bytes } = p else {
+                panic!("{p:?}")
+            };
+            let Ok(Record::Event(event)) = Record::from_bytes(&wr.payload) else {
+                unreachable!()
+            };
+            let want = StoredEvent {
+                site: "eu:paris".into(),
+                agent: "gw-1".into(),
+                seq: wr.seq,
+                stored_at: now,
+                correlated_incident: None,
+                event,
+            };
+            assert_eq!(*seq, wr.seq);
+            assert_eq!(*bytes, postcard::to_allocvec(&want).unwrap());
+            assert_eq!(postcard::from_bytes::<StoredEvent>(bytes).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn events_that_do_not_decode_are_malformed_either_way() {
+        let now = Timestamp::now();
+        let mut b = batch(1..=1);
+        let mut bad = b.records[0].payload.clone();
+        let at = bad.iter().position(|&x| x == b'm').unwrap();
+        bad[at] = 0xff; // invalid UTF-8 in the message
+        b.records[0].payload = bad;
+        let records = || b.records.iter().map(|r| (r.seq, r.payload.as_slice()));
+        for as_is in [true, false] {
+            let out = prepare_with("s", "a", records(), now, |_| as_is, |_| true);
+            assert!(
+                matches!(out[..], [Prepared::Malformed { seq: 1, .. }]),
+                "{out:?}"
+            );
+        }
+    }
+
+    fn count(seq: u64, target_seq: u64, count: u64) -> WireRecord {
+        WireRecord {
+            seq,
+            payload: Record::Count {
+                target_seq,
+                count,
+                last_seen: Timestamp::from_second(1_800_000_000).unwrap(),
+            }
+            .to_bytes(),
+        }
+    }
+
+    fn count_of(store: &Store, id: &str) -> Option<u64> {
+        store.get_by_id(id).unwrap().map(|s| s.event.count)
+    }
+
+    #[test]
+    fn a_count_update_finds_its_event_anywhere_in_an_old_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_unindexed(&dir.path().join("e.redb"), 1 << 20).unwrap();
+        let now = Timestamp::now();
+        // Agent a: 1..=100 with a gap at 41..=44 (dropped by the agent) and a malformed record
+        // at 60, interleaved with agent b's batches so a's store keys are not all consecutive.
+        let mut b1 = batch(1..=100);
+        b1.records.retain(|r| !(41..=44).contains(&r.seq));
+        b1.records[55].payload = vec![0xff];
+        assert_eq!(b1.records[55].seq, 60);
+        commit(&store, "s", "b", &batch(1..=7), now);
+        commit(&store, "s", "a", &b1, now);
+        commit(&store, "s", "b", &batch(8..=9), now);
+        commit(&store, "s", "a", &batch(101..=120), now);
+        // One run per stretch of consecutive sequences and keys.
+        let txn = store.db.begin_read().unwrap();
+        let runs: Vec<_> = txn
+            .open_table(AGENT_RUNS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.map(|(k, v)| (k.value(), v.value())).unwrap())
+            .collect();
+        drop(txn);
+        // b connected first: agent number 1.
+        let (a, b) = (2, 1);
+        assert_eq!(
+            runs,
+            vec![
+                ((b, 1), (7, 1)),
+                ((b, 8), (9, 103)),
+                ((a, 1), (40, 8)),
+                ((a, 45), (59, 48)),
+                ((a, 61), (100, 63)),
+                ((a, 101), (120, 105)),
+            ]
+        );
+        for seq in [1, 17, 40, 45, 59, 61, 99, 100, 101, 120] {
+            let id = format!("s:a:{seq}");
+            let stored = store.get_by_id(&id).unwrap().unwrap();
+            assert_eq!((stored.id(), stored.event.message), (id, format!("m{seq}")));
+        }
+        for missing in [
+            "s:a:0", "s:a:41", "s:a:44", "s:a:60", "s:a:121", "s:b:10", "s:c:1",
+        ] {
+            assert!(store.get_by_id(missing).unwrap().is_none(), "{missing}");
+            assert!(store.key_of(missing).unwrap().is_none(), "{missing}");
+        }
+        // Count updates for events in the middle of old batches, in a gap, and for an event
+        // stored earlier in the same batch.
+        let mut b3 = batch(121..=121);
+        b3.records.extend([
+            count(122, 50, 7),
+            count(123, 42, 3),
+            count(124, 121, 4),
+            count(125, 9, 2),
+        ]);
+        b3.last_seq = 125;
+        let out = commit(&store, "s", "a", &b3, now);
+        assert_eq!((out.count_updates, out.orphan_updates), (3, 1));
+        assert_eq!(count_of(&store, "s:a:50"), Some(7));
+        assert_eq!(count_of(&store, "s:a:121"), Some(4));
+        assert_eq!(count_of(&store, "s:a:9"), Some(2));
+        assert_eq!(count_of(&store, "s:b:9"), Some(1));
+        assert_eq!(count_of(&store, "s:a:51"), Some(1));
+    }
+
+    #[test]
+    fn expiry_drops_runs_once_all_their_events_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_unindexed(&dir.path().join("e.redb"), 1 << 20).unwrap();
+        let old = Timestamp::from_second(1_700_000_000).unwrap();
+        let new = Timestamp::from_second(1_700_000_100).unwrap();
+        commit(&store, "s", "a", &batch(1..=10), old);
+        commit(&store, "s", "a", &batch(11..=20), old);
+        commit(&store, "s", "a", &batch(21..=30), new);
+        let runs = |store: &Store| {
+            let txn = store.db.begin_read().unwrap();
+            let t = txn.open_table(AGENT_RUNS).unwrap();
+            t.len().unwrap()
+        };
+        assert_eq!(runs(&store), 3);
+        // Part of the first run: it stays, its expired events are not found, the rest are.
+        let out = store.expire(new, 5, |_| Ok(())).unwrap();
+        assert_eq!(out.deleted, 5);
+        assert_eq!(runs(&store), 3);
+        assert!(store.get_by_id("s:a:5").unwrap().is_none());
+        assert!(store.key_of("s:a:5").unwrap().is_none());
+        assert_eq!(count_of(&store, "s:a:6"), Some(1));
+        let out = store.expire(new, 100, |_| Ok(())).unwrap();
+        assert_eq!((out.deleted, out.more), (15, false));
+        assert_eq!(runs(&store), 1);
+        assert!(store.get_by_id("s:a:20").unwrap().is_none());
+        assert_eq!(count_of(&store, "s:a:21"), Some(1));
+        // A count update for an expired event is an orphan, not a panic or a wrong event.
+        let mut b = batch(31..=31);
+        b.records.push(count(32, 3, 9));
+        b.last_seq = 32;
+        let out = commit(&store, "s", "a", &b, new);
+        assert_eq!((out.count_updates, out.orphan_updates), (0, 1));
+    }
+
+    #[test]
+    fn per_event_entries_of_older_builds_are_still_found_and_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_unindexed(&dir.path().join("e.redb"), 1 << 20).unwrap();
+        let old = Timestamp::from_second(1_700_000_000).unwrap();
+        commit(&store, "s", "a", &batch(1..=3), old);
+        // Rewrite the map as a build before `agent_runs` left it.
+        let txn = store.db.begin_write().unwrap();
+        txn.delete_table(AGENT_RUNS).unwrap();
+        {
+            let mut legacy = txn.open_table(AGENT_SEQ).unwrap();
+            for seq in 1..=3 {
+                legacy.insert((1, seq), seq).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        commit(&store, "s", "a", &batch(4..=5), old);
+        for seq in 1..=5 {
+            let id = format!("s:a:{seq}");
+            assert_eq!(
+                store.get_by_id(&id).unwrap().unwrap().event.message,
+                format!("m{seq}")
+            );
+        }
+        let mut b = batch(6..=6);
+        b.records.push(count(7, 2, 5));
+        b.last_seq = 7;
+        assert_eq!(commit(&store, "s", "a", &b, old).count_updates, 1);
+        assert_eq!(count_of(&store, "s:a:2"), Some(5));
+        store.expire(Timestamp::now(), 100, |_| Ok(())).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(AGENT_SEQ).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(AGENT_RUNS).unwrap().len().unwrap(), 0);
+    }
+
+    #[test]
+    fn runs_extend_only_with_consecutive_sequences_and_keys() {
+        let mut r = Run::start(10, 100);
+        assert!(r.extend(11, 101));
+        assert!(!r.extend(13, 102), "sequence gap");
+        assert!(!r.extend(12, 103), "key gap");
+        assert!(!r.extend(11, 102), "repeat");
+        assert_eq!(
+            r,
+            Run {
+                first_seq: 10,
+                last_seq: 11,
+                first_key: 100
+            }
+        );
+        let mut top = Run::start(u64::MAX, 5);
+        assert!(!top.extend(0, 6));
     }
 
     #[test]

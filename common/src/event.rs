@@ -176,6 +176,80 @@ impl Record {
     }
 }
 
+/// A borrowed view of an encoded [`Event`], for the aggregator's hot path: decoding it
+/// checks exactly what decoding an [`Event`] checks (UTF-8 of every text field, severity rank,
+/// input kind, timestamp range, tag pairs) and accepts exactly the same bytes, but allocates
+/// nothing. Tags are validated and counted, not collected.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventView<'a> {
+    pub source: &'a str,
+    pub hostname: &'a str,
+    pub severity: Severity,
+    pub message: &'a str,
+    #[serde(borrow)]
+    pub event_type: Option<&'a str>,
+    #[serde(borrow)]
+    pub tag: Option<&'a str>,
+    pub input: InputKind,
+    #[serde(with = "micros")]
+    pub event_time: Timestamp,
+    #[serde(with = "micros")]
+    pub received_at: Timestamp,
+    /// How many key-value tags the event has.
+    pub tags: TagCount,
+    #[serde(borrow, with = "serde_bytes")]
+    pub raw_payload: Option<&'a [u8]>,
+    #[serde(borrow)]
+    pub peer: Option<&'a str>,
+    pub count: u64,
+    #[serde(with = "micros")]
+    pub first_seen: Timestamp,
+    #[serde(with = "micros")]
+    pub last_seen: Timestamp,
+}
+
+impl<'a> EventView<'a> {
+    /// Views the event in a [`Record::Event`]'s encoded bytes: the view and the event's own
+    /// encoding (the record's bytes after its variant tag, exactly as far as the event goes;
+    /// the same bytes [`Event`] encodes to, so they can be copied into an enclosing encoding
+    /// that ends with an `Event` instead of re-encoding it). `None` when the bytes are not a
+    /// record of the event variant in its canonical one-byte tag, or do not decode: decode
+    /// those with [`Record::from_bytes`] (which also gives the error).
+    pub fn from_record(bytes: &'a [u8]) -> Option<(EventView<'a>, &'a [u8])> {
+        // Variant 0 (`Record::Event`) is the single byte 0 in postcard's varint.
+        let body = bytes.strip_prefix(&[0])?;
+        let (view, rest) = postcard::take_from_bytes::<EventView<'a>>(body).ok()?;
+        Some((view, &body[..body.len() - rest.len()]))
+    }
+}
+
+/// The number of tags of an [`EventView`], each checked as a text key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagCount(pub usize);
+
+impl<'de> Deserialize<'de> for TagCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TagCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of text tags")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TagCount, A::Error> {
+                let mut n = 0;
+                while map.next_entry::<&'de str, &'de str>()?.is_some() {
+                    n += 1;
+                }
+                Ok(TagCount(n))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// The fleet-wide id of an event: the agent's identity plus its queue sequence number.
 pub fn event_id(site: &str, agent: &str, seq: u64) -> String {
     format!("{site}:{agent}:{seq}")
@@ -272,10 +346,97 @@ mod tests {
         assert!("x".parse::<InputKind>().unwrap_err().contains("syslog"));
     }
 
+    /// What [`EventView::from_record`] must agree with: the owned decode of the same bytes.
+    fn view_agrees_with_owned_decode(bytes: &[u8]) {
+        let owned = match Record::from_bytes(bytes) {
+            Ok(Record::Event(e)) if bytes[0] == 0 => Some(e),
+            _ => None,
+        };
+        let view = EventView::from_record(bytes);
+        assert_eq!(view.is_some(), owned.is_some(), "{bytes:?}");
+        let (Some((v, event_bytes)), Some(e)) = (view, owned) else {
+            return;
+        };
+        // The event's own bytes decode to the same event, and the view shows its fields.
+        assert_eq!(postcard::from_bytes::<Event>(event_bytes).unwrap(), e);
+        assert_eq!(event_bytes.as_ptr(), bytes[1..].as_ptr());
+        let want = (
+            (
+                e.source.as_str(),
+                e.hostname.as_str(),
+                e.severity,
+                e.message.as_str(),
+            ),
+            (
+                e.event_type.as_deref(),
+                e.tag.as_deref(),
+                e.input,
+                e.event_time,
+                e.received_at,
+            ),
+            (e.tags.len(), e.raw_payload.as_deref(), e.peer.as_deref()),
+            (e.count, e.first_seen, e.last_seen),
+        );
+        let got = (
+            (v.source, v.hostname, v.severity, v.message),
+            (v.event_type, v.tag, v.input, v.event_time, v.received_at),
+            (v.tags.0, v.raw_payload, v.peer),
+            (v.count, v.first_seen, v.last_seen),
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn event_view_sees_the_event_and_its_exact_bytes() {
+        let mut e = sample();
+        e.event_type = Some("link".into());
+        e.peer = Some("192.0.2.1:514".into());
+        e.tags.insert("ifIndex".into(), "3".into());
+        let mut bytes = Record::Event(e.clone()).to_bytes();
+        view_agrees_with_owned_decode(&bytes);
+        let (_, event_bytes) = EventView::from_record(&bytes).unwrap();
+        assert_eq!(event_bytes, postcard::to_allocvec(&e).unwrap().as_slice());
+        // Trailing bytes after the event are not part of it (the owned decode ignores them).
+        bytes.extend_from_slice(b"trailing");
+        let (_, event_bytes) = EventView::from_record(&bytes).unwrap();
+        assert_eq!(event_bytes, postcard::to_allocvec(&e).unwrap().as_slice());
+        // Count updates and invalid UTF-8 are not viewed.
+        let c = Record::Count {
+            target_seq: 1,
+            count: 2,
+            last_seen: e.last_seen,
+        }
+        .to_bytes();
+        assert!(EventView::from_record(&c).is_none());
+        let mut bad = e.clone();
+        bad.message = "\u{e9}t\u{e9}".into();
+        let mut bytes = Record::Event(bad).to_bytes();
+        let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+        bytes[at] = 0xff;
+        assert!(Record::from_bytes(&bytes).is_err());
+        assert!(EventView::from_record(&bytes).is_none());
+    }
+
     proptest! {
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Record::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn event_view_accepts_what_the_owned_decode_accepts(
+            flip in 0usize..4096, val in any::<u8>(), cut in 0usize..4096, garbage in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            view_agrees_with_owned_decode(&garbage);
+            let mut e = sample();
+            e.tags.insert("k".into(), "v\u{e9}".into());
+            e.peer = Some("p".into());
+            let mut bytes = Record::Event(e).to_bytes();
+            let i = flip % bytes.len();
+            bytes[i] = val;
+            view_agrees_with_owned_decode(&bytes);
+            bytes.truncate(cut % bytes.len());
+            view_agrees_with_owned_decode(&bytes);
         }
 
         #[test]

@@ -84,6 +84,52 @@ pub struct WireRecord {
     pub payload: Vec<u8>,
 }
 
+/// [`AgentFrame`] as the aggregator decodes it: the same encoding (same variants, same
+/// fields), but a batch's record payloads borrow from the frame's bytes instead of each being
+/// copied into its own allocation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub enum AgentFrameRef<'a> {
+    Hello(Hello),
+    #[serde(borrow)]
+    Batch(BatchRef<'a>),
+    Status(AgentStatus),
+}
+
+/// [`Batch`], borrowing its records' payloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRef<'a> {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    #[serde(borrow)]
+    pub records: Vec<WireRecordRef<'a>>,
+}
+
+/// [`WireRecord`], borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WireRecordRef<'a> {
+    pub seq: u64,
+    #[serde(borrow, with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+impl Batch {
+    /// The batch as [`BatchRef`] (what the aggregator's ingest takes).
+    pub fn borrowed(&self) -> BatchRef<'_> {
+        BatchRef {
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            records: self
+                .records
+                .iter()
+                .map(|r| WireRecordRef {
+                    seq: r.seq,
+                    payload: &r.payload,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The agent's view of itself, sent after the hello and then periodically.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -183,6 +229,11 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     Ok(postcard::from_bytes(body)?)
 }
 
+/// Decodes a frame body into a type that borrows from it ([`AgentFrameRef`]).
+pub fn decode_body_ref<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
 /// Decodes the first frame in `buf`: `Ok(None)` if `buf` does not hold a whole frame yet,
 /// otherwise the frame and the number of bytes it used.
 pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
@@ -223,6 +274,44 @@ mod tests {
             last_seq: n,
             records,
         })
+    }
+
+    /// A frame body decodes borrowed exactly when it decodes owned, to the same frame.
+    fn same_as_owned(body: &[u8]) {
+        let owned = decode_body::<AgentFrame>(body).ok();
+        let borrowed = decode_body_ref::<AgentFrameRef<'_>>(body).ok();
+        let borrowed = borrowed.map(|f| match f {
+            AgentFrameRef::Hello(h) => AgentFrame::Hello(h),
+            AgentFrameRef::Status(s) => AgentFrame::Status(s),
+            AgentFrameRef::Batch(b) => AgentFrame::Batch(Batch {
+                first_seq: b.first_seq,
+                last_seq: b.last_seq,
+                records: b
+                    .records
+                    .iter()
+                    .map(|r| WireRecord {
+                        seq: r.seq,
+                        payload: r.payload.to_vec(),
+                    })
+                    .collect(),
+            }),
+        });
+        assert_eq!(borrowed, owned, "{body:?}");
+    }
+
+    #[test]
+    fn borrowed_batches_encode_like_owned_ones() {
+        let AgentFrame::Batch(b) = batch(3) else {
+            unreachable!()
+        };
+        assert_eq!(
+            postcard::to_allocvec(&b.borrowed()).unwrap(),
+            postcard::to_allocvec(&b).unwrap()
+        );
+        let mut buf = Vec::new();
+        encode_frame(&AgentFrame::Batch(b.clone()), &mut buf).unwrap();
+        let f: AgentFrameRef<'_> = decode_body_ref(&buf[HEADER_LEN..]).unwrap();
+        assert_eq!(f, AgentFrameRef::Batch(b.borrowed()));
     }
 
     #[test]
@@ -343,6 +432,24 @@ mod tests {
         }
 
         #[test]
+        fn borrowed_frames_decode_exactly_what_owned_frames_do(
+            flip in 0usize..4096, val in any::<u8>(), cut in 0usize..4096, n in 1u64..5,
+            garbage in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            same_as_owned(&garbage);
+            let mut buf = Vec::new();
+            encode_frame(&batch(n), &mut buf).unwrap();
+            let body = buf.split_off(HEADER_LEN);
+            same_as_owned(&body);
+            let mut mutated = body.clone();
+            let i = flip % mutated.len();
+            mutated[i] = val;
+            same_as_owned(&mutated);
+            mutated.truncate(cut % mutated.len());
+            same_as_owned(&mutated);
+        }
+
+        #[test]
         fn mutated_frames_never_panic(flip in 0usize..4096, val in any::<u8>(), n in 1u64..5) {
             let mut buf = Vec::new();
             encode_frame(&batch(n), &mut buf).unwrap();
@@ -412,13 +519,26 @@ pub mod io {
         R: AsyncRead + Unpin,
         T: DeserializeOwned,
     {
+        if !read_frame_body(r, buf).await? {
+            return Ok(None);
+        }
+        Ok(Some(decode_body(buf)?))
+    }
+
+    /// Reads one frame's body into `buf` (replacing its contents), for a caller that decodes
+    /// it borrowed ([`super::decode_body_ref`]); `false` on a clean end of stream between
+    /// frames.
+    pub async fn read_frame_body<R>(r: &mut R, buf: &mut Vec<u8>) -> Result<bool, FrameIoError>
+    where
+        R: AsyncRead + Unpin,
+    {
         let mut header = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
             let n = r.read(&mut header[got..]).await?;
             if n == 0 {
                 return if got == 0 {
-                    Ok(None)
+                    Ok(false)
                 } else {
                     Err(FrameIoError::Truncated)
                 };
@@ -440,7 +560,7 @@ pub mod io {
                     _ => FrameIoError::Io(e),
                 })?;
         }
-        Ok(Some(decode_body(buf)?))
+        Ok(true)
     }
 
     /// Encodes and writes one frame. `buf` is scratch space reused between calls.

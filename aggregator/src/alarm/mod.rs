@@ -301,6 +301,16 @@ impl Processor {
         out
     }
 
+    /// Whether [`Processor::process`] would leave this event as it is and decide nothing for
+    /// it (a no-op [`Outcome`]): no transformation rule is loaded (any rule might match, and
+    /// they read the whole event) and no event definition exists for its tag.
+    pub fn leaves_alone(&self, event: &weir_common::event::EventView<'_>) -> bool {
+        self.transforms.rules.is_empty()
+            && event
+                .tag
+                .is_none_or(|tag| self.definitions.lookup(tag).is_none())
+    }
+
     /// [`Processor::process`] on a [`StoredEvent`] (its fleet id is known).
     pub fn process_stored(&self, stored: &mut StoredEvent) -> Outcome {
         // Most events touch no alarm: format the fleet id only for those that do.
@@ -326,18 +336,38 @@ pub fn prepare_batch(
     batch: &weir_common::wire::Batch,
     now: jiff::Timestamp,
 ) -> (Vec<crate::store::Prepared>, Vec<Outcome>) {
+    prepare_records(processor, site, name, &batch.borrowed().records, now)
+}
+
+/// [`prepare_batch`] of a batch decoded borrowed from its frame (the ingest session's way).
+/// Events no transform or definition applies to are stored as the agent encoded them
+/// ([`Processor::leaves_alone`]); the others are decoded, processed and encoded again.
+pub fn prepare_records(
+    processor: &Processor,
+    site: &str,
+    name: &str,
+    records: &[weir_common::wire::WireRecordRef<'_>],
+    now: jiff::Timestamp,
+) -> (Vec<crate::store::Prepared>, Vec<Outcome>) {
     let mut outcomes = Vec::new();
-    let records = crate::store::prepare_with(site, name, batch, now, |stored| {
-        let mut o = processor.process_stored(stored);
-        if o.not_stored == Some(NotStored::DoNotPersist) {
-            o.unstored = postcard::to_allocvec(&*stored).ok();
-        }
-        let keep = o.stored();
-        if !o.is_noop() {
-            outcomes.push(o);
-        }
-        keep
-    });
+    let records = crate::store::prepare_with(
+        site,
+        name,
+        records.iter().map(|r| (r.seq, r.payload)),
+        now,
+        |view| processor.leaves_alone(view),
+        |stored| {
+            let mut o = processor.process_stored(stored);
+            if o.not_stored == Some(NotStored::DoNotPersist) {
+                o.unstored = postcard::to_allocvec(&*stored).ok();
+            }
+            let keep = o.stored();
+            if !o.is_noop() {
+                outcomes.push(o);
+            }
+            keep
+        },
+    );
     (records, outcomes)
 }
 

@@ -705,3 +705,39 @@ fn clear_marks_are_capped_oldest_first() {
         assert_eq!(rig.alarm(&key(host)).unwrap().status, AlarmStatus::Open);
     }
 }
+
+#[test]
+fn only_events_no_rule_or_definition_touches_are_left_alone() {
+    let view = |tag: Option<&str>| {
+        let mut e = Event::new(InputKind::Syslog, "s", "h", Severity::Info, "m", t(0));
+        e.tag = tag.map(str::to_string);
+        Record::Event(e).to_bytes()
+    };
+    let defaults = Processor {
+        transforms: Transforms::default(),
+        definitions: Definitions::defaults(),
+    };
+    let defined = defaults.definitions.exact().next().unwrap().tag.clone();
+    for (tag, alone) in [
+        (None, true),
+        (Some("NO_SUCH_TAG"), true),
+        (Some(&*defined), false),
+    ] {
+        let bytes = view(tag);
+        let (v, _) = weir_common::event::EventView::from_record(&bytes).unwrap();
+        assert_eq!(defaults.leaves_alone(&v), alone, "{tag:?}");
+    }
+    // Any transformation rule may match any event: none is left alone.
+    let transforms = Transforms::parse(
+        Path::new("t.toml"),
+        "[[transform]]\nname = \"r\"\nhostname = \"nomatch-*\"\nset_severity = \"error\"\n",
+    )
+    .unwrap();
+    let with_rule = Processor {
+        transforms,
+        definitions: Definitions::defaults(),
+    };
+    let bytes = view(None);
+    let (v, _) = weir_common::event::EventView::from_record(&bytes).unwrap();
+    assert!(!with_rule.leaves_alone(&v));
+}
