@@ -31,9 +31,10 @@
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
 //!   `contains_all` filter on the same field go into one Aho-Corasick automaton of lowercase
 //!   literals, run over the value ASCII-lowercased: ASCII-case-insensitive matching. The first
-//!   such filter an event reaches scans the field once — a fast leftmost search for the
-//!   first literal (most values contain none), then, from that literal's start, the
-//!   overlapping search that finds them all — and records which literals occur in a bitset;
+//!   such filter an event reaches scans the field once — a prefiltered leftmost-first
+//!   search, longest literal first, repeated from one byte past each match's start, each
+//!   match also marking the literals that are its prefixes (most values contain no literal
+//!   and cost one search) — and records which literals occur in a bitset;
 //!   every literal filter on that field is then a bit test. (An ASCII-case-insensitive
 //!   automaton would spare the lowercase copy, but aho-corasick then drops its packed SIMD
 //!   prefilter, which is what makes the common no-literal case cheap.) The
@@ -66,15 +67,19 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 struct Scan {
     field: Field,
-    /// Lowercase literals, run over the ASCII value lowercased.
-    ac: AhoCorasick,
-    /// The same literals, leftmost-first: only asked whether any occurs. Unlike the standard
-    /// (overlapping) automaton, it gets aho-corasick's packed SIMD prefilter.
+    /// Lowercase literals, longest first, leftmost-first (which gets aho-corasick's packed
+    /// SIMD prefilter), run over the ASCII value lowercased.
     any: AhoCorasick,
+    /// Per literal of `any` (by its pattern id): the bits (within the scan) of it and of every
+    /// literal that is a prefix of it.
+    closure: Box<[Bits]>,
     /// Offset of this scan's literals in the bitset, in bits: a multiple of 64.
     base: usize,
     len: usize,
 }
+
+/// Bit positions of literals.
+type Bits = Box<[u32]>;
 
 /// A distinct filter of the rule set, evaluated at most once per event.
 #[derive(Debug)]
@@ -481,6 +486,26 @@ impl Builder {
     }
 }
 
+/// The order of `pats` for a leftmost-first automaton (longest first, so the literal
+/// reported at a position is the longest there), and per position in that order, the
+/// indices in `pats` of that literal and of every literal that is a prefix of it.
+fn longest_first(pats: &[String]) -> (Vec<u32>, Box<[Bits]>) {
+    let mut order: Vec<u32> = (0..u32::try_from(pats.len()).unwrap_or(u32::MAX)).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pats[i as usize].len()));
+    let ids: FastMap<&str, u32> = pats.iter().map(String::as_str).zip(0..).collect();
+    let closure = order
+        .iter()
+        .map(|&i| {
+            let p = &pats[i as usize];
+            (1..=p.len())
+                .filter(|&n| p.is_char_boundary(n))
+                .filter_map(|n| ids.get(&p[..n]).copied())
+                .collect()
+        })
+        .collect();
+    (order, closure)
+}
+
 /// Runs of characters that every match of `pattern` contains, ASCII-lowercased, the longest
 /// [`MAX_GATES`] of at least [`MIN_GATE`] characters: on ASCII text a regex cannot match
 /// where one of them does not occur (ASCII-case-insensitively). A run is a sequence of
@@ -625,21 +650,19 @@ impl Matcher {
         let mut failed = Vec::new();
         let mut base = 0;
         for (field, pats) in b.fields {
-            let ac = AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .build(&pats);
+            let (order, closure) = longest_first(&pats);
             let any = AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
-                .build(&pats);
-            match (ac, any) {
-                (Ok(ac), Ok(any)) => scans.push(Scan {
+                .build(order.iter().map(|&i| &pats[i as usize]));
+            match any {
+                Ok(any) => scans.push(Scan {
                     field,
-                    ac,
                     any,
+                    closure,
                     base,
                     len: pats.len(),
                 }),
-                _ => failed.push(field),
+                Err(_) => failed.push(field),
             }
             // Each scan's bits start a word, so clearing them never touches another's.
             base += pats.len().next_multiple_of(64);
@@ -911,14 +934,21 @@ impl<'a> Cx<'a> {
                 self.lower.clear();
                 self.lower.extend_from_slice(v.as_bytes());
                 self.lower.make_ascii_lowercase();
-                // No literal occurrence starts before the leftmost one: the overlapping
-                // search resumes there instead of rescanning the value from the start.
-                if let Some(first) = s.any.find(&self.lower[..]) {
-                    let rest = Input::new(&self.lower[..]).span(first.start()..self.lower.len());
-                    for m in s.ac.find_overlapping_iter(rest) {
-                        let b = s.base + m.pattern().as_usize();
+                // Every occurrence, one start position at a time: the leftmost-first search
+                // reports the longest literal starting at the leftmost position that has one;
+                // the others starting there are its prefixes (both are the text from there),
+                // set through its closure; the next search starts one byte later. Each
+                // search runs the prefilter, so values without literals cost one.
+                let mut at = 0;
+                while let Some(m) = s
+                    .any
+                    .find(Input::new(&self.lower[..]).span(at..self.lower.len()))
+                {
+                    for &bit in &s.closure[m.pattern().as_usize()] {
+                        let b = s.base + bit as usize;
                         self.bits[b / 64] |= 1 << (b % 64);
                     }
+                    at = m.start() + 1;
                 }
                 Scanned::Bits
             }
@@ -1184,6 +1214,43 @@ mod tests {
         assert_eq!(m.matching(&syslog_event("down")), vec![1]);
         // The next event clears the message scan's bits and leaves none behind.
         assert!(m.matching(&syslog_event("up")).is_empty());
+    }
+
+    /// Literals that start where another does (its prefixes) and literals that start inside
+    /// another are all found: the search reports the longest at each start and resumes one
+    /// byte later.
+    #[test]
+    fn prefixes_and_overlaps_of_a_found_literal_are_found() {
+        let lits = [
+            "fan",
+            "fan fail",
+            "fan failure",
+            "/27 changed state to ",
+            "changed state to down",
+            "state",
+        ];
+        let rules: Vec<Value> = lits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({"name": format!("l{i}"),
+                "conditions": {"field": "message", "op": "contains", "value": l}})
+            })
+            .collect();
+        let set =
+            RuleSet::parse(&Value::Array(rules).to_string(), Path::new("t.json")).expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.matching(&syslog_event("FAN FAILURE")), vec![0, 1, 2]);
+        assert_eq!(m.matching(&syslog_event("fan fai")), vec![0]);
+        assert_eq!(
+            m.matching(&syslog_event("Gi0/27 changed state to down")),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            m.matching(&syslog_event("Gi0/28 changed state to up")),
+            vec![5]
+        );
+        assert_eq!(m.matching(&syslog_event("fanfan")), vec![0]);
     }
 
     /// A rule file (or dry-run request) with many literals: each distinct one is kept once,
