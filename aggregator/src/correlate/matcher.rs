@@ -59,7 +59,7 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 use weir_common::Severity;
 
 use super::EventIn;
-use super::rules::{Cond, Field, Fields, Filter, Glob, Op, RuleSet};
+use super::rules::{CmpOp, CmpValue, Cond, Field, Fields, Filter, Glob, Op, RuleSet};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -349,6 +349,34 @@ impl Builder {
         Some(self.pred(f))
     }
 
+    /// What is left of `cond` to test once its bucket's `gate` holds and the event is at
+    /// least `floor`: the top-level AND filters that are the gate or `severity >= X` with
+    /// `X` at most the floor are dropped (the matcher checks both before the program).
+    fn residual(&mut self, cond: &Cond, gate: Option<u32>, floor: Option<Severity>) -> Cond {
+        let mut implied = |c: &Cond| match c {
+            Cond::Filter(f) => {
+                let below_floor = matches!(
+                    (&f.field, &f.op, floor),
+                    (Field::Severity, Op::Cmp(CmpOp::Ge, CmpValue::Severity(x)), Some(min)) if *x <= min
+                );
+                below_floor || gate.is_some_and(|g| self.pred(f) == g)
+            }
+            _ => false,
+        };
+        match cond {
+            Cond::All(c) => {
+                let rest: Vec<Cond> = c.iter().filter(|c| !implied(c)).cloned().collect();
+                if rest.is_empty() {
+                    Cond::True
+                } else {
+                    Cond::All(rest)
+                }
+            }
+            Cond::Filter(_) if implied(cond) => Cond::True,
+            other => other.clone(),
+        }
+    }
+
     /// The predicate of `f`, shared with every equal filter.
     fn pred(&mut self, f: &Filter) -> u32 {
         let key = (f.field.clone(), f.text.clone());
@@ -633,11 +661,13 @@ impl Matcher {
                     }
                 }
             }
+            let gate = b.gate(&r.cond);
+            let rest = b.residual(&r.cond, gate, r.min_severity);
             plans.push(Plan {
                 min_severity: r.min_severity,
-                entry: b.emit(&r.cond, ACCEPT, REJECT),
+                entry: b.emit(&rest, ACCEPT, REJECT),
             });
-            gates.push(b.gate(&r.cond));
+            gates.push(gate);
         }
         let tables = std::mem::take(&mut b.tables)
             .into_iter()
@@ -1184,9 +1214,15 @@ mod tests {
         let mut m = Matcher::new(&set);
         assert_eq!(m.scans.len(), 1, "one scan for the message field");
         assert_eq!(m.scans[0].len, 5, "shared literals counted once");
-        let first = m.program[m.plans[3].entry as usize].pred;
+        // Rule d's only filter is its bucket's gate.
+        let gate = m
+            .generic
+            .iter()
+            .find(|b| b.rules.contains(&3))
+            .and_then(|b| b.gate)
+            .expect("rule d is gated");
         assert!(
-            matches!(m.preds[first as usize], Pred::Plain { .. }),
+            matches!(m.preds[gate as usize], Pred::Plain { .. }),
             "non-ASCII literal"
         );
         assert_eq!(m.matching(&syslog_event("eth0: LINK DOWN")), vec![0, 1]);
@@ -1311,7 +1347,11 @@ mod tests {
             RuleSet::parse(&format!("[{}]", rules.join(",")), Path::new("t.json")).expect("rules");
         let mut m = Matcher::new(&set);
         assert_eq!(m.preds.len(), 5, "one glob and four regexes");
-        assert_eq!(m.program.len(), 40, "two tests per rule");
+        assert_eq!(
+            m.program.len(),
+            20,
+            "one test per rule: the glob is the bucket's gate"
+        );
         assert_eq!(
             m.scans.len(),
             1,
@@ -1422,6 +1462,36 @@ mod tests {
                 prop_assert_eq!(m.matching(&ev), plain(&set, &ev), "host {:?}", WORDS[h]);
             }
         }
+    }
+
+    /// A rule's program leaves out its bucket's gate and the `severity >=` filters its
+    /// severity floor implies, and keeps the rest (`severity equals` is not implied by a
+    /// floor).
+    #[test]
+    fn programs_leave_out_the_gate_and_implied_severity_floors() {
+        let set = RuleSet::parse(
+            r#"[{"name": "a", "conditions": {"operator": "AND", "filters": [
+                    {"field": "hostname", "op": "matches", "value": "db-*"},
+                    {"field": "severity", "op": ">=", "value": "warning"},
+                    {"field": "message", "op": "contains", "value": "down"}]}},
+                {"name": "b", "conditions": {"operator": "AND", "filters": [
+                    {"field": "severity", "op": ">=", "value": "warning"},
+                    {"field": "severity", "op": "equals", "value": "error"}]}},
+                {"name": "c", "conditions": {"field": "hostname", "op": "matches", "value": "db-*"}}]"#,
+            Path::new("t.json"),
+        )
+        .expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.program.len(), 2, "a: contains; b: equals; c: nothing");
+        assert_eq!(m.plans[2].entry, ACCEPT);
+        let ev = |h: &str, s: Severity, msg: &str| event_at(h, s, msg);
+        assert_eq!(
+            m.matching(&ev("db-1", Severity::Warning, "down")),
+            vec![0, 2]
+        );
+        assert_eq!(m.matching(&ev("db-1", Severity::Info, "down")), vec![2]);
+        assert_eq!(m.matching(&ev("web-1", Severity::Error, "down")), vec![1]);
+        assert_eq!(m.matching(&ev("db-1", Severity::Critical, "up")), vec![2]);
     }
 
     /// Globs, `equals` and `in` on one field share one table; only the globs whose first
