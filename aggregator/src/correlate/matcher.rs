@@ -17,6 +17,13 @@
 //!   op and value) in different rules are one *predicate*, evaluated at most once per event
 //!   and remembered: forty rules testing `hostname matches "db-*"` cost one glob test. The
 //!   memo is stamped with an event counter, so starting the next event clears nothing.
+//! - **One table per field for `equals`, `in` and string-test globs.** The first such
+//!   filter an event reaches answers every one on its field (see [`Table`]): the value is
+//!   read once, one hash lookup answers the `equals` and `in` filters, and only the globs
+//!   whose pattern starts (a suffix glob: ends) with the value's first (last) byte are tested,
+//!   without the generic filter evaluation around them. Six hostname-prefix gates cost one
+//!   string test, not six trips through `Filter::eval`. Globs globset has to decide (`?`,
+//!   classes, alternations) stay plain filters.
 //! - **Flat programs.** Each rule's condition tree is compiled into a branch program: a list
 //!   of `(predicate, next if true, next if false)` tests ending in accept or reject, evaluated
 //!   in a loop with the tree's short-circuit order, no recursion and no allocation. Jumps
@@ -24,9 +31,10 @@
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
 //!   `contains_all` filter on the same field go into one Aho-Corasick automaton of lowercase
 //!   literals, run over the value ASCII-lowercased: ASCII-case-insensitive matching. The first
-//!   such filter an event reaches scans the field once — a fast leftmost search for the
-//!   first literal (most values contain none), then, from that literal's start, the
-//!   overlapping search that finds them all — and records which literals occur in a bitset;
+//!   such filter an event reaches scans the field once — a prefiltered leftmost-first
+//!   search, longest literal first, repeated from one byte past each match's start, each
+//!   match also marking the literals that are its prefixes (most values contain no literal
+//!   and cost one search) — and records which literals occur in a bitset;
 //!   every literal filter on that field is then a bit test. (An ASCII-case-insensitive
 //!   automaton would spare the lowercase copy, but aho-corasick then drops its packed SIMD
 //!   prefilter, which is what makes the common no-literal case cheap.) The
@@ -51,7 +59,7 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 use weir_common::Severity;
 
 use super::EventIn;
-use super::rules::{Cond, Field, Fields, Filter, Op, RuleSet};
+use super::rules::{CmpOp, CmpValue, Cond, Field, Fields, Filter, Glob, Op, RuleSet};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -59,15 +67,19 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 struct Scan {
     field: Field,
-    /// Lowercase literals, run over the ASCII value lowercased.
-    ac: AhoCorasick,
-    /// The same literals, leftmost-first: only asked whether any occurs. Unlike the standard
-    /// (overlapping) automaton, it gets aho-corasick's packed SIMD prefilter.
+    /// Lowercase literals, longest first, leftmost-first (which gets aho-corasick's packed
+    /// SIMD prefilter), run over the ASCII value lowercased.
     any: AhoCorasick,
+    /// Per literal of `any` (by its pattern id): the bits (within the scan) of it and of every
+    /// literal that is a prefix of it.
+    closure: Box<[Bits]>,
     /// Offset of this scan's literals in the bitset, in bits: a multiple of 64.
     base: usize,
     len: usize,
 }
+
+/// Bit positions of literals.
+type Bits = Box<[u32]>;
 
 /// A distinct filter of the rule set, evaluated at most once per event.
 #[derive(Debug)]
@@ -87,8 +99,87 @@ enum Pred {
         regex: Regex,
         gate: Option<(usize, Box<[u32]>)>,
     },
+    /// An `equals`, `in` or string-test `matches` filter, answered by its field's table.
+    Table(u32),
+    /// A severity comparison on the event's own severity.
+    Severity(Filter),
     /// Any other filter; `slot` is its tag's place in the per-event tag cache.
     Plain { filter: Filter, slot: Option<u8> },
+}
+
+/// One field's `equals`, `in` and string-test globs (exact, prefix, suffix: see
+/// [`Glob`]), answered together: the field is read once, one hash lookup answers every
+/// `equals` and `in`, and of the globs only those whose pattern starts (or, for a suffix,
+/// ends) with the value's first (last) byte, ASCII-case-insensitively, are tested: no other
+/// can match. Forty rules on six hostname prefixes cost one string test per event.
+#[derive(Debug)]
+struct Table {
+    field: Field,
+    /// The field's tag cache slot, if it is a cached tag.
+    slot: Option<u8>,
+    /// Every predicate the table answers.
+    members: Box<[u32]>,
+    /// Per value, the `equals` and `in` predicates it satisfies.
+    values: FastMap<Box<str>, Box<[u32]>>,
+    /// Exact and prefix globs by their pattern's first byte, suffix globs by its last byte,
+    /// ASCII-lowercased (256 entries each, or none when the table has no such glob).
+    first: Box<[Globs]>,
+    last: Box<[Globs]>,
+    /// Globs with an empty pattern or remainder (`*`, `""`): tested on every value.
+    empty: Globs,
+}
+
+/// Globs of a table, each with its predicate.
+type Globs = Box<[(u32, Glob)]>;
+
+/// A table while building.
+#[derive(Debug, Default)]
+struct TableBuilder {
+    members: Vec<u32>,
+    values: FastMap<Box<str>, Vec<u32>>,
+    globs: Vec<(u32, Glob)>,
+}
+
+impl TableBuilder {
+    fn build(self, field: Field, slot: Option<u8>) -> Table {
+        let mut first: Vec<Vec<(u32, Glob)>> = Vec::new();
+        let mut last: Vec<Vec<(u32, Glob)>> = Vec::new();
+        let mut empty = Vec::new();
+        for (p, g) in self.globs {
+            let (list, key) = match &g {
+                Glob::Exact(s) | Glob::Prefix(s) => (&mut first, s.bytes().next()),
+                Glob::Suffix(s) => (&mut last, s.bytes().next_back()),
+                // Not a string test (never put in a table), but right on every value.
+                Glob::Full(_) => {
+                    empty.push((p, g));
+                    continue;
+                }
+            };
+            match key {
+                Some(b) => {
+                    if list.is_empty() {
+                        list.resize_with(256, Vec::new);
+                    }
+                    list[usize::from(b.to_ascii_lowercase())].push((p, g));
+                }
+                None => empty.push((p, g)),
+            }
+        }
+        let boxed = |l: Vec<Vec<(u32, Glob)>>| l.into_iter().map(Vec::into_boxed_slice).collect();
+        Table {
+            field,
+            slot,
+            members: self.members.into(),
+            values: self
+                .values
+                .into_iter()
+                .map(|(v, ps)| (v, ps.into()))
+                .collect(),
+            first: boxed(first),
+            last: boxed(last),
+            empty: empty.into(),
+        }
+    }
 }
 
 /// One step of a rule's branch program: test `pred`, go on at `on_true` or `on_false`
@@ -170,6 +261,7 @@ pub(super) struct Matcher {
     program: Vec<Test>,
     preds: Vec<Pred>,
     scans: Vec<Scan>,
+    tables: Vec<Table>,
     /// Tag names of the per-event tag cache, by slot.
     tags: Vec<Box<str>>,
     /// Per event: its number, each predicate's answer (`epoch << 1 | answer`, valid when the
@@ -204,8 +296,10 @@ struct Builder {
     literal_ids: Vec<FastMap<String, u32>>,
     /// Fields whose scan failed to build: their filters go without.
     disabled: Vec<Field>,
-    /// Tags read by plain filters, by cache slot.
+    /// Tags read by plain filters and tables, by cache slot.
     tags: Vec<Box<str>>,
+    /// Tables by field.
+    tables: Vec<(Field, TableBuilder)>,
 }
 
 impl Builder {
@@ -255,17 +349,79 @@ impl Builder {
         Some(self.pred(f))
     }
 
+    /// What is left of `cond` to test once its bucket's `gate` holds and the event is at
+    /// least `floor`: the top-level AND filters that are the gate or `severity >= X` with
+    /// `X` at most the floor are dropped (the matcher checks both before the program).
+    fn residual(&mut self, cond: &Cond, gate: Option<u32>, floor: Option<Severity>) -> Cond {
+        let mut implied = |c: &Cond| match c {
+            Cond::Filter(f) => {
+                let below_floor = matches!(
+                    (&f.field, &f.op, floor),
+                    (Field::Severity, Op::Cmp(CmpOp::Ge, CmpValue::Severity(x)), Some(min)) if *x <= min
+                );
+                below_floor || gate.is_some_and(|g| self.pred(f) == g)
+            }
+            _ => false,
+        };
+        match cond {
+            Cond::All(c) => {
+                let rest: Vec<Cond> = c.iter().filter(|c| !implied(c)).cloned().collect();
+                if rest.is_empty() {
+                    Cond::True
+                } else {
+                    Cond::All(rest)
+                }
+            }
+            Cond::Filter(_) if implied(cond) => Cond::True,
+            other => other.clone(),
+        }
+    }
+
     /// The predicate of `f`, shared with every equal filter.
     fn pred(&mut self, f: &Filter) -> u32 {
         let key = (f.field.clone(), f.text.clone());
         if let Some(&p) = self.known.get(&key) {
             return p;
         }
-        let pred = self.compile(f);
+        let p = u32::try_from(self.preds.len()).unwrap_or(u32::MAX);
+        let pred = match self.table(f, p) {
+            Some(t) => Pred::Table(t),
+            None => self.compile(f),
+        };
         self.preds.push(pred);
-        let p = u32::try_from(self.preds.len() - 1).unwrap_or(u32::MAX);
         self.known.insert(key, p);
         p
+    }
+
+    /// Adds `f` (predicate `p`) to its field's table if a table answers it.
+    fn table(&mut self, f: &Filter, p: u32) -> Option<u32> {
+        let values: &[String] = match &f.op {
+            Op::Equals(v) => std::slice::from_ref(v),
+            Op::In(list) => list,
+            Op::Matches(Glob::Full(_)) => return None,
+            Op::Matches(_) => &[],
+            _ => return None,
+        };
+        let t = match self.tables.iter().position(|(x, _)| *x == f.field) {
+            Some(t) => t,
+            None => {
+                self.tables.push((f.field.clone(), TableBuilder::default()));
+                self.tables.len() - 1
+            }
+        };
+        let table = &mut self.tables[t].1;
+        table.members.push(p);
+        for v in values {
+            let ps = table.values.entry(v.as_str().into()).or_default();
+            // `in` lists may repeat a value.
+            if ps.last() != Some(&p) {
+                ps.push(p);
+            }
+        }
+        if let Op::Matches(g) = &f.op {
+            table.globs.push((p, g.clone()));
+        }
+        u32::try_from(t).ok()
     }
 
     fn compile(&mut self, f: &Filter) -> Pred {
@@ -306,7 +462,18 @@ impl Builder {
 
     /// A plain filter, with its tag's cache slot when there is room.
     fn plain(&mut self, f: &Filter) -> Pred {
-        let slot = match &f.field {
+        if f.field == Field::Severity && f.on_severity() {
+            return Pred::Severity(f.clone());
+        }
+        Pred::Plain {
+            filter: f.clone(),
+            slot: self.slot(&f.field),
+        }
+    }
+
+    /// The tag cache slot of `field`, when it is a tag and there is room.
+    fn slot(&mut self, field: &Field) -> Option<u8> {
+        match field {
             Field::Tags(t) => match self.tags.iter().position(|x| x == t) {
                 Some(i) => u8::try_from(i).ok(),
                 None if self.tags.len() < TAG_SLOTS => {
@@ -316,10 +483,6 @@ impl Builder {
                 None => None,
             },
             _ => None,
-        };
-        Pred::Plain {
-            filter: f.clone(),
-            slot,
         }
     }
 
@@ -349,6 +512,26 @@ impl Builder {
         }
         Some((scan, bits.into()))
     }
+}
+
+/// The order of `pats` for a leftmost-first automaton (longest first, so the literal
+/// reported at a position is the longest there), and per position in that order, the
+/// indices in `pats` of that literal and of every literal that is a prefix of it.
+fn longest_first(pats: &[String]) -> (Vec<u32>, Box<[Bits]>) {
+    let mut order: Vec<u32> = (0..u32::try_from(pats.len()).unwrap_or(u32::MAX)).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pats[i as usize].len()));
+    let ids: FastMap<&str, u32> = pats.iter().map(String::as_str).zip(0..).collect();
+    let closure = order
+        .iter()
+        .map(|&i| {
+            let p = &pats[i as usize];
+            (1..=p.len())
+                .filter(|&n| p.is_char_boundary(n))
+                .filter_map(|n| ids.get(&p[..n]).copied())
+                .collect()
+        })
+        .collect();
+    (order, closure)
 }
 
 /// Runs of characters that every match of `pattern` contains, ASCII-lowercased, the longest
@@ -478,31 +661,38 @@ impl Matcher {
                     }
                 }
             }
+            let gate = b.gate(&r.cond);
+            let rest = b.residual(&r.cond, gate, r.min_severity);
             plans.push(Plan {
                 min_severity: r.min_severity,
-                entry: b.emit(&r.cond, ACCEPT, REJECT),
+                entry: b.emit(&rest, ACCEPT, REJECT),
             });
-            gates.push(b.gate(&r.cond));
+            gates.push(gate);
         }
+        let tables = std::mem::take(&mut b.tables)
+            .into_iter()
+            .map(|(field, t)| {
+                let slot = b.slot(&field);
+                t.build(field, slot)
+            })
+            .collect();
         let mut scans = Vec::with_capacity(b.fields.len());
         let mut failed = Vec::new();
         let mut base = 0;
         for (field, pats) in b.fields {
-            let ac = AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .build(&pats);
+            let (order, closure) = longest_first(&pats);
             let any = AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
-                .build(&pats);
-            match (ac, any) {
-                (Ok(ac), Ok(any)) => scans.push(Scan {
+                .build(order.iter().map(|&i| &pats[i as usize]));
+            match any {
+                Ok(any) => scans.push(Scan {
                     field,
-                    ac,
                     any,
+                    closure,
                     base,
                     len: pats.len(),
                 }),
-                _ => failed.push(field),
+                Err(_) => failed.push(field),
             }
             // Each scan's bits start a word, so clearing them never touches another's.
             base += pats.len().next_multiple_of(64);
@@ -534,7 +724,7 @@ impl Matcher {
                     gate: Some((scan, bits)),
                     ..
                 } => bits.iter_mut().for_each(|b| shift(*scan, b)),
-                Pred::Regex { .. } | Pred::Plain { .. } => {}
+                Pred::Regex { .. } | Pred::Plain { .. } | Pred::Table(_) | Pred::Severity(_) => {}
             }
         }
         Ok(Matcher {
@@ -547,6 +737,7 @@ impl Matcher {
             scanned: vec![Scanned::NotYet; scans.len()],
             bits: vec![0; base.div_ceil(64)],
             scans,
+            tables,
             tags: b.tags,
             epoch: 0,
             lower: Vec::new(),
@@ -566,6 +757,7 @@ impl Matcher {
             program: &self.program,
             preds: &self.preds,
             scans: &self.scans,
+            tables: &self.tables,
             epoch: self.epoch,
             memo: &mut self.memo,
             scanned: &mut self.scanned,
@@ -601,6 +793,7 @@ struct Cx<'a> {
     program: &'a [Test],
     preds: &'a [Pred],
     scans: &'a [Scan],
+    tables: &'a [Table],
     epoch: u64,
     memo: &'a mut [u64],
     scanned: &'a mut [Scanned],
@@ -642,6 +835,10 @@ impl<'a> Cx<'a> {
 
     #[inline(never)]
     fn compute(&mut self, p: u32) -> bool {
+        if let Pred::Table(t) = self.preds[p as usize] {
+            self.table(t as usize);
+            return self.memo[p as usize] & 1 == 1;
+        }
         let v = self.eval(&self.preds[p as usize]);
         self.memo[p as usize] = self.epoch << 1 | u64::from(v);
         v
@@ -651,8 +848,51 @@ impl<'a> Cx<'a> {
         self.bits[b as usize / 64] & (1 << (b % 64)) != 0
     }
 
+    /// Answers every predicate of table `t` (see [`Table`]).
+    fn table(&mut self, t: usize) {
+        let (tables, ev) = (self.tables, self.ev);
+        let table = &tables[t];
+        let no = self.epoch << 1;
+        for &p in &table.members {
+            self.memo[p as usize] = no;
+        }
+        let v = match table.slot {
+            Some(slot) => self.tag(usize::from(slot)),
+            None => ev.get(&table.field),
+        };
+        let Some(v) = v else {
+            return;
+        };
+        let yes = no | 1;
+        if let Some(ps) = table.values.get(v) {
+            for &p in ps {
+                self.memo[p as usize] = yes;
+            }
+        }
+        let mut test = |globs: &[(u32, Glob)]| {
+            for (p, g) in globs {
+                if g.is_match(v) {
+                    self.memo[*p as usize] = yes;
+                }
+            }
+        };
+        test(&table.empty);
+        let bytes = v.as_bytes();
+        if let (Some(f), Some(l)) = (bytes.first(), bytes.last()) {
+            if !table.first.is_empty() {
+                test(&table.first[usize::from(f.to_ascii_lowercase())]);
+            }
+            if !table.last.is_empty() {
+                test(&table.last[usize::from(l.to_ascii_lowercase())]);
+            }
+        }
+    }
+
     fn eval(&mut self, pred: &Pred) -> bool {
         match pred {
+            // Answered by `table`, never here.
+            Pred::Table(_) => false,
+            Pred::Severity(filter) => filter.eval_severity(Some(self.ev.event.severity)),
             Pred::Plain { filter, slot } => {
                 let Some(slot) = slot else {
                     return filter.eval(self.ev);
@@ -719,16 +959,26 @@ impl<'a> Cx<'a> {
             Some(v) => {
                 // Scans start on a word boundary: clear whole words, not bit by bit.
                 self.bits[s.base / 64..(s.base + s.len).div_ceil(64)].fill(0);
+                // Copy, then lowercase in place: a loop the compiler vectorises, unlike a
+                // byte-by-byte `extend` through a mapping iterator.
                 self.lower.clear();
-                self.lower.extend(v.bytes().map(|b| b.to_ascii_lowercase()));
-                // No literal occurrence starts before the leftmost one: the overlapping
-                // search resumes there instead of rescanning the value from the start.
-                if let Some(first) = s.any.find(&self.lower[..]) {
-                    let rest = Input::new(&self.lower[..]).span(first.start()..self.lower.len());
-                    for m in s.ac.find_overlapping_iter(rest) {
-                        let b = s.base + m.pattern().as_usize();
+                self.lower.extend_from_slice(v.as_bytes());
+                self.lower.make_ascii_lowercase();
+                // Every occurrence, one start position at a time: the leftmost-first search
+                // reports the longest literal starting at the leftmost position that has one;
+                // the others starting there are its prefixes (both are the text from there),
+                // set through its closure; the next search starts one byte later. Each
+                // search runs the prefilter, so values without literals cost one.
+                let mut at = 0;
+                while let Some(m) = s
+                    .any
+                    .find(Input::new(&self.lower[..]).span(at..self.lower.len()))
+                {
+                    for &bit in &s.closure[m.pattern().as_usize()] {
+                        let b = s.base + bit as usize;
                         self.bits[b / 64] |= 1 << (b % 64);
                     }
+                    at = m.start() + 1;
                 }
                 Scanned::Bits
             }
@@ -964,9 +1214,15 @@ mod tests {
         let mut m = Matcher::new(&set);
         assert_eq!(m.scans.len(), 1, "one scan for the message field");
         assert_eq!(m.scans[0].len, 5, "shared literals counted once");
-        let first = m.program[m.plans[3].entry as usize].pred;
+        // Rule d's only filter is its bucket's gate.
+        let gate = m
+            .generic
+            .iter()
+            .find(|b| b.rules.contains(&3))
+            .and_then(|b| b.gate)
+            .expect("rule d is gated");
         assert!(
-            matches!(m.preds[first as usize], Pred::Plain { .. }),
+            matches!(m.preds[gate as usize], Pred::Plain { .. }),
             "non-ASCII literal"
         );
         assert_eq!(m.matching(&syslog_event("eth0: LINK DOWN")), vec![0, 1]);
@@ -994,6 +1250,43 @@ mod tests {
         assert_eq!(m.matching(&syslog_event("down")), vec![1]);
         // The next event clears the message scan's bits and leaves none behind.
         assert!(m.matching(&syslog_event("up")).is_empty());
+    }
+
+    /// Literals that start where another does (its prefixes) and literals that start inside
+    /// another are all found: the search reports the longest at each start and resumes one
+    /// byte later.
+    #[test]
+    fn prefixes_and_overlaps_of_a_found_literal_are_found() {
+        let lits = [
+            "fan",
+            "fan fail",
+            "fan failure",
+            "/27 changed state to ",
+            "changed state to down",
+            "state",
+        ];
+        let rules: Vec<Value> = lits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({"name": format!("l{i}"),
+                "conditions": {"field": "message", "op": "contains", "value": l}})
+            })
+            .collect();
+        let set =
+            RuleSet::parse(&Value::Array(rules).to_string(), Path::new("t.json")).expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.matching(&syslog_event("FAN FAILURE")), vec![0, 1, 2]);
+        assert_eq!(m.matching(&syslog_event("fan fai")), vec![0]);
+        assert_eq!(
+            m.matching(&syslog_event("Gi0/27 changed state to down")),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            m.matching(&syslog_event("Gi0/28 changed state to up")),
+            vec![5]
+        );
+        assert_eq!(m.matching(&syslog_event("fanfan")), vec![0]);
     }
 
     /// A rule file (or dry-run request) with many literals: each distinct one is kept once,
@@ -1054,7 +1347,11 @@ mod tests {
             RuleSet::parse(&format!("[{}]", rules.join(",")), Path::new("t.json")).expect("rules");
         let mut m = Matcher::new(&set);
         assert_eq!(m.preds.len(), 5, "one glob and four regexes");
-        assert_eq!(m.program.len(), 40, "two tests per rule");
+        assert_eq!(
+            m.program.len(),
+            20,
+            "one test per rule: the glob is the bucket's gate"
+        );
         assert_eq!(
             m.scans.len(),
             1,
@@ -1082,5 +1379,150 @@ mod tests {
             m.matching(&error_event("db-1", "ünterface: Interface Gi0/3 changed")),
             (3..20).step_by(4).collect::<Vec<u32>>()
         );
+    }
+
+    /// Glob pieces: literals in both cases, separators, and every kind of wildcard, so
+    /// patterns come out as exact, prefix, suffix and full (globset) globs.
+    const GLOB_PIECES: [&str; 14] = [
+        "a", "A", "b", "db", "DB-", "-", ".", "/", "*", "?", "[a-c]", "[!a]", "{a,b}", "\\*",
+    ];
+    /// Hostname pieces (none: the empty hostname).
+    const HOST_PIECES: [&str; 10] = ["a", "A", "b", "B", "db", "DB-", "-", ".", "/", "*"];
+
+    fn glob_rules(pats: &[String]) -> RuleSet {
+        let rules: Vec<Value> = pats
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                json!({"name": format!("g{i}"),
+                       "conditions": {"field": "hostname", "op": "matches", "value": p}})
+            })
+            .collect();
+        RuleSet::parse(&Value::Array(rules).to_string(), Path::new("globs.json")).expect("globs")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// The hostname table (first- and last-byte lookup) answers every glob as globset
+        /// does, on ASCII hostnames: `*`, `?`, classes, alternations, escapes, case and the
+        /// empty hostname.
+        #[test]
+        fn glob_tables_agree_with_globset(
+            pats in proptest::collection::vec(proptest::collection::vec(0..GLOB_PIECES.len(), 0..4), 1..12),
+            hosts in proptest::collection::vec(proptest::collection::vec(0..HOST_PIECES.len(), 0..5), 1..12),
+        ) {
+            let pats: Vec<String> = pats
+                .iter()
+                .map(|p| p.iter().map(|&i| GLOB_PIECES[i]).collect())
+                .collect();
+            let set = glob_rules(&pats);
+            let globs: Vec<globset::GlobMatcher> = pats
+                .iter()
+                .map(|p| {
+                    globset::GlobBuilder::new(p)
+                        .case_insensitive(true)
+                        .literal_separator(false)
+                        .build()
+                        .map(|g| g.compile_matcher())
+                })
+                .collect::<Result<_, _>>()
+                .expect("the pieces make valid globs");
+            let mut m = Matcher::new(&set);
+            for h in &hosts {
+                let host: String = h.iter().map(|&i| HOST_PIECES[i]).collect();
+                let want: Vec<u32> = (0u32..)
+                    .zip(&globs)
+                    .filter(|(_, g)| g.is_match(&host))
+                    .map(|(i, _)| i)
+                    .collect();
+                prop_assert_eq!(m.matching(&event_at(&host, Severity::Info, "m")), want, "host {:?}", host);
+            }
+        }
+
+        /// With non-ASCII text (where the string tests fold ASCII case only, as the plain
+        /// evaluation does), the table still agrees with the plain evaluation.
+        #[test]
+        fn glob_tables_agree_with_plain_evaluation(
+            pats in proptest::collection::vec((0usize..3, 0..WORDS.len()), 1..12),
+            hosts in proptest::collection::vec(0..WORDS.len(), 1..12),
+        ) {
+            let pats: Vec<String> = pats
+                .iter()
+                .map(|&(shape, w)| match shape {
+                    0 => WORDS[w].to_string(),
+                    1 => format!("{}*", WORDS[w]),
+                    _ => format!("*{}", WORDS[w]),
+                })
+                .collect();
+            let set = glob_rules(&pats);
+            let mut m = Matcher::new(&set);
+            for &h in &hosts {
+                let ev = event_at(WORDS[h], Severity::Info, "m");
+                prop_assert_eq!(m.matching(&ev), plain(&set, &ev), "host {:?}", WORDS[h]);
+            }
+        }
+    }
+
+    /// A rule's program leaves out its bucket's gate and the `severity >=` filters its
+    /// severity floor implies, and keeps the rest (`severity equals` is not implied by a
+    /// floor).
+    #[test]
+    fn programs_leave_out_the_gate_and_implied_severity_floors() {
+        let set = RuleSet::parse(
+            r#"[{"name": "a", "conditions": {"operator": "AND", "filters": [
+                    {"field": "hostname", "op": "matches", "value": "db-*"},
+                    {"field": "severity", "op": ">=", "value": "warning"},
+                    {"field": "message", "op": "contains", "value": "down"}]}},
+                {"name": "b", "conditions": {"operator": "AND", "filters": [
+                    {"field": "severity", "op": ">=", "value": "warning"},
+                    {"field": "severity", "op": "equals", "value": "error"}]}},
+                {"name": "c", "conditions": {"field": "hostname", "op": "matches", "value": "db-*"}}]"#,
+            Path::new("t.json"),
+        )
+        .expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.program.len(), 2, "a: contains; b: equals; c: nothing");
+        assert_eq!(m.plans[2].entry, ACCEPT);
+        let ev = |h: &str, s: Severity, msg: &str| event_at(h, s, msg);
+        assert_eq!(
+            m.matching(&ev("db-1", Severity::Warning, "down")),
+            vec![0, 2]
+        );
+        assert_eq!(m.matching(&ev("db-1", Severity::Info, "down")), vec![2]);
+        assert_eq!(m.matching(&ev("web-1", Severity::Error, "down")), vec![1]);
+        assert_eq!(m.matching(&ev("db-1", Severity::Critical, "up")), vec![2]);
+    }
+
+    /// Globs, `equals` and `in` on one field share one table; only the globs whose first
+    /// (or last) byte fits are tested, and a missing field answers no.
+    #[test]
+    fn one_table_per_field_answers_equals_in_and_globs() {
+        let set = RuleSet::parse(
+            r#"[{"name": "a", "conditions": {"field": "hostname", "op": "matches", "value": "db-*"}},
+                {"name": "b", "conditions": {"field": "hostname", "op": "matches", "value": "*.EXAMPLE.com"}},
+                {"name": "c", "conditions": {"field": "hostname", "op": "matches", "value": "Core1"}},
+                {"name": "d", "conditions": {"field": "hostname", "op": "matches", "value": "*"}},
+                {"name": "e", "conditions": {"field": "hostname", "op": "matches", "value": ""}},
+                {"name": "f", "conditions": {"field": "hostname", "op": "in", "value": ["core1", "db-1", "db-1"]}},
+                {"name": "g", "conditions": {"field": "hostname", "op": "equals", "value": "db-1"}},
+                {"name": "h", "conditions": {"field": "hostname", "op": "matches", "value": "d?-*"}},
+                {"name": "i", "conditions": {"field": "tags.vendor", "op": "equals", "value": "cisco"}}]"#,
+            Path::new("t.json"),
+        )
+        .expect("rules");
+        let mut m = Matcher::new(&set);
+        assert_eq!(m.tables.len(), 2, "hostname and tags.vendor");
+        assert_eq!(m.tables[0].members.len(), 7, "all but the full glob `d?-*`");
+        assert!(matches!(m.preds[7], Pred::Plain { .. }), "a full glob");
+        let host = |m: &mut Matcher, h: &str| m.matching(&event_at(h, Severity::Info, "m"));
+        assert_eq!(host(&mut m, "DB-1"), vec![0, 3, 7]);
+        assert_eq!(host(&mut m, "db-1"), vec![0, 3, 5, 6, 7]);
+        assert_eq!(host(&mut m, "www.example.COM"), vec![1, 3]);
+        assert_eq!(host(&mut m, "core1"), vec![2, 3, 5]);
+        assert_eq!(host(&mut m, ""), vec![3, 4]);
+        let mut ev = event_at("x", Severity::Info, "m");
+        ev.event.tags.insert("vendor".into(), "cisco".into());
+        assert_eq!(m.matching(&ev), vec![3, 8]);
     }
 }
