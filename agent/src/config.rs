@@ -59,8 +59,8 @@ pub struct AggregatorLink {
     #[serde(default = "d_in_flight")]
     pub max_in_flight_batches: usize,
     /// Data the QUIC connection may have sent but not yet had acknowledged. It bounds the
-    /// memory the link uses and, with the round trip, the throughput: 4 MiB over a 200 ms
-    /// round trip is 160 Mbit/s, more than most site uplinks.
+    /// memory the link uses and, with the round trip, the throughput: 2 MiB over a 200 ms
+    /// round trip is 80 Mbit/s, more than most site uplinks (raise it for fast, long links).
     #[serde(default = "d_send_window")]
     pub send_window: ByteSize,
     /// QUIC keep-alive interval; keep it well below `idle_timeout`.
@@ -100,7 +100,8 @@ pub struct QueueConfig {
     /// "Where the agent's memory goes", lists the rest); when it is full, inputs wait as for
     /// `channel_capacity`. One submission larger than this (a big HTTP bulk body) waits for
     /// an empty channel and goes alone. Too small and UDP bursts spill into the kernel's
-    /// receive buffer sooner (4 MiB holds ~7,600 200-byte lines, ~76 ms at 100k/s).
+    /// receive buffer sooner (2 MiB holds ~3,800 200-byte lines, ~38 ms at 100k/s; the
+    /// kernel's buffer, `udp_receive_buffer`, holds more without costing the agent memory).
     #[serde(default = "d_channel_bytes")]
     pub channel_max_bytes: ByteSize,
     /// How often queue-full drops are reported to the aggregator as an internal event.
@@ -194,7 +195,7 @@ fn d_in_flight() -> usize {
     32
 }
 fn d_send_window() -> ByteSize {
-    ByteSize(4 << 20)
+    ByteSize(2 << 20)
 }
 fn d_keepalive() -> HumanDuration {
     HumanDuration::secs(5)
@@ -544,8 +545,8 @@ batch_max_bytes = "4MiB"
 # Batches in flight before waiting for acknowledgements (covers WAN round trips).
 max_in_flight_batches = 32
 # QUIC send window: unacknowledged data in flight. Bounds memory and, with the round trip,
-# throughput (4MiB at 200 ms RTT = 160 Mbit/s). Raise it for fast, long links.
-send_window = "4MiB"
+# throughput (2MiB at 200 ms RTT = 80 Mbit/s). Raise it for fast, long links.
+send_window = "2MiB"
 # QUIC keep-alive; must be well under idle_timeout.
 keepalive = "5s"
 idle_timeout = "30s"
@@ -564,7 +565,7 @@ max_bytes = "2GiB"
 channel_capacity = 16384
 # Memory those records may hold (with the group being committed): the largest part of the
 # agent's memory under load. Smaller means UDP bursts wait in the kernel's buffer sooner.
-channel_max_bytes = "4MiB"
+channel_max_bytes = "2MiB"
 # How often queue-full drops are sent to the aggregator as an internal WEIR_QUEUE_DROPS event.
 drop_report_interval = "10s"
 
@@ -848,10 +849,10 @@ mod tests {
         let p = dir.path().join("agent.toml");
         let base = example("data", "127.0.0.1:4433", "tls", 5514, 8084);
         std::fs::write(&p, &base).unwrap();
-        assert_eq!(load(&p).unwrap().queue.channel_max_bytes.0, 4 << 20);
+        assert_eq!(load(&p).unwrap().queue.channel_max_bytes.0, 2 << 20);
         let set = |v: &str| {
             base.replace(
-                "channel_max_bytes = \"4MiB\"",
+                "channel_max_bytes = \"2MiB\"",
                 &format!("channel_max_bytes = \"{v}\""),
             )
         };

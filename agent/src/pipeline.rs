@@ -201,7 +201,7 @@ impl Sink {
 }
 
 /// Default of `[queue] channel_max_bytes`, for [`channel`].
-pub const DEFAULT_CHANNEL_BYTES: usize = 4 << 20;
+pub const DEFAULT_CHANNEL_BYTES: usize = 2 << 20;
 
 /// Creates the sink and the receiver [`run_writer`] drains. `capacity` bounds the records that
 /// can sit between inputs and the queue (the power-cut exposure window); their memory is bounded

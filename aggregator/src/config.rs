@@ -220,8 +220,9 @@ data_dir = "{data_dir}"
 store_cache = "2GiB"
 # Events the search indexer may leave unindexed while ingest is saturated (a backlog drain),
 # so that storing goes first; beyond it indexing goes first. Searches stay complete but scan
-# unindexed events one by one (about 1µs each); 0 never defers.
-index_max_lag_events = 250000
+# unindexed events one by one (about 1µs each: up to ~1 s per search at this bound while a
+# drain catches up); lower it if searches matter more than draining; 0 never defers.
+index_max_lag_events = 1000000
 
 [quic]
 # UDP address agents connect to (mutual TLS over QUIC).

@@ -518,6 +518,13 @@ impl Fleet {
                 "ca/crl.pem",
                 quic_port,
                 api_port,
+            )
+            .replace(
+                "index_max_lag_events = 1000000",
+                &format!(
+                    "index_max_lag_events = {}",
+                    std::env::var("WEIR_BENCH_INDEX_MAX_LAG").unwrap_or("1000000".into())
+                ),
             ),
         )?;
         // Benchmarks want a big enough channel and a fast status; the rest is the shipped default.
@@ -529,6 +536,20 @@ impl Fleet {
             http_port,
         )
         .replace("status_interval = \"10s\"", "status_interval = \"1s\"")
+        .replace(
+            "channel_max_bytes = \"2MiB\"",
+            &format!(
+                "channel_max_bytes = \"{}\"",
+                std::env::var("WEIR_BENCH_AGENT_CHANNEL").unwrap_or("2MiB".into())
+            ),
+        )
+        .replace(
+            "send_window = \"2MiB\"",
+            &format!(
+                "send_window = \"{}\"",
+                std::env::var("WEIR_BENCH_AGENT_SEND_WINDOW").unwrap_or("2MiB".into())
+            ),
+        )
         .replace(
             "listen = [\"127.0.0.1:1162\"]",
             &format!("listen = [\"127.0.0.1:{snmp_port}\"]"),
@@ -623,10 +644,16 @@ impl Fleet {
     /// ingest scans the events not yet indexed (polled every 20 ms, that was most of the
     /// aggregator's CPU in a drain).
     fn stored_metric(&self) -> anyhow::Result<u64> {
+        self.aggregator_metric("weir_aggregator_events_stored_total")
+    }
+
+    /// One unlabelled metric of the aggregator's `/metrics` (0 when not exported yet).
+    fn aggregator_metric(&self, name: &str) -> anyhow::Result<u64> {
         let body = self.http_get("/metrics")?;
+        let prefix = format!("{name} ");
         Ok(body
             .lines()
-            .find_map(|l| l.strip_prefix("weir_aggregator_events_stored_total "))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .map_or(Ok(0.0), |v| v.trim().parse::<f64>())? as u64)
     }
 
@@ -767,10 +794,23 @@ fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
     if api_total != count {
         bail!("weir_aggregator_events_stored_total reached {count} but the API lists {api_total}");
     }
+    // Stored events are searchable at once (a search scans what is not indexed yet); the
+    // search indexes catch up behind ingest, bounded by `index_max_lag_events`. Say when.
+    let lag_at_stored = fleet.aggregator_metric("weir_aggregator_index_lag_events")?;
+    while fleet.aggregator_metric("weir_aggregator_index_lag_events")? > 0 {
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("the search indexes did not catch up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let indexed_secs = start.elapsed().as_secs_f64();
+    let (_, agg_cpu_indexed) = fleet.cpu_secs();
     println!(
-        "drain: {count} events in {secs:.2}s = {:.0} events/s (includes agent start and QUIC handshake); agent peak RSS {:.1} MB; CPU agent {agent_cpu:.2}s aggregator {agg_cpu:.2}s",
+        "drain: {count} events in {secs:.2}s = {:.0} events/s (includes agent start and QUIC handshake); agent peak RSS {:.1} MB; CPU agent {agent_cpu:.2}s aggregator {agg_cpu:.2}s; \
+         search indexes {lag_at_stored} behind when the last was stored, all indexed after {indexed_secs:.2}s = {:.0} events/s (aggregator CPU {agg_cpu_indexed:.2}s)",
         count as f64 / secs,
-        peak as f64 / 1024.0
+        peak as f64 / 1024.0,
+        count as f64 / indexed_secs,
     );
     fleet.keep = keep;
     Ok(())
