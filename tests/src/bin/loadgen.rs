@@ -644,17 +644,20 @@ impl Fleet {
     /// ingest scans the events not yet indexed (polled every 20 ms, that was most of the
     /// aggregator's CPU in a drain).
     fn stored_metric(&self) -> anyhow::Result<u64> {
-        self.aggregator_metric("weir_aggregator_events_stored_total")
+        Ok(self
+            .aggregator_metric("weir_aggregator_events_stored_total")?
+            .unwrap_or(0))
     }
 
-    /// One unlabelled metric of the aggregator's `/metrics` (0 when not exported yet).
-    fn aggregator_metric(&self, name: &str) -> anyhow::Result<u64> {
+    /// One unlabelled metric of the aggregator's `/metrics` (`None` while not exported).
+    fn aggregator_metric(&self, name: &str) -> anyhow::Result<Option<u64>> {
         let body = self.http_get("/metrics")?;
         let prefix = format!("{name} ");
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .map_or(Ok(0.0), |v| v.trim().parse::<f64>())? as u64)
+        let value = body.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        Ok(match value {
+            Some(v) => Some(v.trim().parse::<f64>()? as u64),
+            None => None,
+        })
     }
 
     /// Sum of the stored events' dedup counts (meaningful while at most 1000 events are stored).
@@ -796,8 +799,10 @@ fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
     }
     // Stored events are searchable at once (a search scans what is not indexed yet); the
     // search indexes catch up behind ingest, bounded by `index_max_lag_events`. Say when.
-    let lag_at_stored = fleet.aggregator_metric("weir_aggregator_index_lag_events")?;
-    while fleet.aggregator_metric("weir_aggregator_index_lag_events")? > 0 {
+    let lag = |f: &Fleet| f.aggregator_metric("weir_aggregator_index_lag_events");
+    let lag_at_stored = lag(&fleet)?.unwrap_or(0);
+    // Not exported yet counts as behind: the wait must not end before the indexer reports.
+    while lag(&fleet)?.is_none_or(|l| l > 0) {
         if start.elapsed() > Duration::from_secs(600) {
             bail!("the search indexes did not catch up");
         }
