@@ -937,12 +937,16 @@ impl<'a> Cx<'a> {
     fn tag(&mut self, slot: usize) -> Option<&'a str> {
         if self.tags_known & (1 << slot) == 0 {
             self.tags_known |= 1 << slot;
+            // Events carry a handful of tags: a linear pass that compares lengths first is
+            // cheaper than the B-tree search, which calls `memcmp` per key it passes.
+            let name = self.tag_names[slot].as_bytes();
             self.tags[slot] = self
                 .ev
                 .event
                 .tags
-                .get(&*self.tag_names[slot])
-                .map(String::as_str);
+                .iter()
+                .find(|(k, _)| k.as_bytes() == name)
+                .map(|(_, v)| v.as_str());
         }
         self.tags[slot]
     }
