@@ -963,21 +963,26 @@ impl<'a> Cx<'a> {
             Some(v) => {
                 // Scans start on a word boundary: clear whole words, not bit by bit.
                 self.bits[s.base / 64..(s.base + s.len).div_ceil(64)].fill(0);
-                // Copy, then lowercase in place: a loop the compiler vectorises, unlike a
-                // byte-by-byte `extend` through a mapping iterator.
-                self.lower.clear();
-                self.lower.extend_from_slice(v.as_bytes());
-                self.lower.make_ascii_lowercase();
+                // A value without ASCII capitals is searched as it is (a branch-free pass
+                // the compiler vectorises). Otherwise copy, then lowercase in place: a loop
+                // the compiler vectorises, unlike a byte-by-byte `extend` through a mapping
+                // iterator.
+                let raw = v.as_bytes();
+                let hay: &[u8] = if raw.iter().fold(false, |a, b| a | b.is_ascii_uppercase()) {
+                    self.lower.clear();
+                    self.lower.extend_from_slice(raw);
+                    self.lower.make_ascii_lowercase();
+                    &self.lower[..]
+                } else {
+                    raw
+                };
                 // Every occurrence, one start position at a time: the leftmost-first search
                 // reports the longest literal starting at the leftmost position that has one;
                 // the others starting there are its prefixes (both are the text from there),
                 // set through its closure; the next search starts one byte later. Each
                 // search runs the prefilter, so values without literals cost one.
                 let mut at = 0;
-                while let Some(m) = s
-                    .any
-                    .find(Input::new(&self.lower[..]).span(at..self.lower.len()))
-                {
+                while let Some(m) = s.any.find(Input::new(hay).span(at..hay.len())) {
                     for &bit in &s.closure[m.pattern().as_usize()] {
                         let b = s.base + bit as usize;
                         self.bits[b / 64] |= 1 << (b % 64);
