@@ -506,40 +506,27 @@ pub fn commit_group(
             // Fresh events (not redeliveries) go to correlation, moved, after the replies;
             // so do fresh `donotpersist` events (not stored, still correlated).
             if correlation.enabled() {
-                let unstored: Vec<Vec<u8>> = group
-                    .iter_mut()
-                    .zip(&priors)
-                    .flat_map(|(item, &p)| {
-                        item.outcomes
-                            .iter_mut()
-                            .filter(move |o| o.seq > p)
-                            .filter_map(|o| o.unstored.take())
-                    })
-                    .collect();
-                // Which alarm each fresh problem raised, for combination rules.
-                let alarm_keys: Vec<(String, String)> = group
-                    .iter()
-                    .zip(&priors)
-                    .flat_map(|(item, &p)| {
-                        item.outcomes
-                            .iter()
-                            .filter(move |o| o.seq > p)
-                            .filter_map(|o| o.problem.as_ref())
-                            .map(|pr| (pr.event_id.clone(), pr.key.clone()))
-                    })
-                    .collect();
-                let fresh: Vec<Vec<u8>> = group
-                    .iter_mut()
-                    .zip(&priors)
-                    .flat_map(|(item, &p)| {
+                // One pass over the group: each item's fresh records (moved), the fresh
+                // `donotpersist` events, and which alarm each fresh problem raised (for
+                // combination rules).
+                let (mut fresh, mut unstored, mut alarm_keys) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for (item, &p) in group.iter_mut().zip(&priors) {
+                    for o in item.outcomes.iter_mut().filter(|o| o.seq > p) {
+                        unstored.extend(o.unstored.take());
+                        if let Some(pr) = &o.problem {
+                            alarm_keys.push((pr.event_id.clone(), pr.key.clone()));
+                        }
+                    }
+                    fresh.extend(
                         std::mem::take(&mut item.records)
                             .into_iter()
-                            .filter_map(move |r| match r {
+                            .filter_map(|r| match r {
                                 Prepared::Event { seq, bytes } if seq > p => Some(bytes),
                                 _ => None,
-                            })
-                    })
-                    .collect();
+                            }),
+                    );
+                }
                 correlation.feed_with(fresh, unstored, alarm_keys, now);
             }
         }

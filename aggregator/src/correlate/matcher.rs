@@ -806,6 +806,9 @@ struct Cx<'a> {
     lower: &'a mut Vec<u8>,
 }
 
+/// Up to this many tags, an event's tags are searched linearly ([`Cx::tag`]).
+const LINEAR_TAGS: usize = 16;
+
 impl<'a> Cx<'a> {
     /// Runs a rule's program from `entry`.
     fn run(&mut self, entry: u32) -> bool {
@@ -937,16 +940,18 @@ impl<'a> Cx<'a> {
     fn tag(&mut self, slot: usize) -> Option<&'a str> {
         if self.tags_known & (1 << slot) == 0 {
             self.tags_known |= 1 << slot;
-            // Events carry a handful of tags: a linear pass that compares lengths first is
-            // cheaper than the B-tree search, which calls `memcmp` per key it passes.
-            let name = self.tag_names[slot].as_bytes();
-            self.tags[slot] = self
-                .ev
-                .event
-                .tags
-                .iter()
-                .find(|(k, _)| k.as_bytes() == name)
-                .map(|(_, v)| v.as_str());
+            // Most events carry a handful of tags: a linear pass that compares lengths first
+            // is cheaper than the B-tree search, which calls `memcmp` per key it passes. A
+            // trap with many varbinds takes the search.
+            let name = &*self.tag_names[slot];
+            let tags = &self.ev.event.tags;
+            self.tags[slot] = if tags.len() <= LINEAR_TAGS {
+                tags.iter()
+                    .find(|(k, _)| k.as_bytes() == name.as_bytes())
+                    .map(|(_, v)| v.as_str())
+            } else {
+                tags.get(name).map(String::as_str)
+            };
         }
         self.tags[slot]
     }
@@ -1501,6 +1506,29 @@ mod tests {
         assert_eq!(m.matching(&ev("db-1", Severity::Info, "down")), vec![2]);
         assert_eq!(m.matching(&ev("web-1", Severity::Error, "down")), vec![1]);
         assert_eq!(m.matching(&ev("db-1", Severity::Critical, "up")), vec![2]);
+    }
+
+    /// Tags are found whether the event has few (searched linearly) or many (B-tree).
+    #[test]
+    fn tags_are_found_among_few_and_many() {
+        let set = RuleSet::parse(
+            r#"[{"name": "a", "conditions": {"field": "tags.vendor", "op": "equals", "value": "cisco"}},
+                {"name": "b", "conditions": {"field": "tags.z9", "op": "exists"}}]"#,
+            Path::new("t.json"),
+        )
+        .expect("rules");
+        let mut m = Matcher::new(&set);
+        for extra in [0, LINEAR_TAGS, 3 * LINEAR_TAGS] {
+            let mut ev = syslog_event("m");
+            for i in 0..extra {
+                ev.event.tags.insert(format!("k{i:03}"), "v".into());
+            }
+            ev.event.tags.insert("vendor".into(), "cisco".into());
+            assert_eq!(m.matching(&ev), vec![0], "{extra} other tags");
+            ev.event.tags.insert("z9".into(), "1".into());
+            ev.event.tags.insert("vendor".into(), "juniper".into());
+            assert_eq!(m.matching(&ev), vec![1], "{extra} other tags");
+        }
     }
 
     /// Globs, `equals` and `in` on one field share one table; only the globs whose first
