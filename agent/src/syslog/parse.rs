@@ -28,7 +28,7 @@ use syslog_loose::{IncompleteDate, Message, Protocol, SyslogFacility, SyslogSeve
 use weir_common::config::ConfigError;
 use weir_common::{Event, InputKind, Severity};
 
-use super::vendor::{self, Header};
+use super::vendor::{self, Header, VendorFields};
 use crate::config::SyslogConfig;
 
 /// How far ahead of the receive time a device's timestamp may be before it is not believed.
@@ -152,33 +152,186 @@ impl Parser {
         };
         let lossy = matches!(text, Cow::Owned(_));
         let tz = self.zone_for(peer);
-        // Trailing NULs (logger, some appliances) and line ends are framing, not message.
-        let line = strip_bom(text.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
-        let (pri, after_pri) = split_pri(line);
-        let after_pri = strip_bom(after_pri);
-        // `123: ` or `: ` after the PRI is a Cisco sequence header, which no RFC fits and
-        // syslog_loose would only reject after trying both (its issue #10).
-        let parsed = if cisco_shaped(after_pri) {
-            None
-        } else {
-            let get_year = move |d: IncompleteDate| year_for(d, received_at, tz);
-            syslog_loose::parse_message_with_year_exact_tz(
-                line,
-                get_year,
-                Some(chrono::Utc),
-                Variant::Either,
-            )
-            .ok()
-        };
-        let mut ev = match parsed {
-            Some(msg) => from_message(&msg, line, after_pri, peer, tz, received_at),
-            None => from_unparsed(pri, after_pri, peer, tz, received_at),
+        let head = head(&text, tz, received_at);
+        let mut ev = match &head.parsed {
+            Some(msg) => from_message(msg, head.line, head.after_pri, peer, tz, received_at),
+            None => from_unparsed(head.pri, head.after_pri, peer, tz, received_at),
         };
         if lossy {
             ev.tags.insert("weir_non_utf8".into(), "true".into());
         }
         ev.raw_payload = Some(bytes.to_vec());
         ev
+    }
+}
+
+/// A line as both parse paths (this module's and [`super::draft`]'s) start it.
+pub(super) struct Head<'a> {
+    /// The line without framing: trailing NULs, line ends, a leading BOM.
+    pub line: &'a str,
+    pub pri: Option<u8>,
+    /// What follows the PRI (all of `line` without one), without a BOM.
+    pub after_pri: &'a str,
+    /// The RFC 5424 or RFC 3164 header, when one fits.
+    pub parsed: Option<Message<&'a str>>,
+}
+
+pub(super) fn head<'a>(text: &'a str, tz: &TimeZone, received_at: Timestamp) -> Head<'a> {
+    // Trailing NULs (logger, some appliances) and line ends are framing, not message.
+    let line = strip_bom(text.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
+    let (pri, after_pri) = split_pri(line);
+    let after_pri = strip_bom(after_pri);
+    // `123: ` or `: ` after the PRI is a Cisco sequence header, which no RFC fits and
+    // syslog_loose would only reject after trying both (its issue #10).
+    let parsed = if cisco_shaped(after_pri) {
+        None
+    } else {
+        let get_year = move |d: IncompleteDate| year_for(d, received_at, tz);
+        syslog_loose::parse_message_with_year_exact_tz(
+            line,
+            get_year,
+            Some(chrono::Utc),
+            Variant::Either,
+        )
+        .ok()
+    };
+    Head {
+        line,
+        pri,
+        after_pri,
+        parsed,
+    }
+}
+
+/// What a parsed header gives an event, whichever path builds it.
+pub(super) struct Parts<'a> {
+    pub hostname: Option<&'a str>,
+    pub appname: Option<&'a str>,
+    pub msgid: Option<&'a str>,
+    pub message: &'a str,
+    pub body: &'a str,
+    pub from_host: &'a str,
+    pub rfc5424: bool,
+    pub severity: Option<Severity>,
+    /// The device's time, already [`believable`]; `None` without a header timestamp.
+    pub event_time: Option<Timestamp>,
+}
+
+impl<'a> Parts<'a> {
+    pub(super) fn of(
+        msg: &Message<&'a str>,
+        line: &'a str,
+        after_pri: &'a str,
+        tz: &TimeZone,
+        received_at: Timestamp,
+    ) -> Parts<'a> {
+        let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
+        let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
+        let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
+        let mut message = strip_bom(msg.msg);
+        let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
+        // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
+        // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
+        let body = match (rfc5424, msg.appname) {
+            (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
+            _ => message,
+        };
+        // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call
+        // the first word the tag, but syslog_loose also drops it from the message. Keep it.
+        if let (false, Some(app)) = (rfc5424, msg.appname)
+            && !body[app.len().min(body.len())..].starts_with([':', '['])
+        {
+            message = body;
+        }
+        let from_host = match (rfc5424, msg.hostname) {
+            (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
+            _ => body,
+        };
+        let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
+        let event_time = msg.timestamp.map(|t| {
+            // syslog_loose read zone-less times as UTC wall-clock time; RFC 3339 ones (which
+            // start with a digit) carry their own offset.
+            let zoneless = !rfc5424
+                && !after_pri
+                    .trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit());
+            let at = if zoneless {
+                let n = t.naive_utc();
+                use chrono::{Datelike as _, Timelike as _};
+                civil(
+                    Some(n.year()),
+                    n.month(),
+                    n.day(),
+                    (n.hour(), n.minute(), n.second()),
+                    n.nanosecond(),
+                    tz,
+                    received_at,
+                )
+            } else {
+                Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
+            };
+            believable(at, received_at)
+        });
+        Parts {
+            hostname,
+            appname,
+            msgid,
+            message,
+            body,
+            from_host,
+            rfc5424,
+            severity,
+            event_time,
+        }
+    }
+
+    /// What the vendor parsers see of the line.
+    pub(super) fn header<'h>(
+        &self,
+        msg: &'h Message<&'a str>,
+        after_pri: &'a str,
+        tz: &'h TimeZone,
+        received_at: Timestamp,
+    ) -> Header<'h>
+    where
+        'a: 'h,
+    {
+        Header {
+            text: after_pri,
+            body: self.body,
+            from_host: self.from_host,
+            message: self.message,
+            hostname: self.hostname,
+            appname: self.appname,
+            msgid: self.msgid,
+            structured_data: &msg.structured_data,
+            rfc5424: self.rfc5424,
+            has_timestamp: msg.timestamp.is_some(),
+            tz,
+            received_at,
+        }
+    }
+}
+
+/// The header of a line no RFC fits (everything after the PRI is its text), for the vendors.
+pub(super) fn unparsed_header<'h>(
+    text: &'h str,
+    tz: &'h TimeZone,
+    received_at: Timestamp,
+) -> Header<'h> {
+    Header {
+        text,
+        body: text,
+        from_host: text,
+        message: text,
+        hostname: None,
+        appname: None,
+        msgid: None,
+        structured_data: &[],
+        rfc5424: false,
+        has_timestamp: false,
+        tz,
+        received_at,
     }
 }
 
@@ -190,44 +343,22 @@ fn from_message(
     tz: &TimeZone,
     received_at: Timestamp,
 ) -> Event {
-    let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
-    let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
-    let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
-    let mut message = strip_bom(msg.msg);
-    let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
-    // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
-    // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
-    let body = match (rfc5424, msg.appname) {
-        (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
-        _ => message,
-    };
-    // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call the
-    // first word the tag, but syslog_loose also drops it from the message. Keep it there.
-    if let (false, Some(app)) = (rfc5424, msg.appname)
-        && !body[app.len().min(body.len())..].starts_with([':', '['])
-    {
-        message = body;
-    }
-    let from_host = match (rfc5424, msg.hostname) {
-        (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
-        _ => body,
-    };
-    let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
+    let p = Parts::of(msg, line, after_pri, tz, received_at);
     let mut ev = base_event(
         peer,
-        hostname.map_or_else(|| ip_string(peer), str::to_string),
-        severity.unwrap_or(Severity::Info),
-        message.to_string(),
+        p.hostname.map_or_else(|| ip_string(peer), str::to_string),
+        p.severity.unwrap_or(Severity::Info),
+        p.message.to_string(),
         received_at,
     );
     match (msg.facility, msg.severity) {
         (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
         _ => no_pri(&mut ev),
     }
-    if let Some(v) = appname {
+    if let Some(v) = p.appname {
         ev.tags.insert("appname".into(), v.into());
     }
-    if let Some(v) = msgid {
+    if let Some(v) = p.msgid {
         ev.tags.insert("msgid".into(), v.into());
     }
     if let Some(p) = &msg.procid {
@@ -238,45 +369,11 @@ fn from_message(
             ev.tags.insert(format!("sd.{}.{}", element.id, name), value);
         }
     }
-    if let Some(t) = msg.timestamp {
-        // syslog_loose read zone-less times as UTC wall-clock time; RFC 3339 ones (which
-        // start with a digit) carry their own offset.
-        let zoneless = !rfc5424
-            && !after_pri
-                .trim_start()
-                .starts_with(|c: char| c.is_ascii_digit());
-        let at = if zoneless {
-            let n = t.naive_utc();
-            use chrono::{Datelike as _, Timelike as _};
-            civil(
-                Some(n.year()),
-                n.month(),
-                n.day(),
-                (n.hour(), n.minute(), n.second()),
-                n.nanosecond(),
-                tz,
-                received_at,
-            )
-        } else {
-            Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
-        };
-        ev.event_time = believable(at, received_at);
+    if let Some(t) = p.event_time {
+        ev.event_time = t;
     }
-    let header = Header {
-        text: after_pri,
-        body,
-        from_host,
-        message,
-        hostname,
-        appname,
-        msgid,
-        structured_data: &msg.structured_data,
-        rfc5424,
-        has_timestamp: msg.timestamp.is_some(),
-        tz,
-        received_at,
-    };
-    apply_vendor(&mut ev, &header, hostname.is_some());
+    let header = p.header(msg, after_pri, tz, received_at);
+    apply_vendor(&mut ev, &header, p.hostname.is_some());
     ev
 }
 
@@ -306,29 +403,19 @@ fn from_unparsed(
         (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
         _ => no_pri(&mut ev),
     }
-    let header = Header {
-        text,
-        body: text,
-        from_host: text,
-        message: text,
-        hostname: None,
-        appname: None,
-        msgid: None,
-        structured_data: &[],
-        rfc5424: false,
-        has_timestamp: false,
-        tz,
-        received_at,
-    };
-    apply_vendor(&mut ev, &header, false);
+    apply_vendor(&mut ev, &unparsed_header(text, tz, received_at), false);
     ev
 }
 
 /// Runs the vendor chain and merges what the first claiming parser found.
 fn apply_vendor(ev: &mut Event, header: &Header<'_>, header_has_host: bool) {
-    let Some(v) = vendor::classify(header) else {
-        return;
-    };
+    if let Some(v) = vendor::classify(header) {
+        merge_vendor(ev, v, header_has_host);
+    }
+}
+
+/// Merges what a vendor parser found into the event built from the header.
+pub(super) fn merge_vendor(ev: &mut Event, v: VendorFields, header_has_host: bool) {
     ev.tags.insert("vendor".into(), v.vendor.into());
     if let Some(tag) = v.tag {
         ev.tag = Some(tag);
