@@ -54,6 +54,11 @@ impl<'a> Tags<'a> {
     /// As `BTreeMap::insert`: a key already there gets the new value.
     fn insert(&mut self, key: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
         let (key, value) = (key.into(), value.into());
+        // The draft inserts its fixed tags in key order, so most inserts append.
+        if self.0.last().is_none_or(|(k, _)| k.as_ref() < key.as_ref()) {
+            self.0.push((key, value));
+            return;
+        }
         match self
             .0
             .binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref()))
@@ -165,10 +170,13 @@ impl Parser {
                 d.hostname = p.hostname;
                 d.severity = p.severity.unwrap_or(Severity::Info);
                 d.message = p.message;
-                d.pri_tags(msg.facility, msg.severity);
+                // Tags in key order (see `Tags::insert`): appname, facility, msgid, procid,
+                // sd.*, syslog_severity, weir_no_pri.
                 if let Some(v) = p.appname {
                     d.tags.insert("appname", v);
                 }
+                let (facility, severity, no_pri) = pri(msg.facility, msg.severity);
+                d.tags.insert("facility", facility.as_str());
                 if let Some(v) = p.msgid {
                     d.tags.insert("msgid", v);
                 }
@@ -184,6 +192,10 @@ impl Parser {
                         d.tags.insert(format!("sd.{}.{}", element.id, name), value);
                     }
                 }
+                d.tags.insert("syslog_severity", severity.as_str());
+                if no_pri {
+                    d.tags.insert("weir_no_pri", "true");
+                }
                 if let Some(t) = p.event_time {
                     d.event_time = t;
                 }
@@ -198,7 +210,12 @@ impl Parser {
                 };
                 d.severity = severity.map_or(Severity::Info, |s| Severity::from_syslog(s as u8));
                 d.message = text;
-                d.pri_tags(facility, severity);
+                let (facility, severity, no_pri) = pri(facility, severity);
+                d.tags.insert("facility", facility.as_str());
+                d.tags.insert("syslog_severity", severity.as_str());
+                if no_pri {
+                    d.tags.insert("weir_no_pri", "true");
+                }
                 (
                     vendor::classify(&unparsed_header(text, tz, received_at)),
                     false,
@@ -216,21 +233,19 @@ impl Parser {
     }
 }
 
-impl<'a> Draft<'a> {
-    /// The PRI's halves as tags, or RFC 3164's default `user.notice` flagged `weir_no_pri`
-    /// (as the owned path's `pri_tags` and `no_pri`).
-    fn pri_tags(&mut self, facility: Option<SyslogFacility>, severity: Option<SyslogSeverity>) {
-        let (f, s) = match (facility, severity) {
-            (Some(f), Some(s)) => (f, s),
-            _ => {
-                self.tags.insert("weir_no_pri", "true");
-                (SyslogFacility::LOG_USER, SyslogSeverity::SEV_NOTICE)
-            }
-        };
-        self.tags.insert("facility", f.as_str());
-        self.tags.insert("syslog_severity", s.as_str());
+/// The PRI's halves, and whether there was none: then RFC 3164's default `user.notice`, which
+/// the owned path (`pri_tags`, `no_pri`) also tags `weir_no_pri`.
+fn pri(
+    facility: Option<SyslogFacility>,
+    severity: Option<SyslogSeverity>,
+) -> (SyslogFacility, SyslogSeverity, bool) {
+    match (facility, severity) {
+        (Some(f), Some(s)) => (f, s, false),
+        _ => (SyslogFacility::LOG_USER, SyslogSeverity::SEV_NOTICE, true),
     }
+}
 
+impl<'a> Draft<'a> {
     /// Adds a tag, replacing one of the same key (as `BTreeMap::insert` on an event's tags).
     pub(crate) fn insert_tag(&mut self, key: &'a str, value: &'a str) {
         self.tags.insert(key, value);
