@@ -6,9 +6,10 @@
 //! The draft covers the common line: UTF-8, no vendor parser claims it, no panic. Anything
 //! else takes the owned path ([`Parser::parse`]), which stays the definition of what a line
 //! becomes: a vendor line is built as an [`Event`] from the draft and merged as
-//! [`Parser::parse`] merges it; a non-UTF-8 line or a panic re-parses owned (which is guarded
-//! and counts the panic). The tests hold the two paths to the same bytes and dedup tag for
-//! every line of the shared corpora and for generated lines (`draft/tests.rs`).
+//! [`Parser::parse`] merges it; a non-UTF-8 line is parsed owned; a panic becomes the owned
+//! path's unparsed event, counted and logged once (`parse::panicked`), not parsed again. The
+//! tests hold the two paths to the same bytes and dedup tag for every line of the shared
+//! corpora and for generated lines (`draft/tests.rs`).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -17,7 +18,7 @@ use jiff::Timestamp;
 use syslog_loose::{SyslogFacility, SyslogSeverity};
 use weir_common::{Event, InputKind, Severity};
 
-use super::parse::{Parser, Parts, head, merge_vendor, unparsed_header};
+use super::parse::{Parser, Parts, head, merge_vendor, panicked, unparsed_header};
 use super::vendor;
 use crate::dedup::{DedupRules, KeyField};
 use crate::queue::{Encoded, EventFields};
@@ -136,9 +137,9 @@ impl Parser {
             std::panic::AssertUnwindSafe(|| self.draft_unguarded(text, bytes, peer, received_at));
         match std::panic::catch_unwind(guarded) {
             Ok(parsed) => parsed,
-            // The owned path parses it again under its own guard, which counts and logs the
-            // panic and keeps the line unparsed.
-            Err(_) => Parsed::Event(self.parse(bytes, peer, received_at)),
+            // What the owned path makes of a panic, without parsing the line again (which
+            // would panic, and be reported, twice).
+            Err(_) => Parsed::Event(panicked(bytes, peer, received_at)),
         }
     }
 
@@ -151,6 +152,8 @@ impl Parser {
         peer: IpAddr,
         received_at: Timestamp,
     ) -> Parsed<'a> {
+        #[cfg(test)]
+        super::parse::test_panic::enter();
         let tz = self.zone_for(peer);
         let head = head(text, tz, received_at);
         let mut d = Draft {

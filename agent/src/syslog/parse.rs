@@ -114,25 +114,7 @@ impl Parser {
             std::panic::AssertUnwindSafe(|| self.parse_unguarded(bytes, peer, received_at));
         match std::panic::catch_unwind(guarded) {
             Ok(ev) => ev,
-            Err(_) => {
-                metrics::counter!("weir_agent_syslog_parse_panics_total").increment(1);
-                weir_common::warn_limited!(
-                    "syslog_parse_panic",
-                    %peer,
-                    "the syslog parser panicked on a message; kept it unparsed \
-                     (tag weir_parse_failed=true); please report the raw_payload as a bug"
-                );
-                let mut ev = base_event(
-                    peer,
-                    peer.to_string(),
-                    Severity::Info,
-                    String::from_utf8_lossy(bytes).into_owned(),
-                    received_at,
-                );
-                ev.tags.insert("weir_parse_failed".into(), "true".into());
-                ev.raw_payload = Some(bytes.to_vec());
-                ev
-            }
+            Err(_) => panicked(bytes, peer, received_at),
         }
     }
 
@@ -143,6 +125,8 @@ impl Parser {
         peer: IpAddr,
         received_at: Timestamp,
     ) -> Event {
+        #[cfg(test)]
+        test_panic::enter();
         // `from_utf8` validates ASCII a word at a time; `from_utf8_lossy` walks byte by byte
         // (~7 instructions a byte, 5% of the agent's work per line), so it only runs on the
         // rare line that is not UTF-8.
@@ -162,6 +146,60 @@ impl Parser {
         }
         ev.raw_payload = Some(bytes.to_vec());
         ev
+    }
+}
+
+/// What a line whose parse panicked becomes, on either path: counted, logged (rate-limited)
+/// and kept unparsed, tagged `weir_parse_failed=true`.
+pub(super) fn panicked(bytes: &[u8], peer: IpAddr, received_at: Timestamp) -> Event {
+    metrics::counter!("weir_agent_syslog_parse_panics_total").increment(1);
+    weir_common::warn_limited!(
+        "syslog_parse_panic",
+        %peer,
+        "the syslog parser panicked on a message; kept it unparsed \
+         (tag weir_parse_failed=true); please report the raw_payload as a bug"
+    );
+    let mut ev = base_event(
+        peer,
+        peer.to_string(),
+        Severity::Info,
+        String::from_utf8_lossy(bytes).into_owned(),
+        received_at,
+    );
+    ev.tags.insert("weir_parse_failed".into(), "true".into());
+    ev.raw_payload = Some(bytes.to_vec());
+    ev
+}
+
+/// A test-only way to make both parse paths panic, and to count how often a line is parsed.
+#[cfg(test)]
+pub(super) mod test_panic {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FORCE: Cell<bool> = const { Cell::new(false) };
+        static ENTRIES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Called where each parse path starts.
+    pub(in crate::syslog) fn enter() {
+        ENTRIES.set(ENTRIES.get() + 1);
+        if FORCE.get() {
+            panic!("forced parser panic (test)");
+        }
+    }
+
+    /// Runs `f` with every parse on this thread panicking; returns its result and how many
+    /// parses started.
+    pub(in crate::syslog) fn forced<T>(f: impl FnOnce() -> T) -> (T, u32) {
+        ENTRIES.set(0);
+        FORCE.set(true);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        FORCE.set(false);
+        match out {
+            Ok(v) => (v, ENTRIES.get()),
+            Err(e) => std::panic::resume_unwind(e),
+        }
     }
 }
 

@@ -200,6 +200,47 @@ fn vendor_and_odd_lines_take_the_owned_path_with_the_same_bytes() {
     }
 }
 
+/// Regression: a line whose draft panicked was parsed again by the owned path, so the panic
+/// was raised, printed and logged twice. Now it is parsed once, counted once, and becomes the
+/// owned path's unparsed event.
+#[test]
+fn a_panicking_line_is_parsed_once_and_counted_once() {
+    use crate::syslog::parse::test_panic;
+    let rig = Rig::new();
+    let (parser, (sink, _)) = (&rig.parsers[0], &rig.sinks[0]);
+    let (peer, now) = (rig.peers[0], rig.times[0]);
+    let line = b"<13>Oct 11 22:14:15 host app: the parser panics on this";
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let (fast, parses) = metrics::with_local_recorder(&recorder, || {
+        test_panic::forced(|| super::super::encode(parser, sink, line, false, peer, "t", now))
+    });
+    assert_eq!(parses, 1, "the line was parsed {parses} times");
+    let panics = handle.render();
+    assert!(
+        panics.contains("weir_agent_syslog_parse_panics_total 1\n"),
+        "{panics}"
+    );
+    let (owned, _) = test_panic::forced(|| {
+        super::super::encode_owned(parser, sink, line, false, peer, "t", now)
+    });
+    assert_eq!(fast.bytes_for_test(), owned.bytes_for_test());
+    assert_eq!(
+        (fast.dedup, fast.footprint()),
+        (owned.dedup, owned.footprint())
+    );
+    let (Parsed::Event(ev), _) = test_panic::forced(|| parser.draft(line, peer, now)) else {
+        panic!("a panicking line gave a draft");
+    };
+    assert_eq!(
+        ev.tags.get("weir_parse_failed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(ev.raw_payload.as_deref(), Some(line.as_slice()));
+    // Without the forced panic, the same line takes the draft.
+    assert!(matches!(parser.draft(line, peer, now), Parsed::Draft(_)));
+}
+
 #[test]
 fn tags_behave_as_a_map() {
     let mut t = Tags(Vec::new());
