@@ -169,7 +169,7 @@ impl Parser {
         };
         let (claimed, header_has_host) = match &head.parsed {
             Some(msg) => {
-                let p = Parts::of(msg, head.line, head.after_pri, tz, received_at);
+                let p = Parts::of(msg, &head, tz, received_at);
                 d.hostname = p.hostname;
                 d.severity = p.severity.unwrap_or(Severity::Info);
                 d.message = p.message;
