@@ -185,9 +185,10 @@ impl Parser {
                 }
                 match msg.procid {
                     Some(syslog_loose::ProcId::Name(name)) => d.tags.insert("procid", name),
-                    Some(syslog_loose::ProcId::PID(pid)) => {
-                        d.tags.insert("procid", pid.to_string())
-                    }
+                    Some(syslog_loose::ProcId::PID(pid)) => match pid_text(head.line, msg, pid) {
+                        Some(text) => d.tags.insert("procid", text),
+                        None => d.tags.insert("procid", pid.to_string()),
+                    },
                     None => {}
                 }
                 for element in &msg.structured_data {
@@ -234,6 +235,20 @@ impl Parser {
             }
         }
     }
+}
+
+/// A numeric PROCID as the line spells it, when that is how the owned path writes it
+/// (`pid.to_string()`: no sign, no leading zero), so the draft borrows it instead of
+/// formatting and allocating. The PROCID follows the APP-NAME and one byte (`[` in RFC 3164,
+/// a space in RFC 5424); `None` sends the caller to `to_string`.
+fn pid_text<'a>(line: &'a str, msg: &syslog_loose::Message<&'a str>, pid: i32) -> Option<&'a str> {
+    let app = msg.appname?;
+    let at = (app.as_ptr() as usize).checked_sub(line.as_ptr() as usize)? + app.len() + 1;
+    let rest = line.get(at..)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let text = &rest[..digits];
+    let canonical = !text.is_empty() && (text == "0" || !text.starts_with('0'));
+    (canonical && text.parse::<i32>().ok()? == pid).then_some(text)
 }
 
 /// The PRI's halves, and whether there was none: then RFC 3164's default `user.notice`, which

@@ -167,6 +167,19 @@ fn plain_lines_take_the_draft_and_encode_as_the_event() {
         "<13>Oct 11 22:14:15 host weir_truncated: tag named like ours",
         "<999>Oct 11 22:14:15 host app: PRI out of range",
         "<13>Dec 31 23:59:59 host app: a December line received in January",
+        // Numeric PROCIDs: borrowed from the line only when spelt as `to_string` spells them.
+        "<13>Oct 11 22:14:15 host app[042]: leading zero",
+        "<13>Oct 11 22:14:15 host app[0]: zero",
+        "<13>Oct 11 22:14:15 host app[-7]: negative",
+        "<13>Oct 11 22:14:15 host app[+7]: plus",
+        "<13>Oct 11 22:14:15 host app[2147483648]: beyond i32",
+        "<13>Oct 11 22:14:15 host \u{e9}t\u{e9}[12]: non-ASCII tag",
+        "<165>1 2003-10-11T22:14:15Z h app 0077 ID47 - leading zero",
+        "<165>1 2003-10-11T22:14:15Z h app -3 ID47 - negative",
+        "<165>1 2003-10-11T22:14:15Z h \u{e9} 12 ID47 - non-ASCII app",
+        // More tags than the draft holds inline.
+        "<165>1 2003-10-11T22:14:15Z h app 9 ID47 [a p1=\"1\" p2=\"2\" p3=\"3\" p4=\"4\" \
+         p5=\"5\" p6=\"6\" p7=\"7\" p8=\"8\" p9=\"9\"] many tags",
     ] {
         let drafted = rig
             .check_all(line.as_bytes())
@@ -239,6 +252,30 @@ fn a_panicking_line_is_parsed_once_and_counted_once() {
     assert_eq!(ev.raw_payload.as_deref(), Some(line.as_slice()));
     // Without the forced panic, the same line takes the draft.
     assert!(matches!(parser.draft(line, peer, now), Parsed::Draft(_)));
+}
+
+/// The PROCID is borrowed from the line when it is spelt as `to_string` spells it, and
+/// formatted otherwise (the equivalence tests check the text is the same either way).
+#[test]
+fn numeric_procid_is_borrowed_only_when_canonical() {
+    let (parser, peer, now) = (
+        Parser::utc(),
+        "10.0.0.1".parse().unwrap(),
+        Timestamp::UNIX_EPOCH,
+    );
+    for (line, borrowed) in [
+        ("<13>Oct 11 22:14:15 host app[42]: x", true),
+        ("<165>1 2003-10-11T22:14:15Z h app 77 ID47 - x", true),
+        ("<13>Oct 11 22:14:15 host app[042]: x", false),
+        ("<165>1 2003-10-11T22:14:15Z h app 0077 ID47 - x", false),
+    ] {
+        let Parsed::Draft(d) = parser.draft(line.as_bytes(), peer, now) else {
+            panic!("{line:?} did not take the draft");
+        };
+        let (_, procid) = (d.tags.0.iter().find(|(k, _)| k == "procid"))
+            .unwrap_or_else(|| panic!("{line:?} has no procid"));
+        assert_eq!(matches!(procid, Cow::Borrowed(_)), borrowed, "{line:?}");
+    }
 }
 
 #[test]
