@@ -307,9 +307,19 @@ impl DedupRules {
 
     /// The event's dedup tag, or `None` when its input kind is not deduplicated.
     pub fn tag(&self, ev: &Event) -> Option<DedupTag> {
-        let rule = self.rules[kind_index(ev.input)].as_ref()?;
+        self.tag_by(ev.input, |f| field(ev, f))
+    }
+
+    /// [`DedupRules::tag`] of an event of kind `input` given by how to read its key fields
+    /// (for inputs that encode events they never build, see `syslog::draft`).
+    pub(crate) fn tag_by<'a>(
+        &self,
+        input: InputKind,
+        field: impl Fn(&KeyField) -> Option<&'a [u8]>,
+    ) -> Option<DedupTag> {
+        let rule = self.rules[kind_index(input)].as_ref()?;
         let mut h = Xxh3::with_seed(self.seed);
-        h.update(&[kind_index(ev.input) as u8]);
+        h.update(&[kind_index(input) as u8]);
         let mut missing = false;
         // Length-prefix every part (absent = u64::MAX) so ("ab","c") and ("a","bc") differ.
         let mut add = |part: Option<&[u8]>| match part {
@@ -324,11 +334,11 @@ impl DedupRules {
             }
         };
         for f in &rule.key {
-            missing |= add(field(ev, f));
+            missing |= add(field(f));
         }
         if missing {
             for f in &rule.when_missing {
-                add(field(ev, f));
+                add(field(f));
             }
         }
         Some(DedupTag {

@@ -101,20 +101,32 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(record: &Record, received_at_us: i64) -> Encoded {
-        // Size the buffer once: growing it from a guess copied each event two or three times.
-        let mut bytes = Vec::with_capacity(9 + encoded_size_hint(record));
-        bytes.push(record.severity().rank());
-        bytes.extend_from_slice(&received_at_us.to_le_bytes());
         match record {
             // Every input event takes this path: written directly, in postcard's format.
-            Record::Event(ev) => {
-                bytes.push(0); // the `Record::Event` variant
-                write_event(&mut bytes, ev);
-            }
+            Record::Event(ev) => Encoded::event(EventFields::of(ev), received_at_us),
             Record::Count { .. } => {
+                let mut bytes = Vec::with_capacity(9 + 32);
+                bytes.push(record.severity().rank());
+                bytes.extend_from_slice(&received_at_us.to_le_bytes());
                 bytes = postcard::to_extend(record, bytes).expect("postcard encoding into a Vec");
+                Encoded { bytes, dedup: None }
             }
         }
+    }
+
+    /// A [`Record::Event`] given by its fields, in exactly the bytes [`Encoded::new`] gives the
+    /// owned event with those fields (it calls this), so an input can encode an event it never
+    /// built (see `syslog::draft`).
+    pub(crate) fn event<'a, T>(ev: EventFields<'a, T>, received_at_us: i64) -> Encoded
+    where
+        T: Iterator<Item = (&'a str, &'a str)> + ExactSizeIterator + Clone,
+    {
+        // Size the buffer once: growing it from a guess copied each event two or three times.
+        let mut bytes = Vec::with_capacity(9 + ev.size_hint());
+        bytes.push(ev.severity.rank());
+        bytes.extend_from_slice(&received_at_us.to_le_bytes());
+        bytes.push(0); // the `Record::Event` variant
+        write_event(&mut bytes, ev);
         Encoded { bytes, dedup: None }
     }
 
@@ -145,11 +157,82 @@ impl Encoded {
     }
 }
 
+/// The fields of a [`weir_common::Event`], borrowed, in its field order; `tags` yields the
+/// tags in increasing key order, each key once (as a `BTreeMap` holds them).
+#[derive(Debug, Clone)]
+pub(crate) struct EventFields<'a, T> {
+    pub source: &'a str,
+    pub hostname: &'a str,
+    pub severity: Severity,
+    pub message: &'a str,
+    pub event_type: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    pub input: weir_common::InputKind,
+    pub event_time: jiff::Timestamp,
+    pub received_at: jiff::Timestamp,
+    pub tags: T,
+    pub raw_payload: Option<&'a [u8]>,
+    pub peer: Option<&'a str>,
+    pub count: u64,
+    pub first_seen: jiff::Timestamp,
+    pub last_seen: jiff::Timestamp,
+}
+
+type TagIter<'a> = std::iter::Map<
+    std::collections::btree_map::Iter<'a, String, String>,
+    fn((&'a String, &'a String)) -> (&'a str, &'a str),
+>;
+
+impl<'a> EventFields<'a, TagIter<'a>> {
+    pub(crate) fn of(ev: &'a weir_common::Event) -> Self {
+        let pair: fn((&'a String, &'a String)) -> (&'a str, &'a str) =
+            |(k, v)| (k.as_str(), v.as_str());
+        EventFields {
+            source: &ev.source,
+            hostname: &ev.hostname,
+            severity: ev.severity,
+            message: &ev.message,
+            event_type: ev.event_type.as_deref(),
+            tag: ev.tag.as_deref(),
+            input: ev.input,
+            event_time: ev.event_time,
+            received_at: ev.received_at,
+            tags: ev.tags.iter().map(pair),
+            raw_payload: ev.raw_payload.as_deref(),
+            peer: ev.peer.as_deref(),
+            count: ev.count,
+            first_seen: ev.first_seen,
+            last_seen: ev.last_seen,
+        }
+    }
+}
+
+impl<'a, T> EventFields<'a, T>
+where
+    T: Iterator<Item = (&'a str, &'a str)> + ExactSizeIterator + Clone,
+{
+    /// An upper estimate of the event's postcard size (strings plus a few bytes of framing each).
+    fn size_hint(&self) -> usize {
+        let tags: usize = self.tags.clone().map(|(k, v)| k.len() + v.len() + 4).sum();
+        64 + self.source.len()
+            + self.hostname.len()
+            + self.message.len()
+            + self.event_type.map_or(0, str::len)
+            + self.tag.map_or(0, str::len)
+            + self.peer.map_or(0, str::len)
+            + self.raw_payload.map_or(0, <[u8]>::len)
+            + tags
+    }
+}
+
 /// Appends `ev` exactly as `postcard` serialises it (the property test
 /// `event_encoding_is_postcard` holds the two together): serde's generic path cost ~2,000
 /// instructions per syslog event, this ~400. Field order is [`weir_common::Event`]'s, which
 /// its module promises never to reorder.
-fn write_event(out: &mut Vec<u8>, ev: &weir_common::Event) {
+fn write_event<'a, T>(out: &mut Vec<u8>, ev: EventFields<'a, T>)
+where
+    T: Iterator<Item = (&'a str, &'a str)> + ExactSizeIterator,
+{
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push(v as u8 | 0x80);
@@ -177,8 +260,8 @@ fn write_event(out: &mut Vec<u8>, ev: &weir_common::Event) {
     bytes(out, ev.hostname.as_bytes());
     out.push(ev.severity.rank());
     bytes(out, ev.message.as_bytes());
-    opt_str(out, ev.event_type.as_deref());
-    opt_str(out, ev.tag.as_deref());
+    opt_str(out, ev.event_type);
+    opt_str(out, ev.tag);
     let input = weir_common::InputKind::ALL
         .iter()
         .position(|k| *k == ev.input)
@@ -187,39 +270,21 @@ fn write_event(out: &mut Vec<u8>, ev: &weir_common::Event) {
     zigzag(out, ev.event_time.as_microsecond());
     zigzag(out, ev.received_at.as_microsecond());
     varint(out, ev.tags.len() as u64);
-    for (k, v) in &ev.tags {
+    for (k, v) in ev.tags {
         bytes(out, k.as_bytes());
         bytes(out, v.as_bytes());
     }
-    match &ev.raw_payload {
+    match ev.raw_payload {
         Some(b) => {
             out.push(1);
             bytes(out, b);
         }
         None => out.push(0),
     }
-    opt_str(out, ev.peer.as_deref());
+    opt_str(out, ev.peer);
     varint(out, ev.count);
     zigzag(out, ev.first_seen.as_microsecond());
     zigzag(out, ev.last_seen.as_microsecond());
-}
-
-/// An upper estimate of a record's postcard size (strings plus a few bytes of framing each).
-fn encoded_size_hint(record: &Record) -> usize {
-    match record {
-        Record::Event(e) => {
-            let tags: usize = e.tags.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-            64 + e.source.len()
-                + e.hostname.len()
-                + e.message.len()
-                + e.event_type.as_ref().map_or(0, String::len)
-                + e.tag.as_ref().map_or(0, String::len)
-                + e.peer.as_ref().map_or(0, String::len)
-                + e.raw_payload.as_ref().map_or(0, Vec::len)
-                + tags
-        }
-        Record::Count { .. } => 32,
-    }
 }
 
 /// Size limits for the queue.

@@ -16,6 +16,7 @@
 //! are capped at `tcp_max_connections` (more wait in the kernel's accept backlog) and closed
 //! after `tcp_idle_timeout` without a complete message.
 
+mod draft;
 mod framing;
 mod parse;
 mod stream;
@@ -239,8 +240,41 @@ fn bind_error(proto: &str, addr: SocketAddr, err: io::Error) -> anyhow::Error {
 
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
 /// This is every listener's per-message step (public for the ingest-cost harness,
-/// `agent/examples/ingest_cost.rs`).
+/// `agent/examples/ingest_cost.rs`). Plain lines never become an owned event (see [`draft`]);
+/// the bytes and dedup tag are [`encode_owned`]'s.
 pub fn encode(
+    parser: &Parser,
+    sink: &Sink,
+    bytes: &[u8],
+    truncated: bool,
+    peer: IpAddr,
+    input: &'static str,
+    received_at: Timestamp,
+) -> Encoded {
+    if truncated {
+        metrics::counter!("weir_agent_truncated_total", "input" => input).increment(1);
+    }
+    let us = received_at.as_microsecond();
+    match parser.draft(bytes, peer, received_at) {
+        draft::Parsed::Draft(mut d) => {
+            if truncated {
+                d.insert_tag("weir_truncated", "true");
+            }
+            d.encode(&sink.dedup, us)
+        }
+        draft::Parsed::Event(mut ev) => {
+            if truncated {
+                ev.tags.insert("weir_truncated".into(), "true".into());
+            }
+            sink.encode(&Record::Event(ev), us)
+        }
+    }
+}
+
+/// [`encode`] through the owned [`weir_common::Event`] that [`Parser::parse`] returns: the
+/// definition the fast path is tested against (and the ingest-cost harness's `owned` mode).
+#[doc(hidden)]
+pub fn encode_owned(
     parser: &Parser,
     sink: &Sink,
     bytes: &[u8],

@@ -28,7 +28,7 @@ use syslog_loose::{IncompleteDate, Message, Protocol, SyslogFacility, SyslogSeve
 use weir_common::config::ConfigError;
 use weir_common::{Event, InputKind, Severity};
 
-use super::vendor::{self, Header};
+use super::vendor::{self, Header, VendorFields};
 use crate::config::SyslogConfig;
 
 /// How far ahead of the receive time a device's timestamp may be before it is not believed.
@@ -114,25 +114,7 @@ impl Parser {
             std::panic::AssertUnwindSafe(|| self.parse_unguarded(bytes, peer, received_at));
         match std::panic::catch_unwind(guarded) {
             Ok(ev) => ev,
-            Err(_) => {
-                metrics::counter!("weir_agent_syslog_parse_panics_total").increment(1);
-                weir_common::warn_limited!(
-                    "syslog_parse_panic",
-                    %peer,
-                    "the syslog parser panicked on a message; kept it unparsed \
-                     (tag weir_parse_failed=true); please report the raw_payload as a bug"
-                );
-                let mut ev = base_event(
-                    peer,
-                    peer.to_string(),
-                    Severity::Info,
-                    String::from_utf8_lossy(bytes).into_owned(),
-                    received_at,
-                );
-                ev.tags.insert("weir_parse_failed".into(), "true".into());
-                ev.raw_payload = Some(bytes.to_vec());
-                ev
-            }
+            Err(_) => panicked(bytes, peer, received_at),
         }
     }
 
@@ -143,6 +125,8 @@ impl Parser {
         peer: IpAddr,
         received_at: Timestamp,
     ) -> Event {
+        #[cfg(test)]
+        test_panic::enter();
         // `from_utf8` validates ASCII a word at a time; `from_utf8_lossy` walks byte by byte
         // (~7 instructions a byte, 5% of the agent's work per line), so it only runs on the
         // rare line that is not UTF-8.
@@ -152,27 +136,10 @@ impl Parser {
         };
         let lossy = matches!(text, Cow::Owned(_));
         let tz = self.zone_for(peer);
-        // Trailing NULs (logger, some appliances) and line ends are framing, not message.
-        let line = strip_bom(text.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
-        let (pri, after_pri) = split_pri(line);
-        let after_pri = strip_bom(after_pri);
-        // `123: ` or `: ` after the PRI is a Cisco sequence header, which no RFC fits and
-        // syslog_loose would only reject after trying both (its issue #10).
-        let parsed = if cisco_shaped(after_pri) {
-            None
-        } else {
-            let get_year = move |d: IncompleteDate| year_for(d, received_at, tz);
-            syslog_loose::parse_message_with_year_exact_tz(
-                line,
-                get_year,
-                Some(chrono::Utc),
-                Variant::Either,
-            )
-            .ok()
-        };
-        let mut ev = match parsed {
-            Some(msg) => from_message(&msg, line, after_pri, peer, tz, received_at),
-            None => from_unparsed(pri, after_pri, peer, tz, received_at),
+        let head = head(&text, tz, received_at);
+        let mut ev = match &head.parsed {
+            Some(msg) => from_message(msg, &head, peer, tz, received_at),
+            None => from_unparsed(head.pri, head.after_pri, peer, tz, received_at),
         };
         if lossy {
             ev.tags.insert("weir_non_utf8".into(), "true".into());
@@ -182,52 +149,279 @@ impl Parser {
     }
 }
 
+/// What a line whose parse panicked becomes, on either path: counted, logged (rate-limited)
+/// and kept unparsed, tagged `weir_parse_failed=true`.
+pub(super) fn panicked(bytes: &[u8], peer: IpAddr, received_at: Timestamp) -> Event {
+    metrics::counter!("weir_agent_syslog_parse_panics_total").increment(1);
+    weir_common::warn_limited!(
+        "syslog_parse_panic",
+        %peer,
+        "the syslog parser panicked on a message; kept it unparsed \
+         (tag weir_parse_failed=true); please report the raw_payload as a bug"
+    );
+    let mut ev = base_event(
+        peer,
+        peer.to_string(),
+        Severity::Info,
+        String::from_utf8_lossy(bytes).into_owned(),
+        received_at,
+    );
+    ev.tags.insert("weir_parse_failed".into(), "true".into());
+    ev.raw_payload = Some(bytes.to_vec());
+    ev
+}
+
+/// A test-only way to make both parse paths panic, and to count how often a line is parsed.
+#[cfg(test)]
+pub(super) mod test_panic {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FORCE: Cell<bool> = const { Cell::new(false) };
+        static ENTRIES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Called where each parse path starts.
+    pub(in crate::syslog) fn enter() {
+        ENTRIES.set(ENTRIES.get() + 1);
+        if FORCE.get() {
+            panic!("forced parser panic (test)");
+        }
+    }
+
+    /// Runs `f` with every parse on this thread panicking; returns its result and how many
+    /// parses started.
+    pub(in crate::syslog) fn forced<T>(f: impl FnOnce() -> T) -> (T, u32) {
+        ENTRIES.set(0);
+        FORCE.set(true);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        FORCE.set(false);
+        match out {
+            Ok(v) => (v, ENTRIES.get()),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+/// A line as both parse paths (this module's and [`super::draft`]'s) start it.
+pub(super) struct Head<'a> {
+    /// The line without framing: trailing NULs, line ends, a leading BOM.
+    pub line: &'a str,
+    pub pri: Option<u8>,
+    /// What follows the PRI (all of `line` without one), without a BOM.
+    pub after_pri: &'a str,
+    /// The RFC 5424 or RFC 3164 header, when one fits.
+    pub parsed: Option<Message<&'a str>>,
+    /// The instant the year inference found for a year-less date, so [`Parts::of`] need not
+    /// convert the same wall-clock time again.
+    pub resolved: Option<Resolved>,
+}
+
+/// A year-less RFC 3164 date with the year chosen for it and its instant in the sender's zone
+/// (`civil(Some(year), ..)` of it, with no fraction of a second).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Resolved {
+    date: IncompleteDate,
+    year: i32,
+    at: Timestamp,
+}
+
+pub(super) fn head<'a>(text: &'a str, tz: &TimeZone, received_at: Timestamp) -> Head<'a> {
+    // Trailing NULs (logger, some appliances) and line ends are framing, not message.
+    let line = strip_bom(text.trim_matches(|c: char| c.is_whitespace() || c == '\0'));
+    let (pri, after_pri) = split_pri(line);
+    let after_pri = strip_bom(after_pri);
+    let resolved = std::cell::Cell::new(None);
+    // `123: ` or `: ` after the PRI is a Cisco sequence header, which no RFC fits and
+    // syslog_loose would only reject after trying both (its issue #10).
+    let parsed = if cisco_shaped(after_pri) {
+        None
+    } else {
+        let get_year = |d: IncompleteDate| {
+            let (year, at) = year_for(d, received_at, tz);
+            resolved.set(at);
+            year
+        };
+        syslog_loose::parse_message_with_year_exact_tz(
+            line,
+            get_year,
+            Some(chrono::Utc),
+            Variant::Either,
+        )
+        .ok()
+    };
+    Head {
+        line,
+        pri,
+        after_pri,
+        parsed,
+        resolved: resolved.get(),
+    }
+}
+
+/// What a parsed header gives an event, whichever path builds it.
+pub(super) struct Parts<'a> {
+    pub hostname: Option<&'a str>,
+    pub appname: Option<&'a str>,
+    pub msgid: Option<&'a str>,
+    pub message: &'a str,
+    pub body: &'a str,
+    pub from_host: &'a str,
+    pub rfc5424: bool,
+    pub severity: Option<Severity>,
+    /// The device's time, already [`believable`]; `None` without a header timestamp.
+    pub event_time: Option<Timestamp>,
+}
+
+impl<'a> Parts<'a> {
+    pub(super) fn of(
+        msg: &Message<&'a str>,
+        head: &Head<'a>,
+        tz: &TimeZone,
+        received_at: Timestamp,
+    ) -> Parts<'a> {
+        let (line, after_pri) = (head.line, head.after_pri);
+        let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
+        let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
+        let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
+        let mut message = strip_bom(msg.msg);
+        let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
+        // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
+        // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
+        let body = match (rfc5424, msg.appname) {
+            (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
+            _ => message,
+        };
+        // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call
+        // the first word the tag, but syslog_loose also drops it from the message. Keep it.
+        if let (false, Some(app)) = (rfc5424, msg.appname)
+            && !body[app.len().min(body.len())..].starts_with([':', '['])
+        {
+            message = body;
+        }
+        let from_host = match (rfc5424, msg.hostname) {
+            (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
+            _ => body,
+        };
+        let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
+        let event_time = msg.timestamp.map(|t| {
+            // syslog_loose read zone-less times as UTC wall-clock time; RFC 3339 ones (which
+            // start with a digit) carry their own offset.
+            let zoneless = !rfc5424
+                && !after_pri
+                    .trim_start()
+                    .starts_with(|c: char| c.is_ascii_digit());
+            let at = if zoneless {
+                let n = t.naive_utc();
+                use chrono::{Datelike as _, Timelike as _};
+                let date = (n.month(), n.day(), n.hour(), n.minute(), n.second());
+                match head.resolved {
+                    // The year inference converted this very time already.
+                    Some(r) if r.date == date && r.year == n.year() && n.nanosecond() == 0 => {
+                        Some(r.at)
+                    }
+                    _ => civil(
+                        Some(n.year()),
+                        n.month(),
+                        n.day(),
+                        (n.hour(), n.minute(), n.second()),
+                        n.nanosecond(),
+                        tz,
+                        received_at,
+                    ),
+                }
+            } else {
+                Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
+            };
+            believable(at, received_at)
+        });
+        Parts {
+            hostname,
+            appname,
+            msgid,
+            message,
+            body,
+            from_host,
+            rfc5424,
+            severity,
+            event_time,
+        }
+    }
+
+    /// What the vendor parsers see of the line.
+    pub(super) fn header<'h>(
+        &self,
+        msg: &'h Message<&'a str>,
+        after_pri: &'a str,
+        tz: &'h TimeZone,
+        received_at: Timestamp,
+    ) -> Header<'h>
+    where
+        'a: 'h,
+    {
+        Header {
+            text: after_pri,
+            body: self.body,
+            from_host: self.from_host,
+            message: self.message,
+            hostname: self.hostname,
+            appname: self.appname,
+            msgid: self.msgid,
+            structured_data: &msg.structured_data,
+            rfc5424: self.rfc5424,
+            has_timestamp: msg.timestamp.is_some(),
+            tz,
+            received_at,
+        }
+    }
+}
+
+/// The header of a line no RFC fits (everything after the PRI is its text), for the vendors.
+pub(super) fn unparsed_header<'h>(
+    text: &'h str,
+    tz: &'h TimeZone,
+    received_at: Timestamp,
+) -> Header<'h> {
+    Header {
+        text,
+        body: text,
+        from_host: text,
+        message: text,
+        hostname: None,
+        appname: None,
+        msgid: None,
+        structured_data: &[],
+        rfc5424: false,
+        has_timestamp: false,
+        tz,
+        received_at,
+    }
+}
+
 fn from_message(
     msg: &Message<&str>,
-    line: &str,
-    after_pri: &str,
+    head: &Head<'_>,
     peer: IpAddr,
     tz: &TimeZone,
     received_at: Timestamp,
 ) -> Event {
-    let hostname = msg.hostname.filter(|h| !h.is_empty() && *h != "-");
-    let appname = msg.appname.filter(|v| !v.is_empty() && *v != "-");
-    let msgid = msg.msgid.filter(|v| !v.is_empty() && *v != "-");
-    let mut message = strip_bom(msg.msg);
-    let rfc5424 = matches!(msg.protocol, Protocol::RFC5424(_));
-    // RFC 3164 content from the tag on: vendors whose text syslog_loose splits at a
-    // colon or comma (PAN-OS CSV) read it whole. Slices of `line`, so offsets are exact.
-    let body = match (rfc5424, msg.appname) {
-        (false, Some(app)) => offset_in(line, app).map_or(message, |at| &line[at..]),
-        _ => message,
-    };
-    // A tag without `:` or `[pid]` (`host Use the BFG!`): RFC 3164 and rsyslog still call the
-    // first word the tag, but syslog_loose also drops it from the message. Keep it there.
-    if let (false, Some(app)) = (rfc5424, msg.appname)
-        && !body[app.len().min(body.len())..].starts_with([':', '['])
-    {
-        message = body;
-    }
-    let from_host = match (rfc5424, msg.hostname) {
-        (false, Some(host)) => offset_in(line, host).map_or(body, |at| &line[at..]),
-        _ => body,
-    };
-    let severity = msg.severity.map(|s| Severity::from_syslog(s as u8));
+    let after_pri = head.after_pri;
+    let p = Parts::of(msg, head, tz, received_at);
     let mut ev = base_event(
         peer,
-        hostname.map_or_else(|| ip_string(peer), str::to_string),
-        severity.unwrap_or(Severity::Info),
-        message.to_string(),
+        p.hostname.map_or_else(|| ip_string(peer), str::to_string),
+        p.severity.unwrap_or(Severity::Info),
+        p.message.to_string(),
         received_at,
     );
     match (msg.facility, msg.severity) {
         (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
         _ => no_pri(&mut ev),
     }
-    if let Some(v) = appname {
+    if let Some(v) = p.appname {
         ev.tags.insert("appname".into(), v.into());
     }
-    if let Some(v) = msgid {
+    if let Some(v) = p.msgid {
         ev.tags.insert("msgid".into(), v.into());
     }
     if let Some(p) = &msg.procid {
@@ -238,45 +432,11 @@ fn from_message(
             ev.tags.insert(format!("sd.{}.{}", element.id, name), value);
         }
     }
-    if let Some(t) = msg.timestamp {
-        // syslog_loose read zone-less times as UTC wall-clock time; RFC 3339 ones (which
-        // start with a digit) carry their own offset.
-        let zoneless = !rfc5424
-            && !after_pri
-                .trim_start()
-                .starts_with(|c: char| c.is_ascii_digit());
-        let at = if zoneless {
-            let n = t.naive_utc();
-            use chrono::{Datelike as _, Timelike as _};
-            civil(
-                Some(n.year()),
-                n.month(),
-                n.day(),
-                (n.hour(), n.minute(), n.second()),
-                n.nanosecond(),
-                tz,
-                received_at,
-            )
-        } else {
-            Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
-        };
-        ev.event_time = believable(at, received_at);
+    if let Some(t) = p.event_time {
+        ev.event_time = t;
     }
-    let header = Header {
-        text: after_pri,
-        body,
-        from_host,
-        message,
-        hostname,
-        appname,
-        msgid,
-        structured_data: &msg.structured_data,
-        rfc5424,
-        has_timestamp: msg.timestamp.is_some(),
-        tz,
-        received_at,
-    };
-    apply_vendor(&mut ev, &header, hostname.is_some());
+    let header = p.header(msg, after_pri, tz, received_at);
+    apply_vendor(&mut ev, &header, p.hostname.is_some());
     ev
 }
 
@@ -306,29 +466,19 @@ fn from_unparsed(
         (Some(f), Some(s)) => pri_tags(&mut ev, f, s),
         _ => no_pri(&mut ev),
     }
-    let header = Header {
-        text,
-        body: text,
-        from_host: text,
-        message: text,
-        hostname: None,
-        appname: None,
-        msgid: None,
-        structured_data: &[],
-        rfc5424: false,
-        has_timestamp: false,
-        tz,
-        received_at,
-    };
-    apply_vendor(&mut ev, &header, false);
+    apply_vendor(&mut ev, &unparsed_header(text, tz, received_at), false);
     ev
 }
 
 /// Runs the vendor chain and merges what the first claiming parser found.
 fn apply_vendor(ev: &mut Event, header: &Header<'_>, header_has_host: bool) {
-    let Some(v) = vendor::classify(header) else {
-        return;
-    };
+    if let Some(v) = vendor::classify(header) {
+        merge_vendor(ev, v, header_has_host);
+    }
+}
+
+/// Merges what a vendor parser found into the event built from the header.
+pub(super) fn merge_vendor(ev: &mut Event, v: VendorFields, header_has_host: bool) {
     ev.tags.insert("vendor".into(), v.vendor.into());
     if let Some(tag) = v.tag {
         ev.tag = Some(tag);
@@ -488,17 +638,44 @@ pub(crate) fn civil(
     }
 }
 
-/// The year for a year-less RFC 3164 date in `tz`, as [`civil`] chooses it.
+/// The year for a year-less RFC 3164 date in `tz`, as [`civil`] chooses it, and the instant
+/// it chose, for [`Parts::of`] to reuse. Converts the receive time and the date once each
+/// (this ran `civil`'s conversions and then its own: ~1,900 instructions a line).
 fn year_for(
-    (month, day, hour, minute, second): IncompleteDate,
+    date @ (month, day, hour, minute, second): IncompleteDate,
     received_at: Timestamp,
     tz: &TimeZone,
-) -> i32 {
+) -> (i32, Option<Resolved>) {
     let this = i32::from(tz.to_datetime(received_at).year());
-    match civil(None, month, day, (hour, minute, second), 0, tz, received_at) {
-        Some(t) => i32::from(tz.to_datetime(t).year()),
+    let at = |year: i32| {
+        let at = civil(
+            Some(year),
+            month,
+            day,
+            (hour, minute, second),
+            0,
+            tz,
+            received_at,
+        )?;
+        Some(Resolved { date, year, at })
+    };
+    // `civil(None, ..)`, keeping the year it tried.
+    let chosen = received_at.checked_add(MAX_FUTURE).ok().and_then(|latest| {
+        match at(this) {
+            Some(r) if r.at > latest => at(this - 1),
+            // Feb 29 in a common year: the last leap year may be the one meant.
+            None => at(this - 1),
+            r => r,
+        }
+    });
+    match chosen {
+        // The instant's year in `tz` is the one tried, unless a zone's gap moved the time
+        // forward across New Year: a gap is at most a day or two, so only a January or
+        // December date can cross one.
+        Some(r) if (2..=11).contains(&month) => (r.year, Some(r)),
+        Some(r) => (i32::from(tz.to_datetime(r.at).year()), Some(r)),
         // Invalid dates (Feb 30) fail later, in the parser, whatever year is given.
-        None => this,
+        None => (this, None),
     }
 }
 

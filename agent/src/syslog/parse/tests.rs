@@ -356,6 +356,34 @@ proptest! {
         }
     }
 
+    /// `year_for` against its definition (the year of `civil(None, ..)`'s instant in the
+    /// zone) and its reused instant against `civil(Some(year), ..)`, in zones with DST, a
+    /// skipped day (Apia, end of 2011) and a Feb 29 now and then.
+    #[test]
+    fn year_for_is_civils_year(
+        month in 1u32..=12,
+        day in 1u32..=31,
+        hms in (0u32..24, 0u32..60, 0u32..61),
+        zone_at in 0usize..4,
+        seconds in 1_230_000_000i64..1_800_000_000,
+    ) {
+        let tz = [
+            TimeZone::UTC,
+            zone("Pacific/Apia").unwrap(),
+            zone("America/New_York").unwrap(),
+            zone("Pacific/Auckland").unwrap(),
+        ][zone_at].clone();
+        let now = Timestamp::from_second(seconds).unwrap();
+        let (year, resolved) = year_for((month, day, hms.0, hms.1, hms.2), now, &tz);
+        let defined = civil(None, month, day, hms, 0, &tz, now);
+        prop_assert_eq!(resolved.map(|r| r.at), defined);
+        let this = i32::from(tz.to_datetime(now).year());
+        prop_assert_eq!(year, defined.map_or(this, |t| i32::from(tz.to_datetime(t).year())));
+        if let Some(r) = resolved {
+            prop_assert_eq!(Some(r.at), civil(Some(r.year), month, day, hms, 0, &tz, now));
+        }
+    }
+
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let ev = UTC_PARSER.parse_unguarded(&bytes, peer(), at("2025-06-01T12:00:00Z"));
