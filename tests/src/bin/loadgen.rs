@@ -525,6 +525,13 @@ impl Fleet {
                     "index_max_lag_events = {}",
                     std::env::var("WEIR_BENCH_INDEX_MAX_LAG").unwrap_or("1000000".into())
                 ),
+            )
+            .replace(
+                "store_cache = \"2GiB\"",
+                &format!(
+                    "store_cache = \"{}\"",
+                    std::env::var("WEIR_BENCH_STORE_CACHE").unwrap_or("2GiB".into())
+                ),
             ),
         )?;
         // Benchmarks want a big enough channel and a fast status; the rest is the shipped default.
