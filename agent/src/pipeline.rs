@@ -414,9 +414,9 @@ async fn append_group(
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         if internal {
-            q.append_internal(&records)
+            q.append_internal(records)
         } else {
-            q.append(&records)
+            q.append(records)
         }
     })
     .await

@@ -407,6 +407,7 @@ struct Tail {
     start: u64,
     /// (sequence, header + payload) in increasing sequence order.
     records: VecDeque<(u64, Vec<u8>)>,
+    /// Memory the records' buffers hold (their capacity), at most [`TAIL_BYTES`].
     bytes: usize,
 }
 
@@ -418,14 +419,16 @@ impl Tail {
         self.start = next_seq;
     }
 
+    /// Adds the record after the newest one. `bytes` is the record's own buffer, so what it
+    /// holds in memory is its capacity, which is what the bound counts.
     fn push(&mut self, seq: u64, bytes: Vec<u8>) {
-        self.bytes += bytes.len();
+        self.bytes += bytes.capacity();
         self.records.push_back((seq, bytes));
         while self.bytes > TAIL_BYTES {
             let Some((seq, b)) = self.records.pop_front() else {
                 break;
             };
-            self.bytes -= b.len();
+            self.bytes -= b.capacity();
             self.start = seq + 1;
         }
     }
@@ -434,7 +437,7 @@ impl Tail {
     fn ack(&mut self, up_to: u64) {
         while self.records.front().is_some_and(|(seq, _)| *seq <= up_to) {
             let (_, b) = self.records.pop_front().expect("front exists");
-            self.bytes -= b.len();
+            self.bytes -= b.capacity();
         }
     }
 }
@@ -658,8 +661,9 @@ impl Queue {
         &self.path
     }
 
-    /// Appends records in one durable transaction, applying the drop policy when full.
-    pub fn append(&self, records: &[Encoded]) -> Result<AppendOutcome, QueueError> {
+    /// Appends records in one durable transaction, applying the drop policy when full. Takes
+    /// the records by value: the ones kept go on to the tail in memory as they are, not copied.
+    pub fn append(&self, records: Vec<Encoded>) -> Result<AppendOutcome, QueueError> {
         self.append_inner(records, true)
     }
 
@@ -667,19 +671,23 @@ impl Queue {
     /// drops must not cause a drop, or a full, idle queue would lose one event per report,
     /// forever. The queue may exceed its limits by these few records until the next ordinary
     /// append, whose evictions bring it back under them.
-    pub fn append_internal(&self, records: &[Encoded]) -> Result<AppendOutcome, QueueError> {
+    pub fn append_internal(&self, records: Vec<Encoded>) -> Result<AppendOutcome, QueueError> {
         self.append_inner(records, false)
     }
 
     fn append_inner(
         &self,
-        records: &[Encoded],
+        records: Vec<Encoded>,
         enforce_limits: bool,
     ) -> Result<AppendOutcome, QueueError> {
         let mut st = self.state.lock().expect("queue state lock");
         // A failed transaction is rolled back on disk; roll the in-memory mirror back too.
         let saved = st.clone();
-        let result = self.append_locked(&mut st, records, enforce_limits);
+        let result = self.append_locked(&mut st, &records, enforce_limits);
+        if let Ok(out) = &result {
+            // Only now, with the transaction committed, may the tail hold these records.
+            self.tail_push(records, out, st.next_seq);
+        }
         if result.is_err() {
             *st = saved;
         }
@@ -779,18 +787,24 @@ impl Queue {
             .map_err(|e| db_err(path, redb::Error::from(e)))?;
         txn.commit().map_err(|e| db_err(path, e))?;
         st.last_durable = std::time::Instant::now();
-        let mut tail = self.tail.lock().expect("queue tail lock");
-        if out.drops.is_empty() {
-            for (rec, &seq) in records.iter().zip(&out.seqs) {
-                if seq != 0 {
-                    tail.push(seq, rec.bytes.clone());
-                }
-            }
-        } else {
-            // Evictions may have taken records the tail holds: start it afresh.
-            tail.reset(st.next_seq);
-        }
         Ok(out)
+    }
+
+    /// Hands the records of a committed append to the tail in memory: each keeps its own buffer
+    /// (copying them cost a quarter of the append). Called with the state lock still held, so
+    /// the tail follows appends in sequence order.
+    fn tail_push(&self, records: Vec<Encoded>, out: &AppendOutcome, next_seq: u64) {
+        let mut tail = self.tail.lock().expect("queue tail lock");
+        if !out.drops.is_empty() {
+            // Evictions may have taken records the tail holds: start it afresh.
+            tail.reset(next_seq);
+            return;
+        }
+        for (rec, &seq) in records.into_iter().zip(&out.seqs) {
+            if seq != 0 {
+                tail.push(seq, rec.bytes);
+            }
+        }
     }
 
     /// Evicts the oldest record of the lowest severity rank `<= incoming`, returning the drop
@@ -1230,12 +1244,12 @@ mod tests {
         {
             let q = Queue::open(&path, big()).unwrap();
             let out = q
-                .append(&[rec(Severity::Info, "a"), rec(Severity::Info, "b")])
+                .append(vec![rec(Severity::Info, "a"), rec(Severity::Info, "b")])
                 .unwrap();
             assert_eq!(out.kept, 2);
             first = out.first_seq;
             assert_eq!(out.last_seq, first + 1);
-            let out = q.append(&[rec(Severity::Error, "c")]).unwrap();
+            let out = q.append(vec![rec(Severity::Error, "c")]).unwrap();
             assert_eq!(out.first_seq, first + 2);
             let recs = q.read_from(first + 1, 10, usize::MAX).unwrap();
             assert_eq!(
@@ -1268,7 +1282,7 @@ mod tests {
             },
         )
         .unwrap();
-        q.append(&[
+        q.append(vec![
             rec(Severity::Info, "i1"),
             rec(Severity::Debug, "d1"),
             rec(Severity::Error, "e1"),
@@ -1276,21 +1290,24 @@ mod tests {
         ])
         .unwrap();
         // Full: a warning evicts the oldest debug.
-        let out = q.append(&[rec(Severity::Warning, "w1")]).unwrap();
+        let out = q.append(vec![rec(Severity::Warning, "w1")]).unwrap();
         assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 1)]));
         assert_eq!(messages(&q), vec!["i1", "e1", "d2", "w1"]);
         // Then the next debug, then info.
-        q.append(&[rec(Severity::Critical, "c1"), rec(Severity::Critical, "c2")])
-            .unwrap();
+        q.append(vec![
+            rec(Severity::Critical, "c1"),
+            rec(Severity::Critical, "c2"),
+        ])
+        .unwrap();
         assert_eq!(messages(&q), vec!["e1", "w1", "c1", "c2"]);
         // A debug cannot evict anything more severe: it is dropped itself.
-        let out = q.append(&[rec(Severity::Debug, "d3")]).unwrap();
+        let out = q.append(vec![rec(Severity::Debug, "d3")]).unwrap();
         assert_eq!(out.kept, 0);
         assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 1)]));
         // Lowest severity present goes first (the warning), then, at equal severity, the oldest.
-        q.append(&[rec(Severity::Error, "e2")]).unwrap();
+        q.append(vec![rec(Severity::Error, "e2")]).unwrap();
         assert_eq!(messages(&q), vec!["e1", "c1", "c2", "e2"]);
-        q.append(&[rec(Severity::Error, "e3")]).unwrap();
+        q.append(vec![rec(Severity::Error, "e3")]).unwrap();
         assert_eq!(messages(&q), vec!["c1", "c2", "e2", "e3"]);
         let drops = q.stats().unwrap().drops;
         assert_eq!(drops["queue_full_debug"], 3);
@@ -1311,15 +1328,15 @@ mod tests {
             },
         )
         .unwrap();
-        q.append(&[rec(Severity::Debug, "d1"), rec(Severity::Debug, "d2")])
+        q.append(vec![rec(Severity::Debug, "d1"), rec(Severity::Debug, "d2")])
             .unwrap();
         let out = q
-            .append_internal(&[rec(Severity::Error, "report")])
+            .append_internal(vec![rec(Severity::Error, "report")])
             .unwrap();
         assert!(out.drops.is_empty());
         assert_eq!(messages(&q), vec!["d1", "d2", "report"]);
         // The next ordinary append brings the queue back under its limit.
-        q.append(&[rec(Severity::Info, "i1")]).unwrap();
+        q.append(vec![rec(Severity::Info, "i1")]).unwrap();
         assert_eq!(messages(&q), vec!["report", "i1"]);
     }
 
@@ -1336,7 +1353,7 @@ mod tests {
         )
         .unwrap();
         for _ in 0..5 {
-            q.append(&[rec(Severity::Info, "x")]).unwrap();
+            q.append(vec![rec(Severity::Info, "x")]).unwrap();
         }
         let st = q.stats().unwrap();
         assert_eq!(st.records, 3);
@@ -1389,17 +1406,17 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let out = q.append(&batch(20, Severity::Info)).unwrap();
+        let out = q.append(batch(20, Severity::Info)).unwrap();
         check(&q);
         q.ack(out.first_seq + 4).unwrap();
         check(&q);
         // Past the record limit: evictions, so the tail starts afresh and reads go to the file.
-        let out = q.append(&batch(40, Severity::Error)).unwrap();
+        let out = q.append(batch(40, Severity::Error)).unwrap();
         assert!(!out.drops.is_empty());
         check(&q);
         q.ack(out.last_seq - 10).unwrap();
         check(&q);
-        q.append(&batch(5, Severity::Critical)).unwrap();
+        q.append(batch(5, Severity::Critical)).unwrap();
         check(&q);
         assert!(q.tail.lock().unwrap().records.len() == 5);
         let last = q.next_seq() - 1;
@@ -1408,15 +1425,54 @@ mod tests {
         // Renumbered above what the aggregator has seen.
         q.reconcile(q.next_seq() + 1_000).unwrap();
         check(&q);
-        q.append(&batch(3, Severity::Info)).unwrap();
+        q.append(batch(3, Severity::Info)).unwrap();
         check(&q);
         // Past the tail's byte bound: its oldest records go, read from the file.
         let big = Severity::Info;
         let long = "x".repeat(600 << 10);
-        q.append(&[rec(big, &long), rec(big, &long)]).unwrap();
-        q.append(&vec![rec(big, &long); 6]).unwrap();
+        q.append(vec![rec(big, &long), rec(big, &long)]).unwrap();
+        q.append(vec![rec(big, &long); 6]).unwrap();
         check(&q);
         assert!(q.tail.lock().unwrap().bytes <= TAIL_BYTES);
+    }
+
+    /// The tail keeps each appended record's own buffer, so its bound counts what the buffers
+    /// hold (capacity), not only their length: records with spare capacity fill it sooner, and
+    /// the records it let go are read from the file, all of them once and in order.
+    #[test]
+    fn tail_bound_counts_the_buffers_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.redb"), big()).unwrap();
+        let spare = 16 << 10;
+        let recs: Vec<Encoded> = (0..100)
+            .map(|i| {
+                let mut r = rec(Severity::Info, &format!("m{i}"));
+                r.bytes.reserve_exact(spare);
+                r
+            })
+            .collect();
+        let lens: usize = recs.iter().map(Encoded::len).sum();
+        let held: usize = recs.iter().map(|r| r.bytes.capacity()).sum();
+        assert!(lens < TAIL_BYTES && held > TAIL_BYTES, "{lens} {held}");
+        let out = q.append(recs).unwrap();
+        let start = {
+            let tail = q.tail.lock().unwrap();
+            let in_tail: usize = tail.records.iter().map(|(_, b)| b.capacity()).sum();
+            assert_eq!(tail.bytes, in_tail);
+            assert!(tail.bytes <= TAIL_BYTES);
+            assert!(tail.records.len() < 100 && !tail.records.is_empty());
+            assert_eq!(tail.start, tail.records[0].0);
+            assert_eq!(tail.records.back().unwrap().0, out.last_seq);
+            tail.start
+        };
+        let from_tail = q.read_from(start, usize::MAX, usize::MAX).unwrap();
+        let from_file = q.read_from_file(start, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(from_tail, from_file);
+        let got = messages(&q);
+        assert_eq!(got, (0..100).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        q.ack(out.last_seq).unwrap();
+        let tail = q.tail.lock().unwrap();
+        assert_eq!((tail.bytes, tail.records.len()), (0, 0));
     }
 
     proptest::proptest! {
@@ -1461,7 +1517,7 @@ mod tests {
         let path = dir.path().join("queue.redb");
         std::fs::write(&path, b"this is not a redb file, it is garbage".repeat(200)).unwrap();
         let q = Queue::open(&path, big()).unwrap();
-        q.append(&[rec(Severity::Info, "fresh")]).unwrap();
+        q.append(vec![rec(Severity::Info, "fresh")]).unwrap();
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1478,7 +1534,7 @@ mod tests {
             max_bytes: 1 << 30,
         };
         let q = Queue::open(&dir.path().join("queue.redb"), limits).unwrap();
-        q.append(&[
+        q.append(vec![
             rec(Severity::Debug, "debug"),
             rec(Severity::Critical, "crit-1"),
             rec(Severity::Critical, "crit-2"),
@@ -1486,7 +1542,10 @@ mod tests {
         .unwrap();
         // info-a evicts the debug record; info-b then evicts info-a (the oldest info).
         let out = q
-            .append(&[rec(Severity::Info, "info-a"), rec(Severity::Info, "info-b")])
+            .append(vec![
+                rec(Severity::Info, "info-a"),
+                rec(Severity::Info, "info-b"),
+            ])
             .unwrap();
         assert_eq!(out.kept, 1);
         assert_eq!(out.seqs[0], 0, "info-a was evicted: {:?}", out.seqs);
@@ -1517,7 +1576,7 @@ mod tests {
         let path = dir.path().join("queue.redb");
         {
             let q = Queue::open(&path, big()).unwrap();
-            q.append(&[rec(Severity::Info, "one"), rec(Severity::Info, "two")])
+            q.append(vec![rec(Severity::Info, "one"), rec(Severity::Info, "two")])
                 .unwrap();
         }
         {
@@ -1536,7 +1595,7 @@ mod tests {
         }
         let q = Queue::open(&path, big()).unwrap();
         assert!(messages(&q).is_empty(), "a fresh queue");
-        q.append(&[rec(Severity::Info, "fresh")]).unwrap();
+        q.append(vec![rec(Severity::Info, "fresh")]).unwrap();
         assert_eq!(messages(&q), ["fresh"]);
         let aside = std::fs::read_dir(dir.path())
             .unwrap()
@@ -1554,7 +1613,7 @@ mod tests {
         let path = dir.path().join("q.redb");
         let q = Queue::open(&path, big()).unwrap();
         let out = q
-            .append(&[
+            .append(vec![
                 rec(Severity::Info, "a"),
                 rec(Severity::Info, "b"),
                 rec(Severity::Info, "c"),
@@ -1574,7 +1633,7 @@ mod tests {
         );
         assert_eq!(messages(&q), vec!["b", "c"]);
         assert_eq!(q.stats().unwrap().records, 2);
-        let out = q.append(&[rec(Severity::Info, "d")]).unwrap();
+        let out = q.append(vec![rec(Severity::Info, "d")]).unwrap();
         assert_eq!(out.first_seq, committed + 3);
         drop(q);
         // It survives a reopen.
@@ -1649,7 +1708,7 @@ mod tests {
                 .map(|i| rec(Severity::Info, &format!("m{i}")))
                 .collect();
             // 10 records: blocks of 4, 4 and 2.
-            first = q.append(&msgs).unwrap().first_seq;
+            first = q.append(msgs.clone()).unwrap().first_seq;
             check_blocks(&q);
             // Into the middle of the second block: the first goes, the second stays.
             assert_eq!(q.ack(first + 5).unwrap(), 6);
@@ -1680,7 +1739,7 @@ mod tests {
         assert_eq!(messages(&q), ["m9"]);
         // An ack beyond what was issued does not hide records appended later.
         assert_eq!(q.ack(u64::MAX).unwrap(), 1);
-        let out = q.append(&[rec(Severity::Info, "later")]).unwrap();
+        let out = q.append(vec![rec(Severity::Info, "later")]).unwrap();
         assert_eq!(messages(&q), ["later"]);
         assert_eq!(q.first_seq().unwrap(), Some(out.first_seq));
         check_blocks(&q);
@@ -1697,7 +1756,7 @@ mod tests {
         let q = Queue::open_with(&path, limits, small_blocks()).unwrap();
         // One block of 4 (e1 d1 i1 d2) and one of 2 (e2 d3).
         let out = q
-            .append(&[
+            .append(vec![
                 rec(Severity::Error, "e1"),
                 rec(Severity::Debug, "d1"),
                 rec(Severity::Info, "i1"),
@@ -1709,11 +1768,14 @@ mod tests {
         let first = out.first_seq;
         // Acknowledge e1 only: the block stays, partly acknowledged.
         q.ack(first).unwrap();
-        q.append(&[rec(Severity::Warning, "w1")]).unwrap();
+        q.append(vec![rec(Severity::Warning, "w1")]).unwrap();
         check_blocks(&q);
         // Full: two warnings evict d1 and d2 from inside the first block, in one rewrite.
         let out = q
-            .append(&[rec(Severity::Warning, "w2"), rec(Severity::Warning, "w3")])
+            .append(vec![
+                rec(Severity::Warning, "w2"),
+                rec(Severity::Warning, "w3"),
+            ])
             .unwrap();
         assert_eq!(out.drops, BTreeMap::from([("queue_full_debug".into(), 2)]));
         check_blocks(&q);
@@ -1732,7 +1794,7 @@ mod tests {
             [first + 2, first + 4]
         );
         // Then i1 (the whole first block's last live record), then d3 from the second.
-        q.append(&[rec(Severity::Error, "e3"), rec(Severity::Error, "e4")])
+        q.append(vec![rec(Severity::Error, "e3"), rec(Severity::Error, "e4")])
             .unwrap();
         check_blocks(&q);
         assert_eq!(messages(&q), ["e2", "w1", "w2", "w3", "e3", "e4"]);
@@ -1803,7 +1865,7 @@ mod tests {
             let txn = q.db.begin_read().unwrap();
             assert!(txn.open_table(legacy::RECORDS).is_err());
             drop(txn);
-            let out = q.append(&[rec(Severity::Info, "new")]).unwrap();
+            let out = q.append(vec![rec(Severity::Info, "new")]).unwrap();
             assert_eq!(out.first_seq, first + 2500);
             assert_eq!(q.ack(first + 999).unwrap(), 1000);
         }
@@ -1990,7 +2052,7 @@ mod tests {
                 match op {
                     Op::Append(spec) => {
                         let recs = make(&spec);
-                        let out = q.append(&recs).unwrap();
+                        let out = q.append(recs.clone()).unwrap();
                         let seqs = m.append(&recs, limits, true);
                         let kept: Vec<u64> = seqs.iter().copied().filter(|s| *s != 0).collect();
                         proptest::prop_assert_eq!(out.kept as usize, kept.len());
@@ -2001,7 +2063,7 @@ mod tests {
                     }
                     Op::AppendInternal(spec) => {
                         let recs = make(&spec);
-                        let out = q.append_internal(&recs).unwrap();
+                        let out = q.append_internal(recs.clone()).unwrap();
                         let seqs = m.append(&recs, limits, false);
                         proptest::prop_assert_eq!(out.seqs, seqs);
                     }

@@ -440,7 +440,7 @@ fn prefill(queue: &Path, count: u64, size: usize) -> anyhow::Result<()> {
                 Encoded::new(&Record::Event(e), now.as_microsecond())
             })
             .collect();
-        q.append(&batch)?;
+        q.append(batch)?;
         done += n;
     }
     Ok(())
