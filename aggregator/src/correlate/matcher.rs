@@ -31,10 +31,11 @@
 //! - **One literal scan per field.** The literals of every `contains`, `contains_any` and
 //!   `contains_all` filter on the same field go into one Aho-Corasick automaton of lowercase
 //!   literals, run over the value ASCII-lowercased: ASCII-case-insensitive matching. The first
-//!   such filter an event reaches scans the field once — a prefiltered leftmost-first
-//!   search, longest literal first, repeated from one byte past each match's start, each
-//!   match also marking the literals that are its prefixes (most values contain no literal
-//!   and cost one search) — and records which literals occur in a bitset;
+//!   such filter an event reaches scans the field once — a leftmost-first search with
+//!   aho-corasick's packed (Teddy) searcher called directly, longest literal first,
+//!   repeated from one byte past each match's start, each match also marking the literals
+//!   that are its prefixes (most values contain no literal and cost one search) — and
+//!   records which literals occur in a bitset;
 //!   every literal filter on that field is then a bit test. (An ASCII-case-insensitive
 //!   automaton would spare the lowercase copy, but aho-corasick then drops its packed SIMD
 //!   prefilter, which is what makes the common no-literal case cheap.) The
