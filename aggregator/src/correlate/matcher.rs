@@ -87,14 +87,18 @@ struct Scan {
 /// Bit positions of literals.
 type Bits = Box<[u32]>;
 
+/// A set of literal bits as `(word, mask)` pairs, one per bitset word it touches, ascending:
+/// "any of them" is one AND per word, "all of them" one AND and compare (see [`words`]).
+type Words = Box<[(u32, u64)]>;
+
 /// A distinct filter of the rule set, evaluated at most once per event.
 #[derive(Debug)]
 enum Pred {
-    /// A `contains*` filter answered by its field's scan: `bits` are its literals' positions
+    /// A `contains*` filter answered by its field's scan: `words` are its literals' bits
     /// in the bitset; `all` for `contains_all`. `filter` answers when the value is not ASCII.
     Literals {
         scan: usize,
-        bits: Box<[u32]>,
+        words: Words,
         all: bool,
         filter: Filter,
     },
@@ -103,7 +107,7 @@ enum Pred {
     Regex {
         field: Field,
         regex: Regex,
-        gate: Option<(usize, Box<[u32]>)>,
+        gate: Option<(usize, Words)>,
     },
     /// An `equals`, `in` or string-test `matches` filter, answered by its field's table.
     Table(u32),
@@ -440,6 +444,7 @@ impl Builder {
                     None
                 } else {
                     self.add(&f.field, &lits)
+                        .map(|(scan, bits)| (scan, words(&bits)))
                 };
                 return Pred::Regex {
                     field: f.field.clone(),
@@ -458,7 +463,7 @@ impl Builder {
         match self.add(&f.field, &lower) {
             Some((scan, bits)) => Pred::Literals {
                 scan,
-                bits,
+                words: words(&bits),
                 all,
                 filter: f.clone(),
             },
@@ -518,6 +523,22 @@ impl Builder {
         }
         Some((scan, bits.into()))
     }
+}
+
+/// `bits` as [`Words`]. Bits relative to a scan give words relative to it: scans start on
+/// a word boundary, so placing them in the bitset only moves the word indices.
+fn words(bits: &[u32]) -> Words {
+    let mut out: Vec<(u32, u64)> = Vec::with_capacity(bits.len());
+    let mut sorted = bits.to_vec();
+    sorted.sort_unstable();
+    for b in sorted {
+        let (w, m) = (b / 64, 1u64 << (b % 64));
+        match out.last_mut() {
+            Some((last, mask)) if *last == w => *mask |= m,
+            _ => out.push((w, m)),
+        }
+    }
+    out.into()
 }
 
 /// The order of `pats` for a leftmost-first automaton (longest first, so the literal
@@ -723,19 +744,21 @@ impl Matcher {
             })
             .collect();
         let generic = buckets(&generic, &gates);
-        // Bit positions are per scan so far: shift each to its scan's place in the bitset.
+        // Words are per scan so far: shift each to its scan's place in the bitset.
         let mut preds = b.preds;
-        let shift = |scan: usize, bit: &mut u32| {
-            let base = u32::try_from(scans[scan].base).unwrap_or(u32::MAX);
-            *bit = bit.saturating_add(base);
+        let shift = |scan: usize, words: &mut Words| {
+            let base = u32::try_from(scans[scan].base / 64).unwrap_or(u32::MAX);
+            for (w, _) in words.iter_mut() {
+                *w = w.saturating_add(base);
+            }
         };
         for p in &mut preds {
             match p {
-                Pred::Literals { scan, bits, .. } => bits.iter_mut().for_each(|b| shift(*scan, b)),
+                Pred::Literals { scan, words, .. } => shift(*scan, words),
                 Pred::Regex {
-                    gate: Some((scan, bits)),
+                    gate: Some((scan, words)),
                     ..
-                } => bits.iter_mut().for_each(|b| shift(*scan, b)),
+                } => shift(*scan, words),
                 Pred::Regex { .. } | Pred::Plain { .. } | Pred::Table(_) | Pred::Severity(_) => {}
             }
         }
@@ -848,8 +871,34 @@ impl<'a> Cx<'a> {
         self.compute(p)
     }
 
-    #[inline(never)]
+    /// The cheap and common evaluations, inlined into the program loop too: a literal
+    /// filter, and a regex whose required literals are not all there, on a field already
+    /// scanned are a few word tests. The first of an event's literal filters runs the scan,
+    /// through [`Cx::compute_slow`] with everything else.
+    #[inline(always)]
     fn compute(&mut self, p: u32) -> bool {
+        let v = match &self.preds[p as usize] {
+            Pred::Literals {
+                scan, words, all, ..
+            } if self.scanned[*scan] == Scanned::Bits => {
+                if *all {
+                    self.all(words)
+                } else {
+                    self.any(words)
+                }
+            }
+            Pred::Regex {
+                gate: Some((scan, words)),
+                ..
+            } if self.scanned[*scan] == Scanned::Bits && !self.all(words) => false,
+            _ => return self.compute_slow(p),
+        };
+        self.memo[p as usize] = self.epoch << 1 | u64::from(v);
+        v
+    }
+
+    #[inline(never)]
+    fn compute_slow(&mut self, p: u32) -> bool {
         if let Pred::Table(t) = self.preds[p as usize] {
             self.table(t as usize);
             return self.memo[p as usize] & 1 == 1;
@@ -859,8 +908,14 @@ impl<'a> Cx<'a> {
         v
     }
 
-    fn bit(&self, b: u32) -> bool {
-        self.bits[b as usize / 64] & (1 << (b % 64)) != 0
+    /// Whether any of `words`' bits is set.
+    fn any(&self, words: &[(u32, u64)]) -> bool {
+        words.iter().any(|&(w, m)| self.bits[w as usize] & m != 0)
+    }
+
+    /// Whether all of `words`' bits are set.
+    fn all(&self, words: &[(u32, u64)]) -> bool {
+        words.iter().all(|&(w, m)| self.bits[w as usize] & m == m)
     }
 
     /// Answers every predicate of table `t` (see [`Table`]).
@@ -920,10 +975,10 @@ impl<'a> Cx<'a> {
                 }
             }
             Pred::Regex { field, regex, gate } => {
-                if let Some((scan, bits)) = gate {
+                if let Some((scan, words)) = gate {
                     match self.scan(*scan) {
                         Scanned::Missing => return false,
-                        Scanned::Bits if !bits.iter().all(|&b| self.bit(b)) => return false,
+                        Scanned::Bits if !self.all(words) => return false,
                         _ => {}
                     }
                 }
@@ -931,7 +986,7 @@ impl<'a> Cx<'a> {
             }
             Pred::Literals {
                 scan,
-                bits,
+                words,
                 all,
                 filter,
             } => match self.scan(*scan) {
@@ -939,9 +994,9 @@ impl<'a> Cx<'a> {
                 Scanned::NotAscii => filter.eval(self.ev),
                 _ => {
                     if *all {
-                        bits.iter().all(|&b| self.bit(b))
+                        self.all(words)
                     } else {
-                        bits.iter().any(|&b| self.bit(b))
+                        self.any(words)
                     }
                 }
             },
@@ -1274,6 +1329,45 @@ mod tests {
             for ev in &events {
                 prop_assert_eq!(m.matching(ev), plain(&set, ev), "event {:?}", ev.event);
             }
+        }
+    }
+
+    proptest! {
+        /// The word masks answer "any" and "all" exactly as testing the bits one by one did,
+        /// across word boundaries and with repeated bits.
+        #[test]
+        fn word_masks_agree_with_bit_by_bit_tests(
+            bits in proptest::collection::vec(0u32..200, 0..8),
+            set in proptest::collection::vec(0u32..200, 0..40),
+        ) {
+            let mut state = vec![0u64; 4];
+            for b in &set {
+                state[*b as usize / 64] |= 1 << (b % 64);
+            }
+            let bit = |b: &u32| state[*b as usize / 64] & (1 << (b % 64)) != 0;
+            let ws = words(&bits);
+            let mut memo = Vec::new();
+            let mut scanned = Vec::new();
+            let mut lower = Vec::new();
+            let ev = syslog_event("x");
+            let cx = Cx {
+                program: &[],
+                preds: &[],
+                scans: &[],
+                tables: &[],
+                epoch: 1,
+                memo: &mut memo,
+                scanned: &mut scanned,
+                bits: &mut state.clone(),
+                ev: &ev,
+                tag_names: &[],
+                tags_known: 0,
+                tags: [None; TAG_SLOTS],
+                lower: &mut lower,
+            };
+            prop_assert_eq!(cx.any(&ws), bits.iter().any(bit));
+            prop_assert_eq!(cx.all(&ws), bits.iter().all(bit));
+            prop_assert!(ws.windows(2).all(|w| w[0].0 < w[1].0));
         }
     }
 
