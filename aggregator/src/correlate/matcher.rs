@@ -781,13 +781,20 @@ impl Matcher {
 
     /// Indices of the rules `ev` matches, in priority order (ascending index).
     pub(super) fn matching(&mut self, ev: &EventIn) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.matching_into(ev, &mut out);
+        out
+    }
+
+    /// [`Matcher::matching`] into `out` (cleared first), so the hot path reuses one buffer.
+    pub(super) fn matching_into(&mut self, ev: &EventIn, out: &mut Vec<u32>) {
+        out.clear();
         self.epoch += 1;
         self.scanned.fill(Scanned::NotYet);
         let candidates: &[Bucket] = ev
             .name()
             .and_then(|n| self.by_name.get(n))
             .map_or(&self.generic, |v| &**v);
-        let mut out = Vec::new();
         let mut cx = Cx {
             program: &self.program,
             preds: &self.preds,
@@ -819,7 +826,6 @@ impl Matcher {
         }
         // Buckets interleave: back to priority order.
         out.sort_unstable();
-        out
     }
 }
 
