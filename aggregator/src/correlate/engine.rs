@@ -107,7 +107,7 @@ struct Group {
 
 /// Group tables hash with foldhash: keys are short, built per event, and come from event
 /// fields, so the hasher is fast but randomly seeded (SipHash was a tenth of the hot path).
-type Groups = HashMap<String, Group, foldhash::fast::RandomState>;
+type Groups = hashbrown::HashMap<String, Group, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct RuleState {
@@ -167,6 +167,9 @@ pub struct Engine {
     last_sweep: i64,
     /// Reused for each event's group key, so a group that exists costs no allocation.
     key_buf: String,
+    /// The matcher's answer for the event being pushed (reused: most events match nothing,
+    /// and a matched one copies out only what it keeps).
+    matched_buf: Vec<u32>,
     throttle: Throttler,
     stats: Stats,
 }
@@ -219,6 +222,7 @@ impl Engine {
             seq: 0,
             last_sweep: i64::MIN / 2,
             key_buf: String::new(),
+            matched_buf: Vec::new(),
             stats: Stats::default(),
         };
         e.install(rules);
@@ -288,7 +292,8 @@ impl Engine {
         self.stats.events += 1;
         let before = self.watermark;
         self.set_clock(now);
-        let matched = self.matching(&ev);
+        let mut matched = std::mem::take(&mut self.matched_buf);
+        self.matcher.matching_into(&ev, &mut matched);
         if !matched.is_empty() {
             self.stats.matched += 1;
             self.seq += 1;
@@ -333,7 +338,7 @@ impl Engine {
                     ct,
                     seq,
                     ev,
-                    matched,
+                    matched: matched.clone(),
                 });
                 while self.pending.len() > self.config.max_pending {
                     self.stats.reorder_overflow += 1;
@@ -345,6 +350,7 @@ impl Engine {
                 }
             }
         }
+        self.matched_buf = matched;
         self.release(now, &mut out);
         out
     }
@@ -452,17 +458,13 @@ impl Engine {
     ) {
         let rule = self.rules.rules[ri].clone();
         let st = &mut self.states[ri];
-        if !st.groups.contains_key(key) {
-            if st.groups.len() >= self.config.max_groups_per_rule {
-                let n = evict(&mut st.groups);
-                self.stats.groups_evicted += n;
-                dropped("group_evicted", n);
-            }
-            st.groups.insert(key.to_string(), Group::default());
+        // One hash of the key finds or adds the group; only a full map looks twice.
+        if st.groups.len() >= self.config.max_groups_per_rule && !st.groups.contains_key(key) {
+            let n = evict(&mut st.groups);
+            self.stats.groups_evicted += n;
+            dropped("group_evicted", n);
         }
-        let Some(g) = st.groups.get_mut(key) else {
-            return;
-        };
+        let g = st.groups.entry_ref(key).or_default();
         g.last = g.last.max(ct);
         let hold = rule.delayed_action.map(|d| ct.saturating_add(d));
         if let Some((from, until)) = g.inhibit {

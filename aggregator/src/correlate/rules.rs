@@ -470,7 +470,8 @@ pub enum Op {
 }
 
 /// A compiled glob. The common shapes (`db-*`, `*.example.com`, a literal) are plain
-/// ASCII-case-insensitive string tests; the rest go through globset.
+/// ASCII-case-insensitive string tests, their text kept ASCII-lowercased so a test lowercases
+/// only the value's bytes; the rest go through globset.
 #[derive(Debug, Clone)]
 pub enum Glob {
     Exact(String),
@@ -489,26 +490,29 @@ impl Glob {
             .compile_matcher();
         let meta = |s: &str| s.contains(['*', '?', '[', ']', '{', '}', '\\']);
         Ok(if !meta(pattern) {
-            Glob::Exact(pattern.to_string())
+            Glob::Exact(pattern.to_ascii_lowercase())
         } else if let Some(p) = pattern.strip_suffix('*').filter(|p| !meta(p)) {
-            Glob::Prefix(p.to_string())
+            Glob::Prefix(p.to_ascii_lowercase())
         } else if let Some(p) = pattern.strip_prefix('*').filter(|p| !meta(p)) {
-            Glob::Suffix(p.to_string())
+            Glob::Suffix(p.to_ascii_lowercase())
         } else {
             Glob::Full(full)
         })
     }
 
     pub fn is_match(&self, v: &str) -> bool {
+        // `eq_ignore_ascii_case` with `p` already lowercase: only `v`'s bytes need folding.
+        fn eq(v: &[u8], p: &str) -> bool {
+            v.len() == p.len()
+                && v.iter()
+                    .zip(p.as_bytes())
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        }
         let v = v.as_bytes();
         match self {
-            Glob::Exact(p) => v.eq_ignore_ascii_case(p.as_bytes()),
-            Glob::Prefix(p) => {
-                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            }
-            Glob::Suffix(p) => {
-                v.len() >= p.len() && v[v.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
-            }
+            Glob::Exact(p) => eq(v, p),
+            Glob::Prefix(p) => v.len() >= p.len() && eq(&v[..p.len()], p),
+            Glob::Suffix(p) => v.len() >= p.len() && eq(&v[v.len() - p.len()..], p),
             Glob::Full(g) => std::str::from_utf8(v).is_ok_and(|s| g.is_match(s)),
         }
     }
