@@ -202,8 +202,8 @@ fn main() -> ExitCode {
 /// 2 GiB: redb keeps every page a commit writes), and mimalloc asks for huge pages on its
 /// arenas (madvise). Each 2 MiB huge page is then zeroed by the kernel on first touch, in the
 /// store writer's commit; in a bench-tcp profile that was 3.8% of all the machine's samples
-/// (~22% of the aggregator's), against under 0.7% for the same growth in 4 KiB faults, and RSS
-/// was 390–424 MB instead of 417–474 MB after 500k events. (`MIMALLOC_ALLOW_THP=0` does the
+/// (~22% of the aggregator's), against 0.07% for the same growth in 4 KiB faults, and RSS
+/// was 396–424 MB instead of 417–474 MB after 500k events. (`MIMALLOC_ALLOW_THP=0` does the
 /// same through mimalloc, but only where the environment is set; this holds however it is
 /// started, also where the system's THP setting is `always`. Children inherit it: the
 /// quickstart's agent, which does not ask for huge pages anyway.)

@@ -272,7 +272,7 @@ pub fn encode(
 }
 
 /// [`encode`] through the owned [`weir_common::Event`] that [`Parser::parse`] returns: the
-/// definition the fast path is tested against (and the ingest-cost harness's `owned` mode).
+/// definition the fast path is tested against (`syslog/draft/tests.rs`).
 #[doc(hidden)]
 pub fn encode_owned(
     parser: &Parser,

@@ -74,7 +74,9 @@ struct Scan {
     /// The same literals in the same order as a packed (Teddy) searcher, searched directly:
     /// the prefilter `any` runs, without the automaton's layers around it (about a fifth of
     /// a short value's search). Leftmost-first is the same answer either way. `None` where
-    /// Teddy does not build (no SSSE3, too many literals): `any` searches.
+    /// Teddy does not build: no SSSE3 (x86_64) or NEON (aarch64), other targets, or a literal
+    /// set it refuses (e.g. more than 16 literals with a one-byte one, or an empty literal);
+    /// `any` searches then, with the same answers.
     packed: Option<packed::Searcher>,
     /// Per literal of `any` (by its pattern id): the bits (within the scan) of it and of every
     /// literal that is a prefix of it.
@@ -1348,7 +1350,7 @@ mod tests {
         /// any bytes and on ASCII text around the capitals' edges (`@`, `A`, `Z`, `[`).
         #[test]
         fn classify_agrees_with_byte_by_byte(
-            any in proptest::collection::vec(any::<u8>(), 0..40),
+            any in proptest::collection::vec(any::<u8>(), 0..70),
             ascii in proptest::collection::vec(
                 prop_oneof![Just(b'@'), Just(b'A'), Just(b'Z'), Just(b'['), Just(b'a'), 0u8..0x80],
                 0..40,
@@ -1510,6 +1512,8 @@ mod tests {
         if std::arch::is_x86_feature_detected!("ssse3") {
             assert!(m.scans[0].packed.is_some(), "packed searcher built");
         }
+        #[cfg(target_arch = "aarch64")]
+        assert!(m.scans[0].packed.is_some(), "packed searcher built");
         assert_eq!(m.matching(&syslog_event("FAN FAILURE")), vec![0, 1, 2]);
         assert_eq!(m.matching(&syslog_event("fan fai")), vec![0]);
         assert_eq!(
@@ -1540,10 +1544,12 @@ mod tests {
     proptest! {
         /// The packed searcher the scan uses finds what the automaton finds, from every
         /// start: same literal, same place. Short and long values (Teddy searches only
-        /// from its minimum length; shorter rests take Rabin-Karp).
+        /// from its minimum length; shorter rests take Rabin-Karp). Up to 16 literals, so
+        /// Teddy builds for every case where the CPU has it (the test above asserts it
+        /// does); where it does not, `find` is the automaton and the comparison still holds.
         #[test]
         fn packed_search_agrees_with_the_automaton(
-            lits in prop::collection::vec("[a-d/ ]{1,6}", 1..40),
+            lits in prop::collection::vec("[a-d/ ]{1,6}", 1..=16),
             hay in "[a-d/ ]{0,120}",
         ) {
             let rule = json!([{"name": "l", "conditions":
@@ -1551,25 +1557,10 @@ mod tests {
             let set = RuleSet::parse(&rule.to_string(), Path::new("t.json")).expect("rules");
             let m = Matcher::new(&set);
             let s = &m.scans[0];
-            prop_assume!(s.packed.is_some());
             prop_assert_eq!(
                 every_match(s, hay.as_bytes(), Scan::find),
                 every_match(s, hay.as_bytes(), Scan::find_slow)
             );
-        }
-
-        /// `classify` answers what `is_ascii` and a search for capitals answer, at every
-        /// length around the block size.
-        #[test]
-        fn classify_agrees_with_the_plain_tests(v in prop::collection::vec(any::<u8>(), 0..70)) {
-            let want = if !v.is_ascii() {
-                Bytes::NotAscii
-            } else if v.iter().any(u8::is_ascii_uppercase) {
-                Bytes::Upper
-            } else {
-                Bytes::Lower
-            };
-            prop_assert_eq!(classify(&v), want);
         }
     }
 

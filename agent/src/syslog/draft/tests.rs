@@ -1,5 +1,5 @@
 //! The fast path against its definition: for every line, [`super::super::encode`] (the draft)
-//! and [`super::super::encode_owned`] (the owned event, today's path) must give the same queue
+//! and [`super::super::encode_owned`] (the owned event, the definition) must give the same queue
 //! bytes, the same dedup tag and the same buffer footprint. Lines come from the unit cases
 //! below, generated lines (property tests) and every line of the shared syslog corpora.
 

@@ -348,6 +348,61 @@ const SAMPLES: [&str; 9] = [
     "<190>82: R1: [syslog@9 s_sn=\"1\"]: <ios-log-msg><facility>SYS</facility><severity>6</severity><msg-id>X</msg-id><time>*Sep 22 13:46:50.812</time></ios-log-msg>",
 ];
 
+/// `year_for` on the dates a random test almost never draws: Apia's skipped 30 Dec 2011, New
+/// York's spring-forward hour and fall-back hour, and dates either side of New Year.
+#[test]
+fn year_for_is_civils_year_at_the_edges() {
+    let cases: [(&str, (u32, u32, (u32, u32, u32)), &str); 7] = [
+        ("Pacific/Apia", (12, 30, (12, 0, 0)), "2012-01-01T00:00:00Z"),
+        (
+            "Pacific/Apia",
+            (12, 29, (23, 59, 59)),
+            "2012-01-01T00:00:00Z",
+        ),
+        ("Pacific/Apia", (12, 31, (0, 0, 1)), "2011-12-31T12:00:00Z"),
+        (
+            "America/New_York",
+            (3, 8, (2, 30, 0)),
+            "2026-03-10T00:00:00Z",
+        ),
+        (
+            "America/New_York",
+            (11, 1, (1, 30, 0)),
+            "2026-11-02T00:00:00Z",
+        ),
+        (
+            "America/New_York",
+            (12, 31, (23, 59, 59)),
+            "2026-01-01T05:00:30Z",
+        ),
+        (
+            "Pacific/Auckland",
+            (1, 1, (0, 0, 10)),
+            "2025-12-31T10:59:59Z",
+        ),
+    ];
+    for (name, (month, day, hms), received) in cases {
+        let tz = zone(name).unwrap();
+        let now = at(received);
+        let (year, resolved) = year_for((month, day, hms.0, hms.1, hms.2), now, &tz);
+        let defined = civil(None, month, day, hms, 0, &tz, now);
+        assert_eq!(resolved.map(|r| r.at), defined, "{name} {month}/{day}");
+        let this = i32::from(tz.to_datetime(now).year());
+        assert_eq!(
+            year,
+            defined.map_or(this, |t| i32::from(tz.to_datetime(t).year())),
+            "{name} {month}/{day}"
+        );
+        if let Some(r) = resolved {
+            assert_eq!(
+                Some(r.at),
+                civil(Some(r.year), month, day, hms, 0, &tz, now),
+                "{name} {month}/{day}"
+            );
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn ip_string_is_display(v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>()) {
