@@ -352,7 +352,7 @@ const SAMPLES: [&str; 9] = [
 /// York's spring-forward hour and fall-back hour, and dates either side of New Year.
 #[test]
 fn year_for_is_civils_year_at_the_edges() {
-    let cases: [(&str, (u32, u32, (u32, u32, u32)), &str); 7] = [
+    let cases = [
         ("Pacific/Apia", (12, 30, (12, 0, 0)), "2012-01-01T00:00:00Z"),
         (
             "Pacific/Apia",
