@@ -348,6 +348,26 @@ const SAMPLES: [&str; 9] = [
     "<190>82: R1: [syslog@9 s_sn=\"1\"]: <ios-log-msg><facility>SYS</facility><severity>6</severity><msg-id>X</msg-id><time>*Sep 22 13:46:50.812</time></ios-log-msg>",
 ];
 
+/// `year_for` against its definition (the year of `civil(None, ..)`'s instant in the zone) and
+/// its reused instant against `civil(Some(year), ..)`. Panics (a proptest failure) otherwise.
+fn year_for_matches_civil(
+    (month, day, hms): (u32, u32, (u32, u32, u32)),
+    tz: &TimeZone,
+    now: Timestamp,
+) {
+    let (year, resolved) = year_for((month, day, hms.0, hms.1, hms.2), now, tz);
+    let defined = civil(None, month, day, hms, 0, tz, now);
+    let what = format!("{month}/{day} {hms:?} in {tz:?} received {now}");
+    assert_eq!(resolved.map(|r| r.at), defined, "{what}");
+    let this = i32::from(tz.to_datetime(now).year());
+    let want = defined.map_or(this, |t| i32::from(tz.to_datetime(t).year()));
+    assert_eq!(year, want, "{what}");
+    if let Some(r) = resolved {
+        let again = civil(Some(r.year), month, day, hms, 0, tz, now);
+        assert_eq!(Some(r.at), again, "{what}");
+    }
+}
+
 /// `year_for` on the dates a random test almost never draws: Apia's skipped 30 Dec 2011, New
 /// York's spring-forward hour and fall-back hour, and dates either side of New Year.
 #[test]
@@ -382,24 +402,7 @@ fn year_for_is_civils_year_at_the_edges() {
         ),
     ];
     for (name, (month, day, hms), received) in cases {
-        let tz = zone(name).unwrap();
-        let now = at(received);
-        let (year, resolved) = year_for((month, day, hms.0, hms.1, hms.2), now, &tz);
-        let defined = civil(None, month, day, hms, 0, &tz, now);
-        assert_eq!(resolved.map(|r| r.at), defined, "{name} {month}/{day}");
-        let this = i32::from(tz.to_datetime(now).year());
-        assert_eq!(
-            year,
-            defined.map_or(this, |t| i32::from(tz.to_datetime(t).year())),
-            "{name} {month}/{day}"
-        );
-        if let Some(r) = resolved {
-            assert_eq!(
-                Some(r.at),
-                civil(Some(r.year), month, day, hms, 0, &tz, now),
-                "{name} {month}/{day}"
-            );
-        }
+        year_for_matches_civil((month, day, hms), &zone(name).unwrap(), at(received));
     }
 }
 
@@ -429,14 +432,7 @@ proptest! {
             zone("Pacific/Auckland").unwrap(),
         ][zone_at].clone();
         let now = Timestamp::from_second(seconds).unwrap();
-        let (year, resolved) = year_for((month, day, hms.0, hms.1, hms.2), now, &tz);
-        let defined = civil(None, month, day, hms, 0, &tz, now);
-        prop_assert_eq!(resolved.map(|r| r.at), defined);
-        let this = i32::from(tz.to_datetime(now).year());
-        prop_assert_eq!(year, defined.map_or(this, |t| i32::from(tz.to_datetime(t).year())));
-        if let Some(r) = resolved {
-            prop_assert_eq!(Some(r.at), civil(Some(r.year), month, day, hms, 0, &tz, now));
-        }
+        year_for_matches_civil((month, day, hms), &tz, now);
     }
 
     #[test]
