@@ -121,6 +121,9 @@ pub(crate) struct IndexState {
     lock_waits: AtomicU64,
     lock_wait_us: AtomicU64,
     lock_wait_max_us: AtomicU64,
+    /// Events the indexer passed over because their stored bytes did not decode (also
+    /// `weir_aggregator_index_undecodable_total`).
+    pub undecodable: AtomicU64,
     /// Held by an indexer transaction that takes priority (the lag at its bound) until it
     /// has the write lock; ingest commits pass through it before asking for the lock, so a
     /// writer committing back to back cannot keep the lock from the indexer (redb's lock is
@@ -351,9 +354,12 @@ fn index_pending_with(
                 break;
             }
             let (k, v) = item.map_err(|e| err(e.into()))?;
-            // Undecodable events (an incompatible build's) are passed over: searches skip
-            // them too, so they are neither indexed nor found.
-            bulk.add_encoded(k.value(), v.value());
+            // Undecodable events (an incompatible build's, or a damaged page) are passed
+            // over: searches skip them too, so they are neither indexed nor found. Counted
+            // and logged, never silent.
+            if !bulk.add_encoded(k.value(), v.value()) {
+                passed_over(state, k.value());
+            }
             through = k.value();
             done += 1;
             if done % piece == 0 {
@@ -389,6 +395,19 @@ fn index_pending_with(
     txn.commit().map_err(|e| err(e.into()))?;
     state.indexed_through.fetch_max(through, Ordering::AcqRel);
     Ok(done)
+}
+
+/// Counts (metric, state) and logs, rate-limited, a stored event the indexer cannot decode.
+fn passed_over(state: &IndexState, key: u64) {
+    state.undecodable.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("weir_aggregator_index_undecodable_total").increment(1);
+    weir_common::warn_limited!(
+        "index_undecodable",
+        store_key = key,
+        "a stored event does not decode, so it is neither indexed nor found by searches; \
+         it was written by an incompatible build or its page is damaged: keep a copy of \
+         the store file and report it with this store key"
+    );
 }
 
 /// At the bound: indexes whole chunks, ahead of ingest (holding the turn, so ingest commits
@@ -696,6 +715,40 @@ mod tests {
         assert_eq!(found(&store), 15_000);
         let w = store.ingest_lock_waits();
         assert_eq!(w.commits, 2, "each commit's wait is measured");
+    }
+
+    #[test]
+    fn an_undecodable_event_is_passed_over_counted_and_the_rest_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_unindexed(
+            &dir.path().join("e.redb"),
+            crate::store::DEFAULT_CACHE_BYTES,
+        )
+        .unwrap();
+        commit(&store, 1..101);
+        let last = store.index.last_key.load(Ordering::Acquire);
+        // A damaged (or foreign) event between two committed runs.
+        {
+            let txn = store.database().begin_write().unwrap();
+            txn.open_table(EVENTS)
+                .unwrap()
+                .insert(last + 1, &b"\x05ab"[..])
+                .unwrap();
+            // As the store's commit does: the next event goes after it.
+            txn.open_table(META)
+                .unwrap()
+                .insert("next_key", last + 2)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        store.index.last_key.fetch_max(last + 1, Ordering::AcqRel);
+        commit(&store, 101..201);
+        let indexed =
+            index_pending(store.database(), dir.path(), &store.index, MAX_CHUNK, false).unwrap();
+        assert_eq!(indexed, 201, "every stored entry was visited once");
+        assert_eq!(store.index.undecodable.load(Ordering::Relaxed), 1);
+        assert_eq!(store.index_lag(), 0, "the watermark passed it");
+        assert_eq!(found(&store), 200, "the others are indexed and found");
     }
 
     #[test]
