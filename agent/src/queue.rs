@@ -407,7 +407,8 @@ struct Tail {
     start: u64,
     /// (sequence, header + payload) in increasing sequence order.
     records: VecDeque<(u64, Vec<u8>)>,
-    /// Memory the records' buffers hold (their capacity), at most [`TAIL_BYTES`].
+    /// Memory the records hold ([`Tail::held`]: buffer capacity and the entry), at most
+    /// [`TAIL_BYTES`].
     bytes: usize,
 }
 
@@ -419,16 +420,22 @@ impl Tail {
         self.start = next_seq;
     }
 
-    /// Adds the record after the newest one. `bytes` is the record's own buffer, so what it
-    /// holds in memory is its capacity, which is what the bound counts.
+    /// What a record costs the tail: its buffer's capacity (the record's own buffer, kept as
+    /// it came) and its entry in `records`, which for small records (count updates, ~40
+    /// bytes) is nearly as much again.
+    fn held(bytes: &Vec<u8>) -> usize {
+        bytes.capacity() + std::mem::size_of::<(u64, Vec<u8>)>()
+    }
+
+    /// Adds the record after the newest one; the bound counts [`Tail::held`].
     fn push(&mut self, seq: u64, bytes: Vec<u8>) {
-        self.bytes += bytes.capacity();
+        self.bytes += Tail::held(&bytes);
         self.records.push_back((seq, bytes));
         while self.bytes > TAIL_BYTES {
             let Some((seq, b)) = self.records.pop_front() else {
                 break;
             };
-            self.bytes -= b.capacity();
+            self.bytes -= Tail::held(&b);
             self.start = seq + 1;
         }
     }
@@ -437,7 +444,7 @@ impl Tail {
     fn ack(&mut self, up_to: u64) {
         while self.records.front().is_some_and(|(seq, _)| *seq <= up_to) {
             let (_, b) = self.records.pop_front().expect("front exists");
-            self.bytes -= b.capacity();
+            self.bytes -= Tail::held(&b);
         }
     }
 }
@@ -1457,7 +1464,7 @@ mod tests {
         let out = q.append(recs).unwrap();
         let start = {
             let tail = q.tail.lock().unwrap();
-            let in_tail: usize = tail.records.iter().map(|(_, b)| b.capacity()).sum();
+            let in_tail: usize = tail.records.iter().map(|(_, b)| Tail::held(b)).sum();
             assert_eq!(tail.bytes, in_tail);
             assert!(tail.bytes <= TAIL_BYTES);
             assert!(tail.records.len() < 100 && !tail.records.is_empty());
@@ -1473,6 +1480,28 @@ mod tests {
         q.ack(out.last_seq).unwrap();
         let tail = q.tail.lock().unwrap();
         assert_eq!((tail.bytes, tail.records.len()), (0, 0));
+    }
+
+    /// Small records cost the tail their entry as well as their buffer: a run of them whose
+    /// buffers alone fit the bound does not fit it with their entries, and the tail stays
+    /// within it, counting both.
+    #[test]
+    fn tail_bound_counts_each_entry_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.redb"), big()).unwrap();
+        let entry = std::mem::size_of::<(u64, Vec<u8>)>();
+        let cap = rec(Severity::Info, "m").bytes.capacity();
+        let n = TAIL_BYTES / (cap + entry / 2);
+        let recs: Vec<Encoded> = (0..n).map(|_| rec(Severity::Info, "m")).collect();
+        let buffers: usize = recs.iter().map(|r| r.bytes.capacity()).sum();
+        assert!(buffers < TAIL_BYTES && buffers + n * entry > TAIL_BYTES);
+        let out = q.append(recs).unwrap();
+        let tail = q.tail.lock().unwrap();
+        let held: usize = tail.records.iter().map(|(_, b)| Tail::held(b)).sum();
+        assert_eq!(tail.bytes, held);
+        assert!(tail.bytes <= TAIL_BYTES, "{}", tail.bytes);
+        assert!(tail.records.len() < n, "some records left the tail");
+        assert_eq!(tail.records.back().unwrap().0, out.last_seq);
     }
 
     proptest::proptest! {
