@@ -179,8 +179,9 @@ pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Pre
 /// the stored bytes decode to the same event; they are the agent's bytes, so not necessarily
 /// the canonical encoding, e.g. an overlong varint, which decodes alike). The view `as_is`
 /// gets has checked everything decoding the event would (UTF-8, ranges) and that the tag keys
-/// increase strictly (so every reader sees the same tags), so the stored bytes always decode. Other events are decoded, handed to `process`, which may change them and returns
-/// whether to store them (`false` gives [`Prepared::Skip`]), and encoded.
+/// increase strictly (so every reader sees the same tags), so the stored bytes always decode.
+/// Other events are decoded, handed to `process`, which may change them and returns whether
+/// to store them (`false` gives [`Prepared::Skip`]), and encoded.
 pub fn prepare_with<'r>(
     site: &str,
     name: &str,

@@ -18,7 +18,9 @@ use jiff::Timestamp;
 use syslog_loose::{SyslogFacility, SyslogSeverity};
 use weir_common::{Event, InputKind, Severity};
 
-use super::parse::{Parser, Parts, head, merge_vendor, panicked, unparsed_header};
+use super::parse::{
+    Parser, Parts, PeerText, head, merge_vendor, offset_in, panicked, unparsed_header,
+};
 use super::vendor;
 use crate::dedup::{DedupRules, KeyField};
 use crate::queue::{Encoded, EventFields};
@@ -72,52 +74,6 @@ impl<'a> Tags<'a> {
     fn get(&self, key: &str) -> Option<&str> {
         let i = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok()?;
         Some(&self.0[i].1)
-    }
-}
-
-/// The sender's address as text, without an allocation for IPv4 (the common case).
-#[derive(Debug)]
-enum PeerText {
-    V4 { buf: [u8; 15], len: u8 },
-    Other(String),
-}
-
-impl PeerText {
-    fn of(peer: IpAddr) -> PeerText {
-        let IpAddr::V4(v4) = peer else {
-            return PeerText::Other(peer.to_string());
-        };
-        let (mut buf, mut len) = ([0u8; 15], 0);
-        let mut push = |b: u8| {
-            buf[len] = b;
-            len += 1;
-        };
-        for (i, octet) in v4.octets().into_iter().enumerate() {
-            if i > 0 {
-                push(b'.');
-            }
-            if octet >= 100 {
-                push(b'0' + octet / 100);
-            }
-            if octet >= 10 {
-                push(b'0' + octet / 10 % 10);
-            }
-            push(b'0' + octet % 10);
-        }
-        PeerText::V4 {
-            buf,
-            len: len as u8,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            // Digits and dots only, so always UTF-8; the tests compare every byte.
-            PeerText::V4 { buf, len } => {
-                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
-            }
-            PeerText::Other(s) => s,
-        }
     }
 }
 
@@ -243,8 +199,7 @@ impl Parser {
 /// a space in RFC 5424); `None` sends the caller to `to_string`.
 fn pid_text<'a>(line: &'a str, msg: &syslog_loose::Message<&'a str>, pid: i32) -> Option<&'a str> {
     let app = msg.appname?;
-    let at = (app.as_ptr() as usize).checked_sub(line.as_ptr() as usize)? + app.len() + 1;
-    let rest = line.get(at..)?;
+    let rest = line.get(offset_in(line, app)? + app.len() + 1..)?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let text = &rest[..digits];
     let canonical = !text.is_empty() && (text == "0" || !text.starts_with('0'));

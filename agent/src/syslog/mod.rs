@@ -241,7 +241,8 @@ fn bind_error(proto: &str, addr: SocketAddr, err: io::Error) -> anyhow::Error {
 /// Parses one message and encodes it for the queue; `input` labels the truncation metric.
 /// This is every listener's per-message step (public for the ingest-cost harness,
 /// `agent/examples/ingest_cost.rs`). Plain lines never become an owned event (see [`draft`]);
-/// the bytes and dedup tag are [`encode_owned`]'s.
+/// the bytes and dedup tag are those of the owned event [`Parser::parse`] returns (the tests
+/// hold them to `encode_owned`).
 pub fn encode(
     parser: &Parser,
     sink: &Sink,
@@ -273,8 +274,8 @@ pub fn encode(
 
 /// [`encode`] through the owned [`weir_common::Event`] that [`Parser::parse`] returns: the
 /// definition the fast path is tested against (`syslog/draft/tests.rs`).
-#[doc(hidden)]
-pub fn encode_owned(
+#[cfg(test)]
+pub(crate) fn encode_owned(
     parser: &Parser,
     sink: &Sink,
     bytes: &[u8],

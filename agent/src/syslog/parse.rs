@@ -536,23 +536,56 @@ fn base_event(
 /// `peer.to_string()` without the formatting machinery for IPv4 (every line formats its
 /// sender: `Display` cost ~1,300 instructions, 4% of the agent's work per line).
 fn ip_string(peer: IpAddr) -> String {
-    let IpAddr::V4(v4) = peer else {
-        return peer.to_string();
-    };
-    let mut s = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            s.push('.');
-        }
-        if octet >= 100 {
-            s.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            s.push(char::from(b'0' + octet / 10 % 10));
-        }
-        s.push(char::from(b'0' + octet % 10));
+    match PeerText::of(peer) {
+        PeerText::Other(s) => s,
+        v4 => v4.as_str().to_string(),
     }
-    s
+}
+
+/// The sender's address as text, without an allocation for IPv4 (the common case).
+#[derive(Debug)]
+pub(super) enum PeerText {
+    V4 { buf: [u8; 15], len: u8 },
+    Other(String),
+}
+
+impl PeerText {
+    pub(super) fn of(peer: IpAddr) -> PeerText {
+        let IpAddr::V4(v4) = peer else {
+            return PeerText::Other(peer.to_string());
+        };
+        let (mut buf, mut len) = ([0u8; 15], 0);
+        let mut push = |b: u8| {
+            buf[len] = b;
+            len += 1;
+        };
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                push(b'.');
+            }
+            if octet >= 100 {
+                push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                push(b'0' + octet / 10 % 10);
+            }
+            push(b'0' + octet % 10);
+        }
+        PeerText::V4 {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            // Digits and dots only, so always UTF-8; the tests compare every byte.
+            PeerText::V4 { buf, len } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            PeerText::Other(s) => s,
+        }
+    }
 }
 
 /// Cisco's `<PRI>123: ...` or `<PRI>: ...`: a sequence number or an empty field, then a colon.
@@ -562,7 +595,7 @@ fn cisco_shaped(after_pri: &str) -> bool {
 }
 
 /// Where `part` (a slice of `whole`) starts in `whole`.
-fn offset_in(whole: &str, part: &str) -> Option<usize> {
+pub(in crate::syslog) fn offset_in(whole: &str, part: &str) -> Option<usize> {
     let at = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
     (at + part.len() <= whole.len() && whole.is_char_boundary(at)).then_some(at)
 }
@@ -627,14 +660,26 @@ pub(crate) fn civil(
         Some(y) => at(y),
         None => {
             let this = i32::from(tz.to_datetime(received_at).year());
-            let latest = received_at.checked_add(MAX_FUTURE).ok()?;
-            match at(this) {
-                Some(t) if t > latest => at(this - 1),
-                // Feb 29 in a common year: the last leap year may be the one meant.
-                None => at(this - 1),
-                t => t,
-            }
+            recent_year(this, received_at, at, |t| *t)
         }
+    }
+}
+
+/// What a year-less date becomes: `at` of the receive year `this`, or of the year before if
+/// that would be more than [`MAX_FUTURE`] ahead of `received_at` or does not exist (Feb 29 in
+/// a common year: the last leap year may be the one meant). `instant` reads the time of an
+/// answer, so [`year_for`] can keep the year it tried alongside.
+fn recent_year<T>(
+    this: i32,
+    received_at: Timestamp,
+    at: impl Fn(i32) -> Option<T>,
+    instant: impl Fn(&T) -> Timestamp,
+) -> Option<T> {
+    let latest = received_at.checked_add(MAX_FUTURE).ok()?;
+    match at(this) {
+        Some(t) if instant(&t) > latest => at(this - 1),
+        None => at(this - 1),
+        t => t,
     }
 }
 
@@ -660,14 +705,7 @@ fn year_for(
         Some(Resolved { date, year, at })
     };
     // `civil(None, ..)`, keeping the year it tried.
-    let chosen = received_at.checked_add(MAX_FUTURE).ok().and_then(|latest| {
-        match at(this) {
-            Some(r) if r.at > latest => at(this - 1),
-            // Feb 29 in a common year: the last leap year may be the one meant.
-            None => at(this - 1),
-            r => r,
-        }
-    });
+    let chosen = recent_year(this, received_at, at, |r| r.at);
     match chosen {
         // The instant's year in `tz` is the one tried, unless a zone's gap moved the time
         // forward across New Year: a gap is at most a day or two, so only a January or

@@ -36,10 +36,7 @@ static TYPE_PAIR: LazyLock<memchr::memmem::Finder<'static>> =
 pub(super) fn parse(h: &Header<'_>) -> Option<VendorFields> {
     // The body and message are usually slices of the text: a search of the text covers them
     // (three searches of the same bytes were a tenth of the syslog parse).
-    let within_text = |s: &str| {
-        let (t, p) = (h.text.as_ptr() as usize, s.as_ptr() as usize);
-        p >= t && p + s.len() <= t + h.text.len()
-    };
+    let within_text = |s: &str| crate::syslog::parse::offset_in(h.text, s).is_some();
     if [h.text, h.body, h.message]
         .iter()
         .enumerate()
