@@ -462,6 +462,22 @@ struct Fleet {
     keep: bool,
 }
 
+/// `key = default` in a shipped example config, set from the environment variable `var` when
+/// that is set (quoted as the default is): the `WEIR_BENCH_*` knobs for trying other values
+/// without editing configs. Fails when the example no longer has that line, rather than
+/// running the benchmark with the knob silently ignored.
+fn bench_setting(config: String, key: &str, default: &str, var: &str) -> anyhow::Result<String> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(config);
+    };
+    let from = format!("{key} = {default}");
+    if !config.contains(&from) {
+        bail!("{var} is set, but the example config no longer has `{from}` to change");
+    }
+    let quote = if default.starts_with('"') { "\"" } else { "" };
+    Ok(config.replace(&from, &format!("{key} = {quote}{value}{quote}")))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -510,30 +526,26 @@ impl Fleet {
         );
         let api_key = "bench-key".to_string();
         std::fs::write(d.join("api-key"), format!("{api_key}\n"))?;
-        std::fs::write(
-            d.join("aggregator.toml"),
-            weir_aggregator::config::example(
-                "agg-data",
-                "agg-tls",
-                "ca/crl.pem",
-                quic_port,
-                api_port,
-            )
-            .replace(
-                "index_max_lag_events = 1000000",
-                &format!(
-                    "index_max_lag_events = {}",
-                    std::env::var("WEIR_BENCH_INDEX_MAX_LAG").unwrap_or("1000000".into())
-                ),
-            )
-            .replace(
-                "store_cache = \"2GiB\"",
-                &format!(
-                    "store_cache = \"{}\"",
-                    std::env::var("WEIR_BENCH_STORE_CACHE").unwrap_or("2GiB".into())
-                ),
-            ),
+        let aggregator = weir_aggregator::config::example(
+            "agg-data",
+            "agg-tls",
+            "ca/crl.pem",
+            quic_port,
+            api_port,
+        );
+        let aggregator = bench_setting(
+            aggregator,
+            "index_max_lag_events",
+            "1000000",
+            "WEIR_BENCH_INDEX_MAX_LAG",
         )?;
+        let aggregator = bench_setting(
+            aggregator,
+            "store_cache",
+            "\"2GiB\"",
+            "WEIR_BENCH_STORE_CACHE",
+        )?;
+        std::fs::write(d.join("aggregator.toml"), aggregator)?;
         // Benchmarks want a big enough channel and a fast status; the rest is the shipped default.
         let agent = weir_agent::config::example(
             "agent-data",
@@ -544,23 +556,21 @@ impl Fleet {
         )
         .replace("status_interval = \"10s\"", "status_interval = \"1s\"")
         .replace(
-            "channel_max_bytes = \"2MiB\"",
-            &format!(
-                "channel_max_bytes = \"{}\"",
-                std::env::var("WEIR_BENCH_AGENT_CHANNEL").unwrap_or("2MiB".into())
-            ),
-        )
-        .replace(
-            "send_window = \"2MiB\"",
-            &format!(
-                "send_window = \"{}\"",
-                std::env::var("WEIR_BENCH_AGENT_SEND_WINDOW").unwrap_or("2MiB".into())
-            ),
-        )
-        .replace(
             "listen = [\"127.0.0.1:1162\"]",
             &format!("listen = [\"127.0.0.1:{snmp_port}\"]"),
         );
+        let agent = bench_setting(
+            agent,
+            "channel_max_bytes",
+            "\"2MiB\"",
+            "WEIR_BENCH_AGENT_CHANNEL",
+        )?;
+        let agent = bench_setting(
+            agent,
+            "send_window",
+            "\"2MiB\"",
+            "WEIR_BENCH_AGENT_SEND_WINDOW",
+        )?;
         std::fs::write(d.join("agent.toml"), agent)?;
         std::fs::create_dir_all(d.join("agent-data"))?;
         Ok(Fleet {
