@@ -69,6 +69,12 @@ enum Cmd {
         size: usize,
         #[arg(long)]
         keep: bool,
+        /// Keep the aggregator down while sending (a WAN outage), so the agent alone shares the
+        /// machine with the sender: measures the gateway's intake (received → parsed → deduped
+        /// → durably committed to its queue). Then starts the aggregator and checks every
+        /// committed event is stored exactly once.
+        #[arg(long)]
+        outage: bool,
     },
     /// Post bulk JSON events to a running aggregator's `POST /api/v1/events`.
     ApiIngest {
@@ -111,6 +117,9 @@ enum Cmd {
         size: usize,
         #[arg(long)]
         keep: bool,
+        /// Keep the aggregator down while sending (see `bench-udp --outage`).
+        #[arg(long)]
+        outage: bool,
     },
     /// Benchmark (d): SNMP traps from `weir-trapgen` → aggregator store.
     BenchTrap {
@@ -258,13 +267,15 @@ fn main() -> anyhow::Result<()> {
             duration,
             size,
             keep,
-        } => bench_udp(rate, duration, size, keep),
+            outage,
+        } => bench_udp(rate, duration, size, keep, outage),
         Cmd::BenchTcp {
             count,
             conns,
             size,
             keep,
-        } => bench_tcp(count, conns, size, keep),
+            outage,
+        } => bench_tcp(count, conns, size, keep, outage),
         Cmd::BenchTrap {
             version,
             rate,
@@ -668,7 +679,33 @@ impl Fleet {
 
     /// One unlabelled metric of the aggregator's `/metrics` (`None` while not exported).
     fn aggregator_metric(&self, name: &str) -> anyhow::Result<Option<u64>> {
-        let body = self.http_get("/metrics")?;
+        self.metric_at(self.api_port, name)
+    }
+
+    /// Starts the agent alone (the aggregator stays down, as in a WAN outage) and waits for
+    /// its HTTP endpoint.
+    fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.agent = Some(self.spawn("weir-agent", "agent.toml")?);
+        let t = Instant::now();
+        while self.http_get_port(self.http_port, "/healthz").is_err() {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("agent HTTP endpoint did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Records the agent has durably committed to its queue (`weir_agent_committed_total`).
+    fn agent_committed(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .metric_at(self.http_port, "weir_agent_committed_total")?
+            .unwrap_or(0))
+    }
+
+    /// One unlabelled metric from the `/metrics` endpoint on `port`.
+    fn metric_at(&self, port: u16, name: &str) -> anyhow::Result<Option<u64>> {
+        let body = self.http_get_port(port, "/metrics")?;
         let prefix = format!("{name} ");
         let value = body.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
         Ok(match value {
@@ -838,8 +875,36 @@ fn bench_drain(count: u64, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_udp(rate: u64, duration: u64, size: usize, keep: bool) -> anyhow::Result<()> {
+fn bench_udp(
+    rate: u64,
+    duration: u64,
+    size: usize,
+    keep: bool,
+    outage: bool,
+) -> anyhow::Result<()> {
     let mut fleet = Fleet::new()?;
+    if outage {
+        fleet.keep = keep;
+        fleet.start_agent()?;
+        let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
+        let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+        let cpu_before = fleet.cpu_secs().0;
+        let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
+        let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
+        let (committed, _) = wait_settled(sent.count, || fleet.agent_committed())?;
+        let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+        let cpu = fleet.cpu_secs().0 - cpu_before;
+        let lost = sent.count.saturating_sub(committed);
+        println!(
+            "udp, aggregator down: offered {offered:.0} msg/s for {duration}s ({} sent), agent committed {committed} ({lost} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}; agent CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
+            sent.count,
+            100.0 * lost as f64 / sent.count.max(1) as f64,
+            cpu * 1e6 / sent.count.max(1) as f64,
+            fleet.agent_rss_peak_kb().unwrap_or(0) as f64 / 1024.0,
+        );
+        println!("agent drop counters: {}", fleet.agent_drops());
+        return drain_after_outage(&mut fleet, committed);
+    }
     fleet.start()?;
     // Wait until the agent is up (its UDP port answers nothing, so wait for its connection).
     std::thread::sleep(Duration::from_millis(1500));
@@ -881,6 +946,26 @@ fn bench_udp(rate: u64, duration: u64, size: usize, keep: bool) -> anyhow::Resul
         peak as f64 / 1024.0
     );
     fleet.keep = keep;
+    Ok(())
+}
+
+/// Ends an outage run: starts the aggregator and waits until the `committed` events the agent
+/// queued are stored, each exactly once (the stored counter and the API's total agree).
+fn drain_after_outage(fleet: &mut Fleet, committed: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    fleet.aggregator = Some(fleet.spawn("weir-aggregator", "aggregator.toml")?);
+    fleet.wait_api()?;
+    let (stored, _) = wait_settled(committed, || fleet.stored_metric())?;
+    let api_total = fleet.stored_total()?;
+    if stored != committed || api_total != committed {
+        bail!(
+            "after the outage: agent committed {committed}, aggregator stored {stored}, API lists {api_total}"
+        );
+    }
+    println!(
+        "after the outage: all {committed} stored exactly once in {:.2}s (aggregator start included)",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -1002,8 +1087,36 @@ fn send_tcp(target: SocketAddr, count: u64, conns: u64, size: usize) -> anyhow::
     })
 }
 
-fn bench_tcp(count: u64, conns: u64, size: usize, keep: bool) -> anyhow::Result<()> {
+fn bench_tcp(count: u64, conns: u64, size: usize, keep: bool, outage: bool) -> anyhow::Result<()> {
     let mut fleet = Fleet::new()?;
+    if outage {
+        fleet.keep = keep;
+        fleet.start_agent()?;
+        let cpu_before = fleet.cpu_secs().0;
+        let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
+        let sender = std::thread::spawn(move || send_tcp(target, count, conns, size));
+        let mut rss_max = 0;
+        let (committed, last_growth) = wait_settled(count, || {
+            rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
+            fleet.agent_committed()
+        })?;
+        let sent = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let secs = last_growth.as_secs_f64();
+        let cpu = fleet.cpu_secs().0 - cpu_before;
+        println!(
+            "tcp, aggregator down: {} sent over {conns} connections in {:.2}s, agent committed {committed} in {secs:.2}s = {:.0} msg/s ({} lost); agent CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
+            sent.count,
+            sent.elapsed.as_secs_f64(),
+            committed as f64 / secs,
+            sent.count.saturating_sub(committed),
+            cpu * 1e6 / committed.max(1) as f64,
+            fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max) as f64 / 1024.0,
+        );
+        println!("agent drop counters: {}", fleet.agent_drops());
+        return drain_after_outage(&mut fleet, committed);
+    }
     fleet.start()?;
     std::thread::sleep(Duration::from_millis(1500));
     let before = fleet.stored_metric()?;
