@@ -17,6 +17,7 @@
 //! after `tcp_idle_timeout` without a complete message.
 
 mod draft;
+mod fast3164;
 mod framing;
 mod parse;
 mod stream;

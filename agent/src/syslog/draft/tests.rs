@@ -1,6 +1,7 @@
 //! The fast path against its definition: for every line, [`super::super::encode`] (the draft)
 //! and [`super::super::encode_owned`] (the owned event, the definition) must give the same queue
-//! bytes, the same dedup tag and the same buffer footprint. Lines come from the unit cases
+//! bytes, the same dedup tag and the same buffer footprint, and the draft must be the same with
+//! the RFC 3164 scanner and with syslog_loose alone. Lines come from the unit cases
 //! below, generated lines (property tests) and every line of the shared syslog corpora.
 
 use std::net::IpAddr;
@@ -104,6 +105,21 @@ impl Rig {
         let truncated = variant % 5 == 4;
         let fast = super::super::encode(parser, sink, bytes, truncated, peer, "t", now);
         let owned = super::super::encode_owned(parser, sink, bytes, truncated, peer, "t", now);
+        // And the draft with syslog_loose alone, which defines the header `fast3164` reads.
+        let loose = crate::syslog::fast3164::test_switch::without(|| {
+            super::super::encode(parser, sink, bytes, truncated, peer, "t", now)
+        });
+        if fast.bytes_for_test() != loose.bytes_for_test() || fast.dedup != loose.dedup {
+            return Err(format!(
+                "the RFC 3164 scanner changed the record (variant {variant}, peer {peer}) for \
+                 {:?}\nloose   {:?} {:?}\nscanner {:?} {:?}",
+                String::from_utf8_lossy(bytes),
+                loose.dedup,
+                loose.bytes_for_test(),
+                fast.dedup,
+                fast.bytes_for_test(),
+            ));
+        }
         if fast.bytes_for_test() != owned.bytes_for_test()
             || fast.dedup != owned.dedup
             || fast.footprint() != owned.footprint()
