@@ -406,6 +406,93 @@ fn year_for_is_civils_year_at_the_edges() {
     }
 }
 
+/// The cached `year_for` gives what `year_for_uncached` gives for the same call, whatever the
+/// thread asked before: `asks` are (date, zone, receive time) in the order given.
+fn year_cache_agrees(asks: &[(IncompleteDate, &TimeZone, Timestamp)]) {
+    for &(date, tz, now) in asks {
+        assert_eq!(
+            year_for(date, now, tz),
+            year_for_uncached(date, now, tz),
+            "{date:?} in {tz:?} received {now}"
+        );
+    }
+}
+
+/// The cache's key is the receive time's whole second: times either side of the edge where
+/// a date turns from "this year" (at most `MAX_FUTURE` ahead) to "last year", within one
+/// second, before 1970 and across zones, asked one after the other.
+#[test]
+fn year_cache_at_the_future_edge() {
+    let ny = zone("America/New_York").unwrap();
+    let date = (6, 2, 12, 0, 0);
+    // Jun 2 12:00:00 UTC is exactly MAX_FUTURE after this receive time.
+    let edge = at("2025-06-01T12:00:00Z");
+    let ns = |t: Timestamp, n: i64| t.checked_add(SignedDuration::from_nanos(n)).unwrap();
+    let utc = &TimeZone::UTC;
+    let epoch = Timestamp::UNIX_EPOCH;
+    year_cache_agrees(&[
+        (date, utc, ns(edge, -1)),
+        (date, utc, ns(edge, -999_999_999)),
+        (date, utc, ns(edge, -1_000_000_000)),
+        (date, utc, edge),
+        (date, utc, ns(edge, 1)),
+        (date, utc, ns(edge, 999_999_999)),
+        (date, utc, ns(edge, -1)),
+        (date, &ny, ns(edge, -1)),
+        (date, utc, ns(edge, -1)),
+        // `as_second` truncates toward zero, so -0.5 s and +0.5 s share its answer, but
+        // not their year: Jan 1 12:00 is 1969's received at -0.5 s, 1970's at +0.5 s.
+        ((1, 1, 12, 0, 0), utc, ns(epoch, -1_500_000_000)),
+        ((1, 1, 12, 0, 0), utc, ns(epoch, -500_000_000)),
+        ((1, 1, 12, 0, 0), utc, ns(epoch, 500_000_000)),
+        ((1, 1, 12, 0, 0), utc, ns(epoch, -500_000_000)),
+    ]);
+    assert_eq!(
+        year_for((1, 1, 12, 0, 0), ns(epoch, -500_000_000), utc).0,
+        1969
+    );
+    // The edge itself: the same second, then the next one, give different years.
+    let before = year_for(date, ns(edge, -1), utc).0;
+    let after = year_for(date, ns(edge, 1), utc).0;
+    assert_eq!((before, after), (2024, 2025));
+}
+
+proptest! {
+    /// The cached `year_for` against `year_for_uncached` over runs of receive times a few
+    /// fractions of a second apart, near New Year and the `MAX_FUTURE` edge, in zones with
+    /// DST and a skipped day.
+    #[test]
+    fn year_cache_is_year_for(
+        date in (1u32..=12, 1u32..=31, 0u32..24, 0u32..60, 0u32..61),
+        zones in proptest::collection::vec(0usize..3, 1..6),
+        seconds in 1_230_000_000i64..1_800_000_000,
+        steps in proptest::collection::vec(-1_500_000_000i64..1_500_000_000, 1..6),
+    ) {
+        let tzs = [
+            TimeZone::UTC,
+            zone("Pacific/Apia").unwrap(),
+            zone("America/New_York").unwrap(),
+        ];
+        // Receive times a day before the date in `seconds`' year, where the year flips.
+        let base = Timestamp::from_second(seconds).unwrap();
+        let year = base.to_zoned(TimeZone::UTC).year();
+        let near = DateTime::new(year, date.0 as i8, date.1.min(28) as i8, date.2 as i8, 0, 0, 0)
+            .unwrap()
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .checked_sub(MAX_FUTURE)
+            .unwrap();
+        let mut asks = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let now = near.checked_add(SignedDuration::from_nanos(*step)).unwrap();
+            asks.push((date, &tzs[zones[i % zones.len()]], now));
+            asks.push((date, &tzs[zones[i % zones.len()]], base));
+        }
+        year_cache_agrees(&asks);
+    }
+}
+
 proptest! {
     #[test]
     fn ip_string_is_display(v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>()) {
