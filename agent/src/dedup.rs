@@ -588,6 +588,46 @@ mod tests {
         }
     }
 
+    /// The tag's key as its definition says: one XXH3 with the rules' seed over the input kind
+    /// and each key field length-prefixed, computed here in one call, in any order of events
+    /// and of rules with different seeds, on any thread (a guard for attempts to reuse hasher
+    /// state between keys).
+    #[test]
+    fn tags_are_one_seeded_xxh3_of_the_key_whatever_came_before() {
+        let expected = |r: &DedupRules, e: &Event| {
+            let mut key = vec![0u8]; // syslog
+            for part in [
+                e.hostname.as_str(),
+                &e.tags["facility"],
+                e.severity.as_str(),
+                &e.message,
+            ] {
+                key.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                key.extend_from_slice(part.as_bytes());
+            }
+            xxhash_rust::xxh3::xxh3_64_with_seed(&key, r.seed)
+        };
+        let (r1, r2) = (rules(), rules());
+        assert_ne!(r1.seed, r2.seed);
+        let long = "x".repeat(300); // past the 240 bytes XXH3 hashes in one step
+        let event = |host: &str, msg: &str| match ev(host, msg, 0).0 {
+            Record::Event(e) => e,
+            other => panic!("not an event: {other:?}"),
+        };
+        let events = [event("h1", "link down"), event("h2", &long), event("", "")];
+        for round in 0..3 {
+            for (i, e) in events.iter().enumerate() {
+                let r = if (i + round) % 2 == 0 { &r1 } else { &r2 };
+                let got = r.tag(e).unwrap().key;
+                assert_eq!(got, expected(r, e), "event {i}, round {round}");
+            }
+        }
+        // And from another thread, whose hasher starts empty.
+        let (r, e) = (&r1, &events[0]);
+        let got = std::thread::scope(|s| s.spawn(|| r.tag(e).unwrap().key).join().unwrap());
+        assert_eq!(got, expected(r, e));
+    }
+
     #[test]
     fn key_fields_parse_and_reject_unknown() {
         assert_eq!(

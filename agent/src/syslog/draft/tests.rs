@@ -304,6 +304,25 @@ fn tags_behave_as_a_map() {
     assert_eq!(got, [("", "5"), ("a", "2"), ("b", "4"), ("c", "3")]);
     assert_eq!(t.get("b"), Some("4"));
     assert_eq!(t.get("d"), None);
+    assert_eq!(t.get(""), Some("5"));
+    // Same length, other bytes: the scan compares more than lengths.
+    let mut t = Tags(Vec::new());
+    t.push("appname", "sshd");
+    t.push("facility", "auth");
+    t.push("procid", "42");
+    assert_eq!(t.get("facility"), Some("auth"));
+    assert_eq!(t.get("facilitx"), None);
+    assert_eq!(t.get("procid"), Some("42"));
+    assert_eq!(t.get("procie"), None);
+}
+
+/// `Tags::push` is only for keys in order; debug builds (the tests) say so when one is not.
+#[test]
+#[should_panic(expected = "pushed out of key order")]
+fn tags_pushed_out_of_order_are_caught() {
+    let mut t = Tags(Vec::new());
+    t.push("facility", "auth");
+    t.push("appname", "sshd");
 }
 
 const SAMPLES: [&str; 6] = [
