@@ -17,13 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use weir_common::wire::io::{read_frame, write_frame};
-use weir_common::wire::{self, AgentFrame, AgentStatus, AggregatorFrame, Batch, Hello};
+use weir_common::wire::{
+    self, AgentFrame, AgentFrameRef, AgentStatus, AggregatorFrame, BatchRef, Hello, WireRecordRef,
+};
 
 use crate::config::{AggregatorLink, split_host_port};
 use crate::pipeline::InputDrops;
@@ -32,8 +35,6 @@ use crate::trap_policy::TrapPolicyState;
 
 /// How long a shutting-down agent waits for in-flight batches to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
-/// Largest frame buffer kept between batches; a larger one is freed after its batch is sent.
-const SCRATCH_KEEP: usize = 256 << 10;
 /// Limit on connecting plus the hello exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -297,27 +298,22 @@ impl Forwarder {
                     self.link.batch_max_records,
                     self.link.batch_max_bytes.0 as usize,
                 );
-                let records = blocking(move || q.read_from(cursor, max_records, max_bytes)).await?;
-                if let (Some(f), Some(l)) = (records.first(), records.last()) {
-                    let (first_seq, last_seq, n) = (f.seq, l.seq, records.len() as u64);
-                    // Sized once for the frame (payloads plus a few bytes of framing each):
-                    // grown by doubling, a 1 MB batch took a 2 MB buffer and two copies.
-                    let size: usize = records.iter().map(|r| r.payload.len() + 16).sum();
-                    scratch.clear();
-                    scratch.reserve_exact(size + 64);
-                    let frame = AgentFrame::Batch(Batch {
-                        first_seq,
-                        last_seq,
-                        records,
-                    });
-                    if let Err(e) = write_frame(&mut send, &frame, &mut scratch).await {
+                let batch =
+                    blocking(move || q.read_with(cursor, max_records, max_bytes, encode_batch))
+                        .await?
+                        .context("encoding a batch")?;
+                if let Some(EncodedBatch {
+                    last_seq,
+                    records,
+                    frame,
+                }) = batch
+                {
+                    // Handed to QUIC as it is: its send buffer keeps the frame until the
+                    // aggregator has it, instead of copying it in.
+                    if let Err(e) = send.write_chunk(frame).await {
                         break Err(anyhow::Error::new(e).context("sending a batch"));
                     }
-                    metrics::counter!("weir_agent_sent_total").increment(n);
-                    // Do not keep a backlog batch's buffer for the small frames of a live link.
-                    if scratch.capacity() > SCRATCH_KEEP {
-                        scratch = Vec::new();
-                    }
+                    metrics::counter!("weir_agent_sent_total").increment(records);
                     cursor = last_seq + 1;
                     inflight.push_back((last_seq, Instant::now()));
                     continue;
@@ -392,6 +388,40 @@ impl Forwarder {
             committed_total: crate::pipeline::committed_total(),
         }
     }
+}
+
+/// A batch frame ready to send, and what it holds.
+#[derive(Debug)]
+struct EncodedBatch {
+    last_seq: u64,
+    records: u64,
+    /// The whole frame, length prefix included.
+    frame: Bytes,
+}
+
+/// Encodes the records lent by [`Queue::read_with`] as one batch frame (`None` for no records).
+/// The records borrow the queue's buffers, so each payload is copied once, into the frame; the
+/// bytes are those of an owned [`wire::AgentFrame::Batch`] (see `weir_common::wire`'s tests).
+fn encode_batch(records: Vec<WireRecordRef<'_>>) -> Result<Option<EncodedBatch>, wire::WireError> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(None);
+    };
+    let (first_seq, last_seq, n) = (first.seq, last.seq, records.len() as u64);
+    // Sized once for the frame (payloads plus a few bytes of framing each): grown by doubling,
+    // a 1 MB batch took a 2 MB buffer and two copies.
+    let size: usize = records.iter().map(|r| r.payload.len() + 16).sum();
+    let mut frame = Vec::with_capacity(size + 64);
+    let batch = AgentFrameRef::Batch(BatchRef {
+        first_seq,
+        last_seq,
+        records,
+    });
+    wire::encode_frame(&batch, &mut frame)?;
+    Ok(Some(EncodedBatch {
+        last_seq,
+        records: n,
+        frame: Bytes::from(frame),
+    }))
 }
 
 /// Longest an acknowledged record waits before it is deleted from the queue.

@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use weir_common::wire::WireRecord;
+use weir_common::wire::{WireRecord, WireRecordRef};
 use weir_common::{Record, Severity};
 
 use self::block::{BlockLimits, Summary};
@@ -1019,6 +1019,51 @@ impl Queue {
         self.read_from_file(from, max_records, max_bytes)
     }
 
+    /// The records [`Queue::read_from`] returns, lent to `f` instead of copied out: from the
+    /// tail in memory the payloads are borrowed (no allocation per record), so the forwarder
+    /// encodes its batch frame with one copy of each payload, into the frame. `f` runs under
+    /// the tail's lock, which appends wait for: it should only encode.
+    pub fn read_with<T>(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+        f: impl FnOnce(Vec<WireRecordRef<'_>>) -> T,
+    ) -> Result<T, QueueError> {
+        {
+            let tail = self.tail.lock().expect("queue tail lock");
+            if from >= tail.start {
+                let at = tail.records.partition_point(|(seq, _)| *seq < from);
+                let mut out = Vec::with_capacity(max_records.min(tail.records.len() - at));
+                let mut bytes = 0;
+                for (seq, v) in tail.records.range(at..) {
+                    let payload = v.get(HEADER_LEN..).unwrap_or_default();
+                    // The same limits as `read_from`.
+                    if !out.is_empty() && bytes + payload.len() > max_bytes {
+                        break;
+                    }
+                    bytes += payload.len();
+                    out.push(WireRecordRef { seq: *seq, payload });
+                    if out.len() >= max_records || bytes >= max_bytes {
+                        break;
+                    }
+                }
+                return Ok(f(out));
+            }
+        }
+        // A backlog below the tail: the file's records are copied out (their blocks are only
+        // borrowed one at a time), then lent.
+        let owned = self.read_from_file(from, max_records, max_bytes)?;
+        let out: Vec<WireRecordRef<'_>> = owned
+            .iter()
+            .map(|r| WireRecordRef {
+                seq: r.seq,
+                payload: &r.payload,
+            })
+            .collect();
+        Ok(f(out))
+    }
+
     /// [`Queue::read_from`] from the file, not the tail in memory.
     fn read_from_file(
         &self,
@@ -1394,6 +1439,17 @@ mod tests {
                 for (n, bytes) in [(usize::MAX, usize::MAX), (3, usize::MAX), (100, 40)] {
                     let a = q.read_from(from, n, bytes).unwrap();
                     let b = q.read_from_file(from, n, bytes).unwrap();
+                    let lent = q
+                        .read_with(from, n, bytes, |recs| {
+                            recs.into_iter()
+                                .map(|r| WireRecord {
+                                    seq: r.seq,
+                                    payload: r.payload.to_vec(),
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap();
+                    assert_eq!(a, lent, "from {from}, {n} records, {bytes} bytes");
                     let seqs = |v: &[WireRecord]| v.iter().map(|w| w.seq).collect::<Vec<_>>();
                     assert_eq!(
                         seqs(&a),

@@ -86,8 +86,9 @@ pub struct WireRecord {
 
 /// [`AgentFrame`] as the aggregator decodes it: the same encoding (same variants, same
 /// fields), but a batch's record payloads borrow from the frame's bytes instead of each being
-/// copied into its own allocation.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// copied into its own allocation. The agent encodes batches from it too, borrowing the
+/// payloads from its queue, so a record is copied once, into the frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentFrameRef<'a> {
     Hello(Hello),
     #[serde(borrow)]
@@ -312,6 +313,28 @@ mod tests {
         encode_frame(&AgentFrame::Batch(b.clone()), &mut buf).unwrap();
         let f: AgentFrameRef<'_> = decode_body_ref(&buf[HEADER_LEN..]).unwrap();
         assert_eq!(f, AgentFrameRef::Batch(b.borrowed()));
+    }
+
+    /// The agent encodes batches borrowed: the bytes must be exactly an owned batch's, or
+    /// old aggregators could not read new agents.
+    #[test]
+    fn borrowed_frames_encode_like_owned_ones() {
+        let frame = batch(5);
+        let AgentFrame::Batch(b) = &frame else {
+            unreachable!()
+        };
+        let (mut owned, mut borrowed) = (Vec::new(), Vec::new());
+        encode_frame(&frame, &mut owned).unwrap();
+        encode_frame(&AgentFrameRef::Batch(b.borrowed()), &mut borrowed).unwrap();
+        assert_eq!(owned, borrowed);
+        let status = AgentStatus {
+            backlog_records: 3,
+            ..Default::default()
+        };
+        let (mut owned, mut borrowed) = (Vec::new(), Vec::new());
+        encode_frame(&AgentFrame::Status(status.clone()), &mut owned).unwrap();
+        encode_frame(&AgentFrameRef::Status(status), &mut borrowed).unwrap();
+        assert_eq!(owned, borrowed);
     }
 
     #[test]
