@@ -884,9 +884,14 @@ impl Matcher {
             if b.gate.is_some_and(|g| !cx.pred(g)) {
                 continue;
             }
-            // Checked until the scan has run, then once: the bucket ends or the check does.
+            // Checked for rules past their severity floor until the scan has run, then once:
+            // the bucket ends or the check does.
             let mut need = b.need.as_ref();
             for &i in &b.rules {
+                let plan = &self.plans[i as usize];
+                if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
+                    continue;
+                }
                 if let Some((scan, words)) = need
                     && cx.scanned[*scan] == Scanned::Bits
                 {
@@ -894,10 +899,6 @@ impl Matcher {
                         break;
                     }
                     need = None;
-                }
-                let plan = &self.plans[i as usize];
-                if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
-                    continue;
                 }
                 if cx.run(plan.entry) {
                     out.push(i);
