@@ -218,11 +218,20 @@ const MAX_GATES: usize = 4;
 #[derive(Debug)]
 struct Bucket {
     gate: Option<u32>,
+    /// When every rule of the bucket needs a literal of one scan (see [`need`]): that scan
+    /// and the union of those literals. Once the scan has run on an ASCII value without any
+    /// of them, no rule left in the bucket can match.
+    need: Option<(usize, Words)>,
     rules: Box<[u32]>,
 }
 
-/// Splits `rules` (ascending) into buckets by their gates.
-fn buckets(rules: &[u32], gates: &[Option<u32>]) -> Box<[Bucket]> {
+/// Splits `rules` (ascending) into buckets by their gates, each with its [`need`].
+fn buckets(
+    rules: &[u32],
+    gates: &[Option<u32>],
+    needs: &[Option<u32>],
+    preds: &[Pred],
+) -> Box<[Bucket]> {
     let mut at: FastMap<Option<u32>, usize> = FastMap::default();
     let mut out: Vec<(Option<u32>, Vec<u32>)> = Vec::new();
     for &r in rules {
@@ -236,9 +245,44 @@ fn buckets(rules: &[u32], gates: &[Option<u32>]) -> Box<[Bucket]> {
     out.into_iter()
         .map(|(gate, rules)| Bucket {
             gate,
+            need: need(&rules, needs, preds),
             rules: rules.into(),
         })
         .collect()
+}
+
+/// The literals a bucket's rules need: when each rule's program has, at its top level, an
+/// AND-ed literal filter or literal-gated regex (`needs`, see [`Builder::need`]) on the same
+/// scan, any rule matching an ASCII value implies that one of the union of their literals
+/// occurs in it (`contains_any`: one of its own; `contains_all` and a regex's required
+/// literals: all of them). `None` when a rule has no such filter or they differ in scan.
+fn need(rules: &[u32], needs: &[Option<u32>], preds: &[Pred]) -> Option<(usize, Words)> {
+    let mut scan = None;
+    let mut all: Vec<(u32, u64)> = Vec::new();
+    for &r in rules {
+        let (s, words) = match &preds[needs[r as usize]? as usize] {
+            Pred::Literals { scan, words, .. } => (*scan, words),
+            Pred::Regex {
+                gate: Some((scan, words)),
+                ..
+            } => (*scan, words),
+            _ => return None,
+        };
+        // No literal at all (`contains_all []`) needs nothing.
+        if words.is_empty() || *scan.get_or_insert(s) != s {
+            return None;
+        }
+        all.extend_from_slice(words);
+    }
+    all.sort_unstable_by_key(|&(w, _)| w);
+    let mut out: Vec<(u32, u64)> = Vec::with_capacity(all.len());
+    for (w, m) in all {
+        match out.last_mut() {
+            Some((last, mask)) if *last == w => *mask |= m,
+            _ => out.push((w, m)),
+        }
+    }
+    Some((scan?, out.into()))
 }
 
 #[derive(Debug)]
@@ -359,6 +403,28 @@ impl Builder {
             })
             .min_by_key(|(r, _)| *r)?;
         Some(self.pred(f))
+    }
+
+    /// A top-level AND filter of `cond` (a rule's residual) that is a literal filter or a
+    /// regex gated by required literals: the rule cannot match an ASCII value lacking
+    /// every one of its literals (see [`need`]).
+    fn need(&mut self, cond: &Cond) -> Option<u32> {
+        let conjuncts = match cond {
+            Cond::All(c) => &c[..],
+            Cond::Filter(_) => std::slice::from_ref(cond),
+            _ => return None,
+        };
+        conjuncts.iter().find_map(|c| match c {
+            Cond::Filter(f) => {
+                let p = self.pred(f);
+                matches!(
+                    self.preds[p as usize],
+                    Pred::Literals { .. } | Pred::Regex { gate: Some(_), .. }
+                )
+                .then_some(p)
+            }
+            _ => None,
+        })
     }
 
     /// What is left of `cond` to test once its bucket's `gate` holds and the event is at
@@ -677,6 +743,7 @@ impl Matcher {
         };
         let mut plans = Vec::with_capacity(rules.rules.len());
         let mut gates = Vec::with_capacity(rules.rules.len());
+        let mut needs = Vec::with_capacity(rules.rules.len());
         for (i, r) in rules.rules.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             if r.events.is_empty() {
@@ -697,6 +764,7 @@ impl Matcher {
                 entry: b.emit(&rest, ACCEPT, REJECT),
             });
             gates.push(gate);
+            needs.push(b.need(&rest));
         }
         let tables = std::mem::take(&mut b.tables)
             .into_iter()
@@ -735,17 +803,6 @@ impl Matcher {
         if !failed.is_empty() {
             return Err(failed);
         }
-        // Merge each name's rules with the generic ones once, not per event.
-        let by_name = by_name
-            .into_iter()
-            .map(|(name, named)| {
-                let mut all: Vec<u32> = named.into_iter().chain(generic.iter().copied()).collect();
-                all.sort_unstable();
-                all.dedup();
-                (name, buckets(&all, &gates))
-            })
-            .collect();
-        let generic = buckets(&generic, &gates);
         // Words are per scan so far: shift each to its scan's place in the bitset.
         let mut preds = b.preds;
         let shift = |scan: usize, words: &mut Words| {
@@ -764,6 +821,17 @@ impl Matcher {
                 Pred::Regex { .. } | Pred::Plain { .. } | Pred::Table(_) | Pred::Severity(_) => {}
             }
         }
+        // Merge each name's rules with the generic ones once, not per event.
+        let by_name = by_name
+            .into_iter()
+            .map(|(name, named)| {
+                let mut all: Vec<u32> = named.into_iter().chain(generic.iter().copied()).collect();
+                all.sort_unstable();
+                all.dedup();
+                (name, buckets(&all, &gates, &needs, &preds))
+            })
+            .collect();
+        let generic = buckets(&generic, &gates, &needs, &preds);
         Ok(Matcher {
             by_name,
             generic,
@@ -816,10 +884,21 @@ impl Matcher {
             if b.gate.is_some_and(|g| !cx.pred(g)) {
                 continue;
             }
+            // Checked for rules past their severity floor until the scan has run, then once:
+            // the bucket ends or the check does.
+            let mut need = b.need.as_ref();
             for &i in &b.rules {
                 let plan = &self.plans[i as usize];
                 if plan.min_severity.is_some_and(|m| ev.event.severity < m) {
                     continue;
+                }
+                if let Some((scan, words)) = need
+                    && cx.scanned[*scan] == Scanned::Bits
+                {
+                    if !cx.any(words) {
+                        break;
+                    }
+                    need = None;
                 }
                 if cx.run(plan.entry) {
                     out.push(i);
@@ -1341,6 +1420,69 @@ mod tests {
             let mut m = Matcher::new(&set);
             for ev in &events {
                 prop_assert_eq!(m.matching(ev), plain(&set, ev), "event {:?}", ev.event);
+            }
+        }
+    }
+
+    /// Rules sharing one hostname gate, each with a literal filter or a regex (with required
+    /// literals) AND-ed at the top level, so their bucket gets a [`Bucket::need`], in random
+    /// order with other filters around it.
+    fn needy_rules() -> impl Strategy<Value = Vec<Value>> {
+        let needy =
+            (0usize..3, proptest::collection::vec(0..WORDS.len(), 1..4)).prop_map(|(op, words)| {
+                let list: Vec<&str> = words.iter().map(|&w| WORDS[w]).collect();
+                match op {
+                    0 => json!({"field": "message", "op": "contains_any", "value": list}),
+                    1 => json!({"field": "message", "op": "contains_all", "value": list}),
+                    _ => json!({"field": "message", "op": "regex",
+                                "value": REGEXES[words[0] % REGEXES.len()]}),
+                }
+            });
+        let rule = (needy, proptest::option::of(filter()), any::<bool>()).prop_map(
+            |(needy, other, first)| {
+                let mut filters =
+                    vec![json!({"field": "hostname", "op": "matches", "value": "link*"})];
+                match (other, first) {
+                    (Some(o), true) => filters.extend([o, needy]),
+                    (Some(o), false) => filters.extend([needy, o]),
+                    (None, _) => filters.push(needy),
+                }
+                json!({"conditions": {"operator": "AND", "filters": filters}})
+            },
+        );
+        proptest::collection::vec(rule, 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A bucket whose rules all need literals is skipped once its scan found none of them,
+        /// and that changes nothing: the plain evaluation agrees.
+        #[test]
+        fn buckets_skipped_on_missing_literals_agree_with_plain_evaluation(
+            raw in needy_rules(),
+            events in proptest::collection::vec(event(), 1..16),
+        ) {
+            let rules: Vec<Value> = raw
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut r)| {
+                    r["name"] = json!(format!("r{i}"));
+                    r
+                })
+                .collect();
+            let text = serde_json::to_string(&rules).unwrap_or_default();
+            let Ok(set) = RuleSet::parse(&text, Path::new("prop.json")) else {
+                return Ok(());
+            };
+            let mut m = Matcher::new(&set);
+            for ev in &events {
+                let mut ev = ev.clone();
+                // Mostly hosts that pass the gate, so the buckets' rules run.
+                if ev.event.hostname.len() % 4 != 0 {
+                    ev.event.hostname = "linkhost".into();
+                }
+                prop_assert_eq!(m.matching(&ev), plain(&set, &ev), "event {:?}", ev.event);
             }
         }
     }
