@@ -9,10 +9,14 @@
 //! previous one, so a fast script is slowed by its pipe filling up, not by loss.
 //!
 //! The command runs without a shell (`command = ["/path/prog", "arg"]`), with standard input
-//! closed, as the agent's user. On agent shutdown a running script is killed.
+//! closed, as the agent's user, in its own process group. On a timeout or agent shutdown the
+//! group is killed; what the script wrote before is still read and submitted for up to a second,
+//! and what the queue could not take by then, or a line the kill cut short, is counted
+//! (`weir_agent_dropped_total{reason="script_killed_unread"}`) and logged: never lost silently.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -172,7 +176,15 @@ fn failed(script: &str, reason: &'static str) {
         .increment(1);
 }
 
+/// How long, once a script is killed (timeout or shutdown), its output is still read and
+/// submitted; what the queue cannot take by then is counted as `script_killed_unread`.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// One run: start, read its output until it ends (or the timeout / shutdown), reap it.
+///
+/// On a timeout or shutdown the script and its children (its process group) are killed, and
+/// what it wrote before is still read and submitted for up to [`DRAIN_GRACE`]; what remains
+/// after that (a queue that does not take it, a line cut short by the kill) is counted.
 async fn run_once(
     cfg: &ScriptConfig,
     sink: &Sink,
@@ -184,6 +196,8 @@ async fn run_once(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a kill reaches the children holding its output open.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(dir) = &cfg.working_dir {
         cmd.current_dir(dir);
@@ -218,30 +232,52 @@ async fn run_once(
             weir_common::warn_limited!("script_stderr", script = %name, stderr = %text, "script wrote to standard error");
         }
     });
-    let read = read_events(
-        BufReader::new(stdout),
-        &cfg.name,
-        cfg.max_line_bytes.0 as usize,
-        sink,
-    );
+    let mut out = Output::new(BufReader::new(stdout), max_line);
+    let killed = AtomicBool::new(false);
     let deadline = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
     };
-    let outcome = tokio::select! {
-        r = read => Some(r),
-        _ = deadline => {
-            failed(&cfg.name, "timeout");
-            weir_common::warn_limited!("script_timeout", script = %cfg.name, timeout = ?timeout, "script ran past its timeout and was killed; raise `timeout` or make it faster");
-            None
+    let mut lines = None;
+    {
+        // Not cancelled by the kill: it goes on reading what the script wrote until then.
+        let read = read_events(&mut out, &cfg.name, sink, &killed);
+        tokio::pin!(read);
+        tokio::select! {
+            r = &mut read => lines = Some(r),
+            _ = deadline => {
+                failed(&cfg.name, "timeout");
+                weir_common::warn_limited!("script_timeout", script = %cfg.name, timeout = ?timeout, "script ran past its timeout and was killed; raise `timeout` or make it faster");
+            }
+            _ = shutdown.cancelled() => {}
         }
-        _ = shutdown.cancelled() => None,
-    };
+        if lines.is_none() {
+            killed.store(true, Ordering::Relaxed);
+            kill_group(&mut child, &cfg.name);
+            if let Ok(r) = tokio::time::timeout(DRAIN_GRACE, &mut read).await {
+                lines = Some(r);
+            }
+        }
+    }
+    if lines.is_none() {
+        // The queue did not take the rest in time (or a process outside the group holds the
+        // output open): count what is left instead of losing it silently.
+        let lost = out.count_left().await;
+        if lost > 0 {
+            sink.drops.count_n("script_killed_unread", lost);
+            weir_common::warn_limited!(
+                "script_killed_unread",
+                script = %cfg.name,
+                lost,
+                "dropped output of a killed script that the queue could not take in time (lines, or events of a line already read); check the queue and the aggregator link, or raise the script's `timeout`"
+            );
+        }
+    }
     let _ = child.start_kill();
     match child.wait().await {
-        Ok(status) if !status.success() && outcome.is_some() => {
+        Ok(status) if !status.success() && !killed.load(Ordering::Relaxed) => {
             failed(&cfg.name, "exit_status");
             weir_common::warn_limited!("script_exit", script = %cfg.name, %status, "script exited with an error status");
         }
@@ -249,8 +285,76 @@ async fn run_once(
         Err(e) => tracing::warn!(script = %cfg.name, error = %e, "could not reap the script"),
     }
     stderr_task.abort();
-    if let Some(lines) = outcome {
-        tracing::debug!(script = %cfg.name, lines, "script run finished");
+    tracing::debug!(script = %cfg.name, lines = out.line_no, "script run finished");
+}
+
+/// Kills the script's process group (it and the children it started), or at least the script.
+fn kill_group(child: &mut Child, script: &str) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let group = nix::unistd::Pid::from_raw(pid);
+        match nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(script, error = %e, "could not kill the script's process group")
+            }
+        }
+    }
+    let _ = child.start_kill();
+}
+
+/// A script's standard output and how far it has been read. Kept outside the reading future,
+/// so that what that future held when it was given up can still be counted.
+struct Output<R> {
+    reader: R,
+    /// The line being read (a partial one when the read was given up).
+    buf: Vec<u8>,
+    max_line: usize,
+    /// Lines read so far.
+    line_no: u64,
+    /// Records parsed from a line and waiting for the queue to take them.
+    in_flight: u64,
+}
+
+impl<R: AsyncBufRead + Unpin> Output<R> {
+    fn new(reader: R, max_line: usize) -> Self {
+        Output {
+            reader,
+            buf: Vec::with_capacity(1024),
+            max_line,
+            line_no: 0,
+            in_flight: 0,
+        }
+    }
+
+    /// Counts what was not submitted: the records in flight, a partial line, and the
+    /// non-blank lines still buffered or in the pipe (read until its end, a pause of
+    /// 100 ms, or [`DRAIN_GRACE`], whichever is first: bounded in time and memory).
+    async fn count_left(&mut self) -> u64 {
+        let mut lost = std::mem::take(&mut self.in_flight);
+        let mut open =
+            self.buf.last() != Some(&b'\n') && self.buf.iter().any(|b| !b.is_ascii_whitespace());
+        self.buf.clear();
+        let until = tokio::time::Instant::now() + DRAIN_GRACE;
+        loop {
+            let wait = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_millis(100));
+            let chunk = match tokio::time::timeout(wait, self.reader.fill_buf()).await {
+                Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
+                _ => break,
+            };
+            for &b in chunk {
+                if b == b'\n' {
+                    lost += u64::from(open);
+                    open = false;
+                } else if !b.is_ascii_whitespace() {
+                    open = true;
+                }
+            }
+            let n = chunk.len();
+            self.reader.consume(n);
+        }
+        lost + u64::from(open)
     }
 }
 
@@ -293,25 +397,26 @@ async fn next_line<R: AsyncBufRead + Unpin>(
 }
 
 /// Reads lines until end of output, submitting the events of each good line. Returns the
-/// number of lines read.
+/// number of lines read. Once `killed` is set, a last line without its newline that is not a
+/// valid event is counted as cut short by the kill (`script_killed_unread`).
 async fn read_events<R: AsyncBufRead + Unpin>(
-    mut reader: R,
+    out: &mut Output<R>,
     script: &str,
-    max_line: usize,
     sink: &Sink,
+    killed: &AtomicBool,
 ) -> u64 {
-    let mut line_no = 0u64;
-    let mut buf = Vec::with_capacity(1024);
+    let max_line = out.max_line;
     loop {
-        let line = match next_line(&mut reader, &mut buf, max_line).await {
+        let line = match next_line(&mut out.reader, &mut out.buf, max_line).await {
             Ok(Some(line)) => line,
-            Ok(None) => return line_no,
+            Ok(None) => return out.line_no,
             Err(e) => {
                 tracing::warn!(script, error = %e, "error reading the script's output");
-                return line_no;
+                return out.line_no;
             }
         };
-        line_no += 1;
+        out.line_no += 1;
+        let line_no = out.line_no;
         if line == Line::TooLong {
             sink.drops.count("script_line_too_long");
             weir_common::warn_limited!(
@@ -323,7 +428,8 @@ async fn read_events<R: AsyncBufRead + Unpin>(
             );
             continue;
         }
-        let line = buf.trim_ascii();
+        let cut_short = out.buf.last() != Some(&b'\n');
+        let line = out.buf.trim_ascii();
         if line.is_empty() {
             continue;
         }
@@ -332,7 +438,7 @@ async fn read_events<R: AsyncBufRead + Unpin>(
                 let now = Timestamp::now();
                 metrics::counter!("weir_agent_received_total", "input" => "script")
                     .increment(events.len() as u64);
-                let records = events
+                let records: Vec<Record> = events
                     .into_iter()
                     .map(|e| {
                         let mut ev = e.into_event(InputKind::Script, now);
@@ -340,9 +446,24 @@ async fn read_events<R: AsyncBufRead + Unpin>(
                         Record::Event(ev)
                     })
                     .collect();
-                if sink.send(records, now).await.is_err() {
-                    return line_no;
+                let n = records.len() as u64;
+                out.in_flight = n;
+                let sent = sink.send(records, now).await;
+                out.in_flight = 0;
+                if sent.is_err() {
+                    // Only when the agent stops: nothing more can be submitted.
+                    sink.drops.count_n("shutdown", n);
+                    return out.line_no;
                 }
+            }
+            Err(_) if cut_short && killed.load(Ordering::Relaxed) => {
+                sink.drops.count("script_killed_unread");
+                weir_common::warn_limited!(
+                    "script_killed_unread",
+                    script,
+                    line = line_no,
+                    "the script was killed in the middle of a line; that line was dropped"
+                );
             }
             Err(errors) => {
                 sink.drops.count("script_invalid_line");
@@ -470,6 +591,129 @@ echo '{"source":"a","hostname":"h","severity":"info","message":"after"}'"#,
         .await;
         drop(sink);
         assert_eq!(rx.recv_for_test().await, Some(1));
+    }
+
+    /// Prints `n` events at once, then hangs (in a child of the shell, as scripts do).
+    fn burst_then_hang(n: usize) -> String {
+        format!(
+            r#"i=0
+while [ $i -lt {n} ]; do
+  echo '{{"source":"s","hostname":"h","severity":"info","message":"m'$i'"}}'
+  i=$((i+1))
+done
+sleep 30"#
+        )
+    }
+
+    /// Records that reach `rx` once it is read after `after`, until every sink is gone.
+    fn consume_after(
+        mut rx: pipeline::SinkReceiver,
+        after: Duration,
+    ) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let mut n = 0;
+            while let Some(sub) = rx.recv_for_test().await {
+                n += sub;
+            }
+            n
+        })
+    }
+
+    /// Regression: the lines a script printed before it was killed for its timeout were lost
+    /// uncounted while the queue held the reader back. They are submitted once it has room.
+    #[tokio::test]
+    async fn lines_written_before_a_timeout_kill_are_submitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(dir.path(), &burst_then_hang(8));
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, rx) = pipeline::channel(2, DedupRules::default());
+        // The queue takes nothing until after the kill.
+        let got = consume_after(rx, Duration::from_millis(600));
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        let drops = sink.drops.snapshot();
+        drop(sink);
+        assert_eq!(got.await.unwrap(), 8, "{drops:?}");
+        assert!(drops.is_empty(), "{drops:?}");
+    }
+
+    /// Regression: when the queue still cannot take them after the kill, the lines in flight
+    /// and in the pipe are counted as `script_killed_unread`, not discarded silently.
+    #[tokio::test]
+    async fn lines_a_blocked_queue_cannot_take_after_a_kill_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(dir.path(), &burst_then_hang(8));
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, rx) = pipeline::channel(2, DedupRules::default());
+        let got = consume_after(rx, Duration::from_secs(3600));
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        let drops = sink.drops.snapshot();
+        got.abort();
+        // Two fit in the channel; the rest could not be submitted.
+        assert_eq!(drops.get("script_killed_unread"), Some(&6), "{drops:?}");
+    }
+
+    /// Regression: a line cut short by the kill vanished; now it is counted.
+    #[tokio::test]
+    async fn a_partial_last_line_at_the_kill_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(
+            dir.path(),
+            r#"printf '{"source":"s","hostname":"h","severity":"info","message":"whole"}\n{"source":"s","hostn'
+sleep 30"#,
+        );
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, rx) = pipeline::channel(100, DedupRules::default());
+        let got = consume_after(rx, Duration::ZERO);
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        let drops = sink.drops.snapshot();
+        drop(sink);
+        assert_eq!(got.await.unwrap(), 1);
+        assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
+    }
+
+    /// Regression: on agent shutdown, what the script had printed was discarded uncounted.
+    #[tokio::test]
+    async fn shutdown_submits_what_the_script_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(dir.path(), &burst_then_hang(5));
+        cfg.mode = Mode::LongRunning;
+        let (sink, rx) = pipeline::channel(1, DedupRules::default());
+        let got = consume_after(rx, Duration::from_millis(600));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        run_once(&cfg, &sink, &shutdown, None).await;
+        let drops = sink.drops.snapshot();
+        drop(sink);
+        assert_eq!(got.await.unwrap(), 5, "{drops:?}");
+    }
+
+    /// A timeout kills the script's children too: a `sleep` left behind held the output
+    /// open (and piled up, one per run).
+    #[tokio::test]
+    async fn a_timeout_kills_the_scripts_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(
+            dir.path(),
+            "sleep 30 &
+echo $! > child.pid
+wait",
+        );
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, _rx) = pipeline::channel(100, DedupRules::default());
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        let pid = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Gone, or a zombie waiting for a reaper that is not us.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        if let Ok(stat) = stat {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            assert!(state.starts_with('Z'), "the child still runs: {stat}");
+        }
     }
 
     #[tokio::test]
