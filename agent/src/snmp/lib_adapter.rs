@@ -391,9 +391,21 @@ impl Processor {
         let engine_id: &[u8] = usm.engine_id();
         let username: &[u8] = usm.username();
 
+        // The PDU type, when readable before authentication and decryption.
+        let plain_type = match msg.data() {
+            V3MessageData::Plaintext(s) => Some(s.pdu.pdu_type()),
+            V3MessageData::Encrypted(_) => None,
+        };
+        // RFC 3412 6.4: a PDU of the Unconfirmed Class (Trap, Report, Response) is processed
+        // as if the reportableFlag were zero. Answering one with a Report lost a trap that had
+        // the flag set (counted only as a Report sent) and let two engines reflect Reports.
+        let unconfirmed = matches!(
+            plain_type,
+            Some(PduType::TrapV2 | PduType::Report | PduType::Response)
+        );
         // Engine discovery (RFC 3414 4): a reportable message for an unknown engine ID gets
         // our engine ID, boots and time in a noAuthNoPriv Report.
-        if flags.reportable && engine_id != self.engine.engine_id {
+        if flags.reportable && !unconfirmed && engine_id != self.engine.engine_id {
             let request_id = match msg.data() {
                 V3MessageData::Plaintext(s) => s.pdu.clone().into_raw_parts().0,
                 V3MessageData::Encrypted(_) => 0,
@@ -416,6 +428,17 @@ impl Processor {
             };
         }
 
+        // An unauthenticated request, Response or Report is dropped for what it is, whoever
+        // sent it (with authentication, a wrong password is the more useful thing to report).
+        if level == SecurityLevel::NoAuthNoPriv
+            && let Some(t) = plain_type
+            && !matches!(t, PduType::TrapV2 | PduType::InformRequest)
+        {
+            return drop(
+                DropReason::NotANotification,
+                format!("{t:?} PDU on the trap port"),
+            );
+        }
         let Some(user) = self.users.get(username) else {
             return drop(
                 DropReason::UnknownUser,
@@ -1389,6 +1412,77 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Sets the reportableFlag of an encoded noAuthNoPriv v3 message (msgFlags `04 01 00`).
+    fn set_reportable(mut msg: Vec<u8>) -> Vec<u8> {
+        let at = msg.windows(3).position(|w| w == [4, 1, 0]).unwrap();
+        msg[at + 2] = 0x04;
+        msg
+    }
+
+    /// Regression: a v3 trap with the reportableFlag set, from its own (remote) engine, was
+    /// answered with a discovery Report and lost, counted nowhere but in Reports sent; and a
+    /// Report with the flag got a Report back. Unconfirmed-class PDUs never get a Report
+    /// (RFC 3412 6.4): the trap is an event, a Report or Response a counted drop.
+    #[test]
+    fn unconfirmed_pdus_with_the_reportable_flag_get_no_report() {
+        let remote = [0x80, 0, 0x1f, 0x88, 4, 1, 2, 3];
+        let noauth = user("n", Auth::None, "", Priv::None, "");
+        let sender = encode::V3Sender::new(&remote, &noauth).unwrap();
+        let trap = sender
+            .trap(
+                5,
+                1,
+                10,
+                "1.3.6.1.6.3.1.1.5.3",
+                &[("1.3.6.1.2.1.1.5.0", "x")],
+            )
+            .unwrap();
+        let mut p = Processor::new(
+            &[],
+            std::slice::from_ref(&noauth),
+            engine("8000000001020304"),
+        )
+        .unwrap();
+        assert!(matches!(
+            p.process(&set_reportable(trap)),
+            Outcome::Notification { .. }
+        ));
+        for pdu in [
+            ResponsePdu::report(
+                7,
+                vec![VarBind::new(
+                    Oid::from_slice(&USM_STATS_UNKNOWN_ENGINE_IDS),
+                    Value::Counter32(1),
+                )],
+            )
+            .unwrap(),
+            ResponsePdu::success(Version::V3, 7, vec![]).unwrap(),
+        ] {
+            let scoped = ScopedPdu::new(Bytes::copy_from_slice(&remote), Bytes::new(), pdu);
+            let msg = encode_v3(
+                7,
+                SecurityLevel::NoAuthNoPriv,
+                &remote,
+                1,
+                10,
+                b"",
+                scoped,
+                None,
+                None,
+            )
+            .unwrap();
+            for msg in [msg.clone(), set_reportable(msg)] {
+                match p.process(&msg) {
+                    Outcome::Drop {
+                        reason: DropReason::NotANotification,
+                        ..
+                    } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 
     /// A discovery probe (reportable, empty engine ID) gets a Report carrying our engine ID.
