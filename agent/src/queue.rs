@@ -332,7 +332,11 @@ pub enum QueueError {
     InUse { path: PathBuf },
     /// Only a bug or an edited file makes one (redb checksums its pages). Found at open, the
     /// file is moved aside like any unreadable queue; found later, reads stop there rather than
-    /// skip records silently, and the next start moves the file aside.
+    /// skip records silently, and the next start moves the file aside. "Later" needs the file
+    /// changed under the running agent (by hand, or storage corrupting a page after open):
+    /// every block written after open comes from `put_chunked`, encoding records this process
+    /// holds (new ones, or those of a block it parsed and rewrites), so it parses by
+    /// construction (`behaves_like_the_model` and `check_blocks` test that).
     #[error(
         "queue {path}: block {block} is malformed at byte {offset}. Stop weir-agent, move {path} aside (keep it for analysis) and start it again with a fresh queue"
     )]
