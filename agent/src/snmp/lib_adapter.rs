@@ -1152,6 +1152,18 @@ pub mod encode {
             )
         }
     }
+
+    /// Sets the reportableFlag of an encoded noAuthNoPriv v3 message (msgFlags `04 01 00`),
+    /// as some senders do on traps (RFC 3412 6.4 says to ignore it there).
+    #[cfg(test)]
+    pub(crate) fn set_reportable(mut msg: Vec<u8>) -> Vec<u8> {
+        let at = msg
+            .windows(3)
+            .position(|w| w == [4, 1, 0])
+            .expect("noAuthNoPriv msgFlags");
+        msg[at + 2] = 0x04;
+        msg
+    }
 }
 
 #[cfg(test)]
@@ -1414,19 +1426,13 @@ mod tests {
         ));
     }
 
-    /// Sets the reportableFlag of an encoded noAuthNoPriv v3 message (msgFlags `04 01 00`).
-    fn set_reportable(mut msg: Vec<u8>) -> Vec<u8> {
-        let at = msg.windows(3).position(|w| w == [4, 1, 0]).unwrap();
-        msg[at + 2] = 0x04;
-        msg
-    }
-
     /// Regression: a v3 trap with the reportableFlag set, from its own (remote) engine, was
     /// answered with a discovery Report and lost, counted nowhere but in Reports sent; and a
     /// Report with the flag got a Report back. Unconfirmed-class PDUs never get a Report
     /// (RFC 3412 6.4): the trap is an event, a Report or Response a counted drop.
     #[test]
     fn unconfirmed_pdus_with_the_reportable_flag_get_no_report() {
+        use encode::set_reportable;
         let remote = [0x80, 0, 0x1f, 0x88, 4, 1, 2, 3];
         let noauth = user("n", Auth::None, "", Priv::None, "");
         let sender = encode::V3Sender::new(&remote, &noauth).unwrap();

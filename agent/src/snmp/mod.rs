@@ -634,3 +634,5 @@ async fn run(
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod listener_tests;

@@ -1,0 +1,327 @@
+//! The SNMP trap listener over real datagrams on loopback, with a real queue in a temp dir and
+//! the metrics read as the agent exports them (a Prometheus recorder local to the test thread,
+//! so each test is `current_thread` and sees only its own counters).
+//!
+//! The accounting these tests hold the listener to: every datagram received
+//! (`weir_agent_received_total{input="snmp"}`) is an event in the queue (an answered Inform is
+//! one too), a Report sent (`weir_agent_snmp_reports_total{kind}`), or a counted drop
+//! (`weir_agent_snmp_dropped_total{reason}`, mirrored in the sink's input drops).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_common::{Event, Record};
+
+use super::lib_adapter::encode::{V3Sender, set_reportable};
+use super::{Auth, Listeners, Priv, SnmpConfig, UserSpec};
+use crate::pipeline::{self, Sink};
+use crate::queue::{Limits, Queue};
+use crate::trap_policy::TrapPolicyState;
+
+/// This receiver's engine ID.
+const OUR_ENGINE: &str = "8000000001020304";
+/// A trap sender's (authoritative) engine ID: not ours.
+const REMOTE_ENGINE: [u8; 8] = [0x80, 0, 0x1f, 0x88, 4, 1, 2, 3];
+
+/// A metrics recorder for the current thread; install it before [`Rig::start`].
+fn recorder() -> PrometheusRecorder {
+    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+}
+
+/// One SNMP listener on 127.0.0.1 feeding a queue through the real writer.
+struct Rig {
+    dir: tempfile::TempDir,
+    queue: Arc<Queue>,
+    sink: Sink,
+    metrics: PrometheusHandle,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    addr: SocketAddr,
+}
+
+impl Rig {
+    async fn start(metrics: PrometheusHandle) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_records: 1_000_000,
+            max_bytes: 1 << 28,
+        };
+        let queue = Arc::new(Queue::open(&dir.path().join("queue.redb"), limits).unwrap());
+        let (sink, rx) = pipeline::channel(1024, crate::dedup::DedupRules::default());
+        let cfg: SnmpConfig = toml::from_str(&format!(
+            "listen = [\"127.0.0.1:0\"]\ncommunities = [\"public\"]\nengine_id = \"{OUR_ENGINE}\"\n\
+             [[users]]\nname = \"n\"\n"
+        ))
+        .unwrap();
+        let listeners = Listeners::bind(&cfg, dir.path()).await.unwrap();
+        let addr = listeners.addrs()[0];
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        listeners.spawn(
+            sink.clone(),
+            TrapPolicyState::load(dir.path()),
+            &tracker,
+            shutdown.clone(),
+        );
+        let (committed, _) = tokio::sync::watch::channel(0);
+        tracker.spawn(pipeline::run_writer(
+            queue.clone(),
+            rx,
+            committed,
+            pipeline::WriterOptions {
+                drop_report_interval: Duration::from_secs(3600),
+                dedup_flush_interval: Duration::from_secs(1),
+                dedup_max_keys: 1,
+            },
+            shutdown.clone(),
+        ));
+        Rig {
+            dir,
+            queue,
+            sink,
+            metrics,
+            tracker,
+            shutdown,
+            addr,
+        }
+    }
+
+    /// Sum of the samples whose name and labels start with `prefix` (e.g.
+    /// `weir_agent_snmp_dropped_total{` for every reason).
+    fn metric(&self, prefix: &str) -> u64 {
+        self.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.queue
+            .read_from(0, usize::MAX, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|w| match Record::from_bytes(&w.payload) {
+                Ok(Record::Event(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until the listener has taken `n` datagrams and every event among them is queued
+    /// (drops and Reports are counted before a batch's events go to the sink).
+    async fn settle(&self, n: u64) -> Accounting {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = self.accounting();
+            if a.received >= n && a.events + a.reports + a.drops >= a.received {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} datagrams never settled: {a:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn accounting(&self) -> Accounting {
+        Accounting {
+            received: self.metric("weir_agent_received_total{input=\"snmp\"}"),
+            events: self.events().len() as u64,
+            reports: self.metric("weir_agent_snmp_reports_total{"),
+            drops: self.metric("weir_agent_snmp_dropped_total{"),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .expect("listener stops");
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Accounting {
+    received: u64,
+    events: u64,
+    reports: u64,
+    drops: u64,
+}
+
+/// Whether net-snmp's `tool` is installed; skips with a printed reason, or panics under
+/// `CI=true` (CI must never pass by skipping).
+fn have(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stderr.is_empty());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{tool} missing and CI=true: apt-get install snmp");
+        }
+        eprintln!("skipping: net-snmp {tool} not installed (apt-get install snmp)");
+    }
+    ok
+}
+
+/// Runs `snmpget` against the trap port (1 s timeout, no retries, no MIBs, its own persistent
+/// dir); returns whether it succeeded and its stderr.
+async fn snmpget(rig: &Rig, args: &[&str]) -> (bool, String) {
+    let persist = rig.dir.path().join("net-snmp");
+    std::fs::create_dir_all(&persist).unwrap();
+    let out = tokio::process::Command::new("snmpget")
+        .args(["-m", "", "-M", "/dev/null", "-t", "1", "-r", "0"])
+        .args(args)
+        .arg(rig.addr.to_string())
+        .arg("1.3.6.1.2.1.1.1.0")
+        .env("SNMP_PERSISTENT_DIR", &persist)
+        .env("SNMPCONFPATH", &persist)
+        .output()
+        .await
+        .expect("running snmpget");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Regression over the wire for 59ca010: a v3 trap with the reportableFlag set, from its own
+/// engine, got a discovery Report back and was lost. It is an event, and nothing is sent back.
+#[tokio::test]
+async fn a_reportable_v3_trap_is_an_event_and_gets_no_report() {
+    let recorder = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let rig = Rig::start(recorder.handle()).await;
+    let noauth = UserSpec {
+        name: "n".into(),
+        auth: Auth::None,
+        auth_password: String::new(),
+        privacy: Priv::None,
+        priv_password: String::new(),
+        engine_ids: vec![],
+    };
+    let trap = V3Sender::new(&REMOTE_ENGINE, &noauth)
+        .unwrap()
+        .trap(
+            5,
+            1,
+            10,
+            "1.3.6.1.6.3.1.1.5.3",
+            &[("1.3.6.1.2.1.1.5.0", "reportable")],
+        )
+        .unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sender
+        .send_to(&set_reportable(trap), rig.addr)
+        .await
+        .unwrap();
+
+    let a = rig.settle(1).await;
+    assert_eq!(
+        a,
+        Accounting {
+            received: 1,
+            events: 1,
+            reports: 0,
+            drops: 0
+        }
+    );
+    let ev = &rig.events()[0];
+    assert_eq!(ev.tags["snmp_user"], "n", "{:?}", ev.tags);
+    assert_eq!(ev.tags["vb.1.3.6.1.2.1.1.5.0"], "string:reportable");
+    // A Report would have been sent before the event was handed to the sink: it would be here.
+    let mut buf = [0u8; 2048];
+    let answer = tokio::time::timeout(Duration::from_millis(300), sender.recv_from(&mut buf)).await;
+    assert!(answer.is_err(), "the trap's sender got {answer:?}");
+    assert!(rig.sink.drops.snapshot().is_empty());
+    rig.stop().await;
+}
+
+/// A v2c GetRequest to the trap port (a monitoring system pointed at the wrong port) is not
+/// answered and is counted as `not_a_notification`, in both drop counters.
+#[tokio::test]
+async fn a_v2c_get_on_the_trap_port_is_unanswered_and_counted() {
+    if !have("snmpget") {
+        return;
+    }
+    let recorder = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let rig = Rig::start(recorder.handle()).await;
+    let (answered, stderr) = snmpget(&rig, &["-v2c", "-c", "public"]).await;
+    assert!(!answered, "snmpget got an answer from the trap port");
+    assert!(stderr.contains("Timeout"), "{stderr}");
+
+    let a = rig.settle(1).await;
+    assert_eq!(
+        a,
+        Accounting {
+            received: 1,
+            events: 0,
+            reports: 0,
+            drops: 1
+        }
+    );
+    assert_eq!(
+        rig.metric("weir_agent_snmp_dropped_total{reason=\"not_a_notification\"}"),
+        1
+    );
+    assert_eq!(
+        rig.metric("weir_agent_dropped_total{reason=\"snmp_not_a_notification\"}"),
+        1
+    );
+    assert_eq!(
+        rig.sink.drops.snapshot().into_iter().collect::<Vec<_>>(),
+        [("snmp_not_a_notification".to_string(), 1)]
+    );
+    rig.stop().await;
+}
+
+/// `snmpget -v3` noAuthNoPriv with a user we do not know: net-snmp first probes for our engine
+/// ID, which we answer with a Report (RFC 3414 4); its GetRequest, now for our engine, is
+/// dropped as `not_a_notification` (before the user lookup) and not answered. Two datagrams:
+/// one Report, one drop, no event.
+#[tokio::test]
+async fn a_v3_get_is_discovered_then_dropped_and_every_datagram_is_accounted() {
+    if !have("snmpget") {
+        return;
+    }
+    let recorder = recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let rig = Rig::start(recorder.handle()).await;
+    let (answered, stderr) = snmpget(&rig, &["-v3", "-l", "noAuthNoPriv", "-u", "nobody"]).await;
+    assert!(!answered, "snmpget got an answer from the trap port");
+    assert!(stderr.contains("Timeout"), "{stderr}");
+
+    let a = rig.settle(2).await;
+    assert_eq!(
+        a,
+        Accounting {
+            received: 2,
+            events: 0,
+            reports: 1,
+            drops: 1
+        }
+    );
+    assert_eq!(
+        rig.metric("weir_agent_snmp_reports_total{kind=\"unknown_engine_id\"}"),
+        1
+    );
+    assert_eq!(
+        rig.metric("weir_agent_snmp_dropped_total{reason=\"not_a_notification\"}"),
+        1
+    );
+    assert_eq!(
+        rig.sink.drops.snapshot().into_iter().collect::<Vec<_>>(),
+        [("snmp_not_a_notification".to_string(), 1)]
+    );
+    rig.stop().await;
+}
