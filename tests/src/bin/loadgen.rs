@@ -622,14 +622,19 @@ impl Fleet {
     }
 
     fn wait_api(&self) -> anyhow::Result<()> {
+        self.wait_http(self.api_port, "aggregator API")
+    }
+
+    /// Waits up to 20 s for `/healthz` on `port` to answer.
+    fn wait_http(&self, port: u16, what: &str) -> anyhow::Result<()> {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
-            if self.http_get("/healthz").is_ok() {
+            if self.http_get_port(port, "/healthz").is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("aggregator API did not come up");
+        bail!("{what} did not come up");
     }
 
     /// A minimal HTTP/1.1 GET (keeps the load generator free of an HTTP client stack).
@@ -686,14 +691,7 @@ impl Fleet {
     /// its HTTP endpoint.
     fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(self.spawn("weir-agent", "agent.toml")?);
-        let t = Instant::now();
-        while self.http_get_port(self.http_port, "/healthz").is_err() {
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!("agent HTTP endpoint did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        self.wait_http(self.http_port, "agent HTTP endpoint")
     }
 
     /// Records the agent has durably committed to its queue (`weir_agent_committed_total`).
@@ -885,25 +883,9 @@ fn bench_udp(
     let mut fleet = Fleet::new()?;
     if outage {
         fleet.keep = keep;
-        fleet.start_agent()?;
-        let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
-        let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
-        let cpu_before = fleet.cpu_secs().0;
-        let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
-        let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
-        let (committed, _) = wait_settled(sent.count, || fleet.agent_committed())?;
-        let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
-        let cpu = fleet.cpu_secs().0 - cpu_before;
-        let lost = sent.count.saturating_sub(committed);
-        println!(
-            "udp, aggregator down: offered {offered:.0} msg/s for {duration}s ({} sent), agent committed {committed} ({lost} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}; agent CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
-            sent.count,
-            100.0 * lost as f64 / sent.count.max(1) as f64,
-            cpu * 1e6 / sent.count.max(1) as f64,
-            fleet.agent_rss_peak_kb().unwrap_or(0) as f64 / 1024.0,
-        );
-        println!("agent drop counters: {}", fleet.agent_drops());
-        return drain_after_outage(&mut fleet, committed);
+        return outage_run(&mut fleet, "udp", move |target| {
+            send_udp(target, rate, Duration::from_secs(duration), size, 0)
+        });
     }
     fleet.start()?;
     // Wait until the agent is up (its UDP port answers nothing, so wait for its connection).
@@ -949,13 +931,63 @@ fn bench_udp(
     Ok(())
 }
 
+/// An outage run (`--outage`): the agent alone receives what `send` sends to its syslog port
+/// (the aggregator stays down, as in a WAN outage) and commits it to its queue; then the
+/// aggregator starts and every committed event must be stored exactly once.
+fn outage_run(
+    fleet: &mut Fleet,
+    kind: &str,
+    send: impl FnOnce(SocketAddr) -> anyhow::Result<Sent> + Send + 'static,
+) -> anyhow::Result<()> {
+    fleet.start_agent()?;
+    let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
+    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let cpu_before = fleet.cpu_secs().0;
+    let sender = std::thread::spawn(move || send(target));
+    let mut rss_max = 0;
+    let (committed, last_growth) = wait_settled(0, || {
+        rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
+        fleet.agent_committed()
+    })?;
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let cpu = fleet.cpu_secs().0 - cpu_before;
+    let lost = sent.count.saturating_sub(committed);
+    let secs = last_growth.as_secs_f64();
+    println!(
+        "{kind}, aggregator down: {} sent in {:.2}s ({:.0} msg/s offered), agent committed {committed} in {secs:.2}s = {:.0} msg/s ({lost} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}; agent CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
+        sent.count,
+        sent.elapsed.as_secs_f64(),
+        sent.count as f64 / sent.elapsed.as_secs_f64(),
+        committed as f64 / secs,
+        100.0 * lost as f64 / sent.count.max(1) as f64,
+        cpu * 1e6 / committed.max(1) as f64,
+        fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max) as f64 / 1024.0,
+    );
+    println!("agent drop counters: {}", fleet.agent_drops());
+    drain_after_outage(fleet, committed)
+}
+
 /// Ends an outage run: starts the aggregator and waits until the `committed` events the agent
 /// queued are stored, each exactly once (the stored counter and the API's total agree).
 fn drain_after_outage(fleet: &mut Fleet, committed: u64) -> anyhow::Result<()> {
     let start = Instant::now();
     fleet.aggregator = Some(fleet.spawn("weir-aggregator", "aggregator.toml")?);
     fleet.wait_api()?;
-    let (stored, _) = wait_settled(committed, || fleet.stored_metric())?;
+    // The agent reconnects with backoff (up to `reconnect_max`), so the store may stay empty for
+    // a while after the aggregator is up: wait for the count, not for a quiet spell.
+    let mut stored = fleet.stored_metric()?;
+    let mut last_change = Instant::now();
+    while stored < committed && last_change.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fleet.stored_metric()?;
+        if now != stored {
+            stored = now;
+            last_change = Instant::now();
+        }
+    }
     let api_total = fleet.stored_total()?;
     if stored != committed || api_total != committed {
         bail!(
@@ -963,7 +995,7 @@ fn drain_after_outage(fleet: &mut Fleet, committed: u64) -> anyhow::Result<()> {
         );
     }
     println!(
-        "after the outage: all {committed} stored exactly once in {:.2}s (aggregator start included)",
+        "after the outage: all {committed} stored exactly once {:.2}s after the aggregator was started (its start and the agent's reconnect backoff included)",
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -1091,31 +1123,9 @@ fn bench_tcp(count: u64, conns: u64, size: usize, keep: bool, outage: bool) -> a
     let mut fleet = Fleet::new()?;
     if outage {
         fleet.keep = keep;
-        fleet.start_agent()?;
-        let cpu_before = fleet.cpu_secs().0;
-        let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
-        let sender = std::thread::spawn(move || send_tcp(target, count, conns, size));
-        let mut rss_max = 0;
-        let (committed, last_growth) = wait_settled(count, || {
-            rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
-            fleet.agent_committed()
-        })?;
-        let sent = sender
-            .join()
-            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        let secs = last_growth.as_secs_f64();
-        let cpu = fleet.cpu_secs().0 - cpu_before;
-        println!(
-            "tcp, aggregator down: {} sent over {conns} connections in {:.2}s, agent committed {committed} in {secs:.2}s = {:.0} msg/s ({} lost); agent CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
-            sent.count,
-            sent.elapsed.as_secs_f64(),
-            committed as f64 / secs,
-            sent.count.saturating_sub(committed),
-            cpu * 1e6 / committed.max(1) as f64,
-            fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max) as f64 / 1024.0,
-        );
-        println!("agent drop counters: {}", fleet.agent_drops());
-        return drain_after_outage(&mut fleet, committed);
+        return outage_run(&mut fleet, "tcp", move |target| {
+            send_tcp(target, count, conns, size)
+        });
     }
     fleet.start()?;
     std::thread::sleep(Duration::from_millis(1500));
