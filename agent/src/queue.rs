@@ -444,6 +444,17 @@ impl Tail {
         }
     }
 
+    /// The forwarder has read (and sent) every record below `from`: they leave the tail, so
+    /// it keeps room for what is still to be sent. A resend after a reconnect reads them from
+    /// the file, as any record below `start`.
+    fn sent_below(&mut self, from: u64) {
+        while self.records.front().is_some_and(|(seq, _)| *seq < from) {
+            let (seq, b) = self.records.pop_front().expect("front exists");
+            self.bytes -= Tail::held(&b);
+            self.start = seq + 1;
+        }
+    }
+
     /// The records at or below `up_to` left the queue.
     fn ack(&mut self, up_to: u64) {
         while self.records.front().is_some_and(|(seq, _)| *seq <= up_to) {
@@ -1035,8 +1046,12 @@ impl Queue {
         f: impl FnOnce(Vec<WireRecordRef<'_>>) -> T,
     ) -> Result<T, QueueError> {
         {
-            let tail = self.tail.lock().expect("queue tail lock");
+            let mut tail = self.tail.lock().expect("queue tail lock");
             if from >= tail.start {
+                // What was sent before waits for its ack in the file only: under load the
+                // acks lag by many batches, and kept here those records pushed the ones still
+                // to send out of the tail, which the forwarder then read back from redb.
+                tail.sent_below(from);
                 let at = tail.records.partition_point(|(seq, _)| *seq < from);
                 let mut out = Vec::with_capacity(max_records.min(tail.records.len() - at));
                 let mut bytes = 0;
@@ -1484,8 +1499,8 @@ mod tests {
         q.ack(out.last_seq - 10).unwrap();
         check(&q);
         q.append(batch(5, Severity::Critical)).unwrap();
-        check(&q);
         assert!(q.tail.lock().unwrap().records.len() == 5);
+        check(&q);
         let last = q.next_seq() - 1;
         q.ack(last - 2).unwrap();
         check(&q);
@@ -1501,6 +1516,50 @@ mod tests {
         q.append(vec![rec(big, &long); 6]).unwrap();
         check(&q);
         assert!(q.tail.lock().unwrap().bytes <= TAIL_BYTES);
+    }
+
+    /// What the forwarder has read leaves the tail (it waits for its ack in the file), so the
+    /// tail keeps room for records still to send; a resend after a reconnect gets the same
+    /// records from the file.
+    #[test]
+    fn read_records_leave_the_tail_and_are_resent_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.redb"), big()).unwrap();
+        let recs = (0..10).map(|i| rec(Severity::Info, &format!("m{i}")));
+        let out = q.append(recs.collect()).unwrap();
+        let lend = |from: u64, n: usize| {
+            q.read_with(from, n, usize::MAX, |recs| {
+                recs.into_iter()
+                    .map(|r| WireRecord {
+                        seq: r.seq,
+                        payload: r.payload.to_vec(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+        };
+        let first = lend(out.first_seq, 4);
+        assert_eq!(q.tail.lock().unwrap().records.len(), 10);
+        let second = lend(out.first_seq + 4, 4);
+        assert_eq!(second[0].seq, out.first_seq + 4);
+        {
+            let tail = q.tail.lock().unwrap();
+            assert_eq!(tail.records.len(), 6);
+            assert_eq!(tail.start, out.first_seq + 4);
+        }
+        // Reconnected: the aggregator has none of them, everything is sent again, in order.
+        let again = lend(out.first_seq, 100);
+        assert_eq!(again.len(), 10);
+        assert_eq!(again[..4], first[..]);
+        assert_eq!(again[4..8], second[..]);
+        assert_eq!(
+            again,
+            q.read_from_file(out.first_seq, 100, usize::MAX).unwrap()
+        );
+        // Acks still empty the tail and the file alike.
+        assert_eq!(q.ack(out.last_seq).unwrap(), 10);
+        assert!(lend(out.first_seq, 100).is_empty());
+        assert!(q.tail.lock().unwrap().records.is_empty());
     }
 
     /// The tail keeps each appended record's own buffer, so its bound counts what the buffers
