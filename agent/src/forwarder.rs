@@ -298,10 +298,17 @@ impl Forwarder {
                     self.link.batch_max_records,
                     self.link.batch_max_bytes.0 as usize,
                 );
-                let batch =
-                    blocking(move || q.read_with(cursor, max_records, max_bytes, encode_batch))
-                        .await?
-                        .context("encoding a batch")?;
+                // An error ends the session through the common exit below (reader stopped,
+                // connection closed), not by returning early.
+                let batch = match blocking(move || {
+                    q.read_with(cursor, max_records, max_bytes, encode_batch)
+                })
+                .await
+                .and_then(|b| b.context("encoding a batch"))
+                {
+                    Ok(batch) => batch,
+                    Err(e) => break Err(e),
+                };
                 if let Some(EncodedBatch {
                     last_seq,
                     records,

@@ -1000,42 +1000,28 @@ impl Queue {
         Ok(removed)
     }
 
-    /// Reads up to `max_records` records (and about `max_bytes`) starting at `from`.
+    /// Reads up to `max_records` records (and about `max_bytes`) starting at `from`, copied
+    /// out: [`Queue::read_with`] (the forwarder's read, which also leaves the tail the records
+    /// below `from`) with owned payloads.
     pub fn read_from(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<WireRecord>, QueueError> {
-        {
-            let tail = self.tail.lock().expect("queue tail lock");
-            if from >= tail.start {
-                let at = tail.records.partition_point(|(seq, _)| *seq < from);
-                let mut out = Vec::new();
-                let mut bytes = 0;
-                for (seq, v) in tail.records.range(at..) {
-                    let payload = v.get(HEADER_LEN..).unwrap_or_default();
-                    // The same limits as the file's loop below.
-                    if !out.is_empty() && bytes + payload.len() > max_bytes {
-                        break;
-                    }
-                    bytes += payload.len();
-                    out.push(WireRecord {
-                        seq: *seq,
-                        payload: payload.to_vec(),
-                    });
-                    if out.len() >= max_records || bytes >= max_bytes {
-                        break;
-                    }
-                }
-                return Ok(out);
-            }
-        }
-        self.read_from_file(from, max_records, max_bytes)
+        self.read_with(from, max_records, max_bytes, |records| {
+            records
+                .into_iter()
+                .map(|r| WireRecord {
+                    seq: r.seq,
+                    payload: r.payload.to_vec(),
+                })
+                .collect()
+        })
     }
 
-    /// The records [`Queue::read_from`] returns, lent to `f` instead of copied out: from the
-    /// tail in memory the payloads are borrowed (no allocation per record), so the forwarder
+    /// Up to `max_records` records (and about `max_bytes`) starting at `from`, lent to `f`:
+    /// from the tail in memory the payloads are borrowed (no allocation per record), so the forwarder
     /// encodes its batch frame with one copy of each payload, into the frame. `f` runs under
     /// the tail's lock, which appends wait for: it should only encode.
     pub fn read_with<T>(
@@ -1057,7 +1043,7 @@ impl Queue {
                 let mut bytes = 0;
                 for (seq, v) in tail.records.range(at..) {
                     let payload = v.get(HEADER_LEN..).unwrap_or_default();
-                    // The same limits as `read_from`.
+                    // The same limits as the file's loop in `read_from_file`.
                     if !out.is_empty() && bytes + payload.len() > max_bytes {
                         break;
                     }
@@ -1083,7 +1069,7 @@ impl Queue {
         Ok(f(out))
     }
 
-    /// [`Queue::read_from`] from the file, not the tail in memory.
+    /// [`Queue::read_with`]'s records from the file, not the tail in memory, copied out.
     fn read_from_file(
         &self,
         from: u64,
