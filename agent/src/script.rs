@@ -490,6 +490,9 @@ async fn read_events<R: AsyncBufRead + Unpin>(
                         Record::Event(ev)
                     })
                     .collect();
+                // The line now lives in `records` (counted by `in_flight`): it must not be
+                // counted again as a partial line if this future is given up.
+                out.buf.clear();
                 out.in_flight = records.len() as u64;
                 if sink.send(records, now).await.is_err() {
                     // Only when the agent stops: nothing more can be submitted; the caller
@@ -714,6 +717,36 @@ sleep 30"#,
         drop(sink);
         assert_eq!(got.await.unwrap(), 1);
         assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
+    }
+
+    /// Regression: a last line without its newline that parsed once the kill ended the output,
+    /// and that a full queue then did not take, was counted twice (in flight, and as a partial
+    /// line still in the buffer).
+    #[tokio::test]
+    async fn a_parsed_last_line_the_queue_cannot_take_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(
+            dir.path(),
+            r#"printf '{"source":"s","hostname":"h","severity":"info","message":"x"}'
+sleep 30"#,
+        );
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, rx) = pipeline::channel(1, DedupRules::default());
+        // Fill the channel; nothing reads it.
+        let ev = weir_common::ingest::parse_events(
+            br#"{"source":"f","hostname":"h","severity":"info","message":"fill"}"#,
+        )
+        .unwrap()
+        .remove(0)
+        .into_event(InputKind::Script, Timestamp::now());
+        sink.send(vec![Record::Event(ev)], Timestamp::now())
+            .await
+            .unwrap();
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        let drops = sink.drops.snapshot();
+        drop(rx);
+        assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
+        assert_eq!(drops.len(), 1, "{drops:?}");
     }
 
     /// Regression: on agent shutdown the queue writer closes the channel on the same signal, so
