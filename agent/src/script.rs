@@ -9,10 +9,13 @@
 //! previous one, so a fast script is slowed by its pipe filling up, not by loss.
 //!
 //! The command runs without a shell (`command = ["/path/prog", "arg"]`), with standard input
-//! closed, as the agent's user, in its own process group. On a timeout or agent shutdown the
-//! group is killed; what the script wrote before is still read and submitted for up to a second,
-//! and what the queue could not take by then, or a line the kill cut short, is counted
+//! closed, as the agent's user, in its own process group. On a timeout the group is killed;
+//! what the script wrote before is still read and submitted for up to a second, and what the
+//! queue could not take by then, or a line the kill cut short, is counted
 //! (`weir_agent_dropped_total{reason="script_killed_unread"}`) and logged: never lost silently.
+//! On agent shutdown the group is killed too, but the queue writer stops taking records at once,
+//! so what the script wrote and was not yet submitted is counted as `reason="shutdown"` and
+//! logged instead.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -182,9 +185,12 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// One run: start, read its output until it ends (or the timeout / shutdown), reap it.
 ///
-/// On a timeout or shutdown the script and its children (its process group) are killed, and
-/// what it wrote before is still read and submitted for up to [`DRAIN_GRACE`]; what remains
-/// after that (a queue that does not take it, a line cut short by the kill) is counted.
+/// On a timeout the script and its children (its process group) are killed, and what it wrote
+/// before is still read and submitted for up to [`DRAIN_GRACE`]; what remains after that (a
+/// queue that does not take it, a line cut short by the kill) is counted as
+/// `script_killed_unread`. On shutdown the group is killed as well, but the queue writer closes
+/// its channel on the same signal: from then on nothing can be submitted, and what the script
+/// wrote (in flight, buffered or still in the pipe) is counted as `shutdown`.
 async fn run_once(
     cfg: &ScriptConfig,
     sink: &Sink,
@@ -240,39 +246,53 @@ async fn run_once(
             None => std::future::pending().await,
         }
     };
-    let mut lines = None;
+    let mut ended = None;
     {
         // Not cancelled by the kill: it goes on reading what the script wrote until then.
         let read = read_events(&mut out, &cfg.name, sink, &killed);
         tokio::pin!(read);
         tokio::select! {
-            r = &mut read => lines = Some(r),
+            r = &mut read => ended = Some(r),
             _ = deadline => {
                 failed(&cfg.name, "timeout");
                 weir_common::warn_limited!("script_timeout", script = %cfg.name, timeout = ?timeout, "script ran past its timeout and was killed; raise `timeout` or make it faster");
             }
             _ = shutdown.cancelled() => {}
         }
-        if lines.is_none() {
+        if ended.is_none() {
             killed.store(true, Ordering::Relaxed);
             kill_group(&mut child, &cfg.name);
             if let Ok(r) = tokio::time::timeout(DRAIN_GRACE, &mut read).await {
-                lines = Some(r);
+                ended = Some(r);
             }
         }
     }
-    if lines.is_none() {
-        // The queue did not take the rest in time (or a process outside the group holds the
-        // output open): count what is left instead of losing it silently.
-        let lost = out.count_left().await;
-        if lost > 0 {
-            sink.drops.count_n("script_killed_unread", lost);
-            weir_common::warn_limited!(
-                "script_killed_unread",
-                script = %cfg.name,
-                lost,
-                "dropped output of a killed script that the queue could not take in time (lines, or events of a line already read); check the queue and the aggregator link, or raise the script's `timeout`"
-            );
+    match ended {
+        Some(Ended::Eof) => {}
+        Some(Ended::Closed) => {
+            // The agent is stopping and the queue takes nothing more: stop the script, and
+            // count what it wrote instead of leaving it in the pipe uncounted.
+            if !killed.swap(true, Ordering::Relaxed) {
+                kill_group(&mut child, &cfg.name);
+            }
+            let lost = out.count_left().await;
+            count_shutdown(sink, &cfg.name, lost);
+        }
+        None => {
+            // The queue did not take the rest in time (or a process outside the group holds
+            // the output open): count what is left instead of losing it silently.
+            let lost = out.count_left().await;
+            if shutdown.is_cancelled() {
+                count_shutdown(sink, &cfg.name, lost);
+            } else if lost > 0 {
+                sink.drops.count_n("script_killed_unread", lost);
+                weir_common::warn_limited!(
+                    "script_killed_unread",
+                    script = %cfg.name,
+                    lost,
+                    "dropped output of a killed script that the queue could not take in time (lines, or events of a line already read); check the queue and the aggregator link, or raise the script's `timeout`"
+                );
+            }
         }
     }
     let _ = child.start_kill();
@@ -286,6 +306,20 @@ async fn run_once(
     }
     stderr_task.abort();
     tracing::debug!(script = %cfg.name, lines = out.line_no, "script run finished");
+}
+
+/// Counts (as `shutdown`) and logs what a script wrote that the stopping agent could not take.
+fn count_shutdown(sink: &Sink, script: &str, lost: u64) {
+    if lost == 0 {
+        return;
+    }
+    sink.drops.count_n("shutdown", lost);
+    weir_common::warn_limited!(
+        "script_shutdown",
+        script,
+        lost,
+        "dropped a script's output that was not yet queued when the agent stopped (lines, or events of a line already read)"
+    );
 }
 
 /// Kills the script's process group (it and the children it started), or at least the script.
@@ -396,23 +430,33 @@ async fn next_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// Reads lines until end of output, submitting the events of each good line. Returns the
-/// number of lines read. Once `killed` is set, a last line without its newline that is not a
-/// valid event is counted as cut short by the kill (`script_killed_unread`).
+/// How [`read_events`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The output ended (or could not be read any more): everything read was handled.
+    Eof,
+    /// The queue writer is gone (the agent is stopping): the records of the last line read are
+    /// still counted in `in_flight`, and the rest of the output was not read.
+    Closed,
+}
+
+/// Reads lines until end of output, submitting the events of each good line. Once `killed` is
+/// set, a last line without its newline that is not a valid event is counted as cut short by
+/// the kill (`script_killed_unread`).
 async fn read_events<R: AsyncBufRead + Unpin>(
     out: &mut Output<R>,
     script: &str,
     sink: &Sink,
     killed: &AtomicBool,
-) -> u64 {
+) -> Ended {
     let max_line = out.max_line;
     loop {
         let line = match next_line(&mut out.reader, &mut out.buf, max_line).await {
             Ok(Some(line)) => line,
-            Ok(None) => return out.line_no,
+            Ok(None) => return Ended::Eof,
             Err(e) => {
                 tracing::warn!(script, error = %e, "error reading the script's output");
-                return out.line_no;
+                return Ended::Eof;
             }
         };
         out.line_no += 1;
@@ -446,15 +490,16 @@ async fn read_events<R: AsyncBufRead + Unpin>(
                         Record::Event(ev)
                     })
                     .collect();
-                let n = records.len() as u64;
-                out.in_flight = n;
-                let sent = sink.send(records, now).await;
-                out.in_flight = 0;
-                if sent.is_err() {
-                    // Only when the agent stops: nothing more can be submitted.
-                    sink.drops.count_n("shutdown", n);
-                    return out.line_no;
+                // The line now lives in `records` (counted by `in_flight`): it must not be
+                // counted again as a partial line if this future is given up.
+                out.buf.clear();
+                out.in_flight = records.len() as u64;
+                if sink.send(records, now).await.is_err() {
+                    // Only when the agent stops: nothing more can be submitted; the caller
+                    // counts these records and the rest of the output.
+                    return Ended::Closed;
                 }
+                out.in_flight = 0;
             }
             Err(_) if cut_short && killed.load(Ordering::Relaxed) => {
                 sink.drops.count("script_killed_unread");
@@ -488,6 +533,8 @@ mod tests {
     use super::*;
     use crate::dedup::DedupRules;
     use crate::pipeline;
+    use crate::queue::{Limits, Queue};
+    use std::sync::Arc;
 
     fn script(dir: &std::path::Path, body: &str) -> ScriptConfig {
         let path = dir.join("s.sh");
@@ -672,24 +719,105 @@ sleep 30"#,
         assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
     }
 
-    /// Regression: on agent shutdown, what the script had printed was discarded uncounted.
+    /// Regression: a last line without its newline that parsed once the kill ended the output,
+    /// and that a full queue then did not take, was counted twice (in flight, and as a partial
+    /// line still in the buffer).
     #[tokio::test]
-    async fn shutdown_submits_what_the_script_wrote() {
+    async fn a_parsed_last_line_the_queue_cannot_take_is_counted_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = script(dir.path(), &burst_then_hang(5));
-        cfg.mode = Mode::LongRunning;
+        let mut cfg = script(
+            dir.path(),
+            r#"printf '{"source":"s","hostname":"h","severity":"info","message":"x"}'
+sleep 30"#,
+        );
+        cfg.timeout = HumanDuration::millis(300);
         let (sink, rx) = pipeline::channel(1, DedupRules::default());
-        let got = consume_after(rx, Duration::from_millis(600));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.cancel();
-        });
-        run_once(&cfg, &sink, &shutdown, None).await;
+        // Fill the channel; nothing reads it.
+        let ev = weir_common::ingest::parse_events(
+            br#"{"source":"f","hostname":"h","severity":"info","message":"fill"}"#,
+        )
+        .unwrap()
+        .remove(0)
+        .into_event(InputKind::Script, Timestamp::now());
+        sink.send(vec![Record::Event(ev)], Timestamp::now())
+            .await
+            .unwrap();
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
         let drops = sink.drops.snapshot();
-        drop(sink);
-        assert_eq!(got.await.unwrap(), 5, "{drops:?}");
+        drop(rx);
+        assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
+        assert_eq!(drops.len(), 1, "{drops:?}");
+    }
+
+    /// Regression: on agent shutdown the queue writer closes the channel on the same signal, so
+    /// every send fails; only the line being sent was counted and the rest of the script's output
+    /// vanished uncounted. Real writer and queue: what is not queued is counted as `shutdown`.
+    #[tokio::test]
+    async fn on_shutdown_what_the_queue_no_longer_takes_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 20;
+        let cfg = script(
+            dir.path(),
+            &format!(
+                r#"i=0
+while [ $i -lt {n} ]; do
+  echo '{{"source":"s","hostname":"h","severity":"info","message":"m'$i'"}}'
+  i=$((i+1))
+done
+touch written
+sleep 30"#
+            ),
+        );
+        let queue = Arc::new(
+            Queue::open(
+                &dir.path().join("queue.redb"),
+                Limits {
+                    max_records: 1_000_000,
+                    max_bytes: 1 << 30,
+                },
+            )
+            .unwrap(),
+        );
+        // Room for one record: the script's reader waits for the writer with the rest unread.
+        let (sink, rx) = pipeline::channel(1, DedupRules::default());
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let (cfg, sink, shutdown) = (cfg.clone(), sink.clone(), shutdown.clone());
+            async move { run_once(&cfg, &sink, &shutdown, None).await }
+        });
+        let written = dir.path().join("written");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !written.exists() {
+            assert!(std::time::Instant::now() < deadline, "the script never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The agent stops: the writer sees the same token as the script's task.
+        let (committed, _) = tokio::sync::watch::channel(0);
+        let writer = tokio::spawn(pipeline::run_writer(
+            queue.clone(),
+            rx,
+            committed,
+            pipeline::WriterOptions {
+                drop_report_interval: Duration::from_secs(3600),
+                dedup_flush_interval: Duration::from_secs(3600),
+                dedup_max_keys: 1,
+            },
+            shutdown.clone(),
+        ));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the run ends")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the writer stops")
+            .unwrap();
+        let queued = queue.stats().unwrap().records;
+        let drops = sink.drops.snapshot();
+        let counted = drops.get("shutdown").copied().unwrap_or(0);
+        assert!(queued <= 1, "queued {queued}");
+        assert_eq!(queued + counted, n, "queued {queued}, dropped {drops:?}");
     }
 
     /// A timeout kills the script's children too: a `sleep` left behind held the output

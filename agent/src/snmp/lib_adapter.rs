@@ -396,36 +396,22 @@ impl Processor {
             V3MessageData::Plaintext(s) => Some(s.pdu.pdu_type()),
             V3MessageData::Encrypted(_) => None,
         };
-        // RFC 3412 6.4: a PDU of the Unconfirmed Class (Trap, Report, Response) is processed
-        // as if the reportableFlag were zero. Answering one with a Report lost a trap that had
-        // the flag set (counted only as a Report sent) and let two engines reflect Reports.
-        let unconfirmed = matches!(
-            plain_type,
-            Some(PduType::TrapV2 | PduType::Report | PduType::Response)
-        );
-        // Engine discovery (RFC 3414 4): a reportable message for an unknown engine ID gets
-        // our engine ID, boots and time in a noAuthNoPriv Report.
-        if flags.reportable && !unconfirmed && engine_id != self.engine.engine_id {
+        // Engine discovery (RFC 3414 4): a reportable message of the Confirmed Class for an
+        // unknown engine ID gets our engine ID, boots and time in a noAuthNoPriv Report.
+        // RFC 3412 6.4: a PDU of the Unconfirmed Class (Trap, Report, Response) is processed as
+        // if the reportableFlag were zero. Answering one with a Report lost a trap that had the
+        // flag set (counted only as a Report sent) and let two engines reflect Reports.
+        // An encrypted PDU's class is unknown here: unless its engine ID is empty (a probe), it
+        // is authenticated and decrypted with the keys of that engine first, and the Report
+        // decided below, so that an authPriv trap with the flag set is not lost either.
+        let discovery = flags.reportable && engine_id != self.engine.engine_id;
+        let confirmed_plain = plain_type.is_some_and(|t| !is_unconfirmed(t));
+        if discovery && (confirmed_plain || (plain_type.is_none() && engine_id.is_empty())) {
             let request_id = match msg.data() {
                 V3MessageData::Plaintext(s) => s.pdu.clone().into_raw_parts().0,
                 V3MessageData::Encrypted(_) => 0,
             };
-            self.unknown_engine_reports = self.unknown_engine_reports.wrapping_add(1);
-            return match self.report(
-                &global,
-                username,
-                request_id,
-                &USM_STATS_UNKNOWN_ENGINE_IDS,
-                self.unknown_engine_reports,
-                SecurityLevel::NoAuthNoPriv,
-                None,
-            ) {
-                Ok(reply) => Outcome::Report {
-                    reply,
-                    kind: "unknown_engine_id",
-                },
-                Err(e) => drop(DropReason::Malformed, e),
-            };
+            return self.unknown_engine_report(&global, username, request_id);
         }
 
         // An unauthenticated request, Response or Report is dropped for what it is, whoever
@@ -577,6 +563,16 @@ impl Processor {
             }
         };
 
+        // The decrypted PDU of a reportable message for another engine (a plaintext one was
+        // answered above): a Confirmed-Class PDU, such as an Inform localized to an engine ID we
+        // no longer have, learns ours, as it would have in plaintext.
+        if discovery && !is_unconfirmed(plaintext_scoped.pdu.pdu_type()) {
+            return self.unknown_engine_report(
+                &global,
+                username,
+                plaintext_scoped.pdu.request_id(),
+            );
+        }
         let inform = match plaintext_scoped.pdu.pdu_type() {
             PduType::TrapV2 => false,
             PduType::InformRequest => true,
@@ -625,6 +621,33 @@ impl Processor {
         Outcome::Notification {
             notification,
             reply,
+        }
+    }
+
+    /// Answers a reportable Confirmed-Class message for another engine ID with our engine ID,
+    /// boots and time (`usmStatsUnknownEngineIDs`, RFC 3414 3.2 step 3), in a noAuthNoPriv
+    /// Report.
+    fn unknown_engine_report(
+        &mut self,
+        incoming: &MsgGlobalData,
+        username: &[u8],
+        request_id: i32,
+    ) -> Outcome {
+        self.unknown_engine_reports = self.unknown_engine_reports.wrapping_add(1);
+        match self.report(
+            incoming,
+            username,
+            request_id,
+            &USM_STATS_UNKNOWN_ENGINE_IDS,
+            self.unknown_engine_reports,
+            SecurityLevel::NoAuthNoPriv,
+            None,
+        ) {
+            Ok(reply) => Outcome::Report {
+                reply,
+                kind: "unknown_engine_id",
+            },
+            Err(e) => drop(DropReason::Malformed, e),
         }
     }
 
@@ -760,6 +783,7 @@ impl Processor {
             scoped,
             auth,
             None,
+            false,
         )
     }
 
@@ -803,8 +827,17 @@ impl Processor {
             scoped,
             keys.map(|k| &k.auth),
             privacy,
+            false,
         )
     }
+}
+
+/// RFC 3416 2.8 / RFC 3412 6.4: the Unconfirmed Class, which never gets a Report.
+fn is_unconfirmed(t: PduType) -> bool {
+    matches!(
+        t,
+        PduType::TrapV2 | PduType::Report | PduType::Response | PduType::TrapV1
+    )
 }
 
 struct Encrypt<'a> {
@@ -825,10 +858,11 @@ fn encode_v3(
     scoped: ScopedPdu,
     auth: Option<&LocalizedKey>,
     privacy: Option<Encrypt<'_>>,
+    reportable: bool,
 ) -> Result<Vec<u8>, String> {
     let e = |e: Box<async_snmp::Error>| e.to_string();
     let size = MessageSize::new(OUR_MAX_SIZE).map_err(|e| e.to_string())?;
-    let global = MsgGlobalData::new(msg_id, size, MsgFlags::new(level, false)).map_err(e)?;
+    let global = MsgGlobalData::new(msg_id, size, MsgFlags::new(level, reportable)).map_err(e)?;
     let usm = UsmSecurityParams::new(
         Bytes::copy_from_slice(engine_id),
         boots,
@@ -1075,6 +1109,8 @@ pub mod encode {
         privacy: Option<PrivKey>,
         salt: SaltCounter,
         des: Option<DesSaltState>,
+        /// Sets the reportableFlag, as some senders do on traps too.
+        reportable: bool,
     }
 
     impl std::fmt::Debug for V3Sender {
@@ -1113,7 +1149,15 @@ pub mod encode {
                 privacy: priv_key,
                 salt: SaltCounter::new().map_err(|e| e.to_string())?,
                 des: DesSaltState::install(|_| Ok::<(), std::io::Error>(())).ok(),
+                reportable: false,
             })
+        }
+
+        /// This sender with the reportableFlag set on what it sends (RFC 3412 6.4 says a
+        /// receiver ignores it on a trap; some senders set it anyway).
+        pub fn reportable(mut self) -> V3Sender {
+            self.reportable = true;
+            self
         }
 
         /// An SNMPv2-Trap from this (authoritative) sender at boots/time.
@@ -1125,9 +1169,34 @@ pub mod encode {
             trap_oid: &str,
             varbinds: &[(&str, &str)],
         ) -> Result<Vec<u8>, String> {
+            self.notification(false, msg_id, boots, time, trap_oid, varbinds)
+        }
+
+        /// An InformRequest localized to this sender's engine ID (which, for an Inform, should
+        /// be the receiver's) at boots/time.
+        pub fn inform(
+            &self,
+            msg_id: i32,
+            boots: u32,
+            time: u32,
+            trap_oid: &str,
+            varbinds: &[(&str, &str)],
+        ) -> Result<Vec<u8>, String> {
+            self.notification(true, msg_id, boots, time, trap_oid, varbinds)
+        }
+
+        fn notification(
+            &self,
+            inform: bool,
+            msg_id: i32,
+            boots: u32,
+            time: u32,
+            trap_oid: &str,
+            varbinds: &[(&str, &str)],
+        ) -> Result<Vec<u8>, String> {
             let pdu = trap_pdu(
                 Version::V3,
-                false,
+                inform,
                 msg_id,
                 time.saturating_mul(100),
                 trap_oid,
@@ -1149,6 +1218,7 @@ pub mod encode {
                 scoped,
                 self.auth.as_ref(),
                 privacy,
+                self.reportable,
             )
         }
     }
@@ -1477,6 +1547,7 @@ mod tests {
                 scoped,
                 None,
                 None,
+                false,
             )
             .unwrap();
             for msg in [msg.clone(), set_reportable(msg)] {
@@ -1487,6 +1558,63 @@ mod tests {
                     } => {}
                     other => panic!("{other:?}"),
                 }
+            }
+        }
+
+        // authPriv (msgFlags 07): the PDU type is known only after decryption, which must come
+        // before deciding on a discovery Report, or the trap is answered and lost.
+        for privacy in [Priv::Aes, Priv::Des] {
+            let secret = user("s", Auth::Sha, "authpass1", privacy, "privpass1");
+            let mut p = Processor::new(
+                &[],
+                std::slice::from_ref(&secret),
+                engine("8000000001020304"),
+            )
+            .unwrap();
+            let sender = encode::V3Sender::new(&remote, &secret)
+                .unwrap()
+                .reportable();
+            let trap = sender
+                .trap(
+                    6,
+                    1,
+                    10,
+                    "1.3.6.1.6.3.1.1.5.3",
+                    &[("1.3.6.1.2.1.1.5.0", "x")],
+                )
+                .unwrap();
+            let flags = V3Message::decode(Bytes::from(trap.clone()), DecodeConfig::STRICT)
+                .unwrap()
+                .value
+                .global_data()
+                .msg_flags();
+            assert!(flags.reportable && flags.security_level == SecurityLevel::AuthPriv);
+            match p.process(&trap) {
+                Outcome::Notification { notification, .. } => {
+                    assert_eq!(notification.security_level, Some("authPriv"));
+                }
+                other => panic!("{privacy:?}: {other:?}"),
+            }
+            // A wrong password is a bad digest, not a Report to whoever the source claims to be.
+            let wrong = user("s", Auth::Sha, "authpass2", privacy, "privpass1");
+            let forged = encode::V3Sender::new(&remote, &wrong)
+                .unwrap()
+                .reportable()
+                .trap(7, 1, 10, "1.3.6.1.6.3.1.1.5.3", &[])
+                .unwrap();
+            match p.process(&forged) {
+                Outcome::Drop {
+                    reason: DropReason::BadAuth,
+                    ..
+                } => {}
+                other => panic!("{privacy:?}: {other:?}"),
+            }
+            // A Confirmed-Class PDU (an Inform localized to an engine ID that is not ours)
+            // still learns our engine ID, as in plaintext.
+            let inform = sender.inform(8, 1, 10, "1.3.6.1.6.3.1.1.5.3", &[]).unwrap();
+            match p.process(&inform) {
+                Outcome::Report { kind, .. } => assert_eq!(kind, "unknown_engine_id"),
+                other => panic!("{privacy:?}: {other:?}"),
             }
         }
     }

@@ -55,7 +55,9 @@ impl Rig {
         let (sink, rx) = pipeline::channel(1024, crate::dedup::DedupRules::default());
         let cfg: SnmpConfig = toml::from_str(&format!(
             "listen = [\"127.0.0.1:0\"]\ncommunities = [\"public\"]\nengine_id = \"{OUR_ENGINE}\"\n\
-             [[users]]\nname = \"n\"\n"
+             [[users]]\nname = \"n\"\n\
+             [[users]]\nname = \"s\"\nauth = \"sha\"\nauth_password = \"authpass1\"\n\
+             privacy = \"aes\"\nprivacy_password = \"privpass1\"\n"
         ))
         .unwrap();
         let listeners = Listeners::bind(&cfg, dir.path()).await.unwrap();
@@ -195,7 +197,8 @@ async fn snmpget(rig: &Rig, args: &[&str]) -> (bool, String) {
 }
 
 /// Regression over the wire for 59ca010: a v3 trap with the reportableFlag set, from its own
-/// engine, got a discovery Report back and was lost. It is an event, and nothing is sent back.
+/// engine, got a discovery Report back and was lost. It is an event, and nothing is sent back;
+/// for an authPriv trap too, whose PDU type is known only once decrypted.
 #[tokio::test]
 async fn a_reportable_v3_trap_is_an_event_and_gets_no_report() {
     let recorder = recorder();
@@ -209,6 +212,14 @@ async fn a_reportable_v3_trap_is_an_event_and_gets_no_report() {
         priv_password: String::new(),
         engine_ids: vec![],
     };
+    let secret = UserSpec {
+        name: "s".into(),
+        auth: Auth::Sha,
+        auth_password: "authpass1".into(),
+        privacy: Priv::Aes,
+        priv_password: "privpass1".into(),
+        engine_ids: vec![],
+    };
     let trap = V3Sender::new(&REMOTE_ENGINE, &noauth)
         .unwrap()
         .trap(
@@ -219,25 +230,45 @@ async fn a_reportable_v3_trap_is_an_event_and_gets_no_report() {
             &[("1.3.6.1.2.1.1.5.0", "reportable")],
         )
         .unwrap();
+    let secret_trap = V3Sender::new(&REMOTE_ENGINE, &secret)
+        .unwrap()
+        .reportable()
+        .trap(
+            6,
+            1,
+            10,
+            "1.3.6.1.6.3.1.1.5.3",
+            &[("1.3.6.1.2.1.1.5.0", "reportable authPriv")],
+        )
+        .unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sender
         .send_to(&set_reportable(trap), rig.addr)
         .await
         .unwrap();
+    sender.send_to(&secret_trap, rig.addr).await.unwrap();
 
-    let a = rig.settle(1).await;
+    let a = rig.settle(2).await;
     assert_eq!(
         a,
         Accounting {
-            received: 1,
-            events: 1,
+            received: 2,
+            events: 2,
             reports: 0,
             drops: 0
         }
     );
-    let ev = &rig.events()[0];
+    let mut events = rig.events();
+    events.sort_by(|a, b| a.tags["snmp_user"].cmp(&b.tags["snmp_user"]));
+    let ev = &events[0];
     assert_eq!(ev.tags["snmp_user"], "n", "{:?}", ev.tags);
     assert_eq!(ev.tags["vb.1.3.6.1.2.1.1.5.0"], "string:reportable");
+    let ev = &events[1];
+    assert_eq!(ev.tags["snmp_user"], "s", "{:?}", ev.tags);
+    assert_eq!(
+        ev.tags["vb.1.3.6.1.2.1.1.5.0"],
+        "string:reportable authPriv"
+    );
     // A Report would have been sent before the event was handed to the sink: it would be here.
     let mut buf = [0u8; 2048];
     let answer = tokio::time::timeout(Duration::from_millis(300), sender.recv_from(&mut buf)).await;

@@ -22,6 +22,8 @@ mod framing;
 mod parse;
 mod stream;
 #[cfg(test)]
+mod test_corpus;
+#[cfg(test)]
 mod tests;
 pub mod tls;
 pub(crate) mod udp;

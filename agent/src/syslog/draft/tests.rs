@@ -5,7 +5,6 @@
 //! below, generated lines (property tests) and every line of the shared syslog corpora.
 
 use std::net::IpAddr;
-use std::path::Path;
 
 use jiff::Timestamp;
 use proptest::prelude::*;
@@ -399,58 +398,23 @@ proptest! {
 
 /// Every line of every file under `shared/corpora/syslog`: text files line by line (bytes as
 /// they are, UTF-8 or not), JSON Lines also by their `input` field, extracted datagrams
-/// (`.bin`) whole.
+/// (`.bin`) whole (see [`crate::syslog::test_corpus`]).
 #[test]
 fn corpus_lines_encode_the_same() {
-    let root = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpora/syslog"
-    ));
-    if !root.is_dir() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("corpus {} is missing (CI=true)", root.display());
-        }
-        println!("SKIP: corpus {} is absent", root.display());
-        return;
-    }
     let rig = Rig::new();
-    let (mut lines, mut drafted, mut files) = (0usize, 0usize, 0usize);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            files += 1;
-            let mut inputs: Vec<Vec<u8>> = Vec::new();
-            if path.extension().is_some_and(|e| e == "bin") {
-                inputs.push(bytes);
-            } else {
-                for line in bytes.split(|&b| b == b'\n') {
-                    if path.extension().is_some_and(|e| e == "jsonl")
-                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-                        && let Some(input) = v["input"].as_str()
-                    {
-                        inputs.push(input.as_bytes().to_vec());
-                    }
-                    inputs.push(line.to_vec());
-                }
-            }
-            for (i, input) in inputs.iter().enumerate() {
-                // Every combination would take minutes in a debug build: each line gets one,
-                // and the combinations rotate through the lines.
-                let variant = lines.wrapping_mul(7) + i;
-                match rig.check(input, variant % 40) {
-                    Ok(d) => drafted += usize::from(d),
-                    Err(e) => panic!("{}: {e}", path.display()),
-                }
-                lines += 1;
-            }
+    let mut drafted = 0usize;
+    let Some(walked) = crate::syslog::test_corpus::walk(|path, n, i, input| {
+        // Every combination would take minutes in a debug build: each line gets one,
+        // and the combinations rotate through the lines.
+        let variant = n.wrapping_mul(7) + i;
+        match rig.check(input, variant % 40) {
+            Ok(d) => drafted += usize::from(d),
+            Err(e) => panic!("{}: {e}", path.display()),
         }
-    }
+    }) else {
+        return;
+    };
+    let (files, lines) = (walked.files, walked.inputs);
     println!("{files} files, {lines} lines: {drafted} took the draft, all encoded the same");
     assert!(lines > 10_000, "only {lines} corpus lines");
     // Most corpus lines are plain syslog or text: the fast path must be the common one.

@@ -5,8 +5,6 @@
 //! same queue bytes and dedup tag (which `draft/tests.rs` also checks, with and without the
 //! scanner). Lines: unit cases, generated near-misses, and every line of the shared corpora.
 
-use std::path::Path;
-
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
@@ -341,53 +339,19 @@ proptest! {
 /// Every line of every file under `shared/corpora/syslog`, as `draft/tests.rs` reads them.
 #[test]
 fn corpus_lines_parse_as_syslog_loose() {
-    let root = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpora/syslog"
-    ));
-    if !root.is_dir() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("corpus {} is missing (CI=true)", root.display());
-        }
-        println!("SKIP: corpus {} is absent", root.display());
-        return;
-    }
     let rig = Rig::new();
-    let (mut lines, mut took) = (0usize, 0usize);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            let mut inputs: Vec<Vec<u8>> = Vec::new();
-            if path.extension().is_some_and(|e| e == "bin") {
-                inputs.push(bytes);
-            } else {
-                for line in bytes.split(|&b| b == b'\n') {
-                    if path.extension().is_some_and(|e| e == "jsonl")
-                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-                        && let Some(input) = v["input"].as_str()
-                    {
-                        inputs.push(input.as_bytes().to_vec());
-                    }
-                    inputs.push(line.to_vec());
-                }
-            }
-            for input in &inputs {
-                // Lines that are not UTF-8 are parsed as a lossy copy: the scanner sees that.
-                let text = String::from_utf8_lossy(input);
-                match rig.check(&text, lines) {
-                    Ok(t) => took += usize::from(t),
-                    Err(e) => panic!("{}: {e}", path.display()),
-                }
-                lines += 1;
-            }
+    let mut took = 0usize;
+    let Some(walked) = crate::syslog::test_corpus::walk(|path, n, _, input| {
+        // Lines that are not UTF-8 are parsed as a lossy copy: the scanner sees that.
+        let text = String::from_utf8_lossy(input);
+        match rig.check(&text, n) {
+            Ok(t) => took += usize::from(t),
+            Err(e) => panic!("{}: {e}", path.display()),
         }
-    }
+    }) else {
+        return;
+    };
+    let lines = walked.inputs;
     println!("{lines} corpus lines: {took} took the scanner, all parsed as syslog_loose");
     assert!(lines > 10_000, "only {lines} corpus lines");
     assert!(took > 0, "no corpus line took the scanner");
