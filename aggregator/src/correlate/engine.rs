@@ -689,9 +689,13 @@ impl Engine {
             .incident_severity
             .or_else(|| properties.get("severity").and_then(|s| s.parse().ok()))
             .unwrap_or(highest);
+        // Sorted and distinct. A window holds a handful of triggers: sorting their borrowed
+        // values in a vector is cheaper than building a tree set of them.
         let distinct = |f: fn(&EventIn) -> &str| -> Vec<String> {
-            let set: BTreeSet<&str> = triggers.iter().map(|t| f(&t.ev)).collect();
-            set.into_iter().map(String::from).collect()
+            let mut values: Vec<&str> = triggers.iter().map(|t| f(&t.ev)).collect();
+            values.sort_unstable();
+            values.dedup();
+            values.into_iter().map(String::from).collect()
         };
         let hosts = distinct(|e| e.event.hostname.as_str());
         let sites = distinct(|e| e.site.as_str());
