@@ -612,22 +612,10 @@ impl Engine {
                 return;
             }
         }
-        let (properties, node) = self.synthesize(rule, &group, &triggers);
-        let stateful = properties.get("stateful").map(|s| {
-            let element = properties.get("element").cloned().unwrap_or_default();
-            let state = properties
-                .get("state")
-                .cloned()
-                .unwrap_or_else(|| "down".into());
-            (
-                StatefulKey {
-                    node: node.clone(),
-                    stateful: s.clone(),
-                    element,
-                },
-                state,
-            )
-        });
+        // A firing that opens no incident (an opposite rule with nothing to clear, a stateful
+        // rule already in its state, a rule that only inhibits) needs four properties, not the
+        // whole map: they are resolved by name, and the map is built only for an incident.
+        let (stateful, node) = self.stateful_of(rule, &group, &triggers);
         if let Some((key, state)) = &stateful {
             if is_clearing(state) {
                 if let Some(open) = self.stateful.remove(key) {
@@ -689,6 +677,9 @@ impl Engine {
         if !rule.create_incident {
             return;
         }
+        let (properties, map_node) = self.synthesize(rule, &group, &triggers);
+        debug_assert_eq!(map_node, node);
+        debug_assert_eq!(stateful_from_map(&properties, &node), stateful);
         let highest = triggers
             .iter()
             .map(|t| t.ev.event.severity)
@@ -698,9 +689,13 @@ impl Engine {
             .incident_severity
             .or_else(|| properties.get("severity").and_then(|s| s.parse().ok()))
             .unwrap_or(highest);
+        // Sorted and distinct. A window holds a handful of triggers: sorting their borrowed
+        // values in a vector is cheaper than building a tree set of them.
         let distinct = |f: fn(&EventIn) -> &str| -> Vec<String> {
-            let set: BTreeSet<&str> = triggers.iter().map(|t| f(&t.ev)).collect();
-            set.into_iter().map(String::from).collect()
+            let mut values: Vec<&str> = triggers.iter().map(|t| f(&t.ev)).collect();
+            values.sort_unstable();
+            values.dedup();
+            values.into_iter().map(String::from).collect()
         };
         let hosts = distinct(|e| e.event.hostname.as_str());
         let sites = distinct(|e| e.site.as_str());
@@ -744,6 +739,40 @@ impl Engine {
         })));
     }
 
+    /// The stateful key and state, and the node, that [`Engine::synthesize`]'s map gives a
+    /// firing, without building it: `stateful`, `state`, `element` and `node` each resolved
+    /// through the same steps by name ([`resolve`]), then step 8.
+    fn stateful_of(
+        &self,
+        rule: &Rule,
+        group: &[(String, String)],
+        triggers: &[Trigger],
+    ) -> (Option<(StatefulKey, String)>, String) {
+        let highest = highest_trigger(triggers);
+        let one = |name: &str| resolve(rule, group, triggers, highest, name);
+        let node = match one("node") {
+            (v, true) => v.unwrap_or_default().to_string(),
+            (_, false) => self.config.default_node.clone(),
+        };
+        let (Some(stateful), true) = one("stateful") else {
+            return (None, node);
+        };
+        let element = match one("element") {
+            (_, false) if !group.is_empty() => {
+                let values: Vec<&str> = group.iter().map(|(_, v)| v.as_str()).collect();
+                values.join(",")
+            }
+            (v, _) => v.unwrap_or_default().to_string(),
+        };
+        let state = one("state").0.unwrap_or("down").to_string();
+        let key = StatefulKey {
+            node: node.clone(),
+            stateful: stateful.to_string(),
+            element,
+        };
+        (Some((key, state)), node)
+    }
+
     /// Seed 003's content steps 1–8: copy_present, copy_first, copy_last, copy_highest,
     /// copy_groupby, enrich, then the stateful/node/element adjustments.
     ///
@@ -773,11 +802,7 @@ impl Engine {
                 explicit.mark(name);
             }
         }
-        let highest = triggers
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, t)| (t.ev.event.severity, Reverse(*i)))
-            .map(|(_, t)| t);
+        let highest = highest_trigger(triggers);
         for (sels, src) in [
             (&rule.copies.first, triggers.first()),
             (&rule.copies.last, triggers.last()),
@@ -1273,6 +1298,93 @@ struct PendingSnap {
     event: EventIn,
 }
 
+/// Seed 003's `copy_highest` source: the most severe trigger, the earliest of equals.
+fn highest_trigger(triggers: &[Trigger]) -> Option<&Trigger> {
+    triggers
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, t)| (t.ev.event.severity, Reverse(*i)))
+        .map(|(_, t)| t)
+}
+
+/// One property after seed 003's steps 1–7, as [`Engine::synthesize`] writes it (the last
+/// write wins, an `enrich` to null removes it), and whether a copy or enrich directive set it
+/// explicitly (what step 8 asks of `stateful`, `node` and `element`).
+fn resolve<'a>(
+    rule: &'a Rule,
+    group: &'a [(String, String)],
+    triggers: &'a [Trigger],
+    highest: Option<&'a Trigger>,
+    name: &str,
+) -> (Option<&'a str>, bool) {
+    let (mut value, mut explicit) = (None, false);
+    if rule.copies.present.iter().any(|n| n == name)
+        && let Some(v) = triggers.iter().find_map(|t| t.ev.property(name))
+    {
+        value = Some(v);
+        explicit = true;
+    }
+    for (sels, src) in [
+        (&rule.copies.first, triggers.first()),
+        (&rule.copies.last, triggers.last()),
+        (&rule.copies.highest, highest),
+    ] {
+        let Some(src) = src else { continue };
+        for sel in sels {
+            match sel {
+                CopySel::Name(n) if n == name => {
+                    if let Some(v) = src.ev.property(n) {
+                        value = Some(v);
+                    }
+                    explicit = true;
+                }
+                CopySel::Name(_) => {}
+                CopySel::Regex(r) => {
+                    if (r.as_str().is_empty() || r.is_match(name))
+                        && let Some(v) = src.ev.listed_property(name)
+                    {
+                        value = Some(v);
+                    }
+                }
+            }
+        }
+    }
+    for (target, (_, v)) in rule.copies.groupby.iter().zip(group) {
+        if target.as_deref() == Some(name) {
+            value = Some(v.as_str());
+            explicit = true;
+        }
+    }
+    for (k, v) in &rule.enrich {
+        if k == name {
+            value = v.as_deref();
+            explicit = true;
+        }
+    }
+    (value, explicit)
+}
+
+/// The stateful key and state as read from a synthesised property map (the definition
+/// [`Engine::stateful_of`] is held to).
+fn stateful_from_map(
+    properties: &BTreeMap<String, String>,
+    node: &str,
+) -> Option<(StatefulKey, String)> {
+    properties.get("stateful").map(|s| {
+        (
+            StatefulKey {
+                node: node.to_string(),
+                stateful: s.clone(),
+                element: properties.get("element").cloned().unwrap_or_default(),
+            },
+            properties
+                .get("state")
+                .cloned()
+                .unwrap_or_else(|| "down".into()),
+        )
+    })
+}
+
 fn is_clearing(state: &str) -> bool {
     matches!(
         state.to_ascii_lowercase().as_str(),
@@ -1325,4 +1437,138 @@ fn evict(groups: &mut Groups) -> u64 {
         groups.remove(&k);
     }
     n as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+    use weir_common::{Event, InputKind};
+
+    use super::*;
+
+    /// Names the directives and events below draw from: step 8's four, plain fields, tags.
+    const NAMES: [&str; 9] = [
+        "stateful",
+        "state",
+        "element",
+        "node",
+        "hostname",
+        "severity",
+        "tags.customer",
+        "tags.stateful",
+        "priority",
+    ];
+    const REGEXES: [&str; 4] = ["//", "/^tags\\./", "/^s/", "/node|element/"];
+    const TAGS: [&str; 4] = ["customer", "stateful", "state", "element"];
+
+    fn sels(picks: &[usize]) -> String {
+        let all: Vec<String> = picks
+            .iter()
+            .map(|&i| match NAMES.get(i) {
+                Some(n) => format!("{n:?}"),
+                None => format!("{:?}", REGEXES[i % REGEXES.len()]),
+            })
+            .collect();
+        format!("[{}]", all.join(", "))
+    }
+
+    fn event(i: usize, sev: usize, tags: &[(usize, usize)]) -> Arc<EventIn> {
+        let sevs = [Severity::Info, Severity::Warning, Severity::Critical];
+        let mut event = Event::new(
+            InputKind::Syslog,
+            "syslog",
+            format!("host-{}", i % 2),
+            sevs[sev % 3],
+            "msg",
+            Timestamp::from_second(1_800_000_000 + i as i64).unwrap_or(Timestamp::UNIX_EPOCH),
+        );
+        event.tag = Some("X".into());
+        event.tags = tags
+            .iter()
+            .map(|&(k, v)| (TAGS[k % TAGS.len()].to_string(), format!("v{v}")))
+            .collect();
+        Arc::new(EventIn {
+            id: format!("e{i}").into(),
+            site: "site-a".into(),
+            agent: "agent-1".into(),
+            event,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// `listed_property` gives what `properties` lists under a name, for every name.
+        #[test]
+        fn listed_property_is_what_properties_lists(
+            tags in proptest::collection::vec((0usize..4, 0usize..3), 0..4),
+        ) {
+            let ev = event(0, 1, &tags);
+            let mut names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+            names.extend(["tag", "message", "site", "agent", "id", "fields.x", "tags.state"].map(String::from));
+            names.extend(ev.properties().map(|(k, _)| k.into_owned()));
+            for name in names {
+                let listed = ev.properties().find(|(k, _)| *k == name).map(|(_, v)| v);
+                prop_assert_eq!(ev.listed_property(&name), listed, "{}", name);
+            }
+        }
+
+        /// `stateful_of` resolves the stateful key, state and node as the synthesised map
+        /// gives them, whatever the copy and enrich directives.
+        #[test]
+        fn stateful_of_is_the_map_s(
+            first in proptest::collection::vec(0usize..13, 0..3),
+            last in proptest::option::of(proptest::collection::vec(0usize..13, 0..3)),
+            highest in proptest::collection::vec(0usize..13, 0..3),
+            present in proptest::collection::vec(0usize..9, 0..3),
+            groupby in proptest::collection::vec(proptest::option::of(0usize..9), 0..3),
+            enrich in proptest::collection::vec((0usize..9, proptest::option::of(0usize..3)), 0..4),
+            grouped in 0usize..3,
+            evs in proptest::collection::vec(
+                (0usize..3, proptest::collection::vec((0usize..4, 0usize..3), 0..4)), 1..4),
+        ) {
+            let group_by = ["", "\"hostname\"", "\"hostname\", \"tags.customer\""][grouped];
+            let mut text = format!(
+                r#"[{{"name": "R", "events": ["X"], "count": 1, "group_by": [{group_by}]"#
+            );
+            text.push_str(&format!(r#", "copy_first": {}, "copy_highest": {}"#, sels(&first), sels(&highest)));
+            if let Some(last) = &last {
+                text.push_str(&format!(r#", "copy_last": {}"#, sels(last)));
+            }
+            let present: Vec<usize> = present.into_iter().collect();
+            text.push_str(&format!(r#", "copy_present": {}"#, sels(&present)));
+            let targets: Vec<String> = groupby
+                .iter()
+                .take(grouped)
+                .map(|t| t.map_or("null".into(), |i| format!("{:?}", NAMES[i])))
+                .collect();
+            text.push_str(&format!(r#", "copy_groupby": [{}]"#, targets.join(", ")));
+            let enrich: Vec<String> = enrich
+                .iter()
+                .map(|(k, v)| format!("{:?}: {}", NAMES[*k], v.map_or("null".into(), |v| format!("\"up{v}\""))))
+                .collect();
+            text.push_str(&format!(r#", "enrich": {{{}}}}}]"#, enrich.join(", ")));
+            let rules = RuleSet::parse(&text, Path::new("rules.json"))
+                .unwrap_or_else(|e| panic!("{e}: {text}"));
+            let engine = Engine::new(rules, EngineConfig::default());
+            let rule = engine.rules.rules[0].clone();
+            let triggers: Vec<Trigger> = evs
+                .iter()
+                .enumerate()
+                .map(|(i, (sev, tags))| Trigger {
+                    time: i as i64,
+                    seq: i as u64,
+                    late: false,
+                    hold: None,
+                    ev: event(i, *sev, tags),
+                })
+                .collect();
+            let group = group_values(&rule, &triggers[triggers.len() - 1].ev);
+            let (props, node) = engine.synthesize(&rule, &group, &triggers);
+            let want = (stateful_from_map(&props, &node), node);
+            prop_assert_eq!(engine.stateful_of(&rule, &group, &triggers), want, "{}", text);
+        }
+    }
 }

@@ -59,6 +59,24 @@ pub struct EventIn {
     pub event: Event,
 }
 
+/// The fields [`EventIn::properties`] lists, in name order: `node` sorts between `name` and
+/// `peer`, `tag` before every `tags.X`.
+const PROPERTIES_BEFORE_NODE: [Field; 6] = [
+    Field::Agent,
+    Field::EventType,
+    Field::Hostname,
+    Field::Input,
+    Field::Message,
+    Field::Name,
+];
+const PROPERTIES_AFTER_NODE: [Field; 5] = [
+    Field::Peer,
+    Field::Severity,
+    Field::Site,
+    Field::Source,
+    Field::Tag,
+];
+
 impl EventIn {
     /// The engine's view of a stored event. The raw payload is left out: no rule reads it,
     /// and windows and snapshots would otherwise carry up to 64 KiB per trigger. Moves the
@@ -99,40 +117,40 @@ impl EventIn {
     /// (the engine builds a map of them: sorted input sorts in one pass). Names are allocated
     /// only for tags: the caller tests a name before it copies it.
     fn properties(&self) -> impl Iterator<Item = (Cow<'static, str>, &str)> {
-        // `node` sorts between `name` and `peer`; `tag` before every `tags.X`.
-        const BEFORE_NODE: [Field; 6] = [
-            Field::Agent,
-            Field::EventType,
-            Field::Hostname,
-            Field::Input,
-            Field::Message,
-            Field::Name,
-        ];
-        const AFTER_NODE: [Field; 5] = [
-            Field::Peer,
-            Field::Severity,
-            Field::Site,
-            Field::Source,
-            Field::Tag,
-        ];
         let plain = |f: &Field| {
             let name = f.plain_name()?;
             self.get(f).map(|v| (Cow::Borrowed(name), v))
         };
-        BEFORE_NODE
+        PROPERTIES_BEFORE_NODE
             .iter()
             .filter_map(plain)
             .chain(std::iter::once((
                 Cow::Borrowed("node"),
                 self.event.hostname.as_str(),
             )))
-            .chain(AFTER_NODE.iter().filter_map(plain))
+            .chain(PROPERTIES_AFTER_NODE.iter().filter_map(plain))
             .chain(self.event.tags.iter().map(|(k, v)| {
                 let mut name = String::with_capacity(5 + k.len());
                 name.push_str("tags.");
                 name.push_str(k);
                 (Cow::Owned(name), v.as_str())
             }))
+    }
+
+    /// The value [`EventIn::properties`] lists under `name`, found without listing them (a
+    /// firing that needs a few properties asks for each by name).
+    fn listed_property(&self, name: &str) -> Option<&str> {
+        if name == "node" {
+            return Some(&self.event.hostname);
+        }
+        if let Some(k) = name.strip_prefix("tags.") {
+            return self.event.tags.get(k).map(String::as_str);
+        }
+        PROPERTIES_BEFORE_NODE
+            .iter()
+            .chain(&PROPERTIES_AFTER_NODE)
+            .find(|f| f.plain_name() == Some(name))
+            .and_then(|f| self.get(f))
     }
 
     /// One property by canonical name (see [`rules::canonical_property`]).
