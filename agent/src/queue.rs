@@ -464,6 +464,21 @@ impl Tail {
     }
 }
 
+/// Every event in the queue, in order (tests read back what the inputs committed).
+#[cfg(test)]
+impl Queue {
+    pub(crate) fn events(&self) -> Vec<weir_common::Event> {
+        self.read_from(0, usize::MAX, usize::MAX)
+            .expect("reading the queue")
+            .into_iter()
+            .filter_map(|w| match weir_common::Record::from_bytes(&w.payload) {
+                Ok(weir_common::Record::Event(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue").field("path", &self.path).finish()

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_common::{Event, Record};
+use weir_common::Event;
 
 use super::lib_adapter::encode::{V3Sender, set_reportable};
 use super::{Auth, Listeners, Priv, SnmpConfig, UserSpec};
@@ -105,15 +105,7 @@ impl Rig {
     }
 
     fn events(&self) -> Vec<Event> {
-        self.queue
-            .read_from(0, usize::MAX, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .filter_map(|w| match Record::from_bytes(&w.payload) {
-                Ok(Record::Event(e)) => Some(e),
-                _ => None,
-            })
-            .collect()
+        self.queue.events()
     }
 
     /// Waits until the listener has taken `n` datagrams and every event among them is queued

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_common::{Event, Record};
+use weir_common::Event;
 
 use super::Listeners;
 use crate::config::SyslogConfig;
@@ -75,15 +75,7 @@ impl Rig {
     }
 
     fn events(&self) -> Vec<Event> {
-        self.queue
-            .read_from(0, usize::MAX, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .filter_map(|w| match Record::from_bytes(&w.payload) {
-                Ok(Record::Event(e)) => Some(e),
-                _ => None,
-            })
-            .collect()
+        self.queue.events()
     }
 
     async fn wait_for(&self, n: u64, timeout: Duration) {

@@ -802,12 +802,7 @@ impl Engine {
                 explicit.mark(name);
             }
         }
-        let highest = highest_trigger(triggers);
-        for (sels, src) in [
-            (&rule.copies.first, triggers.first()),
-            (&rule.copies.last, triggers.last()),
-            (&rule.copies.highest, highest),
-        ] {
+        for (sels, src) in copy_sources(rule, triggers, highest_trigger(triggers)) {
             let Some(src) = src else { continue };
             for sel in sels {
                 match sel {
@@ -1307,6 +1302,20 @@ fn highest_trigger(triggers: &[Trigger]) -> Option<&Trigger> {
         .map(|(_, t)| t)
 }
 
+/// Seed 003's `copy_first`, `copy_last` and `copy_highest` selectors, each with the trigger
+/// it copies from (none when there are no triggers).
+fn copy_sources<'a>(
+    rule: &'a Rule,
+    triggers: &'a [Trigger],
+    highest: Option<&'a Trigger>,
+) -> [(&'a [CopySel], Option<&'a Trigger>); 3] {
+    [
+        (&rule.copies.first, triggers.first()),
+        (&rule.copies.last, triggers.last()),
+        (&rule.copies.highest, highest),
+    ]
+}
+
 /// One property after seed 003's steps 1–7, as [`Engine::synthesize`] writes it (the last
 /// write wins, an `enrich` to null removes it), and whether a copy or enrich directive set it
 /// explicitly (what step 8 asks of `stateful`, `node` and `element`).
@@ -1324,11 +1333,7 @@ fn resolve<'a>(
         value = Some(v);
         explicit = true;
     }
-    for (sels, src) in [
-        (&rule.copies.first, triggers.first()),
-        (&rule.copies.last, triggers.last()),
-        (&rule.copies.highest, highest),
-    ] {
+    for (sels, src) in copy_sources(rule, triggers, highest) {
         let Some(src) = src else { continue };
         for sel in sels {
             match sel {
