@@ -269,6 +269,19 @@ pub struct WriterOptions {
     pub dedup_max_keys: usize,
 }
 
+#[cfg(test)]
+impl WriterOptions {
+    /// What the input tests' writers use: drop reports out of the way, dedup counts flushed
+    /// within a second.
+    pub(crate) fn for_tests() -> WriterOptions {
+        WriterOptions {
+            drop_report_interval: Duration::from_secs(3600),
+            dedup_flush_interval: Duration::from_secs(1),
+            dedup_max_keys: 1,
+        }
+    }
+}
+
 /// Appends submissions to the queue until every sink is dropped or `shutdown` fires (then it
 /// drains what is already in the channel first). Publishes the last committed sequence on
 /// `committed` so the forwarder wakes up.
@@ -517,7 +530,6 @@ mod tests {
     use std::pin::pin;
 
     use super::*;
-    use crate::queue::Limits;
 
     /// An event whose encoding has the same size for every `i` below a million.
     fn record(i: usize) -> Encoded {
@@ -592,16 +604,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_byte_bound_commits_everything_through_the_real_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Arc::new(
-            Queue::open(
-                &dir.path().join("queue.redb"),
-                Limits {
-                    max_records: 1_000_000,
-                    max_bytes: 1 << 30,
-                },
-            )
-            .unwrap(),
-        );
+        let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
         let (sink, rx) = channel_with_bytes(1_000_000, 64 << 10, DedupRules::default());
         let (committed_tx, _committed_rx) = watch::channel(0);
         let shutdown = CancellationToken::new();

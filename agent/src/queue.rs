@@ -464,9 +464,19 @@ impl Tail {
     }
 }
 
-/// Every event in the queue, in order (tests read back what the inputs committed).
+/// Test rigs' queue and read-back.
 #[cfg(test)]
 impl Queue {
+    /// A queue at `path` whose limits a test never reaches (10M records, 1 GiB).
+    pub(crate) fn open_roomy(path: &Path) -> std::sync::Arc<Queue> {
+        let limits = Limits {
+            max_records: 10_000_000,
+            max_bytes: 1 << 30,
+        };
+        std::sync::Arc::new(Queue::open(path, limits).expect("opening a test queue"))
+    }
+
+    /// Every event in the queue, in order (tests read back what the inputs committed).
     pub(crate) fn events(&self) -> Vec<weir_common::Event> {
         self.read_from(0, usize::MAX, usize::MAX)
             .expect("reading the queue")

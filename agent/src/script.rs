@@ -533,8 +533,7 @@ mod tests {
     use super::*;
     use crate::dedup::DedupRules;
     use crate::pipeline;
-    use crate::queue::{Limits, Queue};
-    use std::sync::Arc;
+    use crate::queue::Queue;
 
     fn script(dir: &std::path::Path, body: &str) -> ScriptConfig {
         let path = dir.join("s.sh");
@@ -768,16 +767,7 @@ touch written
 sleep 30"#
             ),
         );
-        let queue = Arc::new(
-            Queue::open(
-                &dir.path().join("queue.redb"),
-                Limits {
-                    max_records: 1_000_000,
-                    max_bytes: 1 << 30,
-                },
-            )
-            .unwrap(),
-        );
+        let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
         // Room for one record: the script's reader waits for the writer with the rest unread.
         let (sink, rx) = pipeline::channel(1, DedupRules::default());
         let shutdown = CancellationToken::new();
@@ -797,11 +787,7 @@ sleep 30"#
             queue.clone(),
             rx,
             committed,
-            pipeline::WriterOptions {
-                drop_report_interval: Duration::from_secs(3600),
-                dedup_flush_interval: Duration::from_secs(3600),
-                dedup_max_keys: 1,
-            },
+            pipeline::WriterOptions::for_tests(),
             shutdown.clone(),
         ));
         shutdown.cancel();

@@ -20,7 +20,7 @@ use weir_common::Event;
 use super::lib_adapter::encode::{V3Sender, set_reportable};
 use super::{Auth, Listeners, Priv, SnmpConfig, UserSpec};
 use crate::pipeline::{self, Sink};
-use crate::queue::{Limits, Queue};
+use crate::queue::Queue;
 use crate::trap_policy::TrapPolicyState;
 
 /// This receiver's engine ID.
@@ -47,11 +47,7 @@ struct Rig {
 impl Rig {
     async fn start(metrics: PrometheusHandle) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_records: 1_000_000,
-            max_bytes: 1 << 28,
-        };
-        let queue = Arc::new(Queue::open(&dir.path().join("queue.redb"), limits).unwrap());
+        let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
         let (sink, rx) = pipeline::channel(1024, crate::dedup::DedupRules::default());
         let cfg: SnmpConfig = toml::from_str(&format!(
             "listen = [\"127.0.0.1:0\"]\ncommunities = [\"public\"]\nengine_id = \"{OUR_ENGINE}\"\n\
@@ -75,11 +71,7 @@ impl Rig {
             queue.clone(),
             rx,
             committed,
-            pipeline::WriterOptions {
-                drop_report_interval: Duration::from_secs(3600),
-                dedup_flush_interval: Duration::from_secs(1),
-                dedup_max_keys: 1,
-            },
+            pipeline::WriterOptions::for_tests(),
             shutdown.clone(),
         ));
         Rig {

@@ -13,7 +13,7 @@ use weir_common::Event;
 use super::Listeners;
 use crate::config::SyslogConfig;
 use crate::pipeline::{self, Sink, SinkReceiver};
-use crate::queue::{Limits, Queue};
+use crate::queue::Queue;
 
 /// Listeners spawned on a sink; the queue writer starts when the test says so.
 struct Rig {
@@ -31,11 +31,7 @@ struct Rig {
 impl Rig {
     async fn start(cfg: SyslogConfig, capacity: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_records: 10_000_000,
-            max_bytes: 1 << 30,
-        };
-        let queue = Arc::new(Queue::open(&dir.path().join("queue.redb"), limits).unwrap());
+        let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
         let (sink, rx) = pipeline::channel(capacity, crate::dedup::DedupRules::default());
         let listeners = Listeners::bind(&cfg).await.unwrap();
         let (udp, tcp, tls) = (
@@ -65,11 +61,7 @@ impl Rig {
             self.queue.clone(),
             self.rx.take().expect("writer started once"),
             committed,
-            pipeline::WriterOptions {
-                drop_report_interval: Duration::from_secs(3600),
-                dedup_flush_interval: Duration::from_secs(1),
-                dedup_max_keys: 1,
-            },
+            pipeline::WriterOptions::for_tests(),
             self.shutdown.clone(),
         ));
     }
