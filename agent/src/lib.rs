@@ -158,6 +158,7 @@ pub async fn start(config: AgentConfig, shutdown: CancellationToken) -> anyhow::
             drop_report_interval: config.queue.drop_report_interval.0,
             dedup_flush_interval: config.dedup.flush_interval.0,
             dedup_max_keys: config.dedup.max_keys,
+            min_commit_interval: pipeline::MIN_COMMIT_INTERVAL,
         },
         shutdown.child_token(),
     ));

@@ -52,6 +52,7 @@ async fn start(tune: impl FnOnce(&mut SyslogConfig)) -> Harness {
             drop_report_interval: Duration::from_secs(3600),
             dedup_flush_interval: Duration::from_secs(1),
             dedup_max_keys: 1,
+            min_commit_interval: pipeline::MIN_COMMIT_INTERVAL,
         },
         shutdown.clone(),
     ));

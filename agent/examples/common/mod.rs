@@ -59,6 +59,7 @@ pub fn start(
             drop_report_interval: Duration::from_secs(3600),
             dedup_flush_interval: Duration::from_millis(500),
             dedup_max_keys: dedup.max_keys,
+            min_commit_interval: pipeline::MIN_COMMIT_INTERVAL,
         },
         shutdown.clone(),
     ));

@@ -701,6 +701,20 @@ impl Fleet {
             .unwrap_or(0))
     }
 
+    /// Queue commits and batch frames the agent has made so far (0 while not exported).
+    fn agent_commits_and_frames(&self) -> (u64, u64) {
+        let get = |name| {
+            self.metric_at(self.http_port, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        (
+            get("weir_agent_queue_commit_seconds_count"),
+            get("weir_agent_batch_rtt_seconds_count"),
+        )
+    }
+
     /// One unlabelled metric from the `/metrics` endpoint on `port`.
     fn metric_at(&self, port: u16, name: &str) -> anyhow::Result<Option<u64>> {
         let body = self.http_get_port(port, "/metrics")?;
@@ -892,6 +906,7 @@ fn bench_udp(
     std::thread::sleep(Duration::from_millis(1500));
     let before = fleet.stored_metric()?;
     let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let commits_before = fleet.agent_commits_and_frames();
     let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
     let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
     let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
@@ -919,6 +934,16 @@ fn bench_udp(
     println!(
         "cpu: agent {agent_cpu:.2}s ({:.2} µs/msg), aggregator {agg_cpu:.2}s",
         agent_cpu * 1e6 / sent.count.max(1) as f64
+    );
+    // What the fixed costs per wakeup scale with: queue commits and batch frames per second.
+    let (commits, frames) = fleet.agent_commits_and_frames();
+    let secs = sent.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "agent: {} queue commits ({:.0}/s), {} batch frames ({:.0}/s) while sending and settling",
+        commits - commits_before.0,
+        (commits - commits_before.0) as f64 / secs,
+        frames - commits_before.1,
+        (frames - commits_before.1) as f64 / secs,
     );
     println!(
         "udp: offered {offered:.0} msg/s for {duration}s ({} sent), stored {stored} ({} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}, store caught up {lag:.2}s after the sender stopped; agent peak RSS {:.1} MB",
