@@ -95,7 +95,7 @@ impl Trigger {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
     /// Unconsumed triggers, sorted by (time, id).
     triggers: VecDeque<Trigger>,
@@ -103,6 +103,16 @@ struct Group {
     inhibit: Option<(i64, i64)>,
     /// Latest event time seen, for eviction.
     last: i64,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            triggers: VecDeque::with_capacity(1),
+            inhibit: None,
+            last: 0,
+        }
+    }
 }
 
 /// Group tables hash with foldhash: keys are short, built per event, and come from event
@@ -464,7 +474,10 @@ impl Engine {
             self.stats.groups_evicted += n;
             dropped("group_evicted", n);
         }
-        let g = st.groups.entry_ref(key).or_default();
+        // A new group starts with room for one trigger, not the four a first `insert` would
+        // reserve: most groups (one per host) never see a second event in their window, and
+        // the deque's growth path cost more than the allocation itself.
+        let g = st.groups.entry_ref(key).or_insert_with(Group::new);
         g.last = g.last.max(ct);
         let hold = rule.delayed_action.map(|d| ct.saturating_add(d));
         if let Some((from, until)) = g.inhibit {
