@@ -154,7 +154,7 @@ impl Sequencer {
             }
             out.push(Prepared::Event {
                 seq: next,
-                bytes: splice_seq(&bytes, pending.seq_offset, next),
+                bytes: splice_seq(&bytes, pending.seq_offset, next).into(),
             });
             assigned.push(Assigned::Stored(next));
             next += 1;

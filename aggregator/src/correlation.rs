@@ -50,6 +50,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use jiff::Timestamp;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use weir_common::Severity;
@@ -136,7 +137,7 @@ enum Msg {
     /// Postcard [`StoredEvent`]s just committed, those processing did not store
     /// (`donotpersist`), and the commit's clock.
     Committed {
-        events: Vec<Vec<u8>>,
+        events: Vec<Bytes>,
         unstored: Vec<Vec<u8>>,
         alarm_keys: Vec<(String, String)>,
         now: Timestamp,
@@ -256,6 +257,7 @@ impl Correlator {
     /// Hands committed events (postcard [`StoredEvent`] bytes) to the engine; waits at most
     /// `queue_wait` for room, then counts them as dropped (they stay stored).
     pub fn feed(&self, events: Vec<Vec<u8>>, now: Timestamp) {
+        let events = events.into_iter().map(Bytes::from).collect();
         self.feed_with(events, Vec::new(), Vec::new(), now);
     }
 
@@ -265,7 +267,7 @@ impl Correlator {
     /// alarms the commit's problems raised, so combination rules can take them over.
     pub fn feed_with(
         &self,
-        events: Vec<Vec<u8>>,
+        events: Vec<Bytes>,
         unstored: Vec<Vec<u8>>,
         alarm_keys: Vec<(String, String)>,
         now: Timestamp,
@@ -465,6 +467,7 @@ impl Worker {
                         .increment((events.len() + unstored.len()) as u64);
                     let mut out = Vec::new();
                     let n_stored = events.len();
+                    let unstored = unstored.into_iter().map(Bytes::from);
                     for (i, bytes) in events.into_iter().chain(unstored).enumerate() {
                         let s = match postcard::from_bytes::<StoredEvent>(&bytes) {
                             Ok(s) => s,

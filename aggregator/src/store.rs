@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use jiff::Timestamp;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -128,8 +129,9 @@ pub struct AgentBatch<'a> {
 /// connection tasks do this work in parallel, the writer only inserts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prepared {
-    /// An event: its agent sequence and its [`StoredEvent`] bytes.
-    Event { seq: u64, bytes: Vec<u8> },
+    /// An event: its agent sequence and its [`StoredEvent`] bytes (a batch's events share
+    /// one buffer: one allocation per batch, not per event).
+    Event { seq: u64, bytes: Bytes },
     /// A first-stage dedup count update.
     Count {
         seq: u64,
@@ -150,7 +152,9 @@ impl Prepared {
     pub fn event(stored: &StoredEvent) -> Prepared {
         Prepared::Event {
             seq: stored.seq,
-            bytes: postcard::to_allocvec(stored).expect("encode StoredEvent"),
+            bytes: postcard::to_allocvec(stored)
+                .expect("encode StoredEvent")
+                .into(),
         }
     }
 
@@ -182,23 +186,32 @@ pub fn prepare(site: &str, name: &str, batch: &Batch, now: Timestamp) -> Vec<Pre
 /// increase strictly (so every reader sees the same tags), so the stored bytes always decode.
 /// Other events are decoded, handed to `process`, which may change them and returns whether
 /// to store them (`false` gives [`Prepared::Skip`]), and encoded.
+///
+/// The events stored as they are get their bytes from one buffer sized for the whole batch
+/// (a record's payload bounds its event's length), split off as each is written.
 pub fn prepare_with<'r>(
     site: &str,
     name: &str,
-    records: impl ExactSizeIterator<Item = (u64, &'r [u8])>,
+    records: impl ExactSizeIterator<Item = (u64, &'r [u8])> + Clone,
     now: Timestamp,
     as_is: impl Fn(&EventView<'_>) -> bool,
     mut process: impl FnMut(&mut StoredEvent) -> bool,
 ) -> Vec<Prepared> {
     let header = StoredHeader::new(site, name, now);
     let mut out = Vec::with_capacity(records.len());
+    let room: usize = records
+        .clone()
+        .map(|(_, payload)| header.max_len(payload.len()))
+        .sum();
+    let mut buf = BytesMut::with_capacity(room);
     for (seq, payload) in records {
         if let Some((view, event)) = EventView::from_record(payload)
             && as_is(&view)
         {
+            header.encode(seq, event, &mut buf);
             out.push(Prepared::Event {
                 seq,
-                bytes: header.encode(seq, event),
+                bytes: buf.split().freeze(),
             });
             continue;
         }
@@ -217,7 +230,10 @@ pub fn prepare_with<'r>(
                     continue;
                 }
                 let bytes = postcard::to_allocvec(&stored).expect("encode StoredEvent");
-                Prepared::Event { seq, bytes }
+                Prepared::Event {
+                    seq,
+                    bytes: bytes.into(),
+                }
             }
             Ok(Record::Count {
                 target_seq,
@@ -264,16 +280,22 @@ impl StoredHeader {
         }
     }
 
-    /// The [`StoredEvent`] bytes of the event encoded as `event`, agent sequence `seq`.
-    fn encode(&self, seq: u64, event: &[u8]) -> Vec<u8> {
+    /// The most bytes [`StoredHeader::encode`] writes for an event of `event_len` bytes.
+    fn max_len(&self, event_len: usize) -> usize {
         // A varint u64 takes at most 10 bytes.
-        let mut out =
-            Vec::with_capacity(self.site_agent.len() + 10 + self.stamp.len() + event.len());
+        self.site_agent.len() + 10 + self.stamp.len() + event_len
+    }
+
+    /// Appends the [`StoredEvent`] bytes of the event encoded as `event`, agent sequence
+    /// `seq`, to `out`.
+    fn encode(&self, seq: u64, event: &[u8], out: &mut BytesMut) {
+        out.reserve(self.max_len(event.len()));
         out.extend_from_slice(&self.site_agent);
-        let mut out = postcard::to_extend(&seq, out).expect("encode a u64 into a Vec");
+        let mut varint = [0u8; 10];
+        let seq = postcard::to_slice(&seq, &mut varint).expect("a u64 varint fits 10 bytes");
+        out.extend_from_slice(seq);
         out.extend_from_slice(&self.stamp);
         out.extend_from_slice(event);
-        out
     }
 }
 
@@ -560,7 +582,7 @@ impl Store {
                     match p {
                         Prepared::Event { bytes, .. } => {
                             events
-                                .insert(next_key, bytes.as_slice())
+                                .insert(next_key, &bytes[..])
                                 .map_err(|e| self.err(e))?;
                             if !run.as_mut().is_some_and(|r| r.extend(seq, next_key))
                                 && let Some(r) = run.replace(Run::start(seq, next_key))
