@@ -65,6 +65,12 @@ pub struct QuicConfig {
     /// Batches waiting for the store writer before agents are slowed down.
     #[serde(default = "d_ingest_queue")]
     pub ingest_queue_batches: usize,
+    /// Receive buffer asked for on the QUIC socket: room for many agents' packets while the
+    /// process is busy. Packets it cannot hold are lost and re-sent by QUIC, which costs both
+    /// ends CPU and slows the sender. The kernel caps it at `net.core.rmem_max` (a warning
+    /// says so).
+    #[serde(default = "d_quic_rcvbuf")]
+    pub receive_buffer: ByteSize,
 }
 
 /// The REST API.
@@ -113,6 +119,10 @@ fn d_ingest_queue() -> usize {
 fn d_index_max_lag() -> u64 {
     crate::indexer::DEFAULT_MAX_LAG
 }
+fn d_quic_rcvbuf() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
 fn d_store_cache() -> ByteSize {
     ByteSize(crate::store::DEFAULT_CACHE_BYTES)
 }
@@ -192,6 +202,9 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
     }
+    if c.quic.receive_buffer.0 > 1 << 30 {
+        return Err(fail("quic.receive_buffer", "at most 1GiB"));
+    }
     if c.retention.days > crate::retention::MAX_DAYS {
         return Err(fail(
             "retention.days",
@@ -242,6 +255,9 @@ max_connections = 10000
 idle_timeout = "30s"
 # Batches waiting to be stored before agents are slowed down (backpressure).
 ingest_queue_batches = 256
+# UDP receive buffer of the QUIC socket; the kernel caps it at net.core.rmem_max (a
+# warning says so). Packets that overflow it are re-sent by QUIC at a cost to both ends.
+receive_buffer = "8MiB"
 
 [api]
 # REST API address.
@@ -318,6 +334,7 @@ mod tests {
         assert_eq!(c.retention.days, 30);
         assert_eq!(c.retention.interval.0.as_secs(), 3600);
         assert_eq!(c.store_cache.0, crate::store::DEFAULT_CACHE_BYTES);
+        assert_eq!(c.quic.receive_buffer.0, 8 << 20);
         let text = example("data", "tls", "tls/crl.pem", 4433, 8083)
             .replace("# archive_dir", "archive_dir");
         std::fs::write(&p, &text).unwrap();
@@ -365,6 +382,11 @@ mod tests {
                 "store_cache = \"2GiB\"",
                 "store_cache = \"1MiB\"",
                 "store_cache",
+            ),
+            (
+                "receive_buffer = \"8MiB\"",
+                "receive_buffer = \"2GiB\"",
+                "quic.receive_buffer",
             ),
         ] {
             std::fs::write(&p, text.replace(from, to)).unwrap();
