@@ -679,131 +679,120 @@ mod tests {
             "{drops:?} {stats:?}"
         );
     }
-}
 
-#[cfg(test)]
-mod group_commit_tests {
-    use std::time::Instant;
+    /// The writer's group commits and their minimum interval.
+    mod group_commit {
+        use std::time::Instant;
 
-    use super::*;
+        use super::record as line;
+        use super::*;
 
-    fn line(i: usize) -> Encoded {
-        let ev = Event::new(
-            InputKind::Syslog,
-            "test",
-            "host",
-            Severity::Info,
-            format!("line {i}"),
-            Timestamp::now(),
-        );
-        Encoded::new(&Record::Event(ev), 0)
-    }
-
-    /// A writer on a real queue with a long `min_commit_interval`, so that "at once" and "after
-    /// the interval" are far apart even on a loaded machine.
-    struct Rig {
-        sink: Sink,
-        committed: watch::Receiver<u64>,
-        _dir: tempfile::TempDir,
-        writer: tokio::task::JoinHandle<()>,
-    }
-
-    const INTERVAL: Duration = Duration::from_secs(4);
-    /// Far below [`INTERVAL`]: what "at once" allows for a commit on a loaded machine.
-    const AT_ONCE: Duration = Duration::from_millis(2500);
-
-    fn rig(capacity: usize, max_bytes: usize) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
-        let (sink, rx) = channel_with_bytes(capacity, max_bytes, DedupRules::default());
-        let (tx, committed) = watch::channel(0);
-        let writer = tokio::spawn(run_writer(
-            queue,
-            rx,
-            tx,
-            WriterOptions {
-                min_commit_interval: INTERVAL,
-                ..WriterOptions::for_tests()
-            },
-            CancellationToken::new(),
-        ));
-        Rig {
-            sink,
-            committed,
-            _dir: dir,
-            writer,
+        /// A writer on a real queue with a long `min_commit_interval`, so that "at once" and "after
+        /// the interval" are far apart even on a loaded machine.
+        struct Rig {
+            sink: Sink,
+            committed: watch::Receiver<u64>,
+            _dir: tempfile::TempDir,
+            writer: tokio::task::JoinHandle<()>,
         }
-    }
 
-    impl Rig {
-        /// Waits for the committed sequence to change; how long that took.
-        async fn next_commit(&mut self) -> Duration {
-            let started = Instant::now();
-            tokio::time::timeout(INTERVAL * 3, self.committed.changed())
+        const INTERVAL: Duration = Duration::from_secs(4);
+        /// Far below [`INTERVAL`]: what "at once" allows for a commit on a loaded machine.
+        const AT_ONCE: Duration = Duration::from_millis(2500);
+
+        fn rig(capacity: usize, max_bytes: usize) -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
+            let (sink, rx) = channel_with_bytes(capacity, max_bytes, DedupRules::default());
+            let (tx, committed) = watch::channel(0);
+            let writer = tokio::spawn(run_writer(
+                queue,
+                rx,
+                tx,
+                WriterOptions {
+                    min_commit_interval: INTERVAL,
+                    ..WriterOptions::for_tests()
+                },
+                CancellationToken::new(),
+            ));
+            Rig {
+                sink,
+                committed,
+                _dir: dir,
+                writer,
+            }
+        }
+
+        impl Rig {
+            /// Waits for the committed sequence to change; how long that took.
+            async fn next_commit(&mut self) -> Duration {
+                let started = Instant::now();
+                tokio::time::timeout(INTERVAL * 3, self.committed.changed())
+                    .await
+                    .expect("no commit within three intervals")
+                    .unwrap();
+                started.elapsed()
+            }
+        }
+
+        #[tokio::test]
+        async fn a_line_after_a_quiet_spell_commits_at_once_and_the_next_waits_for_the_interval() {
+            let mut r = rig(1_000_000, 64 << 20);
+            r.sink.send_encoded(vec![line(0)]).await.unwrap();
+            let first = r.next_commit().await;
+            assert!(first < AT_ONCE, "a lone line waited {first:?}");
+            let base = *r.committed.borrow();
+            // Right after a commit: this one waits for the interval, and no longer (its bound).
+            let sent = Instant::now();
+            r.sink.send_encoded(vec![line(1)]).await.unwrap();
+            r.sink.send_encoded(vec![line(2)]).await.unwrap();
+            r.next_commit().await;
+            let waited = sent.elapsed();
+            assert!(
+                waited >= INTERVAL - Duration::from_millis(100) - first,
+                "committed after {waited:?}, before the interval"
+            );
+            assert!(waited < INTERVAL + AT_ONCE, "committed after {waited:?}");
+            assert_eq!(
+                *r.committed.borrow() - base,
+                2,
+                "both lines in one group commit"
+            );
+            drop(r.sink);
+            r.writer.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_full_group_commits_at_once() {
+            let mut r = rig(1_000_000, 64 << 20);
+            r.sink.send_encoded(vec![line(0)]).await.unwrap();
+            r.next_commit().await;
+            let base = *r.committed.borrow();
+            let records: Vec<Encoded> = (1..=MAX_GROUP).map(line).collect();
+            r.sink.send_encoded(records).await.unwrap();
+            let took = r.next_commit().await;
+            assert!(took < AT_ONCE, "a full group waited {took:?}");
+            assert_eq!(*r.committed.borrow() - base, MAX_GROUP as u64);
+            drop(r.sink);
+            r.writer.await.unwrap();
+        }
+
+        /// Inputs waiting on a full sink are not kept waiting for the interval.
+        #[tokio::test]
+        async fn a_full_sink_commits_at_once() {
+            let mut r = rig(10, 64 << 20);
+            r.sink.send_encoded(vec![line(0)]).await.unwrap();
+            r.next_commit().await;
+            let base = *r.committed.borrow();
+            r.sink
+                .send_encoded((1..=10).map(line).collect())
                 .await
-                .expect("no commit within three intervals")
                 .unwrap();
-            started.elapsed()
+            let took = r.next_commit().await;
+            assert!(took < AT_ONCE, "a full sink waited {took:?}");
+            assert_eq!(*r.committed.borrow() - base, 10);
+            drop(r.sink);
+            r.writer.await.unwrap();
         }
-    }
-
-    #[tokio::test]
-    async fn a_line_after_a_quiet_spell_commits_at_once_and_the_next_waits_for_the_interval() {
-        let mut r = rig(1_000_000, 64 << 20);
-        r.sink.send_encoded(vec![line(0)]).await.unwrap();
-        let first = r.next_commit().await;
-        assert!(first < AT_ONCE, "a lone line waited {first:?}");
-        let base = *r.committed.borrow();
-        // Right after a commit: this one waits for the interval, and no longer (its bound).
-        let sent = Instant::now();
-        r.sink.send_encoded(vec![line(1)]).await.unwrap();
-        r.sink.send_encoded(vec![line(2)]).await.unwrap();
-        r.next_commit().await;
-        let waited = sent.elapsed();
-        assert!(
-            waited >= INTERVAL - Duration::from_millis(100) - first,
-            "committed after {waited:?}, before the interval"
-        );
-        assert!(waited < INTERVAL + AT_ONCE, "committed after {waited:?}");
-        assert_eq!(
-            *r.committed.borrow() - base,
-            2,
-            "both lines in one group commit"
-        );
-        drop(r.sink);
-        r.writer.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_full_group_commits_at_once() {
-        let mut r = rig(1_000_000, 64 << 20);
-        r.sink.send_encoded(vec![line(0)]).await.unwrap();
-        r.next_commit().await;
-        let base = *r.committed.borrow();
-        let records: Vec<Encoded> = (1..=MAX_GROUP).map(line).collect();
-        r.sink.send_encoded(records).await.unwrap();
-        let took = r.next_commit().await;
-        assert!(took < AT_ONCE, "a full group waited {took:?}");
-        assert_eq!(*r.committed.borrow() - base, MAX_GROUP as u64);
-        drop(r.sink);
-        r.writer.await.unwrap();
-    }
-
-    /// Inputs waiting on a full sink are not kept waiting for the interval.
-    #[tokio::test]
-    async fn a_full_sink_commits_at_once() {
-        let mut r = rig(10, 64 << 20);
-        r.sink.send_encoded(vec![line(0)]).await.unwrap();
-        r.next_commit().await;
-        let base = *r.committed.borrow();
-        r.sink
-            .send_encoded((1..=10).map(line).collect())
-            .await
-            .unwrap();
-        let took = r.next_commit().await;
-        assert!(took < AT_ONCE, "a full sink waited {took:?}");
-        assert_eq!(*r.committed.borrow() - base, 10);
-        drop(r.sink);
-        r.writer.await.unwrap();
     }
 }
