@@ -762,37 +762,33 @@ mod tests {
             r.writer.await.unwrap();
         }
 
-        #[tokio::test]
-        async fn a_full_group_commits_at_once() {
-            let mut r = rig(1_000_000, 64 << 20);
+        /// Right after a commit, `n` more lines into a sink of `capacity` records must commit
+        /// at once, without waiting for the interval.
+        async fn commit_at_once(capacity: usize, n: usize, what: &str) {
+            let mut r = rig(capacity, 64 << 20);
             r.sink.send_encoded(vec![line(0)]).await.unwrap();
             r.next_commit().await;
             let base = *r.committed.borrow();
-            let records: Vec<Encoded> = (1..=MAX_GROUP).map(line).collect();
-            r.sink.send_encoded(records).await.unwrap();
+            r.sink
+                .send_encoded((1..=n).map(line).collect())
+                .await
+                .unwrap();
             let took = r.next_commit().await;
-            assert!(took < AT_ONCE, "a full group waited {took:?}");
-            assert_eq!(*r.committed.borrow() - base, MAX_GROUP as u64);
+            assert!(took < AT_ONCE, "{what} waited {took:?}");
+            assert_eq!(*r.committed.borrow() - base, n as u64);
             drop(r.sink);
             r.writer.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_full_group_commits_at_once() {
+            commit_at_once(1_000_000, MAX_GROUP, "a full group").await;
         }
 
         /// Inputs waiting on a full sink are not kept waiting for the interval.
         #[tokio::test]
         async fn a_full_sink_commits_at_once() {
-            let mut r = rig(10, 64 << 20);
-            r.sink.send_encoded(vec![line(0)]).await.unwrap();
-            r.next_commit().await;
-            let base = *r.committed.borrow();
-            r.sink
-                .send_encoded((1..=10).map(line).collect())
-                .await
-                .unwrap();
-            let took = r.next_commit().await;
-            assert!(took < AT_ONCE, "a full sink waited {took:?}");
-            assert_eq!(*r.committed.borrow() - base, 10);
-            drop(r.sink);
-            r.writer.await.unwrap();
+            commit_at_once(10, 10, "a full sink").await;
         }
     }
 }
