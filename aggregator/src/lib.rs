@@ -110,7 +110,16 @@ pub async fn start(
             config.quic.listen
         )
     })?;
-    grow_receive_buffer(&socket, config.quic.receive_buffer.0);
+    // The kernel's default (about 200 KiB) overflows when a few agents send their batch frames
+    // at once; QUIC then re-sends what was dropped, at a cost to both ends.
+    weir_common::net::grow_receive_buffer(
+        (&socket).into(),
+        config.quic.listen,
+        usize::try_from(config.quic.receive_buffer.0).unwrap_or(usize::MAX),
+        true,
+        "QUIC socket's",
+        "be re-sent by the agents",
+    );
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),
@@ -259,47 +268,4 @@ pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> anyho
     let running = start(config, shutdown).await?;
     running.join().await;
     Ok(())
-}
-
-/// Asks for `want` bytes of receive buffer on the agents' QUIC socket. The default (about
-/// 200 KiB) overflows when a few agents send their batch frames at once; QUIC then re-sends
-/// what the kernel dropped, at a cost to both ends. Says so when the kernel caps it.
-fn grow_receive_buffer(socket: &std::net::UdpSocket, want: u64) {
-    let want = usize::try_from(want).unwrap_or(usize::MAX);
-    let sock = socket2::SockRef::from(socket);
-    let addr = socket.local_addr().ok();
-    if let Err(e) = sock.set_recv_buffer_size(want) {
-        tracing::warn!(?addr, error = %e, "could not enlarge the QUIC socket's receive buffer; bursts from agents will be re-sent");
-        return;
-    }
-    // Linux grants at most net.core.rmem_max and reports twice what it granted.
-    match sock.recv_buffer_size() {
-        Ok(got) if got / 2 < want => tracing::warn!(
-            ?addr,
-            requested = want,
-            granted = got / 2,
-            "the kernel capped the QUIC socket's receive buffer (net.core.rmem_max), so bursts \
-             from agents may overflow it and be re-sent; raise it with `sysctl -w \
-             net.core.rmem_max={}` and persist it in /etc/sysctl.d/, or lower quic.receive_buffer",
-            want.next_power_of_two()
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::debug!(error = %e, "could not read back the QUIC socket's receive buffer size")
-        }
-    }
-}
-
-#[cfg(test)]
-mod socket_tests {
-    /// The QUIC socket gets the receive buffer asked for (Linux reports twice the size set),
-    /// not the kernel's default (`net.core.rmem_default`, 208 KiB on most systems).
-    #[test]
-    fn the_quic_socket_gets_the_receive_buffer_asked_for() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Below the smallest usual net.core.rmem_max (208 KiB), so never capped.
-        super::grow_receive_buffer(&socket, 150_000);
-        let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
-        assert_eq!(got, 300_000);
-    }
 }

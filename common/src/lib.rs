@@ -6,6 +6,7 @@
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod net;
 pub mod severity;
 pub mod trap_policy;
 pub mod wire;

@@ -351,13 +351,13 @@ impl Listeners {
             let sock = UdpSocket::bind(addr)
                 .await
                 .map_err(|e| bind_error(addr, e))?;
-            crate::syslog::udp::grow_receive_buffer(
+            weir_common::net::grow_receive_buffer(
                 socket2::SockRef::from(&sock),
                 addr,
                 cfg.receive_buffer.0 as usize,
                 true,
-                "SNMP",
-                "weir_agent_snmp_udp_socket_drops_total",
+                "SNMP UDP",
+                "lose datagrams (counted in weir_agent_snmp_udp_socket_drops_total)",
             );
             // Per-socket drop counts ride along with received datagrams.
             if let Err(e) = nix::sys::socket::setsockopt(&sock, sockopt::RxqOvfl, &1) {

@@ -42,13 +42,13 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
         if count > 1 {
             sock.set_reuse_port(true)?;
         }
-        grow_receive_buffer(
+        weir_common::net::grow_receive_buffer(
             socket2::SockRef::from(&sock),
             addr,
             rcvbuf,
             i == 0,
-            "syslog",
-            "weir_agent_syslog_udp_socket_drops_total",
+            "syslog UDP",
+            "lose datagrams (counted in weir_agent_syslog_udp_socket_drops_total)",
         );
         sock.set_nonblocking(true)?;
         sock.bind(&bound.into())?;
@@ -62,37 +62,6 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
         out.push(sock);
     }
     Ok(out)
-}
-
-/// Asks for `want` bytes of receive buffer for the `what` listener (`syslog`, `SNMP`); when
-/// `warn`, says so if the kernel caps it, naming the sysctl and the metric counting the loss.
-pub(crate) fn grow_receive_buffer(
-    sock: socket2::SockRef<'_>,
-    addr: SocketAddr,
-    want: usize,
-    warn: bool,
-    what: &str,
-    drops_metric: &str,
-) {
-    if let Err(e) = sock.set_recv_buffer_size(want) {
-        tracing::warn!(%addr, error = %e, "could not enlarge the {what} UDP receive buffer; bursts may lose datagrams");
-        return;
-    }
-    // Linux grants at most net.core.rmem_max and reports twice what it granted (its
-    // bookkeeping share): half of the reported size below `want` means capped.
-    match sock.recv_buffer_size() {
-        Ok(got) if got / 2 < want && warn => tracing::warn!(
-            %addr, requested = want, granted = got / 2,
-            "the kernel capped the {what} UDP receive buffer (net.core.rmem_max), so bursts may \
-             overflow it and lose datagrams (counted in {drops_metric}); raise it with \
-             `sysctl -w net.core.rmem_max={}` and persist it in /etc/sysctl.d/",
-            want.next_power_of_two()
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::debug!(%addr, error = %e, "could not read back the UDP receive buffer size")
-        }
-    }
 }
 
 /// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams.
