@@ -469,10 +469,11 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
             "must be between 1 and 64".into(),
         ));
     }
-    if c.syslog.udp_receive_buffer.0 > 1 << 30 {
+    if !(64 << 10..=1 << 30).contains(&c.syslog.udp_receive_buffer.0) {
         return Err(fail(
             "syslog.udp_receive_buffer",
-            "must be at most 1GiB".into(),
+            "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)"
+                .into(),
         ));
     }
     if c.syslog.tcp_max_connections == 0 {
@@ -797,6 +798,13 @@ mod tests {
                 base.replace(
                     "udp_receive_buffer = \"8MiB\"",
                     "udp_receive_buffer = \"2GiB\"",
+                ),
+                "syslog.udp_receive_buffer",
+            ),
+            (
+                base.replace(
+                    "udp_receive_buffer = \"8MiB\"",
+                    "udp_receive_buffer = \"1KiB\"",
                 ),
                 "syslog.udp_receive_buffer",
             ),

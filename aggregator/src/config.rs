@@ -202,8 +202,11 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
     }
-    if c.quic.receive_buffer.0 > 1 << 30 {
-        return Err(fail("quic.receive_buffer", "at most 1GiB"));
+    if !(64 << 10..=1 << 30).contains(&c.quic.receive_buffer.0) {
+        return Err(fail(
+            "quic.receive_buffer",
+            "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)",
+        ));
     }
     if c.retention.days > crate::retention::MAX_DAYS {
         return Err(fail(
@@ -386,6 +389,11 @@ mod tests {
             (
                 "receive_buffer = \"8MiB\"",
                 "receive_buffer = \"2GiB\"",
+                "quic.receive_buffer",
+            ),
+            (
+                "receive_buffer = \"8MiB\"",
+                "receive_buffer = \"1KiB\"",
                 "quic.receive_buffer",
             ),
         ] {

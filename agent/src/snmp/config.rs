@@ -110,8 +110,12 @@ impl SnmpConfig {
         if let Some(e) = &self.engine_id {
             parse_engine_id(e).map_err(|m| ("snmp.engine_id".into(), m))?;
         }
-        if self.receive_buffer.0 > (1 << 30) {
-            return Err(("snmp.receive_buffer".into(), "must be at most 1GiB".into()));
+        if !(64 << 10..=1 << 30).contains(&self.receive_buffer.0) {
+            return Err((
+                "snmp.receive_buffer".into(),
+                "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)"
+                    .into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, _) in self.users.iter().enumerate() {
@@ -282,6 +286,10 @@ mod tests {
         assert_eq!(e.0, "snmp.users[1].name");
         let e = user("engine_id = \"0x0102\"\n").unwrap_err();
         assert_eq!(e.0, "snmp.engine_id");
+        for size in ["1KiB", "2GiB"] {
+            let e = user(&format!("receive_buffer = \"{size}\"\n")).unwrap_err();
+            assert_eq!(e.0, "snmp.receive_buffer", "{size}");
+        }
         assert!(
             toml::from_str::<SnmpConfig>("[[users]]\nname = \"u\"\nauth = \"sha1024\"\n").is_err()
         );
