@@ -694,6 +694,7 @@ mod tests {
             committed: watch::Receiver<u64>,
             _dir: tempfile::TempDir,
             writer: tokio::task::JoinHandle<()>,
+            shutdown: CancellationToken,
         }
 
         const INTERVAL: Duration = Duration::from_secs(4);
@@ -705,6 +706,7 @@ mod tests {
             let queue = Queue::open_roomy(&dir.path().join("queue.redb"));
             let (sink, rx) = channel_with_bytes(capacity, max_bytes, DedupRules::default());
             let (tx, committed) = watch::channel(0);
+            let shutdown = CancellationToken::new();
             let writer = tokio::spawn(run_writer(
                 queue,
                 rx,
@@ -713,13 +715,14 @@ mod tests {
                     min_commit_interval: INTERVAL,
                     ..WriterOptions::for_tests()
                 },
-                CancellationToken::new(),
+                shutdown.clone(),
             ));
             Rig {
                 sink,
                 committed,
                 _dir: dir,
                 writer,
+                shutdown,
             }
         }
 
@@ -760,6 +763,42 @@ mod tests {
             );
             drop(r.sink);
             r.writer.await.unwrap();
+        }
+
+        /// A line that arrives more than the interval after the last commit is not held back.
+        #[tokio::test]
+        async fn a_line_after_the_interval_commits_at_once() {
+            let mut r = rig(1_000_000, 64 << 20);
+            r.sink.send_encoded(vec![line(0)]).await.unwrap();
+            r.next_commit().await;
+            tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
+            r.sink.send_encoded(vec![line(1)]).await.unwrap();
+            let took = r.next_commit().await;
+            assert!(took < AT_ONCE, "a line after a quiet spell waited {took:?}");
+            drop(r.sink);
+            r.writer.await.unwrap();
+        }
+
+        /// Shutdown cuts the wait short, and what was waiting is committed.
+        #[tokio::test]
+        async fn shutdown_cuts_the_wait_short_and_commits_what_waited() {
+            let mut r = rig(1_000_000, 64 << 20);
+            r.sink.send_encoded(vec![line(0)]).await.unwrap();
+            r.next_commit().await;
+            let base = *r.committed.borrow();
+            r.sink.send_encoded(vec![line(1)]).await.unwrap();
+            // Let the writer take the line and start waiting for the interval.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let started = Instant::now();
+            r.shutdown.cancel();
+            r.writer.await.unwrap();
+            let took = started.elapsed();
+            assert!(took < AT_ONCE, "shutdown waited {took:?}");
+            assert_eq!(
+                *r.committed.borrow() - base,
+                1,
+                "the waiting line is committed"
+            );
         }
 
         /// Right after a commit, `n` more lines into a sink of `capacity` records must commit
