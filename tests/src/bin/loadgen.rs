@@ -937,13 +937,15 @@ fn bench_udp(
     );
     // What the fixed costs per wakeup scale with: queue commits and batch frames per second.
     let (commits, frames) = fleet.agent_commits_and_frames();
+    let (commits, frames) = (
+        commits.saturating_sub(commits_before.0),
+        frames.saturating_sub(commits_before.1),
+    );
     let secs = sent.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "agent: {} queue commits ({:.0}/s), {} batch frames ({:.0}/s) while sending and settling",
-        commits - commits_before.0,
-        (commits - commits_before.0) as f64 / secs,
-        frames - commits_before.1,
-        (frames - commits_before.1) as f64 / secs,
+        "agent: {commits} queue commits ({:.0}/s), {frames} batch frames ({:.0}/s) while sending and settling (per second of sending)",
+        commits as f64 / secs,
+        frames as f64 / secs,
     );
     println!(
         "udp: offered {offered:.0} msg/s for {duration}s ({} sent), stored {stored} ({} lost, {:.3}%), kernel rcvbuf drops {kernel_drops}, store caught up {lag:.2}s after the sender stopped; agent peak RSS {:.1} MB",
