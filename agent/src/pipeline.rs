@@ -727,6 +727,14 @@ mod tests {
         }
 
         impl Rig {
+            /// Commits one line and waits for it: the writer's interval starts now. Returns
+            /// the committed sequence after it.
+            async fn first_commit(&mut self) -> u64 {
+                self.sink.send_encoded(vec![line(0)]).await.unwrap();
+                self.next_commit().await;
+                *self.committed.borrow()
+            }
+
             /// Waits for the committed sequence to change; how long that took.
             async fn next_commit(&mut self) -> Duration {
                 let started = Instant::now();
@@ -769,8 +777,7 @@ mod tests {
         #[tokio::test]
         async fn a_line_after_the_interval_commits_at_once() {
             let mut r = rig(1_000_000, 64 << 20);
-            r.sink.send_encoded(vec![line(0)]).await.unwrap();
-            r.next_commit().await;
+            r.first_commit().await;
             tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
             r.sink.send_encoded(vec![line(1)]).await.unwrap();
             let took = r.next_commit().await;
@@ -783,9 +790,7 @@ mod tests {
         #[tokio::test]
         async fn shutdown_cuts_the_wait_short_and_commits_what_waited() {
             let mut r = rig(1_000_000, 64 << 20);
-            r.sink.send_encoded(vec![line(0)]).await.unwrap();
-            r.next_commit().await;
-            let base = *r.committed.borrow();
+            let base = r.first_commit().await;
             r.sink.send_encoded(vec![line(1)]).await.unwrap();
             // Let the writer take the line and start waiting for the interval.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -805,9 +810,7 @@ mod tests {
         /// at once, without waiting for the interval.
         async fn commit_at_once(capacity: usize, n: usize, what: &str) {
             let mut r = rig(capacity, 64 << 20);
-            r.sink.send_encoded(vec![line(0)]).await.unwrap();
-            r.next_commit().await;
-            let base = *r.committed.borrow();
+            let base = r.first_commit().await;
             r.sink
                 .send_encoded((1..=n).map(line).collect())
                 .await
