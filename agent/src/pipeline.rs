@@ -46,6 +46,28 @@ const MAX_GROUP: usize = 16 * 1024;
 /// waits at most this long (plus the timer's millisecond) before its commit starts.
 pub const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 
+/// A group of at least this many records is committed without waiting for
+/// [`MIN_COMMIT_INTERVAL`]: its commit's fixed costs are already shared by many records, and
+/// at high rates waiting would only let the channel fill.
+const WAIT_BELOW_RECORDS: usize = 256;
+
+/// Moves the submissions waiting in `rx` into `group` (`n` records), up to [`MAX_GROUP`].
+fn take_waiting(
+    rx: &mut mpsc::UnboundedReceiver<Submission>,
+    group: &mut Vec<Submission>,
+    n: &mut usize,
+) {
+    while *n < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(sub) => {
+                *n += sub.records.len();
+                group.push(sub);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 /// One hand-over from an input: records, and optionally a channel that learns when they are
 /// durable (the HTTP input answers its client only then).
 #[derive(Debug)]
@@ -357,12 +379,14 @@ pub async fn run_writer(
         };
         let mut group = vec![first];
         let mut n = group[0].records.len();
-        // Group commit: if the last commit started less than `min_commit_interval` ago, let
-        // the group grow until then. The writer sleeps instead of waking per submission; a
-        // full group, a full sink (inputs waiting on capacity) or shutdown commits at once.
+        take_waiting(&mut rx, &mut group, &mut n);
+        // Group commit: if the last commit started less than `min_commit_interval` ago and
+        // the group is small, let it grow until then. The writer sleeps instead of waking per
+        // submission. A large group (the rate already amortises a commit), a full sink
+        // (inputs waiting on capacity) or shutdown commits at once.
         let deadline = last_commit.map(|t| t + opts.min_commit_interval);
         if let Some(deadline) = deadline.filter(|d| {
-            n < MAX_GROUP
+            n < WAIT_BELOW_RECORDS
                 && !closing
                 && capacity.available_permits() > 0
                 && bytes.available_permits() > 0
@@ -372,15 +396,7 @@ pub async fn run_writer(
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.cancelled() => {}
             }
-        }
-        while n < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(sub) => {
-                    n += sub.records.len();
-                    group.push(sub);
-                }
-                Err(_) => break,
-            }
+            take_waiting(&mut rx, &mut group, &mut n);
         }
         last_commit = Some(tokio::time::Instant::now());
         append_group(
@@ -823,8 +839,8 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn a_full_group_commits_at_once() {
-            commit_at_once(1_000_000, MAX_GROUP, "a full group").await;
+        async fn a_large_group_commits_at_once() {
+            commit_at_once(1_000_000, WAIT_BELOW_RECORDS, "a large group").await;
         }
 
         /// Inputs waiting on a full sink are not kept waiting for the interval.
