@@ -666,19 +666,32 @@ sleep 30"#
         })
     }
 
+    /// Runs the script `body`, killed by its 300 ms timeout, into a queue of `capacity`
+    /// submissions that takes nothing until `after`. Returns the queue's consumer (the
+    /// submissions it got) and the drops counted.
+    async fn killed_run(
+        body: &str,
+        capacity: usize,
+        after: Duration,
+    ) -> (
+        tokio::task::JoinHandle<usize>,
+        std::collections::BTreeMap<String, u64>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = script(dir.path(), body);
+        cfg.timeout = HumanDuration::millis(300);
+        let (sink, rx) = pipeline::channel(capacity, DedupRules::default());
+        let got = consume_after(rx, after);
+        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
+        (got, sink.drops.snapshot())
+    }
+
     /// Regression: the lines a script printed before it was killed for its timeout were lost
     /// uncounted while the queue held the reader back. They are submitted once it has room.
     #[tokio::test]
     async fn lines_written_before_a_timeout_kill_are_submitted() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = script(dir.path(), &burst_then_hang(8));
-        cfg.timeout = HumanDuration::millis(300);
-        let (sink, rx) = pipeline::channel(2, DedupRules::default());
         // The queue takes nothing until after the kill.
-        let got = consume_after(rx, Duration::from_millis(600));
-        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
-        let drops = sink.drops.snapshot();
-        drop(sink);
+        let (got, drops) = killed_run(&burst_then_hang(8), 2, Duration::from_millis(600)).await;
         assert_eq!(got.await.unwrap(), 8, "{drops:?}");
         assert!(drops.is_empty(), "{drops:?}");
     }
@@ -687,13 +700,7 @@ sleep 30"#
     /// and in the pipe are counted as `script_killed_unread`, not discarded silently.
     #[tokio::test]
     async fn lines_a_blocked_queue_cannot_take_after_a_kill_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = script(dir.path(), &burst_then_hang(8));
-        cfg.timeout = HumanDuration::millis(300);
-        let (sink, rx) = pipeline::channel(2, DedupRules::default());
-        let got = consume_after(rx, Duration::from_secs(3600));
-        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
-        let drops = sink.drops.snapshot();
+        let (got, drops) = killed_run(&burst_then_hang(8), 2, Duration::from_secs(3600)).await;
         got.abort();
         // Two fit in the channel; the rest could not be submitted.
         assert_eq!(drops.get("script_killed_unread"), Some(&6), "{drops:?}");
@@ -702,18 +709,13 @@ sleep 30"#
     /// Regression: a line cut short by the kill vanished; now it is counted.
     #[tokio::test]
     async fn a_partial_last_line_at_the_kill_is_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = script(
-            dir.path(),
+        let (got, drops) = killed_run(
             r#"printf '{"source":"s","hostname":"h","severity":"info","message":"whole"}\n{"source":"s","hostn'
 sleep 30"#,
-        );
-        cfg.timeout = HumanDuration::millis(300);
-        let (sink, rx) = pipeline::channel(100, DedupRules::default());
-        let got = consume_after(rx, Duration::ZERO);
-        run_once(&cfg, &sink, &CancellationToken::new(), Some(cfg.timeout.0)).await;
-        let drops = sink.drops.snapshot();
-        drop(sink);
+            100,
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(got.await.unwrap(), 1);
         assert_eq!(drops.get("script_killed_unread"), Some(&1), "{drops:?}");
     }

@@ -1505,16 +1505,19 @@ mod tests {
         use encode::set_reportable;
         let remote = [0x80, 0, 0x1f, 0x88, 4, 1, 2, 3];
         let noauth = user("n", Auth::None, "", Priv::None, "");
-        let sender = encode::V3Sender::new(&remote, &noauth).unwrap();
-        let trap = sender
-            .trap(
-                5,
-                1,
-                10,
-                "1.3.6.1.6.3.1.1.5.3",
-                &[("1.3.6.1.2.1.1.5.0", "x")],
-            )
-            .unwrap();
+        // A linkUp trap, message ID `id`, from `sender`.
+        let link_up = |sender: &encode::V3Sender, id| {
+            sender
+                .trap(
+                    id,
+                    1,
+                    10,
+                    "1.3.6.1.6.3.1.1.5.3",
+                    &[("1.3.6.1.2.1.1.5.0", "x")],
+                )
+                .unwrap()
+        };
+        let trap = link_up(&encode::V3Sender::new(&remote, &noauth).unwrap(), 5);
         let mut p = Processor::new(
             &[],
             std::slice::from_ref(&noauth),
@@ -1574,15 +1577,7 @@ mod tests {
             let sender = encode::V3Sender::new(&remote, &secret)
                 .unwrap()
                 .reportable();
-            let trap = sender
-                .trap(
-                    6,
-                    1,
-                    10,
-                    "1.3.6.1.6.3.1.1.5.3",
-                    &[("1.3.6.1.2.1.1.5.0", "x")],
-                )
-                .unwrap();
+            let trap = link_up(&sender, 6);
             let flags = V3Message::decode(Bytes::from(trap.clone()), DecodeConfig::STRICT)
                 .unwrap()
                 .value

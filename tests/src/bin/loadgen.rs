@@ -489,6 +489,13 @@ fn bench_setting(config: String, key: &str, default: &str, var: &str) -> anyhow:
     Ok(config.replace(&from, &format!("{key} = {quote}{value}{quote}")))
 }
 
+/// The host's UDP receive-buffer drops (`RcvbufErrors`) since `before` (0: the count itself).
+fn kernel_drops_since(before: u64) -> u64 {
+    weir_common::telemetry::udp_rcvbuf_errors()
+        .unwrap_or(0)
+        .saturating_sub(before)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -905,7 +912,7 @@ fn bench_udp(
     // Wait until the agent is up (its UDP port answers nothing, so wait for its connection).
     std::thread::sleep(Duration::from_millis(1500));
     let before = fleet.stored_metric()?;
-    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let drops_before = kernel_drops_since(0);
     let commits_before = fleet.agent_commits_and_frames();
     let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
     let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
@@ -928,7 +935,7 @@ fn bench_udp(
         std::thread::sleep(Duration::from_millis(20));
     }
     let lag = send_end.elapsed().as_secs_f64() - if stored >= sent.count { 0.0 } else { 3.0 };
-    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let kernel_drops = kernel_drops_since(drops_before);
     let peak = fleet.agent_rss_peak_kb().unwrap_or(0).max(rss_max);
     let (agent_cpu, agg_cpu) = fleet.cpu_secs();
     println!(
@@ -968,7 +975,7 @@ fn outage_run(
 ) -> anyhow::Result<()> {
     fleet.start_agent()?;
     let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
-    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs().0;
     let sender = std::thread::spawn(move || send(target));
     let mut rss_max = 0;
@@ -979,7 +986,7 @@ fn outage_run(
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let kernel_drops = kernel_drops_since(drops_before);
     let cpu = fleet.cpu_secs().0 - cpu_before;
     let lost = sent.count.saturating_sub(committed);
     let secs = last_growth.as_secs_f64();
@@ -1230,7 +1237,7 @@ fn bench_trap(
         }
     };
     let before = progress(&fleet)?;
-    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs();
     let out = Command::new(bin_dir()?.join("weir-trapgen"))
         .args(["--target", &format!("127.0.0.1:{}", fleet.snmp_port)])
@@ -1252,7 +1259,7 @@ fn bench_trap(
         rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
         Ok(progress(&fleet)? - before)
     })?;
-    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let kernel_drops = kernel_drops_since(drops_before);
     let (agent_cpu, agg_cpu) = fleet.cpu_secs();
     let agent_cpu = agent_cpu - cpu_before.0;
     println!(
@@ -1288,7 +1295,7 @@ fn peer_udp(
 ) -> anyhow::Result<()> {
     let mut counter = SeqCounter::new(out);
     let cpu_before = cpu_secs_pid(pid);
-    let drops_before = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0);
+    let drops_before = kernel_drops_since(0);
     let sent = send_udp(target, rate, Duration::from_secs(duration), size, 0)?;
     let offered = sent.count as f64 / sent.elapsed.as_secs_f64();
     let mut rss_max = 0;
@@ -1296,7 +1303,7 @@ fn peer_udp(
         rss_max = rss_max.max(proc_status_kb(Some(pid), "VmRSS:").unwrap_or(0));
         counter.scan()
     })?;
-    let kernel_drops = weir_common::telemetry::udp_rcvbuf_errors().unwrap_or(0) - drops_before;
+    let kernel_drops = kernel_drops_since(drops_before);
     let cpu = cpu_secs_pid(pid) - cpu_before;
     println!(
         "peer udp: offered {offered:.0} msg/s for {duration}s ({} sent), delivered {stored} unique ({} lost, {:.3}%, {} duplicates), kernel rcvbuf drops {kernel_drops}, caught up {:.2}s after the sender stopped; pid {pid} CPU {cpu:.2}s ({:.2} µs/msg), peak RSS {:.1} MB",
