@@ -13,9 +13,9 @@
 //! events: those still between the inputs and the queue.
 //!
 //! Memory: at most `max_keys` keys (about 120 bytes each with the hash table's spare room:
-//! 16,384 keys take ~2 MB). When full, expired keys go first, then
-//! the keys whose windows end soonest (their pending counts are flushed first, so no count is
-//! lost; a later repeat simply starts a new event). Evictions are counted in
+//! 16,384 keys take ~2 MB). When full, one pass frees the expired keys and at least about an
+//! eighth of the keys, those whose windows end soonest (their pending counts are flushed first,
+//! so no count is lost; a later repeat simply starts a new event). Evictions are counted in
 //! `weir_agent_dedup_evictions_total`.
 
 use std::collections::HashMap;
@@ -523,45 +523,45 @@ impl Deduper {
         lost
     }
 
-    /// Frees at least one slot: expired keys first, then the eighth of the keys whose windows
-    /// end soonest. Pending counts of evicted keys are kept for the next commit.
+    /// Frees at least one slot, in one pass over the keys: the expired ones, and at least
+    /// about an eighth of them, those whose windows end soonest (the cut is the eighth-smallest
+    /// window end of a sample of [`EVICT_SAMPLE`] keys: the hash table's order is unrelated to
+    /// window ends). So a full table pays one pass per ~`max_keys / 8` new keys, not one per
+    /// key when keys expire about as fast as new ones come. Keys still being appended (no
+    /// sequence number yet) stay. Pending counts of evicted keys are kept for the next commit.
     fn make_room(&mut self, now_us: i64) {
         let before = self.map.len();
+        let mut ends: Vec<i64> = self
+            .map
+            .values()
+            .filter(|e| e.seq != 0)
+            .map(|e| e.window_end_us)
+            .take(EVICT_SAMPLE)
+            .collect();
+        if ends.is_empty() {
+            // Every key is still being appended: none can go.
+            return;
+        }
+        let k = ends.len() / 8;
+        let (_, cut, _) = ends.select_nth_unstable(k);
+        let cut = (*cut).max(now_us);
         let orphans = &mut self.orphans;
         self.map.retain(|_, e| {
-            // Entries still being appended (seq 0) must stay: the writer assigns them next.
-            let keep = e.seq == 0 || e.window_end_us > now_us;
+            let keep = e.seq == 0 || e.window_end_us > cut;
             if !keep && e.dirty {
                 orphans.push(count_record(e.seq, e));
             }
             keep
         });
-        if self.map.len() >= self.max_keys {
-            let mut ends: Vec<i64> = self
-                .map
-                .values()
-                .filter(|e| e.seq != 0)
-                .map(|e| e.window_end_us)
-                .collect();
-            if !ends.is_empty() {
-                let k = (ends.len() / 8).min(ends.len() - 1);
-                let (_, cut, _) = ends.select_nth_unstable(k);
-                let cut = *cut;
-                self.map.retain(|_, e| {
-                    let keep = e.seq == 0 || e.window_end_us > cut;
-                    if !keep && e.dirty {
-                        orphans.push(count_record(e.seq, e));
-                    }
-                    keep
-                });
-            }
-        }
         let evicted = (before - self.map.len()) as u64;
         self.evicted_total += evicted;
         metrics::counter!("weir_agent_dedup_evictions_total").increment(evicted);
         metrics::gauge!("weir_agent_dedup_keys").set(self.map.len() as f64);
     }
 }
+
+/// Window ends sampled to find [`Deduper::make_room`]'s cut.
+const EVICT_SAMPLE: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -765,6 +765,76 @@ mod tests {
             vec![(1, 2)],
             "the hot key's count went out exactly once"
         );
+    }
+
+    /// Opens key `i` at `at_s`, with a window of `window_s`, and gives it sequence `i + 1`.
+    fn open(d: &mut Deduper, i: u64, at_s: i64, window_s: i64) {
+        let us = (1_700_000_000 + at_s) * 1_000_000;
+        let mut enc = Encoded::new(&ev("h", &format!("k{i}"), at_s).0, us);
+        enc.dedup = Some(DedupTag {
+            key: i,
+            window_us: window_s * 1_000_000,
+        });
+        let mut g = vec![enc];
+        let f = d.filter(&mut g);
+        d.assign(&f.opened, &[i + 1]);
+    }
+
+    #[test]
+    fn a_full_table_frees_an_eighth_ending_soonest_in_one_pass() {
+        let mut d = Deduper::new(4096);
+        // Window ends spread over 4096 s, inserted in an order unrelated to them.
+        for i in 0..4096u64 {
+            open(&mut d, i, 0, 1 + (i * 2_654_435_761 % 4096) as i64);
+        }
+        assert_eq!(d.len(), 4096);
+        open(&mut d, 10_000, 0, 10_000);
+        let evicted = d.evicted_total as usize;
+        // An eighth (512) by a sample of 1024: far from both a single key and a quarter.
+        assert!((350..=700).contains(&evicted), "evicted {evicted}");
+        assert_eq!(d.len(), 4096 - evicted + 1);
+        // The evicted keys are exactly those ending soonest.
+        let kept_min = d.map.values().map(|e| e.window_end_us).min().unwrap();
+        let (expected, _) = (0..4096u64)
+            .map(|i| 1 + (i * 2_654_435_761 % 4096) as i64)
+            .partition::<Vec<i64>, _>(|w| (1_700_000_000 + w) * 1_000_000 < kept_min);
+        assert_eq!(expected.len(), evicted);
+        // Nothing more is evicted until the table is full again.
+        for i in 0..evicted as u64 - 1 {
+            open(&mut d, 20_000 + i, 0, 10_000);
+        }
+        assert_eq!(d.evicted_total as usize, evicted);
+        assert_eq!(d.len(), 4096);
+    }
+
+    #[test]
+    fn expired_keys_all_go_and_keys_being_appended_stay() {
+        let mut d = Deduper::new(1000);
+        // 600 keys that expire between 1 and 9 s, 400 that live long.
+        for i in 0..1000u64 {
+            open(
+                &mut d,
+                i,
+                0,
+                if i < 600 { 1 + (i % 9) as i64 } else { 1000 },
+            );
+        }
+        // At 20 s, one new key: every expired key goes (more than an eighth), no live one.
+        open(&mut d, 5000, 20, 1000);
+        assert_eq!(d.evicted_total, 600);
+        assert_eq!(d.len(), 401);
+        // A table full of keys being appended (no sequence number yet) frees nothing.
+        let mut d = Deduper::new(4);
+        let r = rules();
+        let mut g: Vec<Encoded> = (0..8)
+            .map(|i| {
+                let (rec, us) = ev("h", &format!("m{i}"), 0);
+                r.encode(&rec, us)
+            })
+            .collect();
+        let f = d.filter(&mut g);
+        assert_eq!(f.opened.len(), 8);
+        assert_eq!(d.evicted_total, 0);
     }
 
     #[test]
