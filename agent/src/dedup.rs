@@ -13,9 +13,10 @@
 //! events: those still between the inputs and the queue.
 //!
 //! Memory: at most `max_keys` keys (about 120 bytes each with the hash table's spare room:
-//! 16,384 keys take ~2 MB). When full, one pass frees the expired keys and at least about an
-//! eighth of the keys, those whose windows end soonest (their pending counts are flushed first,
-//! so no count is lost; a later repeat simply starts a new event). Evictions are counted in
+//! 16,384 keys take ~2 MB). When full, one pass frees the expired keys; only when they are
+//! too few (the table is over its load) does it also forget live keys, those whose windows end
+//! soonest, about an eighth in all (their pending counts are flushed first, so no count is
+//! lost; a later repeat simply starts a new event). Evictions are counted in
 //! `weir_agent_dedup_evictions_total`.
 
 use std::collections::HashMap;
@@ -523,12 +524,19 @@ impl Deduper {
         lost
     }
 
-    /// Frees at least one slot, in one pass over the keys: the expired ones, and at least
-    /// about an eighth of them, those whose windows end soonest (the cut is the eighth-smallest
-    /// window end of a sample of [`EVICT_SAMPLE`] keys: the hash table's order is unrelated to
-    /// window ends). So a full table pays one pass per ~`max_keys / 8` new keys, not one per
-    /// key when keys expire about as fast as new ones come. Keys still being appended (no
-    /// sequence number yet) stay. Pending counts of evicted keys are kept for the next commit.
+    /// Makes room, in one pass over the keys, from a sample of [`EVICT_SAMPLE`] window ends
+    /// (the table's order is unrelated to window ends: keys are seeded hashes):
+    ///
+    /// - when at least 1/[`EXPIRED_ENOUGH`] of the sample has expired, the expired keys go and
+    ///   no other: a table sized for its load never forgets a live key;
+    /// - otherwise the table is over its load: the expired keys and those whose windows end
+    ///   soonest go, about an eighth in all (window ends below the sample's eighth-smallest;
+    ///   if that is its smallest, those ending then).
+    ///
+    /// So a full table pays one pass per many new keys (an eighth of them, or at least
+    /// 1/[`EXPIRED_ENOUGH`] when expiring), never one per key. Keys still being appended (no
+    /// sequence number yet) stay; when every key is, nothing can go and the table grows by up
+    /// to one group. Pending counts of evicted keys are kept for the next commit.
     fn make_room(&mut self, now_us: i64) {
         let before = self.map.len();
         let mut ends: Vec<i64> = self
@@ -539,15 +547,22 @@ impl Deduper {
             .take(EVICT_SAMPLE)
             .collect();
         if ends.is_empty() {
-            // Every key is still being appended: none can go.
             return;
         }
-        let k = ends.len() / 8;
-        let (_, cut, _) = ends.select_nth_unstable(k);
-        let cut = (*cut).max(now_us);
+        let expired = ends.iter().filter(|&&end| end <= now_us).count();
+        // Keys whose window ends at or before `limit` go.
+        let limit = if expired * EXPIRED_ENOUGH >= ends.len() {
+            now_us
+        } else {
+            let k = ends.len() / 8;
+            let (below, cut, _) = ends.select_nth_unstable(k);
+            let cut = *cut;
+            let strict = below.iter().any(|&end| end < cut);
+            (if strict { cut - 1 } else { cut }).max(now_us)
+        };
         let orphans = &mut self.orphans;
         self.map.retain(|_, e| {
-            let keep = e.seq == 0 || e.window_end_us > cut;
+            let keep = e.seq == 0 || e.window_end_us > limit;
             if !keep && e.dirty {
                 orphans.push(count_record(e.seq, e));
             }
@@ -560,8 +575,10 @@ impl Deduper {
     }
 }
 
-/// Window ends sampled to find [`Deduper::make_room`]'s cut.
+/// Window ends sampled by [`Deduper::make_room`].
 const EVICT_SAMPLE: usize = 1024;
+/// [`Deduper::make_room`] frees only expired keys when at least 1/this of its sample has expired.
+const EXPIRED_ENOUGH: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -767,15 +784,20 @@ mod tests {
         );
     }
 
-    /// Opens key `i` at `at_s`, with a window of `window_s`, and gives it sequence `i + 1`.
-    fn open(d: &mut Deduper, i: u64, at_s: i64, window_s: i64) {
+    /// A record with dedup key `i`, received at `at_s`, with a window of `window_s`.
+    fn keyed(i: u64, at_s: i64, window_s: i64) -> Encoded {
         let us = (1_700_000_000 + at_s) * 1_000_000;
         let mut enc = Encoded::new(&ev("h", &format!("k{i}"), at_s).0, us);
         enc.dedup = Some(DedupTag {
             key: i,
             window_us: window_s * 1_000_000,
         });
-        let mut g = vec![enc];
+        enc
+    }
+
+    /// Opens key `i` at `at_s`, with a window of `window_s`, and gives it sequence `i + 1`.
+    fn open(d: &mut Deduper, i: u64, at_s: i64, window_s: i64) {
+        let mut g = vec![keyed(i, at_s, window_s)];
         let f = d.filter(&mut g);
         d.assign(&f.opened, &[i + 1]);
     }
@@ -835,6 +857,74 @@ mod tests {
         let f = d.filter(&mut g);
         assert_eq!(f.opened.len(), 8);
         assert_eq!(d.evicted_total, 0);
+    }
+
+    #[test]
+    fn a_table_over_its_load_forgets_live_keys_ending_soonest() {
+        let mut d = Deduper::new(4096);
+        // One key has expired by 10 s; the rest live long, their window ends in an order
+        // unrelated to the keys': too few expired to make room.
+        let window = |i: u64| {
+            if i == 0 {
+                1
+            } else {
+                100 + (i * 2_654_435_761 % 4096) as i64
+            }
+        };
+        for i in 0..4096u64 {
+            open(&mut d, i, 0, window(i));
+        }
+        open(&mut d, 10_000, 10, 10_000);
+        let evicted = d.evicted_total as usize;
+        assert!((350..=700).contains(&evicted), "evicted {evicted}");
+        assert!(!d.map.contains_key(&0), "the expired key went too");
+        // The live keys that went are the ones ending soonest.
+        let kept_min = (1..4096u64)
+            .filter(|i| d.map.contains_key(i))
+            .map(window)
+            .min()
+            .unwrap();
+        assert!((1..4096u64).all(|i| d.map.contains_key(&i) == (window(i) >= kept_min)));
+    }
+
+    #[test]
+    fn a_table_with_enough_expired_keys_forgets_no_live_one() {
+        let mut d = Deduper::new(4096);
+        // One key in sixteen has expired by 10 s (more than 1/64): only those go.
+        for i in 0..4096u64 {
+            open(&mut d, i, 0, if i % 16 == 0 { 1 } else { 100 + i as i64 });
+        }
+        open(&mut d, 10_000, 10, 10_000);
+        assert_eq!(d.evicted_total, 256);
+        assert!((0..4096u64).all(|i| d.map.contains_key(&i) == (i % 16 != 0)));
+    }
+
+    #[test]
+    fn keys_being_appended_are_not_evicted_nor_counted_without_a_sequence() {
+        let mut d = Deduper::new(64);
+        for i in 0..64u64 {
+            open(&mut d, i, 0, 1000 + i as i64);
+        }
+        // One group: key 100 (ending soonest of all) and a repeat of it, then enough new keys
+        // to fill the table twice over the eighths freed.
+        let mut g = vec![keyed(100, 0, 1), keyed(100, 0, 1)];
+        g.extend((200..216).map(|i| keyed(i, 0, 5000)));
+        let f = d.filter(&mut g);
+        assert!(
+            d.evicted_total >= 14,
+            "two rounds of eviction: {}",
+            d.evicted_total
+        );
+        let e = &d.map[&100];
+        assert!(e.seq == 0 && e.dirty && e.count == 2, "{e:?}");
+        assert!(
+            d.take_counts().iter().all(|c| decode_count(c).0 != 0),
+            "no count for sequence 0"
+        );
+        let seqs: Vec<u64> = (0..g.len() as u64).map(|i| 1000 + i).collect();
+        d.assign(&f.opened, &seqs);
+        let counts: Vec<_> = d.take_counts().iter().map(decode_count).collect();
+        assert!(counts.contains(&(1000, 2)), "{counts:?}");
     }
 
     #[test]
