@@ -469,12 +469,8 @@ fn check(c: &AgentConfig) -> Result<(), ConfigError> {
             "must be between 1 and 64".into(),
         ));
     }
-    if !(64 << 10..=1 << 30).contains(&c.syslog.udp_receive_buffer.0) {
-        return Err(fail(
-            "syslog.udp_receive_buffer",
-            "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)"
-                .into(),
-        ));
+    if let Some(problem) = weir_common::net::receive_buffer_problem(c.syslog.udp_receive_buffer.0) {
+        return Err(fail("syslog.udp_receive_buffer", problem.into()));
     }
     if c.syslog.tcp_max_connections == 0 {
         return Err(fail(

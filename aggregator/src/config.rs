@@ -202,11 +202,8 @@ pub fn load(path: &Path) -> Result<AggregatorConfig, ConfigError> {
     if c.quic.ingest_queue_batches == 0 {
         return Err(fail("quic.ingest_queue_batches", "must be at least 1"));
     }
-    if !(64 << 10..=1 << 30).contains(&c.quic.receive_buffer.0) {
-        return Err(fail(
-            "quic.receive_buffer",
-            "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)",
-        ));
+    if let Some(problem) = weir_common::net::receive_buffer_problem(c.quic.receive_buffer.0) {
+        return Err(fail("quic.receive_buffer", problem));
     }
     if c.retention.days > crate::retention::MAX_DAYS {
         return Err(fail(

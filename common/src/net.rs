@@ -1,9 +1,22 @@
 //! Socket set-up shared by the agent's UDP listeners and the aggregator's QUIC socket.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
+/// Receive buffers a config may ask for: less than 64 KiB would shrink the kernel's default
+/// (about 208 KiB), more than 1 GiB is a typo.
+pub const RECEIVE_BUFFER_RANGE: RangeInclusive<u64> = 64 << 10..=1 << 30;
+
+/// What is wrong with a configured receive buffer of `bytes`, if anything (see
+/// [`RECEIVE_BUFFER_RANGE`]).
+pub fn receive_buffer_problem(bytes: u64) -> Option<&'static str> {
+    (!RECEIVE_BUFFER_RANGE.contains(&bytes)).then_some(
+        "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)",
+    )
+}
 
 /// Asks for `want` bytes of receive buffer on `sock`, the `what` socket (`syslog UDP`,
-/// `QUIC`) at `addr`. When `warn_capped` and the kernel grants less (it caps the size at
+/// `QUIC socket's`) at `addr`. When `warn_capped` and the kernel grants less (it caps the size at
 /// `net.core.rmem_max`), warns, naming the sysctl and `overflow`: what becomes of what the
 /// buffer cannot hold. Returns the size granted, when the kernel says.
 pub fn grow_receive_buffer(
@@ -42,6 +55,16 @@ pub fn grow_receive_buffer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn receive_buffers_between_64_kib_and_1_gib_are_accepted() {
+        for ok in [64 << 10, 8 << 20, 1 << 30] {
+            assert_eq!(super::receive_buffer_problem(ok), None, "{ok}");
+        }
+        for bad in [0, (64 << 10) - 1, (1 << 30) + 1] {
+            assert!(super::receive_buffer_problem(bad).is_some(), "{bad}");
+        }
+    }
+
     /// The socket gets the buffer asked for, not the kernel's default
     /// (`net.core.rmem_default`, 208 KiB on most systems).
     #[test]

@@ -110,12 +110,8 @@ impl SnmpConfig {
         if let Some(e) = &self.engine_id {
             parse_engine_id(e).map_err(|m| ("snmp.engine_id".into(), m))?;
         }
-        if !(64 << 10..=1 << 30).contains(&self.receive_buffer.0) {
-            return Err((
-                "snmp.receive_buffer".into(),
-                "must be between 64KiB and 1GiB (less than the kernel's default would shrink it)"
-                    .into(),
-            ));
+        if let Some(problem) = weir_common::net::receive_buffer_problem(self.receive_buffer.0) {
+            return Err(("snmp.receive_buffer".into(), problem.into()));
         }
         let mut names = std::collections::HashSet::new();
         for (i, _) in self.users.iter().enumerate() {
