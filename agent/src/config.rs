@@ -134,10 +134,11 @@ pub struct SyslogConfig {
     #[serde(default)]
     pub tls_client_ca: Option<PathBuf>,
     /// Receive buffer asked for on each UDP socket: room for bursts while the queue commits.
-    /// The kernel caps it at `net.core.rmem_max` (a warning says so).
+    /// The kernel caps it at `net.core.rmem_max` (a warning says so). It also bounds the
+    /// receive thread's wait between calls (`udp_batch::Gather`).
     #[serde(default = "d_udp_rcvbuf")]
     pub udp_receive_buffer: ByteSize,
-    /// Sockets bound to each UDP address with `SO_REUSEPORT`, each read by its own task; more
+    /// Sockets bound to each UDP address with `SO_REUSEPORT`, each read by its own thread; more
     /// than one spreads many senders over several cores.
     #[serde(default = "d_udp_sockets")]
     pub udp_sockets_per_address: usize,
@@ -580,10 +581,11 @@ tcp = ["127.0.0.1:{syslog_port}"]
 # tls_client_ca = "{tls_dir}/syslog-clients-ca.pem"
 # Receive buffer per UDP socket; the kernel caps it at net.core.rmem_max (raise that sysctl
 # if the agent warns). Datagrams that overflow it are counted in
-# weir_agent_syslog_udp_socket_drops_total.
+# weir_agent_syslog_udp_socket_drops_total. It also sets how long the receive thread lets a
+# stream gather between system calls (up to 1 ms, half the buffer's fill time at 800k/s).
 udp_receive_buffer = "8MiB"
-# Sockets per UDP address (SO_REUSEPORT), each read by its own task: spreads many senders over
-# several cores.
+# Sockets per UDP address (SO_REUSEPORT), each read by its own thread: spreads many senders
+# over several cores.
 udp_sockets_per_address = 1
 # Longest message; longer ones are truncated and flagged (tag weir_truncated=true).
 max_message_bytes = "64KiB"

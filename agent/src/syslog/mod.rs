@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,7 +52,7 @@ use stream::StreamSettings;
 /// Bound syslog sockets, ready to [`spawn`](Listeners::spawn).
 #[derive(Debug)]
 pub struct Listeners {
-    udp: Vec<UdpSocket>,
+    udp: Vec<std::net::UdpSocket>,
     tcp: Vec<TcpListener>,
     tls: Vec<TcpListener>,
     /// Built when TLS addresses are configured (certificate problems fail [`Listeners::bind`]);

@@ -162,6 +162,56 @@ async fn udp_batches_over_reuseport_sockets_and_flags_oversize() {
     rig.stop().await;
 }
 
+/// A steady stream is taken in batches, not a datagram per system call: after a receive that
+/// took some datagrams but not a full batch, the listener's thread lets the next ones gather
+/// (`udp_batch::Gather`; even the kernel's default buffer allows 208 µs). Without that, a
+/// listener on its own core takes each datagram as it lands. It also stops promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_stream_is_received_in_batches_not_one_by_one() {
+    const N: usize = 400;
+    let cfg = SyslogConfig {
+        udp: loopback(),
+        ..SyslogConfig::default()
+    };
+    let mut rig = Rig::start(cfg, 100_000).await;
+    let target = rig.udp[0];
+    // One datagram every 20 µs (8 ms in all), paced by spinning rather than sleeping.
+    let sender = std::thread::spawn(move || {
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        for i in 0..N {
+            while start.elapsed() < Duration::from_micros(20 * i as u64) {
+                std::hint::spin_loop();
+            }
+            client
+                .send_to(format!("<13>stream-{i:04}").as_bytes(), target)
+                .unwrap();
+        }
+    });
+    let mut rx = rig.rx.take().expect("no writer yet");
+    let (mut got, mut submissions) = (0, 0);
+    while got < N {
+        got += tokio::time::timeout(Duration::from_secs(10), rx.recv_for_test())
+            .await
+            .expect("every datagram arrives")
+            .expect("the listener is running");
+        submissions += 1;
+    }
+    sender.join().unwrap();
+    assert_eq!(got, N);
+    assert!(
+        submissions <= N / 5,
+        "{submissions} submissions for {N} datagrams 20 µs apart: taken nearly one by one"
+    );
+    let stopping = Instant::now();
+    rig.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "the UDP thread took {:?} to notice shutdown",
+        stopping.elapsed()
+    );
+}
+
 /// UDP loss must be visible: with a tiny receive buffer and the pipeline blocked, a burst
 /// overflows the socket; every datagram is then either queued or counted as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

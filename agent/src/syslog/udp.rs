@@ -1,6 +1,6 @@
 //! The UDP syslog input: one datagram, one message.
 //!
-//! Each socket has its own task, which takes up to [`BATCH`] datagrams per `recvmmsg(2)` call
+//! Each socket has its own receive loop, which takes up to [`BATCH`] datagrams per `recvmmsg(2)` call
 //! and hands them to the sink as one submission. With `udp_sockets_per_address` above 1, the
 //! address is bound that many times with `SO_REUSEPORT` and the kernel spreads senders over the
 //! sockets by their address and port (one sender always lands on the same socket).
@@ -13,6 +13,11 @@
 //! datagram it delivers, so a burst's loss shows once traffic resumes. A datagram
 //! longer than `max_message_bytes` is cut by the kernel to the receive slot and flagged
 //! truncated.
+//!
+//! Each socket has a thread of its own (see [`run`] for why not a task). Between receives the
+//! thread lets datagrams gather for a millisecond when a call took some but not a full batch
+//! ([`crate::udp_batch::Gather`]), so a steady stream is taken in full batches rather than one
+//! or two datagrams per system call.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -21,20 +26,23 @@ use std::time::Duration;
 use jiff::Timestamp;
 use nix::sys::socket::sockopt;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{encode, submit};
 use crate::pipeline::Sink;
 use crate::queue::Encoded;
-use crate::udp_batch::Datagram;
+use crate::udp_batch::{Datagram, Gather};
 
 /// Most datagrams taken per `recvmmsg` call and handed over per submission.
 pub(super) use crate::udp_batch::BATCH;
 
 /// Binds `count` sockets on `addr` (with `SO_REUSEPORT` when more than one) and asks for a
 /// receive buffer of `rcvbuf` bytes on each, warning when the kernel grants less.
-pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    rcvbuf: usize,
+) -> io::Result<Vec<std::net::UdpSocket>> {
     let mut out = Vec::with_capacity(count);
     let mut bound = addr;
     for i in 0..count.max(1) {
@@ -50,11 +58,10 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
             "syslog UDP",
             "lose datagrams (counted in weir_agent_syslog_udp_socket_drops_total)",
         );
-        sock.set_nonblocking(true)?;
         sock.bind(&bound.into())?;
         // Port 0: the later sockets join the port the first one got.
         bound = sock.local_addr()?.as_socket().unwrap_or(bound);
-        let sock = UdpSocket::from_std(sock.into())?;
+        let sock: std::net::UdpSocket = sock.into();
         // Per-socket drop counts ride along with received datagrams.
         if let Err(e) = nix::sys::socket::setsockopt(&sock, sockopt::RxqOvfl, &1) {
             tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; only the host-wide UDP drop count is exported");
@@ -64,15 +71,66 @@ pub(super) fn bind(addr: SocketAddr, count: usize, rcvbuf: usize) -> io::Result<
     Ok(out)
 }
 
-/// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams.
+/// How long a receive waits for a first datagram before the thread looks at `shutdown` again
+/// (so an agent stopping waits at most this long for its UDP threads).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams, on a thread of
+/// its own (`syslog-udp`); finishes when that thread does.
+///
+/// Not a task: while a task waits for the socket, tokio keeps it registered with epoll, and
+/// every datagram that lands wakes a worker thread, even during [`Gather`]'s pause. A thread
+/// blocked in `recvmmsg` is woken once per batch, and sleeping in its pause, not at all.
+/// Batches go to the sink through the runtime (`Handle::block_on`), so backpressure is the
+/// same: while the sink is full the thread waits and datagrams queue in the kernel's buffer.
 pub(super) async fn run(
-    sock: UdpSocket,
+    sock: std::net::UdpSocket,
     max_message: usize,
     parser: std::sync::Arc<super::Parser>,
     sink: Sink,
     shutdown: CancellationToken,
 ) {
+    let span = tracing::Span::current();
+    let runtime = tokio::runtime::Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name("syslog-udp".into())
+        .spawn(move || {
+            let _span = span.enter();
+            receive(&sock, max_message, &parser, &sink, &shutdown, &runtime);
+            drop(done);
+        });
+    match started {
+        // Ends when the thread does, however it ends (the sender is dropped then).
+        Ok(_) => {
+            let _ = finished.await;
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "could not start the syslog UDP receive thread: datagrams to this socket are not \
+             read (they show as kernel drops); free memory or raise the thread limit and restart"
+        ),
+    }
+    tracing::debug!("syslog UDP listener stopped");
+}
+
+/// The receive loop of [`run`]'s thread.
+fn receive(
+    sock: &std::net::UdpSocket,
+    max_message: usize,
+    parser: &super::Parser,
+    sink: &Sink,
+    shutdown: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) {
     let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if let Err(e) = sock
+        .set_nonblocking(false)
+        .and_then(|()| sock.set_read_timeout(Some(SHUTDOWN_POLL)))
+    {
+        tracing::error!(%local, error = %e, "could not make the syslog UDP socket blocking; it is not read");
+        return;
+    }
     let socket_drops =
         metrics::counter!("weir_agent_syslog_udp_socket_drops_total", "listener" => local.clone());
     let received = metrics::counter!("weir_agent_received_total", "input" => "syslog_udp");
@@ -82,22 +140,25 @@ pub(super) async fn run(
     let mut bufs = vec![0u8; slot * BATCH];
     let mut metas = Vec::with_capacity(BATCH);
     let mut kernel_drops = crate::udp_batch::KernelDrops::default();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = sock.readable() => if let Err(e) = r {
-                weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "waiting for syslog datagrams failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            },
-        }
-        let lost = match crate::udp_batch::recv_batch(&sock, &mut bufs, slot, &mut metas) {
+    let gather = Gather::for_socket(sock);
+    while !shutdown.is_cancelled() {
+        let lost = match crate::udp_batch::recv_batch_wait(sock, &mut bufs, slot, &mut metas) {
             Ok(drops) => kernel_drops.observe(drops),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            // The read timeout: look at `shutdown`, then wait again.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "receiving syslog datagrams failed");
                 // Do not spin on a persistent error.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
@@ -116,23 +177,24 @@ pub(super) async fn run(
         let mut batch = Vec::with_capacity(metas.len());
         for (m, data) in metas.iter().zip(bufs.chunks_exact(slot)) {
             take_datagram(
-                &parser,
+                parser,
                 &data[..m.len.min(slot)],
                 m,
                 received_at,
-                &sink,
+                sink,
                 &mut batch,
             );
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            received.increment(batch.len() as u64);
+            if !runtime.block_on(submit(sink, batch, shutdown)) {
+                break;
+            }
         }
-        received.increment(batch.len() as u64);
-        if !submit(&sink, batch, &shutdown).await {
-            break;
+        if let Some(pause) = gather.pause_after(metas.len(), BATCH) {
+            std::thread::sleep(pause);
         }
     }
-    tracing::debug!("syslog UDP listener stopped");
 }
 
 fn take_datagram(
