@@ -1,6 +1,7 @@
 //! Batched UDP receive, shared by the syslog and SNMP listeners: one `recvmmsg(2)` call takes up
 //! to [`BATCH`] datagrams into fixed slots of one buffer, and reports the socket's kernel drop
-//! counter (`SO_RXQ_OVFL`, which the listeners turn on when they bind).
+//! counter (`SO_RXQ_OVFL`, which the listeners turn on when they bind). Each listener socket
+//! is read by a thread of its own ([`on_own_thread`]).
 //!
 //! [`Gather`] decides when a listener lets datagrams gather before its next call. Without it, a
 //! listener that keeps up takes each datagram almost as it lands: at 285k datagrams/s from one
@@ -13,8 +14,6 @@ use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// Most datagrams one call takes.
 pub(crate) const BATCH: usize = 64;
@@ -30,35 +29,105 @@ pub(crate) struct Datagram {
     pub truncated: bool,
 }
 
-/// Receives up to [`BATCH`] datagrams without waiting, datagram `i` into
-/// `bufs[i * slot..(i + 1) * slot]`, replacing `out` with what arrived. Returns the socket's
-/// cumulative kernel drop count when the kernel reported one with these datagrams.
-/// `WouldBlock` when nothing is waiting.
+/// How long a listener thread's receive waits for a first datagram before it looks at its
+/// shutdown token again (so an agent stopping waits at most this long for its UDP threads).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Runs a UDP listener's receive loop on a thread of its own named `name`, with the caller's
+/// tracing span and the runtime's handle (to hand batches to the sink with
+/// `Handle::block_on`); resolves when the thread ends, however it ends. `sock` is made
+/// blocking, with a [`SHUTDOWN_POLL`] read timeout, before `receive` gets it.
+///
+/// Why a thread and not a task: while a task waits for its socket, tokio keeps the socket
+/// registered with epoll, and every datagram that lands wakes a worker thread, even while the
+/// task sleeps in [`Gather`]'s pause. A thread blocked in `recvmmsg` is woken once per batch,
+/// and while it sleeps in the pause, not at all. Backpressure is the same: while the sink is
+/// full the thread waits and datagrams queue in the kernel's receive buffer.
+pub(crate) async fn on_own_thread(
+    name: &'static str,
+    sock: std::net::UdpSocket,
+    receive: impl FnOnce(std::net::UdpSocket, tokio::runtime::Handle) + Send + 'static,
+) {
+    #[cfg(test)]
+    let recorder = TEST_RECORDER.with(|r| r.borrow().clone());
+    let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if let Err(e) = sock
+        .set_nonblocking(false)
+        .and_then(|()| sock.set_read_timeout(Some(SHUTDOWN_POLL)))
+    {
+        tracing::error!(%local, error = %e, "could not make the UDP socket blocking: it is not read (what arrives shows as kernel drops); restart the agent");
+        return;
+    }
+    let span = tracing::Span::current();
+    let runtime = tokio::runtime::Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _span = span.enter();
+            #[cfg(test)]
+            let _recorder = recorder
+                .as_deref()
+                .map(|r| metrics::set_default_local_recorder(r));
+            receive(sock, runtime);
+            drop(done);
+        });
+    match started {
+        // The sender is dropped when the thread ends, returns or panics.
+        Ok(_) => {
+            let _ = finished.await;
+        }
+        Err(e) => tracing::error!(
+            %local, error = %e,
+            "could not start the {name} receive thread: this socket is not read (what arrives \
+             shows as kernel drops); free memory or raise the thread limit and restart the agent"
+        ),
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A test's metrics recorder, for the listener threads [`on_own_thread`] starts from the
+    /// test's thread (`metrics::set_default_local_recorder` covers only the thread it is
+    /// called on).
+    pub(crate) static TEST_RECORDER: std::cell::RefCell<
+        Option<std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>>,
+    > = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether a blocking receive's error only means nothing came within [`SHUTDOWN_POLL`] (or a
+/// signal interrupted it): look at the shutdown token and receive again.
+pub(crate) fn is_idle(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Receives up to [`BATCH`] datagrams on a listener thread's blocking socket
+/// ([`on_own_thread`]), datagram `i` into `bufs[i * slot..(i + 1) * slot]`, replacing `out` with
+/// what arrived. Returns the socket's cumulative kernel drop count when the kernel reported one
+/// with these datagrams.
+///
+/// With `wait`, waits for the first datagram (at most the read timeout: then an error
+/// [`is_idle`] accepts), then takes what else is waiting without waiting more
+/// (`MSG_WAITFORONE`); without, never waits (`WouldBlock` when nothing is there).
 ///
 /// The slots' pages are only touched as far as datagrams fill them, so a large `slot` costs
 /// address space, not memory.
-pub(crate) fn recv_batch(
-    sock: &UdpSocket,
-    bufs: &mut [u8],
-    slot: usize,
-    out: &mut Vec<Datagram>,
-) -> io::Result<Option<u32>> {
-    let fd = sock.as_raw_fd();
-    sock.try_io(Interest::READABLE, || {
-        recv_batch_fd(fd, bufs, slot, out, MsgFlags::MSG_DONTWAIT)
-    })
-}
-
-/// [`recv_batch`] on a blocking socket, for a listener with a thread of its own: waits for the
-/// first datagram (at most the socket's read timeout, then `WouldBlock` or `TimedOut`), then
-/// takes what else is waiting without waiting more (`MSG_WAITFORONE`).
-pub(crate) fn recv_batch_wait(
+pub(crate) fn recv_batch_blocking(
     sock: &std::net::UdpSocket,
     bufs: &mut [u8],
     slot: usize,
     out: &mut Vec<Datagram>,
+    wait: bool,
 ) -> io::Result<Option<u32>> {
-    recv_batch_fd(sock.as_raw_fd(), bufs, slot, out, MsgFlags::MSG_WAITFORONE)
+    let flags = if wait {
+        MsgFlags::MSG_WAITFORONE
+    } else {
+        MsgFlags::MSG_DONTWAIT
+    };
+    recv_batch_fd(sock.as_raw_fd(), bufs, slot, out, flags)
 }
 
 fn recv_batch_fd(
@@ -73,8 +142,7 @@ fn recv_batch_fd(
         "recv_batch needs BATCH slots"
     );
     out.clear();
-    // Built per call (a few allocations per batch, not per datagram): nix's headers hold raw
-    // pointers, so they cannot live across an await in a Send task.
+    // Built per call: a few allocations per batch, not per datagram.
     let mut headers =
         MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
     let mut chunks = bufs.chunks_exact_mut(slot);

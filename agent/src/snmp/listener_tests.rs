@@ -1,6 +1,7 @@
 //! The SNMP trap listener over real datagrams on loopback, with a real queue in a temp dir and
-//! the metrics read as the agent exports them (a Prometheus recorder local to the test thread,
-//! so each test is `current_thread` and sees only its own counters).
+//! the metrics read as the agent exports them (a Prometheus recorder local to the test thread
+//! and to the listener threads it starts, so each test is `current_thread` and sees only its
+//! own counters).
 //!
 //! The accounting these tests hold the listener to: every datagram received
 //! (`weir_agent_received_total{input="snmp"}`) is an event in the queue (an answered Inform is
@@ -28,9 +29,12 @@ const OUR_ENGINE: &str = "8000000001020304";
 /// A trap sender's (authoritative) engine ID: not ours.
 const REMOTE_ENGINE: [u8; 8] = [0x80, 0, 0x1f, 0x88, 4, 1, 2, 3];
 
-/// A metrics recorder for the current thread; install it before [`Rig::start`].
-fn recorder() -> PrometheusRecorder {
-    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+/// A metrics recorder for the current thread and the listener threads started from it (see
+/// `udp_batch::TEST_RECORDER`); install it before [`Rig::start`].
+fn recorder() -> Arc<PrometheusRecorder> {
+    let recorder = Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+    crate::udp_batch::TEST_RECORDER.with(|r| *r.borrow_mut() = Some(recorder.clone()));
+    recorder
 }
 
 /// One SNMP listener on 127.0.0.1 feeding a queue through the real writer.
@@ -188,7 +192,7 @@ async fn snmpget_unanswered(rig: &Rig, args: &[&str]) {
 #[tokio::test]
 async fn a_reportable_v3_trap_is_an_event_and_gets_no_report() {
     let recorder = recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let _local = metrics::set_default_local_recorder(&*recorder);
     let rig = Rig::start(recorder.handle()).await;
     let noauth = UserSpec {
         name: "n".into(),
@@ -271,7 +275,7 @@ async fn a_v2c_get_on_the_trap_port_is_unanswered_and_counted() {
         return;
     }
     let recorder = recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let _local = metrics::set_default_local_recorder(&*recorder);
     let rig = Rig::start(recorder.handle()).await;
     snmpget_unanswered(&rig, &["-v2c", "-c", "public"]).await;
 
@@ -310,7 +314,7 @@ async fn a_v3_get_is_discovered_then_dropped_and_every_datagram_is_accounted() {
         return;
     }
     let recorder = recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let _local = metrics::set_default_local_recorder(&*recorder);
     let rig = Rig::start(recorder.handle()).await;
     snmpget_unanswered(&rig, &["-v3", "-l", "noAuthNoPriv", "-u", "nobody"]).await;
 

@@ -1,11 +1,12 @@
 //! The SNMP input: UDP listeners receiving SNMPv1/v2c traps, v2c Informs, and SNMPv3 traps and
 //! Informs (USM), each turned into an event (see [`map`]) and handed to the [`Sink`].
 //!
-//! Hot path, per socket task: wait until readable, then take up to [`BATCH`] datagrams without
-//! waiting ([`RECV_BATCH`] per `recvmmsg(2)` call), decode and authenticate each
+//! Hot path, per socket thread (`snmp-udp`): wait for a datagram, then take up to [`BATCH`]
+//! without waiting more ([`RECV_BATCH`] per `recvmmsg(2)` call), decode and authenticate each
 //! ([`lib_adapter::Processor`], synchronous), map it, encode the record ([`take_datagram`]),
-//! and submit the whole batch with one `Sink` hand-over. Backpressure as for syslog UDP: while
-//! the sink waits, datagrams queue in the kernel buffer (`receive_buffer`). Traps lost to a full
+//! and submit the whole batch with one `Sink` hand-over; after a partial batch the thread lets
+//! the next traps gather for up to a millisecond ([`udp_batch::Gather`]). Backpressure as for
+//! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`). Traps lost to a full
 //! kernel buffer are counted per socket through `SO_RXQ_OVFL`
 //! (`weir_agent_snmp_udp_socket_drops_total{listener}` and
 //! `weir_agent_dropped_total{reason="snmp_udp_receive_buffer"}`, reported when the next
@@ -34,16 +35,16 @@ pub mod lib_adapter;
 pub mod map;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use nix::sys::socket::sockopt;
+use nix::sys::socket::{MsgFlags, SockaddrStorage, sockopt};
 use serde::{Deserialize, Serialize};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -348,9 +349,7 @@ impl Listeners {
         }
         let mut sockets = Vec::new();
         for &addr in &cfg.listen {
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|e| bind_error(addr, e))?;
+            let sock = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
             weir_common::net::grow_receive_buffer(
                 socket2::SockRef::from(&sock),
                 addr,
@@ -393,7 +392,8 @@ impl Listeners {
             .map(|e| (lib_adapter::hex(&e.engine_id), e.boots))
     }
 
-    /// Spawns one task per socket on `tracker`; they stop when `shutdown` is cancelled.
+    /// Spawns one task per socket on `tracker` (each runs its socket's receive thread); they
+    /// stop when `shutdown` is cancelled.
     pub fn spawn(
         self,
         sink: Sink,
@@ -508,19 +508,44 @@ fn count_discard(sink: &Sink, tag: &str, peer: SocketAddr, version: u64) {
 }
 
 fn send_reply(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
-    if let Err(e) = sock.try_send_to(reply, peer) {
+    // Never blocks the receive thread: a full send buffer is an error like any other.
+    let sent = nix::sys::socket::sendto(
+        sock.as_raw_fd(),
+        reply,
+        &SockaddrStorage::from(peer),
+        MsgFlags::MSG_DONTWAIT,
+    );
+    if let Err(e) = sent {
         // The sender retries an unanswered Inform; the event is already queued.
         metrics::counter!("weir_agent_snmp_reply_errors_total").increment(1);
         weir_common::warn_limited!("snmp_reply", %peer, error = %e, "could not send an SNMP response; the sender will retry");
     }
 }
 
+/// Receives on `sock` until `shutdown`, on a thread of its own (`snmp-udp`, see
+/// [`udp_batch::on_own_thread`] for why); finishes when that thread does.
 async fn run(
     sock: UdpSocket,
-    mut processor: Processor,
+    processor: Processor,
     sink: Sink,
     policy: Arc<TrapPolicyState>,
     shutdown: CancellationToken,
+) {
+    udp_batch::on_own_thread("snmp-udp", sock, move |sock, runtime| {
+        receive(&sock, processor, &sink, &policy, &shutdown, &runtime);
+    })
+    .await;
+    tracing::debug!("SNMP listener stopped");
+}
+
+/// The receive loop of [`run`]'s thread: up to [`BATCH`] datagrams per hand-over to the sink.
+fn receive(
+    sock: &UdpSocket,
+    mut processor: Processor,
+    sink: &Sink,
+    policy: &TrapPolicyState,
+    shutdown: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
 ) {
     let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let socket_drops =
@@ -530,25 +555,21 @@ async fn run(
     let mut bufs = vec![0u8; DATAGRAM_MAX * RECV_BATCH];
     let mut metas = Vec::with_capacity(RECV_BATCH);
     let mut kernel_drops = udp_batch::KernelDrops::default();
+    let gather = udp_batch::Gather::for_socket(sock);
     let mut batch = Batch {
         records: Vec::with_capacity(BATCH),
         replies: Vec::new(),
     };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = sock.readable() => if let Err(e) = r {
-                weir_common::warn_limited!("snmp_udp_recv", error = %e, "waiting for SNMP datagrams failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            },
-        }
+    while !shutdown.is_cancelled() {
         let mut received = 0usize;
-        let current = policy.current();
-        let received_at = Timestamp::now();
-        // Several recvmmsg calls per wakeup, one hand-over to the sink for all of them.
+        // Set when the first datagrams arrive: the wait for them may be long.
+        let mut current = None;
+        let mut received_at = None;
+        // Several recvmmsg calls, one hand-over to the sink for all of them; only the first
+        // waits.
         while received < BATCH {
-            match udp_batch::recv_batch(&sock, &mut bufs, DATAGRAM_MAX, &mut metas) {
+            let wait = received == 0;
+            match udp_batch::recv_batch_blocking(sock, &mut bufs, DATAGRAM_MAX, &mut metas, wait) {
                 Ok(drops) => {
                     let lost = kernel_drops.observe(drops);
                     if lost > 0 {
@@ -562,29 +583,34 @@ async fn run(
                         );
                     }
                     received += metas.len();
+                    let current = current.get_or_insert_with(|| policy.current());
+                    let received_at = *received_at.get_or_insert_with(Timestamp::now);
                     for (m, data) in metas.iter().zip(bufs.chunks_exact(DATAGRAM_MAX)) {
                         let peer = m
                             .peer
                             .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
                         if let Some(report) = take_datagram(
                             &mut processor,
-                            &current,
-                            &sink,
+                            current,
+                            sink,
                             &data[..m.len],
                             peer,
                             received_at,
                             &mut batch,
                         ) {
-                            send_reply(&sock, &report, peer);
+                            send_reply(sock, &report, peer);
                         }
                     }
                     if metas.len() < RECV_BATCH {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Nothing more waiting, or nothing came within the read timeout.
+                Err(e) if udp_batch::is_idle(&e) => break,
                 Err(e) => {
                     weir_common::warn_limited!("snmp_udp_recv", error = %e, "receiving SNMP datagrams failed");
+                    // Do not spin on a persistent error.
+                    std::thread::sleep(Duration::from_millis(10));
                     break;
                 }
             }
@@ -592,44 +618,42 @@ async fn run(
         if received > 0 {
             received_total.increment(received as u64);
         }
-        if batch.records.is_empty() {
-            // Only dropped traps: their Informs are answered now (nothing to make durable).
-            for (r, peer) in batch.replies.drain(..) {
-                send_reply(&sock, &r, peer);
-            }
-            continue;
-        }
-        let records = std::mem::replace(&mut batch.records, Vec::with_capacity(BATCH));
-        let n = records.len();
-        let ok = if batch.replies.is_empty() {
-            tokio::select! {
-                biased;
-                r = sink.send_encoded(records) => r.is_ok(),
-                _ = shutdown.cancelled() => false,
-            }
-        } else {
-            // Acknowledge Informs only once durable.
-            let ok = tokio::select! {
-                biased;
-                r = sink.send_encoded_committed(records) => r.is_ok(),
-                _ = shutdown.cancelled() => false,
-            };
-            if ok {
-                for (r, peer) in batch.replies.drain(..) {
-                    send_reply(&sock, &r, peer);
+        if !batch.records.is_empty() {
+            let records = std::mem::replace(&mut batch.records, Vec::with_capacity(BATCH));
+            let n = records.len();
+            let ok = runtime.block_on(async {
+                if batch.replies.is_empty() {
+                    tokio::select! {
+                        biased;
+                        r = sink.send_encoded(records) => r.is_ok(),
+                        _ = shutdown.cancelled() => false,
+                    }
+                } else {
+                    // Acknowledge Informs only once durable.
+                    tokio::select! {
+                        biased;
+                        r = sink.send_encoded_committed(records) => r.is_ok(),
+                        _ = shutdown.cancelled() => false,
+                    }
                 }
+            });
+            if !ok {
+                metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
+                    .increment(n as u64);
+                sink.drops.count_n("shutdown", n as u64);
+                break;
             }
-            batch.replies.clear();
-            ok
-        };
-        if !ok {
-            metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
-                .increment(n as u64);
-            sink.drops.count_n("shutdown", n as u64);
-            break;
+        }
+        // Informs of stored traps once durable; those of dropped traps at once (nothing to
+        // make durable).
+        for (r, peer) in batch.replies.drain(..) {
+            send_reply(sock, &r, peer);
+        }
+        // Some traps but not a full batch: let the next ones gather before receiving.
+        if let Some(pause) = gather.pause_after(received, BATCH) {
+            std::thread::sleep(pause);
         }
     }
-    tracing::debug!("SNMP listener stopped");
 }
 
 #[cfg(test)]

@@ -71,18 +71,9 @@ pub(super) fn bind(
     Ok(out)
 }
 
-/// How long a receive waits for a first datagram before the thread looks at `shutdown` again
-/// (so an agent stopping waits at most this long for its UDP threads).
-const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
-
 /// Receives on `sock` until `shutdown`, in batches of up to [`BATCH`] datagrams, on a thread of
-/// its own (`syslog-udp`); finishes when that thread does.
-///
-/// Not a task: while a task waits for the socket, tokio keeps it registered with epoll, and
-/// every datagram that lands wakes a worker thread, even during [`Gather`]'s pause. A thread
-/// blocked in `recvmmsg` is woken once per batch, and sleeping in its pause, not at all.
-/// Batches go to the sink through the runtime (`Handle::block_on`), so backpressure is the
-/// same: while the sink is full the thread waits and datagrams queue in the kernel's buffer.
+/// its own (`syslog-udp`, see [`crate::udp_batch::on_own_thread`] for why); finishes when that
+/// thread does.
 pub(super) async fn run(
     sock: std::net::UdpSocket,
     max_message: usize,
@@ -90,27 +81,10 @@ pub(super) async fn run(
     sink: Sink,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::Span::current();
-    let runtime = tokio::runtime::Handle::current();
-    let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    let started = std::thread::Builder::new()
-        .name("syslog-udp".into())
-        .spawn(move || {
-            let _span = span.enter();
-            receive(&sock, max_message, &parser, &sink, &shutdown, &runtime);
-            drop(done);
-        });
-    match started {
-        // Ends when the thread does, however it ends (the sender is dropped then).
-        Ok(_) => {
-            let _ = finished.await;
-        }
-        Err(e) => tracing::error!(
-            error = %e,
-            "could not start the syslog UDP receive thread: datagrams to this socket are not \
-             read (they show as kernel drops); free memory or raise the thread limit and restart"
-        ),
-    }
+    crate::udp_batch::on_own_thread("syslog-udp", sock, move |sock, runtime| {
+        receive(&sock, max_message, &parser, &sink, &shutdown, &runtime);
+    })
+    .await;
     tracing::debug!("syslog UDP listener stopped");
 }
 
@@ -124,13 +98,6 @@ fn receive(
     runtime: &tokio::runtime::Handle,
 ) {
     let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    if let Err(e) = sock
-        .set_nonblocking(false)
-        .and_then(|()| sock.set_read_timeout(Some(SHUTDOWN_POLL)))
-    {
-        tracing::error!(%local, error = %e, "could not make the syslog UDP socket blocking; it is not read");
-        return;
-    }
     let socket_drops =
         metrics::counter!("weir_agent_syslog_udp_socket_drops_total", "listener" => local.clone());
     let received = metrics::counter!("weir_agent_received_total", "input" => "syslog_udp");
@@ -142,19 +109,12 @@ fn receive(
     let mut kernel_drops = crate::udp_batch::KernelDrops::default();
     let gather = Gather::for_socket(sock);
     while !shutdown.is_cancelled() {
-        let lost = match crate::udp_batch::recv_batch_wait(sock, &mut bufs, slot, &mut metas) {
+        let lost = match crate::udp_batch::recv_batch_blocking(
+            sock, &mut bufs, slot, &mut metas, true,
+        ) {
             Ok(drops) => kernel_drops.observe(drops),
             // The read timeout: look at `shutdown`, then wait again.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
+            Err(e) if crate::udp_batch::is_idle(&e) => continue,
             Err(e) => {
                 weir_common::warn_limited!("syslog_udp_recv", %local, error = %e, "receiving syslog datagrams failed");
                 // Do not spin on a persistent error.
