@@ -136,6 +136,11 @@ enum Cmd {
         dedup: bool,
         #[arg(long)]
         keep: bool,
+        /// Keep the aggregator down while sending, as `bench-udp --outage` does: measures the
+        /// gateway's intake of traps (received → decoded, authenticated, decrypted → durably
+        /// committed), then checks every committed event is stored exactly once. Dedup off only.
+        #[arg(long)]
+        outage: bool,
     },
     /// Peer benchmark: UDP to another daemon; count unique seq in its output file.
     PeerUdp {
@@ -282,7 +287,8 @@ fn main() -> anyhow::Result<()> {
             duration,
             dedup,
             keep,
-        } => bench_trap(&version, rate, duration, dedup, keep),
+            outage,
+        } => bench_trap(&version, rate, duration, dedup, keep, outage),
         Cmd::PeerUdp {
             target,
             rate,
@@ -974,7 +980,12 @@ fn outage_run(
     send: impl FnOnce(SocketAddr) -> anyhow::Result<Sent> + Send + 'static,
 ) -> anyhow::Result<()> {
     fleet.start_agent()?;
-    let target: SocketAddr = format!("127.0.0.1:{}", fleet.syslog_port).parse()?;
+    let port = if kind.starts_with("trap") {
+        fleet.snmp_port
+    } else {
+        fleet.syslog_port
+    };
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs().0;
     let sender = std::thread::spawn(move || send(target));
@@ -1211,7 +1222,11 @@ fn bench_trap(
     duration: u64,
     dedup: bool,
     keep: bool,
+    outage: bool,
 ) -> anyhow::Result<()> {
+    if outage && dedup {
+        bail!("--outage counts committed events one per trap: leave --dedup off");
+    }
     let mut fleet = Fleet::new()?;
     let path = fleet.dir.path().join("agent.toml");
     let mut cfg = std::fs::read_to_string(&path)?;
@@ -1227,6 +1242,13 @@ fn bench_trap(
     }
     cfg.push_str(TRAPGEN_V3_USER);
     std::fs::write(&path, cfg)?;
+    if outage {
+        fleet.keep = keep;
+        let version = version.to_string();
+        return outage_run(&mut fleet, &format!("trap {version}"), move |target| {
+            run_trapgen(target, &version, rate, duration).map(|(sent, _)| sent)
+        });
+    }
     fleet.start()?;
     std::thread::sleep(Duration::from_millis(1500));
     let progress = |f: &Fleet| {
@@ -1239,21 +1261,10 @@ fn bench_trap(
     let before = progress(&fleet)?;
     let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs();
-    let out = Command::new(bin_dir()?.join("weir-trapgen"))
-        .args(["--target", &format!("127.0.0.1:{}", fleet.snmp_port)])
-        .args(["--version", version])
-        .args(["--rate", &rate.to_string()])
-        .args(["--duration", &duration.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running weir-trapgen (build it with the release profile)")?;
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let target: SocketAddr = format!("127.0.0.1:{}", fleet.snmp_port).parse()?;
+    let (sent, report) = run_trapgen(target, version, rate, duration)?;
     print!("{report}");
-    let sent: u64 = report
-        .strip_prefix("sent ")
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .context("no `sent N traps` line from weir-trapgen")?;
+    let sent = sent.count;
     let mut rss_max = 0;
     let (stored, lag) = wait_settled(sent, || {
         rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
@@ -1283,6 +1294,33 @@ fn bench_trap(
     println!("agent drop counters: {}", fleet.agent_drops());
     fleet.keep = keep;
     Ok(())
+}
+
+/// Runs `weir-trapgen` against `target` and reads back how many traps it sent, and its report.
+fn run_trapgen(
+    target: SocketAddr,
+    version: &str,
+    rate: u64,
+    duration: u64,
+) -> anyhow::Result<(Sent, String)> {
+    let start = Instant::now();
+    let out = Command::new(bin_dir()?.join("weir-trapgen"))
+        .args(["--target", &target.to_string()])
+        .args(["--version", version])
+        .args(["--rate", &rate.to_string()])
+        .args(["--duration", &duration.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running weir-trapgen (build it with the release profile)")?;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let count: u64 = report
+        .strip_prefix("sent ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no `sent N traps` line from weir-trapgen")?;
+    // trapgen sends for `duration`; its start-up is not sending time.
+    let elapsed = Duration::from_secs(duration).min(start.elapsed());
+    Ok((Sent { count, elapsed }, report))
 }
 
 fn peer_udp(
