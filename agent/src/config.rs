@@ -614,11 +614,10 @@ max_body_bytes = "8MiB"
 # First-stage dedup: a repeat of an event (same key, within the window after its first
 # occurrence) is not queued again; the first one is queued at once and its count and
 # last_seen are raised (the aggregator's stored event shows them).
-# Most keys remembered (about 120 bytes each: 16384 take ~2 MB, enough for 130 distinct
-# events a second over a 2-minute window); when full, expired keys are forgotten, and only
-# if too few have expired, also the live keys whose windows end soonest, about an eighth of
-# the table (counted in weir_agent_dedup_evictions_total; no count is lost, a later repeat
-# starts a new event).
+# Most keys remembered (about 140 bytes each: 16384 take ~2.3 MB, enough for 130 distinct
+# events a second over a 2-minute window); when full, each new key makes room by forgetting
+# the key whose window ends soonest, an expired one while there is any (counted in
+# weir_agent_dedup_evictions_total; no count is lost, a later repeat starts a new event).
 max_keys = 16384
 # Longest a count waits to be queued when no other input arrives to carry it.
 flush_interval = "500ms"

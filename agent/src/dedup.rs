@@ -12,14 +12,16 @@
 //! (the next group, or the writer's flush tick). So a crash loses no more counts than it loses
 //! events: those still between the inputs and the queue.
 //!
-//! Memory: at most `max_keys` keys (about 120 bytes each with the hash table's spare room:
-//! 16,384 keys take ~2 MB). When full, one pass frees the expired keys; only when they are
-//! too few (the table is over its load) does it also forget live keys, those whose windows end
-//! soonest, about an eighth in all (their pending counts are flushed first, so no count is
-//! lost; a later repeat simply starts a new event). Evictions are counted in
+//! Memory: at most `max_keys` keys (about 140 bytes each with the hash table's spare room and
+//! the eviction order: 16,384 keys take ~2.3 MB). When full, each new key makes room by
+//! forgetting the key whose window ends soonest: an expired one while there is any, so a table
+//! with room for its load never forgets a live key; otherwise the live key closest to its end
+//! (its pending count is flushed first, so no count is lost; a later repeat simply starts a new
+//! event). The keys are kept in window-end order beside the table ([`EndQueue`]), so this costs
+//! one look-up, not a pass over the table. Evictions are counted in
 //! `weir_agent_dedup_evictions_total`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
@@ -121,7 +123,8 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
-    /// Most keys remembered at once (about 120 bytes each, with the hash table's spare room).
+    /// Most keys remembered at once (about 140 bytes each, with the hash table's spare room and
+    /// the eviction order).
     #[serde(default = "d_max_keys")]
     pub max_keys: usize,
     /// Longest a count for an event first seen in the same commit waits when no other input
@@ -370,11 +373,29 @@ struct Entry {
     dirty: bool,
 }
 
+/// The keys of one window length (one input kind's rule) in the order they were opened, which
+/// is the order their windows end: receive times only grow (inputs on different threads can
+/// interleave by microseconds, and a clock stepped back reorders a little; eviction then takes
+/// a key a little early, never a wrong count). Entries whose key has since been forgotten or
+/// reopened are skipped when they reach the front, or dropped by [`Deduper::compact_order`].
+#[derive(Debug)]
+struct EndQueue {
+    window_us: i64,
+    /// (window end, key), oldest first.
+    keys: VecDeque<(i64, u64)>,
+}
+
 /// The writer's dedup state. Not thread-safe by design: one writer owns it.
 #[derive(Debug)]
 pub struct Deduper {
     map: KeyMap,
     max_keys: usize,
+    /// Every key's (window end, key) in window-end order, one queue per window length, for
+    /// eviction without a pass over `map`. May also hold entries of keys since forgotten or
+    /// reopened (stale), at most about as many as `map` has keys.
+    order: Vec<EndQueue>,
+    /// Entries in all of `order`'s queues.
+    ordered: usize,
     /// Count updates of entries that were evicted or replaced, to go out with the next commit.
     orphans: Vec<Encoded>,
     /// Keys whose entries turned dirty since the last flush, so a flush visits only those and
@@ -411,6 +432,8 @@ impl Deduper {
         Deduper {
             map: KeyMap::default(),
             max_keys: max_keys.max(1),
+            order: Vec::new(),
+            ordered: 0,
             orphans: Vec::new(),
             dirty: Vec::new(),
             merged_total: 0,
@@ -431,6 +454,7 @@ impl Deduper {
     /// [`Deduper::assign`] once appended.
     pub fn filter(&mut self, records: &mut Vec<Encoded>) -> Filtered {
         let mut out = Filtered::default();
+        let mut evicted = 0u64;
         let mut kept = Vec::with_capacity(records.len());
         for rec in records.drain(..) {
             let Some(tag) = rec.dedup else {
@@ -454,19 +478,23 @@ impl Deduper {
                         if old.dirty && old.seq != 0 {
                             self.orphans.push(count_record(old.seq, &old));
                         }
-                    } else if self.map.len() >= self.max_keys {
-                        self.make_room(at);
+                    } else {
+                        while self.map.len() >= self.max_keys && self.evict_soonest() {
+                            evicted += 1;
+                        }
                     }
+                    let end = at.saturating_add(tag.window_us);
                     self.map.insert(
                         tag.key,
                         Entry {
                             seq: 0,
                             count: 1,
                             last_seen_us: at,
-                            window_end_us: at.saturating_add(tag.window_us),
+                            window_end_us: end,
                             dirty: false,
                         },
                     );
+                    self.remember(tag.window_us, end, tag.key);
                     out.opened.push((kept.len(), tag.key));
                     kept.push(rec);
                 }
@@ -475,7 +503,83 @@ impl Deduper {
         *records = kept;
         self.merged_total += out.merged;
         metrics::counter!("weir_agent_dedup_merged_total").increment(out.merged);
+        if evicted > 0 {
+            self.evicted_total += evicted;
+            metrics::counter!("weir_agent_dedup_evictions_total").increment(evicted);
+            metrics::gauge!("weir_agent_dedup_keys").set(self.map.len() as f64);
+        }
         out
+    }
+
+    /// Puts a newly opened key at the back of its window length's queue.
+    fn remember(&mut self, window_us: i64, end: i64, key: u64) {
+        let i = match self.order.iter().position(|q| q.window_us == window_us) {
+            Some(i) => i,
+            None => {
+                self.order.push(EndQueue {
+                    window_us,
+                    keys: VecDeque::new(),
+                });
+                self.order.len() - 1
+            }
+        };
+        self.order[i].keys.push_back((end, key));
+        self.ordered += 1;
+        // Stale entries (keys forgotten or reopened) are only dropped as they reach the front;
+        // keys that expire and reopen while the table has room never get there.
+        if self.ordered > 2 * self.map.len() + 1024 {
+            self.compact_order();
+        }
+    }
+
+    /// Drops the stale entries from every queue (one pass, when they outnumber the keys).
+    fn compact_order(&mut self) {
+        let map = &self.map;
+        for q in &mut self.order {
+            q.keys
+                .retain(|&(end, key)| map.get(&key).is_some_and(|e| e.window_end_us == end));
+        }
+        self.order.retain(|q| !q.keys.is_empty());
+        self.ordered = self.order.iter().map(|q| q.keys.len()).sum();
+    }
+
+    /// Forgets the key whose window ends soonest (an expired one first, if any), queuing its
+    /// pending count. False when no key can go: every key left is still being appended (no
+    /// sequence number yet), and the table then grows by up to one group.
+    fn evict_soonest(&mut self) -> bool {
+        let mut soonest: Option<(i64, usize)> = None;
+        for (i, q) in self.order.iter_mut().enumerate() {
+            // Stale entries at the front go; then the front is a key with that window end.
+            while let Some(&(end, key)) = q.keys.front() {
+                match self.map.get(&key) {
+                    Some(e) if e.window_end_us == end => {
+                        // Keys behind one being appended were opened after it: being appended
+                        // too. Nothing in this queue can go.
+                        if e.seq != 0 && soonest.is_none_or(|(s, _)| end < s) {
+                            soonest = Some((end, i));
+                        }
+                        break;
+                    }
+                    _ => {
+                        q.keys.pop_front();
+                        self.ordered -= 1;
+                    }
+                }
+            }
+        }
+        let Some((_, i)) = soonest else {
+            return false;
+        };
+        let Some((_, key)) = self.order[i].keys.pop_front() else {
+            return false;
+        };
+        self.ordered -= 1;
+        if let Some(e) = self.map.remove(&key)
+            && e.dirty
+        {
+            self.orphans.push(count_record(e.seq, &e));
+        }
+        true
     }
 
     /// Count updates for every entry whose count grew and whose event is in the queue, plus
@@ -523,62 +627,7 @@ impl Deduper {
         }
         lost
     }
-
-    /// Makes room, in one pass over the keys, from a sample of [`EVICT_SAMPLE`] window ends
-    /// (the table's order is unrelated to window ends: keys are seeded hashes):
-    ///
-    /// - when at least 1/[`EXPIRED_ENOUGH`] of the sample has expired, the expired keys go and
-    ///   no other: a table sized for its load never forgets a live key;
-    /// - otherwise the table is over its load: the expired keys and those whose windows end
-    ///   soonest go, about an eighth in all (window ends below the sample's eighth-smallest;
-    ///   if that is its smallest, those ending then).
-    ///
-    /// So a full table pays one pass per many new keys (an eighth of them, or at least
-    /// 1/[`EXPIRED_ENOUGH`] when expiring), never one per key. Keys still being appended (no
-    /// sequence number yet) stay; when every key is, nothing can go and the table grows by up
-    /// to one group. Pending counts of evicted keys are kept for the next commit.
-    fn make_room(&mut self, now_us: i64) {
-        let before = self.map.len();
-        let mut ends: Vec<i64> = self
-            .map
-            .values()
-            .filter(|e| e.seq != 0)
-            .map(|e| e.window_end_us)
-            .take(EVICT_SAMPLE)
-            .collect();
-        if ends.is_empty() {
-            return;
-        }
-        let expired = ends.iter().filter(|&&end| end <= now_us).count();
-        // Keys whose window ends at or before `limit` go.
-        let limit = if expired * EXPIRED_ENOUGH >= ends.len() {
-            now_us
-        } else {
-            let k = ends.len() / 8;
-            let (below, cut, _) = ends.select_nth_unstable(k);
-            let cut = *cut;
-            let strict = below.iter().any(|&end| end < cut);
-            (if strict { cut - 1 } else { cut }).max(now_us)
-        };
-        let orphans = &mut self.orphans;
-        self.map.retain(|_, e| {
-            let keep = e.seq == 0 || e.window_end_us > limit;
-            if !keep && e.dirty {
-                orphans.push(count_record(e.seq, e));
-            }
-            keep
-        });
-        let evicted = (before - self.map.len()) as u64;
-        self.evicted_total += evicted;
-        metrics::counter!("weir_agent_dedup_evictions_total").increment(evicted);
-        metrics::gauge!("weir_agent_dedup_keys").set(self.map.len() as f64);
-    }
 }
-
-/// Window ends sampled by [`Deduper::make_room`].
-const EVICT_SAMPLE: usize = 1024;
-/// [`Deduper::make_room`] frees only expired keys when at least 1/this of its sample has expired.
-const EXPIRED_ENOUGH: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -803,48 +852,52 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_frees_an_eighth_ending_soonest_in_one_pass() {
+    fn a_full_table_forgets_the_keys_ending_soonest_one_per_new_key() {
         let mut d = Deduper::new(4096);
-        // Window ends spread over 4096 s, inserted in an order unrelated to them.
+        // Distinct window ends spread over 4096 s, in an order unrelated to the keys'.
+        let window = |i: u64| 1 + (i * 2_654_435_761 % 4096) as i64;
         for i in 0..4096u64 {
-            open(&mut d, i, 0, 1 + (i * 2_654_435_761 % 4096) as i64);
+            open(&mut d, i, 0, window(i));
         }
         assert_eq!(d.len(), 4096);
-        open(&mut d, 10_000, 0, 10_000);
-        let evicted = d.evicted_total as usize;
-        // An eighth (512) by a sample of 1024: far from both a single key and a quarter.
-        assert!((350..=700).contains(&evicted), "evicted {evicted}");
-        assert_eq!(d.len(), 4096 - evicted + 1);
-        // The evicted keys are exactly those ending soonest.
-        let kept_min = d.map.values().map(|e| e.window_end_us).min().unwrap();
-        let (expected, _) = (0..4096u64)
-            .map(|i| 1 + (i * 2_654_435_761 % 4096) as i64)
-            .partition::<Vec<i64>, _>(|w| (1_700_000_000 + w) * 1_000_000 < kept_min);
-        assert_eq!(expected.len(), evicted);
-        // Nothing more is evicted until the table is full again.
-        for i in 0..evicted as u64 - 1 {
-            open(&mut d, 20_000 + i, 0, 10_000);
+        // 100 new keys, within every window: each forgets one key, the one ending soonest.
+        for j in 0..100 {
+            open(&mut d, 10_000 + j, 0, 10_000);
         }
-        assert_eq!(d.evicted_total as usize, evicted);
+        assert_eq!(d.evicted_total, 100);
         assert_eq!(d.len(), 4096);
+        let mut by_end: Vec<u64> = (0..4096).collect();
+        by_end.sort_by_key(|&i| window(i));
+        let gone: Vec<u64> = (0..4096).filter(|i| !d.map.contains_key(i)).collect();
+        let mut soonest = by_end[..100].to_vec();
+        soonest.sort_unstable();
+        assert_eq!(gone, soonest);
     }
 
     #[test]
-    fn expired_keys_all_go_and_keys_being_appended_stay() {
+    fn expired_keys_go_before_live_ones_and_keys_being_appended_stay() {
         let mut d = Deduper::new(1000);
         // 600 keys that expire between 1 and 9 s, 400 that live long.
         for i in 0..1000u64 {
-            open(
-                &mut d,
-                i,
-                0,
-                if i < 600 { 1 + (i % 9) as i64 } else { 1000 },
-            );
+            let window = if i < 600 { 1 + (i % 9) as i64 } else { 1000 };
+            open(&mut d, i, 0, window);
         }
-        // At 20 s, one new key: every expired key goes (more than an eighth), no live one.
-        open(&mut d, 5000, 20, 1000);
+        // At 20 s, 600 new keys: exactly the expired keys make room, no live one.
+        for j in 0..600 {
+            open(&mut d, 5000 + j, 20, 1000);
+        }
         assert_eq!(d.evicted_total, 600);
-        assert_eq!(d.len(), 401);
+        assert!((600..1000u64).all(|i| d.map.contains_key(&i)));
+        // Then a live key goes: of the same window length, the one opened first (it ends
+        // soonest), not one of the new keys.
+        open(&mut d, 9000, 20, 1000);
+        assert_eq!(d.evicted_total, 601);
+        assert!(!d.map.contains_key(&600));
+        assert!(
+            (601..1000u64)
+                .chain(5000..5600)
+                .all(|i| d.map.contains_key(&i))
+        );
         // A table full of keys being appended (no sequence number yet) frees nothing.
         let mut d = Deduper::new(4);
         let r = rules();
@@ -859,44 +912,27 @@ mod tests {
         assert_eq!(d.evicted_total, 0);
     }
 
+    /// Keys that expire and reopen while the table has room leave stale entries in the
+    /// eviction order that never reach its front: they are dropped before they outnumber the
+    /// keys, and eviction then still picks the right key.
     #[test]
-    fn a_table_over_its_load_forgets_live_keys_ending_soonest() {
-        let mut d = Deduper::new(4096);
-        // One key has expired by 10 s; the rest live long, their window ends in an order
-        // unrelated to the keys': too few expired to make room.
-        let window = |i: u64| {
-            if i == 0 {
-                1
-            } else {
-                100 + (i * 2_654_435_761 % 4096) as i64
+    fn the_eviction_order_stays_bounded_when_keys_reopen() {
+        let mut d = Deduper::new(2000);
+        for round in 0..40i64 {
+            for i in 0..100u64 {
+                open(&mut d, i, round * 200, 100);
             }
-        };
-        for i in 0..4096u64 {
-            open(&mut d, i, 0, window(i));
+            assert!(d.ordered <= 2 * d.len() + 1024 + 1, "{} entries", d.ordered);
         }
-        open(&mut d, 10_000, 10, 10_000);
-        let evicted = d.evicted_total as usize;
-        assert!((350..=700).contains(&evicted), "evicted {evicted}");
-        assert!(!d.map.contains_key(&0), "the expired key went too");
-        // The live keys that went are the ones ending soonest.
-        let kept_min = (1..4096u64)
-            .filter(|i| d.map.contains_key(i))
-            .map(window)
-            .min()
-            .unwrap();
-        assert!((1..4096u64).all(|i| d.map.contains_key(&i) == (window(i) >= kept_min)));
-    }
-
-    #[test]
-    fn a_table_with_enough_expired_keys_forgets_no_live_one() {
-        let mut d = Deduper::new(4096);
-        // One key in sixteen has expired by 10 s (more than 1/64): only those go.
-        for i in 0..4096u64 {
-            open(&mut d, i, 0, if i % 16 == 0 { 1 } else { 100 + i as i64 });
+        assert_eq!(d.len(), 100);
+        assert_eq!(d.evicted_total, 0);
+        // Fill the table: the 100 reopened keys (the oldest, ending at 7,900 s) go first.
+        for j in 0..2000u64 {
+            open(&mut d, 10_000 + j, 7_850, 100);
         }
-        open(&mut d, 10_000, 10, 10_000);
-        assert_eq!(d.evicted_total, 256);
-        assert!((0..4096u64).all(|i| d.map.contains_key(&i) == (i % 16 != 0)));
+        assert_eq!(d.evicted_total, 100);
+        assert!((0..100u64).all(|i| !d.map.contains_key(&i)));
+        assert_eq!(d.ordered, d.len());
     }
 
     #[test]
@@ -905,16 +941,12 @@ mod tests {
         for i in 0..64u64 {
             open(&mut d, i, 0, 1000 + i as i64);
         }
-        // One group: key 100 (ending soonest of all) and a repeat of it, then enough new keys
-        // to fill the table twice over the eighths freed.
+        // One group: key 100 (ending soonest of all) and a repeat of it, then 16 new keys.
         let mut g = vec![keyed(100, 0, 1), keyed(100, 0, 1)];
         g.extend((200..216).map(|i| keyed(i, 0, 5000)));
         let f = d.filter(&mut g);
-        assert!(
-            d.evicted_total >= 14,
-            "two rounds of eviction: {}",
-            d.evicted_total
-        );
+        // One eviction per new key; key 100 ends soonest of all but is being appended.
+        assert_eq!(d.evicted_total, 17);
         let e = &d.map[&100];
         assert!(e.seq == 0 && e.dirty && e.count == 2, "{e:?}");
         assert!(
