@@ -375,8 +375,8 @@ struct Entry {
 
 /// The keys of one window length (one input kind's rule) in the order they were opened, which
 /// is the order their windows end: receive times only grow (inputs on different threads can
-/// interleave by microseconds, and a clock stepped back reorders a little; eviction then takes
-/// a key a little early, never a wrong count). Entries whose key has since been forgotten or
+/// interleave by microseconds, and a clock stepped back reorders a little; eviction may then
+/// take a key that ends later than one behind it, never a wrong count). Entries whose key has since been forgotten or
 /// reopened are skipped when they reach the front, or dropped by [`Deduper::compact_order`].
 #[derive(Debug)]
 struct EndQueue {
@@ -910,6 +910,44 @@ mod tests {
         let f = d.filter(&mut g);
         assert_eq!(f.opened.len(), 8);
         assert_eq!(d.evicted_total, 0);
+    }
+
+    /// What production looks like: one window length (the input kind's), keys opened as time
+    /// goes on. They go in the order they were opened; a key still being appended at the
+    /// front holds its whole queue (the keys behind it are being appended too); and a clock
+    /// stepped back only changes the order a little (a key opened after the step waits behind
+    /// keys that end later), never a count.
+    #[test]
+    fn one_window_length_forgets_in_opening_order() {
+        let mut d = Deduper::new(4);
+        for i in 0..4u64 {
+            open(&mut d, i, i as i64, 100);
+        }
+        // One group of three new keys: they push out keys 0, 1, 2 in that order.
+        let mut g: Vec<Encoded> = (10..13).map(|i| keyed(i, 10, 100)).collect();
+        let f = d.filter(&mut g);
+        assert_eq!(d.evicted_total, 3);
+        assert!(d.map.contains_key(&3) && (0..3u64).all(|i| !d.map.contains_key(&i)));
+        // Another new key in the same group pushes out key 3; one more finds only keys being
+        // appended (10, 11, 12, 13) at the front of the queue: nothing goes, the table grows.
+        let mut g2 = vec![keyed(13, 10, 100), keyed(14, 10, 100)];
+        let f2 = d.filter(&mut g2);
+        assert_eq!(d.evicted_total, 4);
+        assert_eq!(d.len(), 5);
+        d.assign(&f.opened, &[11, 12, 13]);
+        d.assign(&f2.opened, &[14, 15]);
+        // The clock steps back: key 20, opened at 5 s, ends before keys 10 to 14 (opened at
+        // 10 s) but sits behind them. Making room for it takes the front (10, 11); the next
+        // new keys take 12, 13, 14, then key 20, whose repeat's count is flushed first.
+        let mut g = vec![keyed(20, 5, 100), keyed(20, 6, 100)];
+        let f = d.filter(&mut g);
+        d.assign(&f.opened, &[21]);
+        for j in 0..6u64 {
+            open(&mut d, 30 + j, 11, 100);
+        }
+        assert!(!d.map.contains_key(&20));
+        let counts: Vec<_> = d.take_counts().iter().map(decode_count).collect();
+        assert!(counts.contains(&(21, 2)), "{counts:?}");
     }
 
     /// Keys that expire and reopen while the table has room leave stale entries in the

@@ -211,11 +211,24 @@ impl Sink {
         &self,
         records: Vec<Encoded>,
     ) -> Result<AppendOutcome, String> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(records, Some(tx))
+        let committed = self
+            .submit_for_commit(records)
             .await
             .map_err(|e| e.to_string())?;
-        rx.await.map_err(|_| Closed.to_string())?
+        committed.await.map_err(|_| Closed.to_string())?
+    }
+
+    /// Submits already-encoded records once there is room, and returns what will say when they
+    /// are durable (or why not). Once submitted, the writer commits them even while the agent
+    /// shuts down (it drains its channel), so a caller may stop waiting for room on shutdown
+    /// and still wait for the commit of what it handed over.
+    pub async fn submit_for_commit(
+        &self,
+        records: Vec<Encoded>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, String>>, Closed> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(records, Some(tx)).await?;
+        Ok(rx)
     }
 
     /// Submits records and waits until they are durably in the queue.

@@ -36,7 +36,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 /// Runs a UDP listener's receive loop on a thread of its own named `name`, with the caller's
 /// tracing span and the runtime's handle (to hand batches to the sink with
 /// `Handle::block_on`); resolves when the thread ends, however it ends. `sock` is made
-/// blocking, with a [`SHUTDOWN_POLL`] read timeout, before `receive` gets it.
+/// blocking, with a [`SHUTDOWN_POLL`] read timeout ([`make_blocking`], at bind time).
 ///
 /// Why a thread and not a task: while a task waits for its socket, tokio keeps the socket
 /// registered with epoll, and every datagram that lands wakes a worker thread, even while the
@@ -51,13 +51,6 @@ pub(crate) async fn on_own_thread(
     #[cfg(test)]
     let recorder = TEST_RECORDER.with(|r| r.borrow().clone());
     let local = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    if let Err(e) = sock
-        .set_nonblocking(false)
-        .and_then(|()| sock.set_read_timeout(Some(SHUTDOWN_POLL)))
-    {
-        tracing::error!(%local, error = %e, "could not make the UDP socket blocking: it is not read (what arrives shows as kernel drops); restart the agent");
-        return;
-    }
     let span = tracing::Span::current();
     let runtime = tokio::runtime::Handle::current();
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -70,19 +63,33 @@ pub(crate) async fn on_own_thread(
                 .as_deref()
                 .map(|r| metrics::set_default_local_recorder(r));
             receive(sock, runtime);
-            drop(done);
+            let _ = done.send(());
         });
     match started {
-        // The sender is dropped when the thread ends, returns or panics.
         Ok(_) => {
-            let _ = finished.await;
+            // Without the message the thread ended by a panic (the sender was dropped).
+            if finished.await.is_err() {
+                tracing::error!(
+                    %local,
+                    "the {name} receive thread stopped unexpectedly (a bug: see the panic logged \
+                     above); this socket is closed until the agent restarts"
+                );
+            }
         }
         Err(e) => tracing::error!(
             %local, error = %e,
-            "could not start the {name} receive thread: this socket is not read (what arrives \
-             shows as kernel drops); free memory or raise the thread limit and restart the agent"
+            "could not start the {name} receive thread, so this socket is closed (senders get \
+             ICMP port unreachable, or with several sockets per address the others take their \
+             datagrams); free memory or raise the thread limit and restart the agent"
         ),
     }
+}
+
+/// Makes a listener's socket blocking, with a [`SHUTDOWN_POLL`] read timeout, for
+/// [`on_own_thread`] (at bind time, so a failure stops the agent from starting).
+pub(crate) fn make_blocking(sock: &std::net::UdpSocket) -> io::Result<()> {
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(SHUTDOWN_POLL))
 }
 
 #[cfg(test)]
@@ -115,7 +122,7 @@ pub(crate) fn is_idle(e: &io::Error) -> bool {
 ///
 /// The slots' pages are only touched as far as datagrams fill them, so a large `slot` costs
 /// address space, not memory.
-pub(crate) fn recv_batch_blocking(
+pub(crate) fn recv_batch(
     sock: &std::net::UdpSocket,
     bufs: &mut [u8],
     slot: usize,
@@ -127,16 +134,6 @@ pub(crate) fn recv_batch_blocking(
     } else {
         MsgFlags::MSG_DONTWAIT
     };
-    recv_batch_fd(sock.as_raw_fd(), bufs, slot, out, flags)
-}
-
-fn recv_batch_fd(
-    fd: std::os::fd::RawFd,
-    bufs: &mut [u8],
-    slot: usize,
-    out: &mut Vec<Datagram>,
-    flags: MsgFlags,
-) -> io::Result<Option<u32>> {
     assert!(
         slot > 0 && bufs.len() >= slot * BATCH,
         "recv_batch needs BATCH slots"
@@ -148,8 +145,9 @@ fn recv_batch_fd(
     let mut chunks = bufs.chunks_exact_mut(slot);
     let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("BATCH slots"))]);
-    let results = nix::sys::socket::recvmmsg(fd, &mut headers, iovs.iter_mut(), flags, None)
-        .map_err(io::Error::from)?;
+    let results =
+        nix::sys::socket::recvmmsg(sock.as_raw_fd(), &mut headers, iovs.iter_mut(), flags, None)
+            .map_err(io::Error::from)?;
     let mut drops = None;
     for r in results {
         if let Ok(cmsgs) = r.cmsgs() {
@@ -209,6 +207,19 @@ impl Gather {
     /// waiting (receive at once), none means the socket is drained (wait for the next datagram).
     pub(crate) fn pause_after(&self, received: usize, batch: usize) -> Option<Duration> {
         self.pause.filter(|_| received > 0 && received < batch)
+    }
+
+    /// Sleeps what is left of [`Gather::pause_after`] since the receive returned at `since`:
+    /// time spent handing the batch over (a sink pushing back, a commit an Inform waits for)
+    /// already let datagrams gather, and waiting the whole pause on top of it could overflow
+    /// the buffer the pause was sized for.
+    pub(crate) fn sleep_after(&self, received: usize, batch: usize, since: std::time::Instant) {
+        let left = self
+            .pause_after(received, batch)
+            .and_then(|p| p.checked_sub(since.elapsed()));
+        if let Some(left) = left.filter(|l| !l.is_zero()) {
+            std::thread::sleep(left);
+        }
     }
 }
 

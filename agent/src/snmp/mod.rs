@@ -350,6 +350,7 @@ impl Listeners {
         let mut sockets = Vec::new();
         for &addr in &cfg.listen {
             let sock = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
+            udp_batch::make_blocking(&sock).map_err(|e| bind_error(addr, e))?;
             weir_common::net::grow_receive_buffer(
                 socket2::SockRef::from(&sock),
                 addr,
@@ -565,11 +566,12 @@ fn receive(
         // Set when the first datagrams arrive: the wait for them may be long.
         let mut current = None;
         let mut received_at = None;
+        let mut since = None;
         // Several recvmmsg calls, one hand-over to the sink for all of them; only the first
         // waits.
         while received < BATCH {
             let wait = received == 0;
-            match udp_batch::recv_batch_blocking(sock, &mut bufs, DATAGRAM_MAX, &mut metas, wait) {
+            match udp_batch::recv_batch(sock, &mut bufs, DATAGRAM_MAX, &mut metas, wait) {
                 Ok(drops) => {
                     let lost = kernel_drops.observe(drops);
                     if lost > 0 {
@@ -585,6 +587,7 @@ fn receive(
                     received += metas.len();
                     let current = current.get_or_insert_with(|| policy.current());
                     let received_at = *received_at.get_or_insert_with(Timestamp::now);
+                    since.get_or_insert_with(std::time::Instant::now);
                     for (m, data) in metas.iter().zip(bufs.chunks_exact(DATAGRAM_MAX)) {
                         let peer = m
                             .peer
@@ -621,22 +624,36 @@ fn receive(
         if !batch.records.is_empty() {
             let records = std::mem::replace(&mut batch.records, Vec::with_capacity(BATCH));
             let n = records.len();
-            let ok = runtime.block_on(async {
-                if batch.replies.is_empty() {
+            // Shutdown cancels only the wait for room: the batch then counts as dropped.
+            let ok = if batch.replies.is_empty() {
+                runtime.block_on(async {
                     tokio::select! {
                         biased;
                         r = sink.send_encoded(records) => r.is_ok(),
                         _ = shutdown.cancelled() => false,
                     }
-                } else {
-                    // Acknowledge Informs only once durable.
+                })
+            } else {
+                let accepted = runtime.block_on(async {
                     tokio::select! {
                         biased;
-                        r = sink.send_encoded_committed(records) => r.is_ok(),
-                        _ = shutdown.cancelled() => false,
+                        r = sink.submit_for_commit(records) => r.ok(),
+                        _ = shutdown.cancelled() => None,
+                    }
+                });
+                match accepted {
+                    None => false,
+                    // The writer commits what it accepted, shutting down or not: wait for
+                    // that. Informs are acknowledged only once durable; when the commit failed
+                    // (the writer counted why), none is, and their senders retry.
+                    Some(committed) => {
+                        if !matches!(runtime.block_on(committed), Ok(Ok(_))) {
+                            batch.replies.clear();
+                        }
+                        true
                     }
                 }
-            });
+            };
             if !ok {
                 metrics::counter!("weir_agent_snmp_dropped_total", "reason" => "shutdown")
                     .increment(n as u64);
@@ -650,8 +667,8 @@ fn receive(
             send_reply(sock, &r, peer);
         }
         // Some traps but not a full batch: let the next ones gather before receiving.
-        if let Some(pause) = gather.pause_after(received, BATCH) {
-            std::thread::sleep(pause);
+        if let Some(since) = since {
+            gather.sleep_after(received, BATCH, since);
         }
     }
 }

@@ -2,12 +2,13 @@
 //! every datagram or frame into an event (see [`parse`]) and hand it to the [`Sink`], which puts
 //! it in the durable queue.
 //!
-//! Backpressure: each task awaits the sink before it reads again. On UDP, datagrams then wait in
+//! Backpressure: each receive loop (a thread per UDP socket, a task per TCP or TLS connection)
+//! waits for the sink before it reads again. On UDP, datagrams then wait in
 //! the kernel's receive buffer (`udp_receive_buffer`; what overflows it the kernel counts and we
 //! export); on TCP and TLS, the connection stops being read and the sender's window closes, so
 //! nothing is lost.
 //!
-//! Batching: a task hands over everything one receive produced (a `recvmmsg` batch, or every
+//! Batching: a receive loop hands over everything one receive produced (a `recvmmsg` batch, or every
 //! frame already buffered on a connection) as one submission, so a burst costs one channel send
 //! and a share of one queue transaction per batch rather than per message.
 //!
@@ -149,8 +150,9 @@ impl Listeners {
             .collect()
     }
 
-    /// Spawns one task per socket on `tracker` (TCP and TLS connections get a task each, also
-    /// on `tracker`); they all stop when `shutdown` is cancelled.
+    /// Spawns one task per socket on `tracker` (a UDP socket's task runs its receive thread; TCP
+    /// and TLS connections get a task each, also on `tracker`); they all stop when `shutdown`
+    /// is cancelled.
     pub fn spawn(
         self,
         cfg: &SyslogConfig,

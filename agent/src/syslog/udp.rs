@@ -62,6 +62,7 @@ pub(super) fn bind(
         // Port 0: the later sockets join the port the first one got.
         bound = sock.local_addr()?.as_socket().unwrap_or(bound);
         let sock: std::net::UdpSocket = sock.into();
+        crate::udp_batch::make_blocking(&sock)?;
         // Per-socket drop counts ride along with received datagrams.
         if let Err(e) = nix::sys::socket::setsockopt(&sock, sockopt::RxqOvfl, &1) {
             tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; only the host-wide UDP drop count is exported");
@@ -109,9 +110,7 @@ fn receive(
     let mut kernel_drops = crate::udp_batch::KernelDrops::default();
     let gather = Gather::for_socket(sock);
     while !shutdown.is_cancelled() {
-        let lost = match crate::udp_batch::recv_batch_blocking(
-            sock, &mut bufs, slot, &mut metas, true,
-        ) {
+        let lost = match crate::udp_batch::recv_batch(sock, &mut bufs, slot, &mut metas, true) {
             Ok(drops) => kernel_drops.observe(drops),
             // The read timeout: look at `shutdown`, then wait again.
             Err(e) if crate::udp_batch::is_idle(&e) => continue,
@@ -133,6 +132,7 @@ fn receive(
                  udp_sockets_per_address"
             );
         }
+        let since = std::time::Instant::now();
         let received_at = Timestamp::now();
         let mut batch = Vec::with_capacity(metas.len());
         for (m, data) in metas.iter().zip(bufs.chunks_exact(slot)) {
@@ -151,9 +151,7 @@ fn receive(
                 break;
             }
         }
-        if let Some(pause) = gather.pause_after(metas.len(), BATCH) {
-            std::thread::sleep(pause);
-        }
+        gather.sleep_after(metas.len(), BATCH, since);
     }
 }
 

@@ -910,7 +910,8 @@ fn bench_udp(
     let mut fleet = Fleet::new()?;
     if outage {
         fleet.keep = keep;
-        return outage_run(&mut fleet, "udp", move |target| {
+        let port = fleet.syslog_port;
+        return outage_run(&mut fleet, "udp", port, move |target| {
             send_udp(target, rate, Duration::from_secs(duration), size, 0)
         });
     }
@@ -971,20 +972,16 @@ fn bench_udp(
     Ok(())
 }
 
-/// An outage run (`--outage`): the agent alone receives what `send` sends to its syslog port
-/// (the aggregator stays down, as in a WAN outage) and commits it to its queue; then the
-/// aggregator starts and every committed event must be stored exactly once.
+/// An outage run (`--outage`): the agent alone receives what `send` sends to its `port` (its
+/// syslog or SNMP port; the aggregator stays down, as in a WAN outage) and commits it to its
+/// queue; then the aggregator starts and every committed event must be stored exactly once.
 fn outage_run(
     fleet: &mut Fleet,
     kind: &str,
+    port: u16,
     send: impl FnOnce(SocketAddr) -> anyhow::Result<Sent> + Send + 'static,
 ) -> anyhow::Result<()> {
     fleet.start_agent()?;
-    let port = if kind.starts_with("trap") {
-        fleet.snmp_port
-    } else {
-        fleet.syslog_port
-    };
     let target: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs().0;
@@ -1168,7 +1165,8 @@ fn bench_tcp(count: u64, conns: u64, size: usize, keep: bool, outage: bool) -> a
     let mut fleet = Fleet::new()?;
     if outage {
         fleet.keep = keep;
-        return outage_run(&mut fleet, "tcp", move |target| {
+        let port = fleet.syslog_port;
+        return outage_run(&mut fleet, "tcp", port, move |target| {
             send_tcp(target, count, conns, size)
         });
     }
@@ -1245,9 +1243,17 @@ fn bench_trap(
     if outage {
         fleet.keep = keep;
         let version = version.to_string();
-        return outage_run(&mut fleet, &format!("trap {version}"), move |target| {
-            run_trapgen(target, &version, rate, duration).map(|(sent, _)| sent)
-        });
+        let port = fleet.snmp_port;
+        return outage_run(
+            &mut fleet,
+            &format!("trap {version}"),
+            port,
+            move |target| {
+                let (sent, report) = run_trapgen(target, &version, rate, duration)?;
+                print!("{report}");
+                Ok(sent)
+            },
+        );
     }
     fleet.start()?;
     std::thread::sleep(Duration::from_millis(1500));
@@ -1312,6 +1318,9 @@ fn run_trapgen(
         .stderr(Stdio::inherit())
         .output()
         .context("running weir-trapgen (build it with the release profile)")?;
+    if !out.status.success() {
+        bail!("weir-trapgen failed ({})", out.status);
+    }
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     let count: u64 = report
         .strip_prefix("sent ")
