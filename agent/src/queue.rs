@@ -402,6 +402,9 @@ pub struct Queue {
     state: Mutex<State>,
     /// Taken after `state` when both are held.
     tail: Mutex<Tail>,
+    /// Tests: appends fail as a disk error would (see [`Queue::fail_appends`]).
+    #[cfg(test)]
+    fail_appends: std::sync::atomic::AtomicBool,
 }
 
 /// The newest queued records, in sequence order (see "The tail in memory").
@@ -701,6 +704,8 @@ impl Queue {
                 ..Tail::default()
             }),
             state: Mutex::new(state),
+            #[cfg(test)]
+            fail_appends: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -720,6 +725,14 @@ impl Queue {
     /// append, whose evictions bring it back under them.
     pub fn append_internal(&self, records: Vec<Encoded>) -> Result<AppendOutcome, QueueError> {
         self.append_inner(records, false)
+    }
+
+    /// Tests: makes every append fail (or succeed again) as a disk error would, before the
+    /// transaction writes anything.
+    #[cfg(test)]
+    pub(crate) fn fail_appends(&self, fail: bool) {
+        self.fail_appends
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn append_inner(
@@ -748,6 +761,13 @@ impl Queue {
         enforce_limits: bool,
     ) -> Result<AppendOutcome, QueueError> {
         let path = &self.path;
+        #[cfg(test)]
+        if self.fail_appends.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(QueueError::Db {
+                path: path.clone(),
+                error: redb::Error::Io(std::io::Error::other("an append failure a test asked for")),
+            });
+        }
         let mut out = AppendOutcome::default();
         let txn = self.db.begin_write().map_err(|e| db_err(path, e))?;
         {

@@ -147,6 +147,46 @@ struct Accounting {
     drops: u64,
 }
 
+/// Informs are acknowledged only once their event is durable. While the queue cannot be
+/// written, an Inform goes unanswered (its sender retries), the writer counts the loss once,
+/// and the listener carries on: once the queue works again, the next Inform is stored and
+/// answered. (The listener used to count a failed commit again as a shutdown drop and stop.)
+#[tokio::test]
+async fn an_inform_is_answered_only_once_durable_and_a_failed_commit_does_not_stop_the_listener() {
+    let recorder = recorder();
+    let _local = metrics::set_default_local_recorder(&*recorder);
+    let rig = Rig::start(recorder.handle()).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let inform = |id| {
+        super::lib_adapter::encode::v2c_inform("public", id, 100, "1.3.6.1.6.3.1.1.5.3", &[])
+            .unwrap()
+    };
+    let mut buf = [0u8; 2048];
+
+    rig.queue.fail_appends(true);
+    client.send_to(&inform(7), rig.addr).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_millis(700), client.recv_from(&mut buf)).await;
+    assert!(
+        answer.is_err(),
+        "an Inform whose event was not stored was answered"
+    );
+    assert_eq!(
+        rig.metric("weir_agent_dropped_total{reason=\"queue_write_error\"}"),
+        1
+    );
+    assert_eq!(rig.sink.drops.snapshot().get("shutdown"), None);
+
+    rig.queue.fail_appends(false);
+    client.send_to(&inform(8), rig.addr).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("the next Inform is answered once stored")
+        .unwrap();
+    assert!(n > 0);
+    assert_eq!(rig.events().len(), 1);
+    rig.stop().await;
+}
+
 /// Whether net-snmp's `tool` is installed; skips with a printed reason, or panics under
 /// `CI=true` (CI must never pass by skipping).
 fn have(tool: &str) -> bool {
