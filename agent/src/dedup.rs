@@ -376,8 +376,9 @@ struct Entry {
 /// The keys of one window length (one input kind's rule) in the order they were opened, which
 /// is the order their windows end: receive times only grow (inputs on different threads can
 /// interleave by microseconds, and a clock stepped back reorders a little; eviction may then
-/// take a key that ends later than one behind it, never a wrong count). Entries whose key has since been forgotten or
-/// reopened are skipped when they reach the front, or dropped by [`Deduper::compact_order`].
+/// take a key that ends later than one behind it, never a wrong count). Entries whose key has
+/// since been forgotten or reopened are skipped when they reach the front, or dropped by
+/// [`Deduper::compact_order`].
 #[derive(Debug)]
 struct EndQueue {
     window_us: i64,
@@ -394,8 +395,6 @@ pub struct Deduper {
     /// eviction without a pass over `map`. May also hold entries of keys since forgotten or
     /// reopened (stale), at most about as many as `map` has keys.
     order: Vec<EndQueue>,
-    /// Entries in all of `order`'s queues.
-    ordered: usize,
     /// Count updates of entries that were evicted or replaced, to go out with the next commit.
     orphans: Vec<Encoded>,
     /// Keys whose entries turned dirty since the last flush, so a flush visits only those and
@@ -433,7 +432,6 @@ impl Deduper {
             map: KeyMap::default(),
             max_keys: max_keys.max(1),
             order: Vec::new(),
-            ordered: 0,
             orphans: Vec::new(),
             dirty: Vec::new(),
             merged_total: 0,
@@ -524,12 +522,16 @@ impl Deduper {
             }
         };
         self.order[i].keys.push_back((end, key));
-        self.ordered += 1;
         // Stale entries (keys forgotten or reopened) are only dropped as they reach the front;
         // keys that expire and reopen while the table has room never get there.
-        if self.ordered > 2 * self.map.len() + 1024 {
+        if self.ordered() > 2 * self.map.len() + 1024 {
             self.compact_order();
         }
+    }
+
+    /// Entries in all of `order`'s queues (one per window length: a handful).
+    fn ordered(&self) -> usize {
+        self.order.iter().map(|q| q.keys.len()).sum()
     }
 
     /// Drops the stale entries from every queue (one pass, when they outnumber the keys).
@@ -540,7 +542,6 @@ impl Deduper {
                 .retain(|&(end, key)| map.get(&key).is_some_and(|e| e.window_end_us == end));
         }
         self.order.retain(|q| !q.keys.is_empty());
-        self.ordered = self.order.iter().map(|q| q.keys.len()).sum();
     }
 
     /// Forgets the key whose window ends soonest (an expired one first, if any), queuing its
@@ -562,7 +563,6 @@ impl Deduper {
                     }
                     _ => {
                         q.keys.pop_front();
-                        self.ordered -= 1;
                     }
                 }
             }
@@ -573,7 +573,6 @@ impl Deduper {
         let Some((_, key)) = self.order[i].keys.pop_front() else {
             return false;
         };
-        self.ordered -= 1;
         if let Some(e) = self.map.remove(&key)
             && e.dirty
         {
@@ -960,7 +959,11 @@ mod tests {
             for i in 0..100u64 {
                 open(&mut d, i, round * 200, 100);
             }
-            assert!(d.ordered <= 2 * d.len() + 1024 + 1, "{} entries", d.ordered);
+            assert!(
+                d.ordered() <= 2 * d.len() + 1024 + 1,
+                "{} entries",
+                d.ordered()
+            );
         }
         assert_eq!(d.len(), 100);
         assert_eq!(d.evicted_total, 0);
@@ -970,7 +973,7 @@ mod tests {
         }
         assert_eq!(d.evicted_total, 100);
         assert!((0..100u64).all(|i| !d.map.contains_key(&i)));
-        assert_eq!(d.ordered, d.len());
+        assert_eq!(d.ordered(), d.len());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! ([`lib_adapter::Processor`], synchronous), map it, encode the record ([`take_datagram`]),
 //! and submit the whole batch with one `Sink` hand-over; after a partial batch the thread lets
 //! the next traps gather for up to a millisecond ([`udp_batch::Gather`]). Backpressure as for
-//! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`). Traps lost to a full
-//! kernel buffer are counted per socket through `SO_RXQ_OVFL`
+//! syslog UDP: while the sink waits, datagrams queue in the kernel buffer (`receive_buffer`).
+//! Traps lost to a full kernel buffer are counted per socket through `SO_RXQ_OVFL`
 //! (`weir_agent_snmp_udp_socket_drops_total{listener}` and
 //! `weir_agent_dropped_total{reason="snmp_udp_receive_buffer"}`, reported when the next
 //! datagram arrives) and host-wide in `weir_agent_kernel_udp_rcvbuf_errors`.
@@ -563,10 +563,9 @@ fn receive(
     };
     while !shutdown.is_cancelled() {
         let mut received = 0usize;
-        // Set when the first datagrams arrive: the wait for them may be long.
-        let mut current = None;
-        let mut received_at = None;
-        let mut since = None;
+        // The policy, receive time and instant of this hand-over, taken when its first
+        // datagrams arrive (the wait for them may be long).
+        let mut first = None;
         // Several recvmmsg calls, one hand-over to the sink for all of them; only the first
         // waits.
         while received < BATCH {
@@ -585,9 +584,14 @@ fn receive(
                         );
                     }
                     received += metas.len();
-                    let current = current.get_or_insert_with(|| policy.current());
-                    let received_at = *received_at.get_or_insert_with(Timestamp::now);
-                    since.get_or_insert_with(std::time::Instant::now);
+                    let (current, received_at, _) = first.get_or_insert_with(|| {
+                        (
+                            policy.current(),
+                            Timestamp::now(),
+                            std::time::Instant::now(),
+                        )
+                    });
+                    let received_at = *received_at;
                     for (m, data) in metas.iter().zip(bufs.chunks_exact(DATAGRAM_MAX)) {
                         let peer = m
                             .peer
@@ -667,7 +671,7 @@ fn receive(
             send_reply(sock, &r, peer);
         }
         // Some traps but not a full batch: let the next ones gather before receiving.
-        if let Some(since) = since {
+        if let Some((_, _, since)) = first {
             gather.sleep_after(received, BATCH, since);
         }
     }

@@ -3,14 +3,13 @@
 //! it in the durable queue.
 //!
 //! Backpressure: each receive loop (a thread per UDP socket, a task per TCP or TLS connection)
-//! waits for the sink before it reads again. On UDP, datagrams then wait in
-//! the kernel's receive buffer (`udp_receive_buffer`; what overflows it the kernel counts and we
-//! export); on TCP and TLS, the connection stops being read and the sender's window closes, so
-//! nothing is lost.
+//! waits for the sink before it reads again. On UDP, datagrams then wait in the kernel's receive
+//! buffer (`udp_receive_buffer`; what overflows it the kernel counts and we export); on TCP and
+//! TLS, the connection stops being read and the sender's window closes, so nothing is lost.
 //!
-//! Batching: a receive loop hands over everything one receive produced (a `recvmmsg` batch, or every
-//! frame already buffered on a connection) as one submission, so a burst costs one channel send
-//! and a share of one queue transaction per batch rather than per message.
+//! Batching: a receive loop hands over everything one receive produced (a `recvmmsg` batch, or
+//! every frame already buffered on a connection) as one submission, so a burst costs one channel
+//! send and a share of one queue transaction per batch rather than per message.
 //!
 //! Limits: messages longer than `max_message_bytes` are cut to it and tagged
 //! `weir_truncated=true` (metric `weir_agent_truncated_total`); TCP and TLS connections together

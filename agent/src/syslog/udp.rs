@@ -1,7 +1,7 @@
 //! The UDP syslog input: one datagram, one message.
 //!
-//! Each socket has its own receive loop, which takes up to [`BATCH`] datagrams per `recvmmsg(2)` call
-//! and hands them to the sink as one submission. With `udp_sockets_per_address` above 1, the
+//! Each socket has its own receive loop, which takes up to [`BATCH`] datagrams per
+//! `recvmmsg(2)` call and hands them to the sink as one submission. With `udp_sockets_per_address` above 1, the
 //! address is bound that many times with `SO_REUSEPORT` and the kernel spreads senders over the
 //! sockets by their address and port (one sender always lands on the same socket).
 //!

@@ -1248,11 +1248,7 @@ fn bench_trap(
             &mut fleet,
             &format!("trap {version}"),
             port,
-            move |target| {
-                let (sent, report) = run_trapgen(target, &version, rate, duration)?;
-                print!("{report}");
-                Ok(sent)
-            },
+            move |target| run_trapgen(target, &version, rate, duration),
         );
     }
     fleet.start()?;
@@ -1268,9 +1264,7 @@ fn bench_trap(
     let drops_before = kernel_drops_since(0);
     let cpu_before = fleet.cpu_secs();
     let target: SocketAddr = format!("127.0.0.1:{}", fleet.snmp_port).parse()?;
-    let (sent, report) = run_trapgen(target, version, rate, duration)?;
-    print!("{report}");
-    let sent = sent.count;
+    let sent = run_trapgen(target, version, rate, duration)?.count;
     let mut rss_max = 0;
     let (stored, lag) = wait_settled(sent, || {
         rss_max = rss_max.max(fleet.agent_rss_kb().unwrap_or(0));
@@ -1302,13 +1296,14 @@ fn bench_trap(
     Ok(())
 }
 
-/// Runs `weir-trapgen` against `target` and reads back how many traps it sent, and its report.
+/// Runs `weir-trapgen` against `target`, prints its report and reads back how many traps it
+/// sent.
 fn run_trapgen(
     target: SocketAddr,
     version: &str,
     rate: u64,
     duration: u64,
-) -> anyhow::Result<(Sent, String)> {
+) -> anyhow::Result<Sent> {
     let start = Instant::now();
     let out = Command::new(bin_dir()?.join("weir-trapgen"))
         .args(["--target", &target.to_string()])
@@ -1321,7 +1316,8 @@ fn run_trapgen(
     if !out.status.success() {
         bail!("weir-trapgen failed ({})", out.status);
     }
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
     let count: u64 = report
         .strip_prefix("sent ")
         .and_then(|r| r.split_whitespace().next())
@@ -1329,7 +1325,7 @@ fn run_trapgen(
         .context("no `sent N traps` line from weir-trapgen")?;
     // trapgen sends for `duration`; its start-up is not sending time.
     let elapsed = Duration::from_secs(duration).min(start.elapsed());
-    Ok((Sent { count, elapsed }, report))
+    Ok(Sent { count, elapsed })
 }
 
 fn peer_udp(
